@@ -1,0 +1,334 @@
+//! Configuration: what an operator can set, where it comes from, and the
+//! checks that refuse a bad value before anything runs.
+//!
+//! A [`Config`] is read from JSON (the bext `[plugins.<name>]` section, which
+//! bext hands over as JSON), from the OpenTelemetry environment variables
+//! (`OTEL_SERVICE_NAME`, `OTEL_EXPORTER_ZIPKIN_ENDPOINT`,
+//! `OTEL_EXPORTER_ZIPKIN_TIMEOUT` in milliseconds), or built in code with
+//! struct-update syntax over [`Config::default`]. Unknown JSON fields are
+//! refused, so a typo never silently falls back to a default.
+//!
+//! Invariant: a `Config` that passed [`Config::validate`] has an `http` or
+//! `https` endpoint with a host, non-zero timeouts and limits within the
+//! bounds documented on each field. Every error names the field and the
+//! value that was refused.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A refused configuration value: which field, what value, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config field `{field}` = {value}: {reason}")]
+pub struct ConfigError {
+    /// The field (or environment variable) that was refused.
+    pub field: String,
+    /// The refused value, rendered for a human.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.to_owned(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything spillway can be told. Durations are in milliseconds.
+///
+/// ```
+/// use spillway::Config;
+/// let cfg = Config::from_json(r#"{"service_name": "shop", "sample_ratio": 0.5}"#).unwrap();
+/// assert_eq!(cfg.service_name, "shop");
+/// assert!(Config::from_json(r#"{"endpoint": "ftp://x"}"#).unwrap_err().to_string().contains("endpoint"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `localEndpoint.serviceName` of every span (Zipkin lower-cases it).
+    pub service_name: String,
+    /// The Zipkin v2 collector URL, `http://` or `https://`.
+    pub endpoint: String,
+    /// Whole-request timeout, 1 ms to 10 minutes.
+    pub timeout_ms: u64,
+    /// Connect timeout, 1 ms up to `timeout_ms`.
+    pub connect_timeout_ms: u64,
+    /// Compress request bodies with gzip (`Content-Encoding: gzip`).
+    pub gzip: bool,
+    /// gzip level, 0 to 9; 1 is fast and already shrinks JSON ~20x.
+    pub gzip_level: u32,
+    /// Extra request headers, for example for an authenticating proxy.
+    pub headers: BTreeMap<String, String>,
+    /// Fraction of new traces recorded, 0.0 to 1.0 (decided on the trace id).
+    pub sample_ratio: f64,
+    /// Adopt a valid parent handle this tracer did not create as a remote
+    /// parent (same trace id, `parentId` = its span id) instead of rooting.
+    pub adopt_remote_parent: bool,
+    /// Spans per request, 1 to 100,000.
+    pub max_batch_spans: usize,
+    /// Uncompressed JSON bytes per request, 1 KiB to 64 MiB (Zipkin refuses
+    /// bodies over 10 MiB by default).
+    pub max_request_bytes: usize,
+    /// Ended spans held in memory between flushes, 1 to 100,000,000.
+    pub max_queue_spans: usize,
+    /// Spans kept in memory for a later retry after a failed export
+    /// (until the durable spool takes over), 0 to 100,000,000.
+    pub max_retry_spans: usize,
+    /// Attributes kept per span, 1 to 65,536 (OpenTelemetry's default: 128).
+    pub max_attributes_per_span: u32,
+    /// Events kept per span, 0 to 65,536 (OpenTelemetry's default: 128).
+    pub max_events_per_span: u32,
+    /// Where the durable spool lives (used by the spool once enabled).
+    pub spool_dir: Option<PathBuf>,
+}
+
+/// The default collector endpoint, a Zipkin server on this machine.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9411/api/v2/spans";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            service_name: "bext".to_owned(),
+            endpoint: DEFAULT_ENDPOINT.to_owned(),
+            timeout_ms: 10_000,
+            connect_timeout_ms: 2_000,
+            gzip: true,
+            gzip_level: 1,
+            headers: BTreeMap::new(),
+            sample_ratio: 1.0,
+            adopt_remote_parent: false,
+            max_batch_spans: 512,
+            max_request_bytes: 4 << 20,
+            max_queue_spans: 65_536,
+            max_retry_spans: 65_536,
+            max_attributes_per_span: 128,
+            max_events_per_span: 128,
+            spool_dir: None,
+        }
+    }
+}
+
+/// A source of environment variables, so tests need not mutate the process's.
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+impl Config {
+    /// Parses the JSON plugin section and validates it.
+    pub fn from_json(json: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = serde_json::from_str(json).map_err(|e| json_error(&e, json))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Like [`Config::from_json`], from an already parsed JSON value.
+    pub fn from_value(value: serde_json::Value) -> Result<Config, ConfigError> {
+        let text = value.to_string();
+        Self::from_json(&text)
+    }
+
+    /// Defaults overlaid with the OpenTelemetry environment variables.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::default().with_env(&ProcessEnv)
+    }
+
+    /// Overlays `OTEL_SERVICE_NAME`, `OTEL_EXPORTER_ZIPKIN_ENDPOINT` and
+    /// `OTEL_EXPORTER_ZIPKIN_TIMEOUT` (milliseconds) on this config, then
+    /// validates. An unset or empty variable leaves the field as it is.
+    pub fn with_env(mut self, env: &dyn Env) -> Result<Config, ConfigError> {
+        let get = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("OTEL_SERVICE_NAME") {
+            self.service_name = v;
+        }
+        if let Some(v) = get("OTEL_EXPORTER_ZIPKIN_ENDPOINT") {
+            self.endpoint = v;
+        }
+        if let Some(v) = get("OTEL_EXPORTER_ZIPKIN_TIMEOUT") {
+            self.timeout_ms = v
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::new("OTEL_EXPORTER_ZIPKIN_TIMEOUT", &v, "expected whole milliseconds"))?;
+            self.connect_timeout_ms = self.connect_timeout_ms.min(self.timeout_ms);
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks every field; the error names the first one refused.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_endpoint(&self.endpoint)?;
+        if self.service_name.trim().is_empty() {
+            return Err(ConfigError::new("service_name", "\"\"", "must not be empty"));
+        }
+        range("timeout_ms", self.timeout_ms, 1, 600_000)?;
+        range("connect_timeout_ms", self.connect_timeout_ms, 1, self.timeout_ms)?;
+        range("gzip_level", self.gzip_level.into(), 0, 9)?;
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::new(
+                "sample_ratio",
+                self.sample_ratio,
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        range("max_batch_spans", self.max_batch_spans as u64, 1, 100_000)?;
+        range("max_request_bytes", self.max_request_bytes as u64, 1024, 64 << 20)?;
+        range("max_queue_spans", self.max_queue_spans as u64, 1, 100_000_000)?;
+        range("max_retry_spans", self.max_retry_spans as u64, 0, 100_000_000)?;
+        range(
+            "max_attributes_per_span",
+            self.max_attributes_per_span.into(),
+            1,
+            65_536,
+        )?;
+        range("max_events_per_span", self.max_events_per_span.into(), 0, 65_536)?;
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            ureq::http::HeaderName::try_from(name.as_str())
+                .map_err(|_| ConfigError::new(&field, name, "not a valid HTTP header name"))?;
+            ureq::http::HeaderValue::try_from(value.as_str())
+                .map_err(|_| ConfigError::new(&field, format!("{value:?}"), "not a valid HTTP header value"))?;
+        }
+        Ok(())
+    }
+
+    /// The whole-request timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            value,
+            format!("must be between {min} and {max}"),
+        ))
+    }
+}
+
+fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| ConfigError::new("endpoint", format!("{endpoint:?}"), reason);
+    let url = url::Url::parse(endpoint).map_err(|e| bad(&format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("scheme must be http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials in the URL would be logged; use `headers`"));
+    }
+    Ok(())
+}
+
+/// Turns serde's message into a field-naming error. serde_json reports
+/// unknown fields and type mismatches with the field's name in backticks.
+fn json_error(e: &serde_json::Error, json: &str) -> ConfigError {
+    let msg = e.to_string();
+    let field = msg
+        .split('`')
+        .nth(1)
+        .filter(|_| msg.contains("field"))
+        .unwrap_or("<config>")
+        .to_owned();
+    let snippet: String = json.chars().take(80).collect();
+    ConfigError {
+        field,
+        value: snippet,
+        reason: msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_value_names_its_field() {
+        let cases = [
+            (r#"{"endpoint": "not a url"}"#, "endpoint"),
+            (r#"{"endpoint": "ftp://host/x"}"#, "endpoint"),
+            (r#"{"endpoint": "http://u:p@host/x"}"#, "endpoint"),
+            (r#"{"timeout_ms": 0}"#, "timeout_ms"),
+            (
+                r#"{"timeout_ms": 100, "connect_timeout_ms": 200}"#,
+                "connect_timeout_ms",
+            ),
+            (r#"{"sample_ratio": 1.5}"#, "sample_ratio"),
+            (r#"{"sample_ratio": -0.1}"#, "sample_ratio"),
+            (r#"{"max_batch_spans": 0}"#, "max_batch_spans"),
+            (r#"{"max_request_bytes": 10}"#, "max_request_bytes"),
+            (r#"{"max_queue_spans": 0}"#, "max_queue_spans"),
+            (r#"{"gzip_level": 11}"#, "gzip_level"),
+            (r#"{"service_name": " "}"#, "service_name"),
+            (r#"{"headers": {"bad name": "x"}}"#, "headers.bad name"),
+            (r#"{"headers": {"x-token": "a\nb"}}"#, "headers.x-token"),
+            (r#"{"max_batch_spanz": 3}"#, "max_batch_spanz"),
+            (r#"{"timeout_ms": "fast"}"#, "<config>"),
+        ];
+        for (json, field) in cases {
+            let err = Config::from_json(json).unwrap_err();
+            assert_eq!(err.field, field, "{json} -> {err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn env_overlays_otel_variables() {
+        let env = |name: &str| match name {
+            "OTEL_SERVICE_NAME" => Some("checkout".to_owned()),
+            "OTEL_EXPORTER_ZIPKIN_ENDPOINT" => Some("https://zipkin.example:9411/api/v2/spans".to_owned()),
+            "OTEL_EXPORTER_ZIPKIN_TIMEOUT" => Some("1500".to_owned()),
+            _ => None,
+        };
+        let cfg = Config::default().with_env(&env).unwrap();
+        assert_eq!(cfg.service_name, "checkout");
+        assert_eq!(cfg.endpoint, "https://zipkin.example:9411/api/v2/spans");
+        assert_eq!(cfg.timeout_ms, 1500);
+        assert_eq!(cfg.connect_timeout_ms, 1500);
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let env = |name: &str| (name == "OTEL_EXPORTER_ZIPKIN_TIMEOUT").then(|| "10s".to_owned());
+        let err = Config::default().with_env(&env).unwrap_err();
+        assert_eq!(err.field, "OTEL_EXPORTER_ZIPKIN_TIMEOUT");
+        let env = |name: &str| (name == "OTEL_EXPORTER_ZIPKIN_ENDPOINT").then(|| "localhost:9411".to_owned());
+        assert_eq!(Config::default().with_env(&env).unwrap_err().field, "endpoint");
+    }
+}

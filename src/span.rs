@@ -1,0 +1,156 @@
+//! The owned, finished-span model that every stage after the hot path uses.
+//!
+//! A [`Span`] is built by the tracer while the span is live and handed on,
+//! unchanged, to the encoder, the transport and the spool. It owns its data
+//! so that it can outlive the request that produced it, and it uses its own
+//! *externally tagged* value types ([`Value`], [`Status`], [`Kind`]) rather
+//! than bext's `AttrValue`: bext's enum is `#[serde(untagged)]`, which
+//! bincode cannot decode, and the spool must read back exactly what it wrote
+//! (NaN and infinities included).
+//!
+//! Invariants kept by the tracer (and relied on by the encoder):
+//! - `trace_id` and `span_id` are never all-zero;
+//! - `end_unix_nanos` is set when the span ends (it may be *before*
+//!   `start_unix_nanos` when a caller passes odd overrides; the encoder
+//!   clamps the duration to at least 1 µs);
+//! - attribute keys are unique within `attributes` when set through
+//!   `set_attribute` (the last write wins).
+
+use bext_plugin_api::tracer::{AttrValue, SpanKind, SpanStatus};
+use serde::{Deserialize, Serialize};
+
+/// An attribute value: the OpenTelemetry attribute types, externally tagged
+/// so that every serde format (bincode included) can round-trip it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// A UTF-8 string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    I64(i64),
+    /// A 64-bit float; NaN and infinities are allowed and preserved.
+    F64(f64),
+    /// A homogeneous array of strings.
+    StrArray(Vec<String>),
+    /// A homogeneous array of booleans.
+    BoolArray(Vec<bool>),
+    /// A homogeneous array of integers.
+    I64Array(Vec<i64>),
+    /// A homogeneous array of floats.
+    F64Array(Vec<f64>),
+}
+
+impl From<AttrValue> for Value {
+    #[inline]
+    fn from(v: AttrValue) -> Self {
+        match v {
+            AttrValue::String(s) => Value::Str(s),
+            AttrValue::Bool(b) => Value::Bool(b),
+            AttrValue::I64(i) => Value::I64(i),
+            AttrValue::F64(f) => Value::F64(f),
+            AttrValue::StringArray(a) => Value::StrArray(a),
+            AttrValue::BoolArray(a) => Value::BoolArray(a),
+            AttrValue::I64Array(a) => Value::I64Array(a),
+            AttrValue::F64Array(a) => Value::F64Array(a),
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+
+/// The kind of a span, as OpenTelemetry defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Kind {
+    /// An operation inside the application (no Zipkin `kind`).
+    #[default]
+    Internal,
+    /// An incoming request.
+    Server,
+    /// An outgoing request.
+    Client,
+    /// A message sent to a broker.
+    Producer,
+    /// A message received from a broker.
+    Consumer,
+}
+
+impl From<SpanKind> for Kind {
+    #[inline]
+    fn from(k: SpanKind) -> Self {
+        match k {
+            SpanKind::Internal => Kind::Internal,
+            SpanKind::Server => Kind::Server,
+            SpanKind::Client => Kind::Client,
+            SpanKind::Producer => Kind::Producer,
+            SpanKind::Consumer => Kind::Consumer,
+        }
+    }
+}
+
+/// The final status of a span; the last `set_status` before `end_span` wins.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Status {
+    /// No status was set.
+    #[default]
+    Unset,
+    /// The operation succeeded.
+    Ok,
+    /// The operation failed, with a human-readable description.
+    Error(String),
+}
+
+impl From<SpanStatus> for Status {
+    #[inline]
+    fn from(s: SpanStatus) -> Self {
+        match s {
+            SpanStatus::Unset => Status::Unset,
+            SpanStatus::Ok => Status::Ok,
+            SpanStatus::Error { description } => Status::Error(description),
+        }
+    }
+}
+
+/// A point-in-time event inside a span (a Zipkin annotation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Event name, such as `exception`.
+    pub name: String,
+    /// When it happened, in nanoseconds since the Unix epoch.
+    pub time_unix_nanos: u64,
+    /// The event's attributes.
+    pub attributes: Vec<(String, Value)>,
+}
+
+/// A finished span, owned, ready to encode or spill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    /// W3C trace id, 16 bytes big-endian, never all-zero.
+    pub trace_id: [u8; 16],
+    /// Span id, 8 bytes big-endian, never all-zero.
+    pub span_id: [u8; 8],
+    /// Parent span id, absent for a root span.
+    pub parent_id: Option<[u8; 8]>,
+    /// Span name, such as `GET /users/:id`.
+    pub name: String,
+    /// Span kind.
+    pub kind: Kind,
+    /// Start time, nanoseconds since the Unix epoch.
+    pub start_unix_nanos: u64,
+    /// End time, nanoseconds since the Unix epoch.
+    pub end_unix_nanos: u64,
+    /// Final status.
+    pub status: Status,
+    /// Attributes, in the order they were first set.
+    pub attributes: Vec<(String, Value)>,
+    /// Events, in the order they were added.
+    pub events: Vec<Event>,
+    /// Attributes refused because the span had reached its attribute limit.
+    pub dropped_attributes: u32,
+    /// Events refused because the span had reached its event limit.
+    pub dropped_events: u32,
+}

@@ -1,0 +1,113 @@
+//! Counters that account for every span, readable at any time.
+//!
+//! The hot path keeps its counters inside each table shard (updated under
+//! the shard's lock it already holds, so no shared cache line bounces
+//! between cores); the flush pipeline keeps its own in [`ExportCounters`].
+//! [`Stats`] is the sum, a plain snapshot.
+//!
+//! The accounting invariant, exact whenever no flush is running:
+//!
+//! ```text
+//! recorded == delivered + in_memory + spooled + dropped.total()
+//! ```
+//!
+//! where `recorded` counts every sampled span that ended. Spans still live
+//! (started, not ended) are counted in `live`, outside the invariant.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Spans that were given up, by reason. Nothing is lost without a count here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    /// The in-memory batch was full when the span ended.
+    pub queue_full: u64,
+    /// The in-memory retry buffer was full after a failed export.
+    pub retry_full: u64,
+    /// The collector refused the span for good (a 4xx other than 408/429).
+    pub rejected: u64,
+    /// The span alone encodes to more than `max_request_bytes`.
+    pub oversize: u64,
+}
+
+impl Dropped {
+    /// All dropped spans.
+    pub fn total(&self) -> u64 {
+        self.queue_full + self.retry_full + self.rejected + self.oversize
+    }
+}
+
+/// A snapshot of every counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Sampled spans started.
+    pub started: u64,
+    /// Spans not recorded because sampling said no.
+    pub sampled_out: u64,
+    /// Spans started and not yet ended.
+    pub live: u64,
+    /// Sampled spans that ended: the base of the accounting.
+    pub recorded: u64,
+    /// Spans the collector acknowledged (2xx).
+    pub delivered: u64,
+    /// Spans waiting in memory: the batch and the retry buffer.
+    pub in_memory: u64,
+    /// Spans in the durable spool.
+    pub spooled: u64,
+    /// Spans given up, by reason.
+    pub dropped: Dropped,
+    /// HTTP requests made to the collector.
+    pub requests: u64,
+    /// Requests that failed (any outcome but 2xx).
+    pub failed_requests: u64,
+}
+
+impl Stats {
+    /// Whether every recorded span is accounted for.
+    ///
+    /// ```
+    /// let s = spillway::Stats { recorded: 3, delivered: 2, in_memory: 1, ..Default::default() };
+    /// assert!(s.is_balanced());
+    /// ```
+    pub fn is_balanced(&self) -> bool {
+        self.recorded == self.delivered + self.in_memory + self.spooled + self.dropped.total()
+    }
+}
+
+/// The flush pipeline's counters, shared with `stats()` readers.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    pub(crate) delivered: AtomicU64,
+    /// Spans the pipeline owns: being sent, or waiting for a retry.
+    pub(crate) held: AtomicU64,
+    pub(crate) retry_full: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) oversize: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failed_requests: AtomicU64,
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: usize) {
+    counter.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn sub(counter: &AtomicU64, n: usize) {
+    counter.fetch_sub(n as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl ExportCounters {
+    /// Adds the pipeline's counters to a snapshot.
+    pub(crate) fn fill(&self, s: &mut Stats) {
+        s.delivered = get(&self.delivered);
+        s.in_memory += get(&self.held);
+        s.dropped.retry_full = get(&self.retry_full);
+        s.dropped.rejected = get(&self.rejected);
+        s.dropped.oversize = get(&self.oversize);
+        s.requests = get(&self.requests);
+        s.failed_requests = get(&self.failed_requests);
+    }
+}

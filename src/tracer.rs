@@ -1,0 +1,404 @@
+//! The `TracerPlugin` implementation: the hot path and the flush entry.
+//!
+//! ## Hot path
+//! Live spans sit in a table of [`SHARDS`] shards, each a mutex over a map
+//! from span id to [`Span`] plus the shard's share of the ended batch and its
+//! counters. A call locks exactly one shard (two for `start_span` with a
+//! parent: the parent's, to check it is live, then the child's), touches no
+//! shared atomic on the common path, and performs no I/O. Shards are
+//! cache-line aligned, so two threads touching different shards never share
+//! a line.
+//!
+//! ## Contract (bext-plugin-api 0.2)
+//! - Recording calls never fail, never panic, never block on I/O; calls on
+//!   an unknown, ended or [`SpanHandle::INVALID`] handle are no-ops.
+//! - A sampled-out span returns `INVALID`; a child of `INVALID` is `INVALID`.
+//!   Sampling is decided on the trace id (ratio `sample_ratio`) for new and
+//!   adopted traces; a child of a live span follows its parent.
+//! - A valid parent handle that is not live in this tracer is *rooted* (new
+//!   trace), unless `adopt_remote_parent` is set: then it is adopted as a
+//!   remote parent (same trace id, `parentId` = its span id).
+//! - The last `set_status` before `end_span` wins; `set_attribute`
+//!   overwrites an existing key; a handle is dead after `end_span`.
+//! - Ids are random and never all-zero.
+//!
+//! ## Bounds
+//! Attributes and events per span are capped (the excess is counted on the
+//! span and exported as `otel.dropped_*_count`); the ended batch is capped
+//! at `max_queue_spans` (split evenly over the shards), past which ended
+//! spans are dropped and counted as `queue_full`.
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::exporter::{Exporter, FlushError};
+use crate::span::{Event, Kind, Span, Status, Value};
+use crate::stats::{ExportCounters, Stats, add, get};
+use crate::transport::{HttpTransport, Transport};
+use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Number of shards in the live-span table (a power of two).
+pub const SHARDS: usize = 64;
+
+/// What one shard holds: its live spans, its part of the ended batch, and
+/// its counters (kept here so the hot path updates them under the lock it
+/// already holds).
+#[derive(Default)]
+struct ShardState {
+    live: FxHashMap<u64, Span>,
+    ended: Vec<Span>,
+    started: u64,
+    recorded: u64,
+    queue_full: u64,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Shard(Mutex<ShardState>);
+
+/// Locks, recovering from poison: a panic elsewhere must not stop tracing.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Errors from building a tracer.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Builds a [`SpillwayTracer`].
+///
+/// ```
+/// use spillway::{Config, SpillwayTracer};
+/// let tracer = SpillwayTracer::builder()
+///     .config(Config { service_name: "shop".into(), ..Config::default() })
+///     .build()
+///     .unwrap();
+/// assert_eq!(bext_plugin_api::TracerPlugin::name(&tracer), "spillway");
+/// assert!(SpillwayTracer::builder().endpoint("nope").build().is_err());
+/// ```
+#[derive(Default)]
+pub struct TracerBuilder {
+    config: Config,
+    clock: Option<Arc<dyn Clock>>,
+    transport: Option<Box<dyn Transport>>,
+}
+
+impl TracerBuilder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the collector URL.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.config.endpoint = endpoint.into();
+        self
+    }
+
+    /// Sets the service name.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.config.service_name = name.into();
+        self
+    }
+
+    /// Uses `clock` instead of the system clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Sends through `transport` instead of HTTP to `config.endpoint`.
+    pub fn transport(mut self, transport: Box<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Validates the configuration and builds the tracer.
+    pub fn build(self) -> Result<SpillwayTracer, BuildError> {
+        let config = self.config;
+        config.validate()?;
+        let transport = match self.transport {
+            Some(t) => t,
+            None => Box::new(HttpTransport::new(&config)?),
+        };
+        let counters = Arc::new(ExportCounters::default());
+        let exporter = Exporter::new(&config, transport, Arc::clone(&counters));
+        Ok(SpillwayTracer {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            sample_threshold: sample_threshold(config.sample_ratio),
+            adopt_remote_parent: config.adopt_remote_parent,
+            max_attributes: config.max_attributes_per_span as usize,
+            max_events: config.max_events_per_span as usize,
+            shard_capacity: config.max_queue_spans.div_ceil(SHARDS),
+            sampled_out: AtomicU64::new(0),
+            counters,
+            exporter: Mutex::new(exporter),
+        })
+    }
+}
+
+/// Spans whose trace id's low 64 bits are below this are sampled;
+/// `None` samples everything.
+fn sample_threshold(ratio: f64) -> Option<u64> {
+    if ratio >= 1.0 {
+        None
+    } else {
+        Some((ratio * 2f64.powi(64)) as u64)
+    }
+}
+
+/// The spillway tracer: records spans for bext and exports them to Zipkin.
+pub struct SpillwayTracer {
+    shards: Box<[Shard]>,
+    clock: Arc<dyn Clock>,
+    sample_threshold: Option<u64>,
+    adopt_remote_parent: bool,
+    max_attributes: usize,
+    max_events: usize,
+    shard_capacity: usize,
+    sampled_out: AtomicU64,
+    counters: Arc<ExportCounters>,
+    exporter: Mutex<Exporter>,
+}
+
+impl SpillwayTracer {
+    /// A builder starting from [`Config::default`].
+    pub fn builder() -> TracerBuilder {
+        TracerBuilder::default()
+    }
+
+    /// A tracer for `config`, exporting over HTTP.
+    pub fn new(config: Config) -> Result<Self, BuildError> {
+        Self::builder().config(config).build()
+    }
+
+    /// A snapshot of every counter.
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        for shard in self.shards.iter() {
+            let st = lock(&shard.0);
+            s.started += st.started;
+            s.recorded += st.recorded;
+            s.live += st.live.len() as u64;
+            s.in_memory += st.ended.len() as u64;
+            s.dropped.queue_full += st.queue_full;
+        }
+        s.sampled_out = self.sampled_out.load(Ordering::Relaxed);
+        self.counters.fill(&mut s);
+        s
+    }
+
+    /// Flushes, returning the typed error (the trait's `flush` renders it).
+    pub fn try_flush(&self) -> Result<(), FlushError> {
+        let mut exporter = lock(&self.exporter);
+        let mut batch = exporter.take_buffer();
+        for shard in self.shards.iter() {
+            let mut st = lock(&shard.0);
+            add(&self.counters.held, st.ended.len());
+            batch.append(&mut st.ended);
+        }
+        if batch.is_empty() && get(&self.counters.held) == 0 {
+            return Ok(());
+        }
+        exporter.export(batch)
+    }
+
+    #[inline]
+    fn shard(&self, span_id: u64) -> &Mutex<ShardState> {
+        &self.shards[(span_id as usize) & (SHARDS - 1)].0
+    }
+
+    #[inline]
+    fn sampled(&self, trace_id: &[u8; 16]) -> bool {
+        match self.sample_threshold {
+            None => true,
+            Some(t) => u64::from_be_bytes(low_half(trace_id)) < t,
+        }
+    }
+
+    fn is_live(&self, h: &SpanHandle) -> bool {
+        let id = u64::from_be_bytes(h.span_id);
+        lock(self.shard(id))
+            .live
+            .get(&id)
+            .is_some_and(|s| s.trace_id == h.trace_id)
+    }
+
+    /// Runs `f` on the live span `h`, if it is one.
+    #[inline]
+    fn with_live(&self, h: &SpanHandle, f: impl FnOnce(&mut Span)) {
+        if h.is_invalid() {
+            return;
+        }
+        let id = u64::from_be_bytes(h.span_id);
+        let mut st = lock(self.shard(id));
+        if let Some(span) = st.live.get_mut(&id).filter(|s| s.trace_id == h.trace_id) {
+            f(span);
+        }
+    }
+}
+
+fn low_half(id: &[u8; 16]) -> [u8; 8] {
+    let mut out = [0; 8];
+    out.copy_from_slice(&id[8..]);
+    out
+}
+
+fn random_nonzero() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn new_trace_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&fastrand::u64(..).to_be_bytes());
+    id[8..].copy_from_slice(&random_nonzero().to_be_bytes());
+    id
+}
+
+fn convert(attrs: Vec<(String, AttrValue)>, max: usize, dropped: &mut u32) -> Vec<(String, Value)> {
+    let mut out: Vec<(String, Value)> = attrs.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+    if out.len() > max {
+        *dropped += (out.len() - max) as u32;
+        out.truncate(max);
+    }
+    out
+}
+
+impl TracerPlugin for SpillwayTracer {
+    fn name(&self) -> &str {
+        "spillway"
+    }
+
+    fn start_span(&self, start: SpanStart<'_>) -> SpanHandle {
+        let (trace_id, parent_id, inherited) = match start.parent {
+            Some(p) if p.is_invalid() => return SpanHandle::INVALID,
+            Some(p) if self.is_live(&p) => (p.trace_id, Some(p.span_id), true),
+            Some(p) if self.adopt_remote_parent && p.trace_id != [0; 16] && p.span_id != [0; 8] => {
+                (p.trace_id, Some(p.span_id), false)
+            }
+            _ => (new_trace_id(), None, false),
+        };
+        if !inherited && !self.sampled(&trace_id) {
+            self.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return SpanHandle::INVALID;
+        }
+        let id = random_nonzero();
+        let start_unix_nanos = start
+            .start_time_unix_nanos
+            .unwrap_or_else(|| self.clock.now_unix_nanos());
+        let mut dropped_attributes = 0;
+        let attributes = convert(start.attributes, self.max_attributes, &mut dropped_attributes);
+        let span = Span {
+            trace_id,
+            span_id: id.to_be_bytes(),
+            parent_id,
+            name: start.name.to_owned(),
+            kind: Kind::from(start.kind),
+            start_unix_nanos,
+            end_unix_nanos: 0,
+            status: Status::Unset,
+            attributes,
+            events: Vec::new(),
+            dropped_attributes,
+            dropped_events: 0,
+        };
+        let handle = SpanHandle {
+            trace_id,
+            span_id: span.span_id,
+        };
+        let mut st = lock(self.shard(id));
+        st.started += 1;
+        st.live.insert(id, span);
+        handle
+    }
+
+    fn set_attribute(&self, h: SpanHandle, key: &str, value: AttrValue) {
+        let value = Value::from(value);
+        let max = self.max_attributes;
+        self.with_live(&h, |span| {
+            if let Some(slot) = span.attributes.iter_mut().find(|(k, _)| k == key) {
+                slot.1 = value;
+            } else if span.attributes.len() < max {
+                span.attributes.push((key.to_owned(), value));
+            } else {
+                span.dropped_attributes = span.dropped_attributes.saturating_add(1);
+            }
+        });
+    }
+
+    fn set_status(&self, h: SpanHandle, status: SpanStatus) {
+        let status = Status::from(status);
+        self.with_live(&h, |span| span.status = status);
+    }
+
+    fn add_event(&self, h: SpanHandle, event: SpanEvent<'_>) {
+        if h.is_invalid() {
+            return;
+        }
+        let time_unix_nanos = event.time_unix_nanos.unwrap_or_else(|| self.clock.now_unix_nanos());
+        let max_events = self.max_events;
+        let max_attributes = self.max_attributes;
+        let mut attrs = Some(event.attributes);
+        self.with_live(&h, |span| {
+            if span.events.len() >= max_events {
+                span.dropped_events = span.dropped_events.saturating_add(1);
+                return;
+            }
+            let mut dropped = 0;
+            let attributes = convert(attrs.take().unwrap_or_default(), max_attributes, &mut dropped);
+            span.dropped_attributes = span.dropped_attributes.saturating_add(dropped);
+            span.events.push(Event {
+                name: event.name.to_owned(),
+                time_unix_nanos,
+                attributes,
+            });
+        });
+    }
+
+    fn end_span(&self, h: SpanHandle, end_time_unix_nanos: Option<u64>) {
+        if h.is_invalid() {
+            return;
+        }
+        let end = end_time_unix_nanos.unwrap_or_else(|| self.clock.now_unix_nanos());
+        let id = u64::from_be_bytes(h.span_id);
+        let overflow;
+        {
+            let mut st = lock(self.shard(id));
+            let Some(mut span) = st.live.remove(&id) else {
+                return;
+            };
+            if span.trace_id != h.trace_id {
+                // A foreign handle that shares a span id: not ours to end.
+                st.live.insert(id, span);
+                return;
+            }
+            span.end_unix_nanos = end;
+            st.recorded += 1;
+            if st.ended.len() < self.shard_capacity {
+                st.ended.push(span);
+                return;
+            }
+            st.queue_full += 1;
+            overflow = span;
+        }
+        // Freed outside the lock.
+        drop(overflow);
+    }
+
+    fn flush(&self) -> Result<(), String> {
+        self.try_flush().map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,546 @@
+//! Zipkin v2 JSON encoding and the OpenTelemetry-to-Zipkin mapping.
+//!
+//! The encoder writes straight into a caller-owned `Vec<u8>` that the
+//! exporter reuses across flushes: no per-span model is built and nothing is
+//! allocated per span once the buffers have grown. The mapping follows the
+//! OpenTelemetry specification's Zipkin exporter section:
+//!
+//! | span | Zipkin |
+//! |---|---|
+//! | ids | lower-case hex: `traceId` 32, `id` and `parentId` 16 |
+//! | start, end | `timestamp` in µs, `duration` in µs, never below 1 |
+//! | kind | `SERVER`/`CLIENT`/`PRODUCER`/`CONSUMER`; `INTERNAL` is omitted |
+//! | attributes | `tags`, all strings: bools `true`/`false`, numbers as text, arrays as JSON arrays |
+//! | status | `otel.status_code` = `OK`/`ERROR`; an error's description in `error` |
+//! | events | `annotations`: the name, or `"name": {attributes as JSON}` |
+//! | dropped attributes, events | `otel.dropped_attributes_count`, `otel.dropped_events_count` |
+//! | config `service_name` | `localEndpoint.serviceName` |
+//! | `peer.service`, `server.address`, ... (CLIENT, PRODUCER) | `remoteEndpoint`, by the spec's ranking |
+//!
+//! Invariants: the output is always valid JSON (strings escaped for any
+//! Unicode, control characters included; NaN and infinities rendered as
+//! strings); every span satisfies what Zipkin's decoder demands (no
+//! all-zero id is ever produced here because the tracer never creates one;
+//! no `INTERNAL` kind; tag values are strings; ports are within 1..=65535);
+//! empty fields are omitted.
+
+use crate::span::{Kind, Span, Status, Value};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Encodes spans as Zipkin v2 JSON.
+///
+/// ```
+/// use spillway::{span::{Span, Kind, Status}, zipkin::Encoder};
+/// let span = Span {
+///     trace_id: [1; 16], span_id: [2; 8], parent_id: None, name: "GET /".into(),
+///     kind: Kind::Server, start_unix_nanos: 1_700_000_000_000_000_000,
+///     end_unix_nanos: 1_700_000_000_000_500_000, status: Status::Ok,
+///     attributes: vec![], events: vec![], dropped_attributes: 0, dropped_events: 0,
+/// };
+/// let mut out = Vec::new();
+/// Encoder::new("shop").encode_batch(&[span], &mut out);
+/// let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+/// assert_eq!(json[0]["duration"], 500);
+/// assert_eq!(json[0]["tags"]["otel.status_code"], "OK");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    /// `"localEndpoint":{"serviceName":"..."}`, rendered once.
+    local_endpoint: Vec<u8>,
+    /// Scratch space for values that are JSON inside a JSON string.
+    scratch: Vec<u8>,
+}
+
+impl Encoder {
+    /// An encoder that stamps every span with `service_name`.
+    pub fn new(service_name: &str) -> Self {
+        let mut local_endpoint = b"\"localEndpoint\":{\"serviceName\":".to_vec();
+        write_str(&mut local_endpoint, service_name);
+        local_endpoint.push(b'}');
+        Encoder {
+            local_endpoint,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Appends `[span,span,...]` to `out`.
+    pub fn encode_batch(&mut self, spans: &[Span], out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (i, span) in spans.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            self.encode_span(span, out);
+        }
+        out.push(b']');
+    }
+
+    /// Appends one span object to `out`.
+    pub fn encode_span(&mut self, span: &Span, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"traceId\":\"");
+        write_hex(out, &span.trace_id);
+        out.extend_from_slice(b"\",\"id\":\"");
+        write_hex(out, &span.span_id);
+        out.push(b'"');
+        if let Some(parent) = &span.parent_id {
+            out.extend_from_slice(b",\"parentId\":\"");
+            write_hex(out, parent);
+            out.push(b'"');
+        }
+        if !span.name.is_empty() {
+            out.extend_from_slice(b",\"name\":");
+            write_str(out, &span.name);
+        }
+        if let Some(kind) = kind_name(span.kind) {
+            out.extend_from_slice(b",\"kind\":\"");
+            out.extend_from_slice(kind.as_bytes());
+            out.push(b'"');
+        }
+        let mut num = itoa::Buffer::new();
+        let timestamp = span.start_unix_nanos / 1000;
+        if timestamp > 0 {
+            out.extend_from_slice(b",\"timestamp\":");
+            out.extend_from_slice(num.format(timestamp).as_bytes());
+        }
+        out.extend_from_slice(b",\"duration\":");
+        out.extend_from_slice(num.format(duration_micros(span)).as_bytes());
+        out.push(b',');
+        out.extend_from_slice(&self.local_endpoint);
+        if matches!(span.kind, Kind::Client | Kind::Producer) {
+            write_remote_endpoint(out, &span.attributes);
+        }
+        if !span.events.is_empty() {
+            out.extend_from_slice(b",\"annotations\":[");
+            for (i, event) in span.events.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"timestamp\":");
+                out.extend_from_slice(num.format(event.time_unix_nanos / 1000).as_bytes());
+                out.extend_from_slice(b",\"value\":");
+                if event.attributes.is_empty() {
+                    write_str(out, &event.name);
+                } else {
+                    self.scratch.clear();
+                    write_str(&mut self.scratch, &event.name);
+                    self.scratch.extend_from_slice(b": {");
+                    write_json_object_body(&mut self.scratch, &event.attributes);
+                    self.scratch.push(b'}');
+                    write_str_bytes(out, &self.scratch);
+                }
+                out.push(b'}');
+            }
+            out.push(b']');
+        }
+        self.write_tags(out, span);
+        out.push(b'}');
+    }
+
+    fn write_tags(&mut self, out: &mut Vec<u8>, span: &Span) {
+        let start = out.len();
+        out.extend_from_slice(b",\"tags\":{");
+        let body = out.len();
+        let is_error = matches!(span.status, Status::Error(_));
+        for (key, value) in &span.attributes {
+            // The status owns these keys; a boolean-ish `error` that says
+            // "no error" is removed, as the OpenTelemetry mapping asks.
+            if key == "otel.status_code" && span.status != Status::Unset {
+                continue;
+            }
+            if key == "error" && (is_error || is_falsy(value)) {
+                continue;
+            }
+            comma(out, body);
+            write_str(out, key);
+            out.push(b':');
+            self.write_tag_value(out, value);
+        }
+        match &span.status {
+            Status::Unset => {}
+            Status::Ok => {
+                comma(out, body);
+                out.extend_from_slice(b"\"otel.status_code\":\"OK\"");
+            }
+            Status::Error(description) => {
+                comma(out, body);
+                out.extend_from_slice(b"\"otel.status_code\":\"ERROR\",\"error\":");
+                write_str(out, description);
+            }
+        }
+        let mut num = itoa::Buffer::new();
+        for (key, count) in [
+            ("otel.dropped_attributes_count", span.dropped_attributes),
+            ("otel.dropped_events_count", span.dropped_events),
+        ] {
+            if count > 0 {
+                comma(out, body);
+                write_str(out, key);
+                out.extend_from_slice(b":\"");
+                out.extend_from_slice(num.format(count).as_bytes());
+                out.push(b'"');
+            }
+        }
+        if out.len() == body {
+            out.truncate(start);
+        } else {
+            out.push(b'}');
+        }
+    }
+
+    fn write_tag_value(&mut self, out: &mut Vec<u8>, value: &Value) {
+        match value {
+            Value::Str(s) => write_str(out, s),
+            Value::Bool(b) => out.extend_from_slice(if *b { b"\"true\"" } else { b"\"false\"" }),
+            Value::I64(i) => {
+                out.push(b'"');
+                out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes());
+                out.push(b'"');
+            }
+            Value::F64(f) => {
+                out.push(b'"');
+                write_f64_text(out, *f);
+                out.push(b'"');
+            }
+            array => {
+                self.scratch.clear();
+                write_json_value(&mut self.scratch, array);
+                write_str_bytes(out, &self.scratch);
+            }
+        }
+    }
+}
+
+fn comma(out: &mut Vec<u8>, body_start: usize) {
+    if out.len() > body_start {
+        out.push(b',');
+    }
+}
+
+fn is_falsy(value: &Value) -> bool {
+    matches!(value, Value::Bool(false)) || matches!(value, Value::Str(s) if s == "false")
+}
+
+/// The Zipkin `kind`, or `None` for an internal span.
+pub fn kind_name(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Internal => None,
+        Kind::Server => Some("SERVER"),
+        Kind::Client => Some("CLIENT"),
+        Kind::Producer => Some("PRODUCER"),
+        Kind::Consumer => Some("CONSUMER"),
+    }
+}
+
+/// The span's duration in whole microseconds, at least 1.
+pub fn duration_micros(span: &Span) -> u64 {
+    (span.end_unix_nanos.saturating_sub(span.start_unix_nanos) / 1000).max(1)
+}
+
+/// Lower-case hex of an id, as Zipkin wants it.
+///
+/// ```
+/// assert_eq!(spillway::zipkin::hex(&[0xab, 0x01]), "ab01");
+/// ```
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    write_hex(&mut out, bytes);
+    out.into_iter().map(char::from).collect()
+}
+
+fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 0xf)]);
+    }
+}
+
+/// Writes `s` as a JSON string, quotes included.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    write_str_bytes(out, s.as_bytes());
+}
+
+/// Writes UTF-8 `bytes` as a JSON string. Only `"`, `\` and control
+/// characters need escaping; everything else is copied in runs.
+fn write_str_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[run..i]);
+        run = i + 1;
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            write_hex(out, &[b]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+    }
+    out.extend_from_slice(&bytes[run..]);
+    out.push(b'"');
+}
+
+/// A float as text: shortest round-trip form; `NaN`, `Infinity`, `-Infinity`.
+fn write_f64_text(out: &mut Vec<u8>, f: f64) {
+    if f.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+    } else if f.is_nan() {
+        out.extend_from_slice(b"NaN");
+    } else if f > 0.0 {
+        out.extend_from_slice(b"Infinity");
+    } else {
+        out.extend_from_slice(b"-Infinity");
+    }
+}
+
+/// A value as native JSON (non-finite floats become strings, JSON has none).
+fn write_json_value(out: &mut Vec<u8>, value: &Value) {
+    fn list<T>(out: &mut Vec<u8>, items: &[T], mut each: impl FnMut(&mut Vec<u8>, &T)) {
+        out.push(b'[');
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            each(out, item);
+        }
+        out.push(b']');
+    }
+    fn float(out: &mut Vec<u8>, f: f64) {
+        if f.is_finite() {
+            write_f64_text(out, f);
+        } else {
+            out.push(b'"');
+            write_f64_text(out, f);
+            out.push(b'"');
+        }
+    }
+    fn boolean(out: &mut Vec<u8>, b: bool) {
+        out.extend_from_slice(if b { b"true" } else { b"false" });
+    }
+    let mut num = itoa::Buffer::new();
+    match value {
+        Value::Str(s) => write_str(out, s),
+        Value::Bool(b) => boolean(out, *b),
+        Value::I64(i) => out.extend_from_slice(num.format(*i).as_bytes()),
+        Value::F64(f) => float(out, *f),
+        Value::StrArray(a) => list(out, a, |o, s| write_str(o, s)),
+        Value::BoolArray(a) => list(out, a, |o, b| boolean(o, *b)),
+        Value::I64Array(a) => list(out, a, |o, i| o.extend_from_slice(num.format(*i).as_bytes())),
+        Value::F64Array(a) => list(out, a, |o, f| float(o, *f)),
+    }
+}
+
+fn write_json_object_body(out: &mut Vec<u8>, attributes: &[(String, Value)]) {
+    for (i, (key, value)) in attributes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, key);
+        out.push(b':');
+        write_json_value(out, value);
+    }
+}
+
+/// The rank of an attribute that can name the remote endpoint (lower is
+/// preferred), with the attribute that carries its port, per the
+/// OpenTelemetry Zipkin mapping.
+fn remote_rank(key: &str) -> Option<(u8, &'static str)> {
+    Some(match key {
+        "peer.service" => (1, "server.port"),
+        "server.address" => (2, "server.port"),
+        "net.peer.name" => (3, "net.peer.port"),
+        "network.peer.address" => (4, "network.peer.port"),
+        "server.socket.domain" => (5, "server.socket.port"),
+        "server.socket.address" => (6, "server.socket.port"),
+        "net.sock.peer.name" => (7, "net.sock.peer.port"),
+        "net.sock.peer.addr" => (8, "net.sock.peer.port"),
+        "peer.hostname" => (9, "server.port"),
+        "peer.address" => (10, "server.port"),
+        "db.name" => (11, ""),
+        _ => return None,
+    })
+}
+
+fn write_remote_endpoint(out: &mut Vec<u8>, attributes: &[(String, Value)]) {
+    let mut best: Option<(u8, &'static str, &str)> = None;
+    for (key, value) in attributes {
+        if let (Some((rank, port_key)), Value::Str(v)) = (remote_rank(key), value)
+            && !v.is_empty()
+            && best.is_none_or(|(r, _, _)| rank < r)
+        {
+            best = Some((rank, port_key, v));
+        }
+    }
+    let Some((_, port_key, name)) = best else {
+        return;
+    };
+    out.extend_from_slice(b",\"remoteEndpoint\":{");
+    if let Ok(ip) = name.parse::<Ipv4Addr>() {
+        out.extend_from_slice(b"\"ipv4\":");
+        write_str(out, &ip.to_string());
+    } else if let Ok(ip) = name.trim_matches(|c| c == '[' || c == ']').parse::<Ipv6Addr>() {
+        out.extend_from_slice(b"\"ipv6\":");
+        write_str(out, &ip.to_string());
+    } else {
+        out.extend_from_slice(b"\"serviceName\":");
+        write_str(out, name);
+    }
+    let port = attributes.iter().find_map(|(k, v)| match v {
+        Value::I64(p) if !port_key.is_empty() && k == port_key && (1..=65535).contains(p) => Some(*p),
+        _ => None,
+    });
+    if let Some(port) = port {
+        out.extend_from_slice(b",\"port\":");
+        out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+    }
+    out.push(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::span::Event;
+
+    fn span() -> Span {
+        Span {
+            trace_id: [0xab; 16],
+            span_id: [0x01; 8],
+            parent_id: Some([0x02; 8]),
+            name: "GET /users/:id".into(),
+            kind: Kind::Client,
+            start_unix_nanos: 1_700_000_000_123_456_789,
+            end_unix_nanos: 1_700_000_000_123_457_000,
+            status: Status::Error("boom \"quoted\"".into()),
+            attributes: vec![
+                ("a.bool".into(), Value::Bool(true)),
+                ("a.int".into(), Value::I64(-42)),
+                ("a.nan".into(), Value::F64(f64::NAN)),
+                ("a.inf".into(), Value::F64(f64::NEG_INFINITY)),
+                ("a.float".into(), Value::F64(0.25)),
+                ("a.arr".into(), Value::F64Array(vec![1.5, f64::INFINITY])),
+                ("a.strs".into(), Value::StrArray(vec!["x\"y".into(), "\u{1}".into()])),
+                ("server.address".into(), Value::Str("db.internal".into())),
+                ("peer.service".into(), Value::Str("Postgres".into())),
+                ("server.port".into(), Value::I64(5432)),
+                ("error".into(), Value::Bool(true)),
+            ],
+            events: vec![
+                Event {
+                    name: "retry".into(),
+                    time_unix_nanos: 1_700_000_000_123_456_999,
+                    attributes: vec![],
+                },
+                Event {
+                    name: "exception".into(),
+                    time_unix_nanos: 1_700_000_000_123_457_000,
+                    attributes: vec![("exception.message".into(), Value::Str("line\nbreak".into()))],
+                },
+            ],
+            dropped_attributes: 3,
+            dropped_events: 0,
+        }
+    }
+
+    fn encode(span: &Span) -> serde_json::Value {
+        let mut out = Vec::new();
+        Encoder::new("svc\u{7}").encode_batch(std::slice::from_ref(span), &mut out);
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn maps_every_field() {
+        let j = &encode(&span())[0];
+        assert_eq!(j["traceId"], "abababababababababababababababab");
+        assert_eq!(j["id"], "0101010101010101");
+        assert_eq!(j["parentId"], "0202020202020202");
+        assert_eq!(j["name"], "GET /users/:id");
+        assert_eq!(j["kind"], "CLIENT");
+        assert_eq!(j["timestamp"], 1_700_000_000_123_456u64);
+        assert_eq!(j["duration"], 1, "211 ns rounds to 0 and is sent as 1");
+        assert_eq!(j["localEndpoint"]["serviceName"], "svc\u{7}");
+        assert_eq!(
+            j["remoteEndpoint"],
+            serde_json::json!({"serviceName": "Postgres", "port": 5432})
+        );
+        let tags = &j["tags"];
+        assert_eq!(tags["a.bool"], "true");
+        assert_eq!(tags["a.int"], "-42");
+        assert_eq!(tags["a.nan"], "NaN");
+        assert_eq!(tags["a.inf"], "-Infinity");
+        assert_eq!(tags["a.float"], "0.25");
+        assert_eq!(tags["a.arr"], "[1.5,\"Infinity\"]");
+        assert_eq!(tags["a.strs"], "[\"x\\\"y\",\"\\u0001\"]");
+        assert_eq!(tags["otel.status_code"], "ERROR");
+        assert_eq!(tags["error"], "boom \"quoted\"");
+        assert_eq!(tags["otel.dropped_attributes_count"], "3");
+        assert!(tags.get("otel.dropped_events_count").is_none());
+        assert_eq!(
+            j["annotations"][0],
+            serde_json::json!({"timestamp": 1_700_000_000_123_456u64, "value": "retry"})
+        );
+        assert_eq!(
+            j["annotations"][1]["value"],
+            "\"exception\": {\"exception.message\":\"line\\nbreak\"}"
+        );
+    }
+
+    #[test]
+    fn internal_unset_span_omits_optional_fields() {
+        let mut s = span();
+        s.kind = Kind::Internal;
+        s.status = Status::Unset;
+        s.parent_id = None;
+        s.attributes = vec![("error".into(), Value::Str("false".into()))];
+        s.events.clear();
+        s.dropped_attributes = 0;
+        s.name.clear();
+        let j = &encode(&s)[0];
+        let keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["duration", "id", "localEndpoint", "timestamp", "traceId"]);
+    }
+
+    #[test]
+    fn remote_endpoint_ip_and_rank() {
+        let mut s = span();
+        s.attributes = vec![
+            ("db.name".into(), Value::Str("users".into())),
+            ("network.peer.address".into(), Value::Str("10.1.2.3".into())),
+            ("network.peer.port".into(), Value::I64(70000)),
+        ];
+        assert_eq!(encode(&s)[0]["remoteEndpoint"], serde_json::json!({"ipv4": "10.1.2.3"}));
+        s.attributes[1].1 = Value::Str("::1".into());
+        s.attributes[2].1 = Value::I64(443);
+        assert_eq!(
+            encode(&s)[0]["remoteEndpoint"],
+            serde_json::json!({"ipv6": "::1", "port": 443})
+        );
+        s.kind = Kind::Server;
+        assert!(encode(&s)[0].get("remoteEndpoint").is_none());
+    }
+
+    #[test]
+    fn escapes_every_control_character() {
+        let mut s = span();
+        s.name = (0u8..0x20).map(char::from).chain("\"\\é😀\u{2028}".chars()).collect();
+        assert_eq!(encode(&s)[0]["name"], s.name.as_str());
+    }
+
+    #[test]
+    fn end_before_start_gives_duration_one() {
+        let mut s = span();
+        s.end_unix_nanos = 0;
+        assert_eq!(encode(&s)[0]["duration"], 1);
+    }
+}
