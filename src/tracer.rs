@@ -28,7 +28,7 @@
 //! at `max_queue_spans` (split evenly over the shards), past which ended
 //! spans are dropped and counted as `queue_full`.
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, default_clock};
 use crate::config::{Config, ConfigError};
 use crate::exporter::{Exporter, FlushError};
 use crate::span::{Event, Kind, Span, Status, Value};
@@ -132,7 +132,7 @@ impl TracerBuilder {
         let exporter = Exporter::new(&config, transport, Arc::clone(&counters));
         Ok(SpillwayTracer {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            clock: self.clock.unwrap_or_else(default_clock),
             sample_threshold: sample_threshold(config.sample_ratio),
             adopt_remote_parent: config.adopt_remote_parent,
             max_attributes: config.max_attributes_per_span as usize,
@@ -199,6 +199,7 @@ impl SpillwayTracer {
     /// Flushes, returning the typed error (the trait's `flush` renders it).
     pub fn try_flush(&self) -> Result<(), FlushError> {
         let mut exporter = lock(&self.exporter);
+        self.clock.recalibrate();
         let mut batch = exporter.take_buffer();
         for shard in self.shards.iter() {
             let mut st = lock(&shard.0);

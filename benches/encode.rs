@@ -1,0 +1,98 @@
+//! Zipkin v2 JSON encoding of a 512-span batch, and what gzip level 1 costs.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use spillway::span::{Event, Kind, Span, Status, Value};
+use spillway::zipkin::Encoder;
+use std::hint::black_box;
+use std::io::Write;
+
+/// 512 spans shaped like bext's: a SERVER request span and a DB CLIENT child.
+pub fn batch() -> Vec<Span> {
+    (0..512u64)
+        .map(|i| {
+            let server = i % 2 == 0;
+            let start = 1_764_000_000_000_000_000 + i * 1_000_000;
+            let mut attributes = vec![
+                ("http.request.method".to_owned(), Value::Str("GET".into())),
+                ("http.route".to_owned(), Value::Str("/users/:id".into())),
+                ("http.response.status_code".to_owned(), Value::I64(200)),
+            ];
+            if !server {
+                attributes = vec![
+                    ("db.system".to_owned(), Value::Str("postgresql".into())),
+                    (
+                        "db.statement".to_owned(),
+                        Value::Str("SELECT * FROM users WHERE id = $1".into()),
+                    ),
+                    ("server.address".to_owned(), Value::Str("db.internal".into())),
+                ];
+            }
+            Span {
+                trace_id: [(i / 2) as u8 | 1; 16],
+                span_id: (i + 1).to_be_bytes(),
+                parent_id: (!server).then(|| i.to_be_bytes()),
+                name: if server {
+                    "GET /users/:id".into()
+                } else {
+                    "SELECT users".into()
+                },
+                kind: if server { Kind::Server } else { Kind::Client },
+                start_unix_nanos: start,
+                end_unix_nanos: start + 734_000,
+                status: if i % 10 == 0 {
+                    Status::Error("timeout".into())
+                } else {
+                    Status::Ok
+                },
+                attributes,
+                events: vec![Event {
+                    name: "cache.miss".into(),
+                    time_unix_nanos: start + 1000,
+                    attributes: vec![],
+                }],
+                dropped_attributes: 0,
+                dropped_events: 0,
+            }
+        })
+        .collect()
+}
+
+fn encode(c: &mut Criterion) {
+    let spans = batch();
+    let mut encoder = Encoder::new("bext-site");
+    let mut out = Vec::new();
+    encoder.encode_batch(&spans, &mut out);
+    let json_len = out.len();
+    let mut g = c.benchmark_group("zipkin_encode_512");
+    g.throughput(Throughput::Elements(spans.len() as u64));
+    g.bench_function("spillway", |b| {
+        b.iter(|| {
+            out.clear();
+            encoder.encode_batch(black_box(&spans), &mut out);
+            black_box(out.len())
+        })
+    });
+    g.bench_function("spillway+gzip1", |b| {
+        let mut gz = Vec::new();
+        b.iter(|| {
+            out.clear();
+            encoder.encode_batch(black_box(&spans), &mut out);
+            gz.clear();
+            let mut enc = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::new(1));
+            let _ = enc.write_all(&out);
+            let _ = enc.finish();
+            black_box(gz.len())
+        })
+    });
+    g.finish();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
+    let _ = gz.write_all(&out);
+    let gz_len = gz.finish().map(|v| v.len()).unwrap_or(0);
+    eprintln!(
+        "512-span batch: {json_len} bytes JSON, {gz_len} bytes gzip-1 ({:.1}x)",
+        json_len as f64 / gz_len.max(1) as f64
+    );
+}
+
+criterion_group!(benches, encode);
+criterion_main!(benches);

@@ -1,0 +1,76 @@
+//! Span lifecycle cost on the recording path, 1 and 2 threads.
+//!
+//! The threads record in rounds of `CHUNK` spans each; between rounds one
+//! thread flushes to a discarding transport while the others wait, outside
+//! the timing. That keeps the batch bounded and warm, as bext's interval
+//! flush does, so what is measured is the hot path (and not page faults
+//! from an ever-growing batch). Reported time is wall time per span over
+//! all threads: the inverse of throughput.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+mod common;
+
+const CHUNK: u64 = 4096;
+
+fn lifecycle(c: &mut Criterion) {
+    let mut g = c.benchmark_group("span_lifecycle");
+    g.throughput(Throughput::Elements(1));
+    for threads in [1usize, 2] {
+        let tracer = common::tracer();
+        g.bench_function(format!("spillway/{threads}t"), |b| {
+            b.iter_custom(|iters| {
+                run(&tracer, threads, iters, common::record_one, |t| {
+                    let _ = t.try_flush();
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Records `iters` spans over `threads` threads in rounds; returns the wall
+/// time of the recording, scaled to `iters` spans.
+pub fn run<T: Sync>(tracer: &T, threads: usize, iters: u64, record: fn(&T), flush: fn(&T)) -> Duration {
+    let per_thread = iters.div_ceil(threads as u64).max(1);
+    let rounds = per_thread.div_ceil(CHUNK);
+    let start = Barrier::new(threads);
+    let end = Barrier::new(threads);
+    let elapsed = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (start, end) = (&start, &end);
+                s.spawn(move || {
+                    let mut spent = Duration::ZERO;
+                    let mut left = per_thread;
+                    for _ in 0..rounds {
+                        let n = left.min(CHUNK);
+                        left -= n;
+                        start.wait();
+                        let t = Instant::now();
+                        for _ in 0..n {
+                            record(black_box(tracer));
+                        }
+                        spent += t.elapsed();
+                        if end.wait().is_leader() || (threads == 1 && i == 0) {
+                            flush(tracer);
+                        }
+                    }
+                    spent
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .max()
+            .unwrap_or_default()
+    });
+    elapsed.mul_f64(iters as f64 / (per_thread * threads as u64) as f64)
+}
+
+criterion_group!(benches, lifecycle);
+criterion_main!(benches);

@@ -1,0 +1,227 @@
+//! `spillway generate`: a workload generator in the spirit of the
+//! OpenTelemetry Collector's telemetrygen. It drives the real tracer exactly
+//! as bext would (SERVER request spans with a DB CLIENT child, attributes,
+//! events, some errors) from several threads, flushes on an interval like
+//! bext's timer, and ends with the accounting.
+
+use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
+use indicatif::{ProgressBar, ProgressStyle};
+use spillway::{Config, SpillwayTracer, Stats};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Recording threads.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: u32,
+    /// Spans to record in all (each request is 2 spans); ignored with --duration.
+    #[arg(long, default_value_t = 10_000)]
+    spans: u64,
+    /// Record for this long instead (e.g. 30s, 2m, 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Flush interval in milliseconds, as bext's timer would.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    flush_every: u64,
+    /// Zipkin v2 collector URL.
+    #[arg(long, default_value = spillway::config::DEFAULT_ENDPOINT)]
+    endpoint: String,
+    /// Service name on every span.
+    #[arg(long, default_value = "spillway-generate")]
+    service: String,
+    /// Fraction of requests that fail (error status, exception event).
+    #[arg(long, default_value_t = 0.1)]
+    error_ratio: f64,
+    /// Print one JSON object with the accounting instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number and a unit, like 30s"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unit must be ms, s, m or h")),
+    }
+}
+
+pub fn run(args: Args, spool: &Path) -> Result<ExitCode, String> {
+    let config = Config {
+        service_name: args.service.clone(),
+        endpoint: args.endpoint.clone(),
+        spool_dir: Some(spool.to_path_buf()),
+        ..Config::default()
+    };
+    let tracer = SpillwayTracer::new(config).map_err(|e| e.to_string())?;
+    let requests = args.spans.div_ceil(2);
+    let issued = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let deadline = args.duration.map(|d| Instant::now() + d);
+    let bar = progress_bar(args.duration.is_none().then_some(requests * 2));
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..args.threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut rng = fastrand::Rng::new();
+                    loop {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            break;
+                        }
+                        let n = issued.fetch_add(1, Ordering::Relaxed);
+                        if deadline.is_none() && n >= requests {
+                            break;
+                        }
+                        request(&tracer, &mut rng, n, args.error_ratio);
+                    }
+                })
+            })
+            .collect();
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                // Sleep in small steps so the end of the run is noticed at once.
+                let until = Instant::now() + Duration::from_millis(args.flush_every);
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    let recorded = tracer.stats().recorded;
+                    bar.set_position(recorded);
+                    std::thread::sleep(Duration::from_millis(args.flush_every.min(50)));
+                }
+                match tracer.flush() {
+                    Ok(()) => bar.set_message(""),
+                    Err(e) => bar.set_message(format!("flush failed: {e}")),
+                }
+            }
+        });
+        for w in workers {
+            let _ = w.join();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    // The final flush, as bext's shutdown does.
+    let final_flush = tracer.flush();
+    let elapsed = started.elapsed();
+    let stats = tracer.stats();
+    bar.finish_and_clear();
+    report(&stats, elapsed, args.json);
+    match final_flush {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("spillway: final flush: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn progress_bar(total: Option<u64>) -> ProgressBar {
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::no_length(),
+    };
+    // indicatif draws on stderr only when it is a terminal: quiet in a pipe.
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} spans {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// One request as bext records it: a SERVER span with a DB CLIENT child.
+fn request(tracer: &SpillwayTracer, rng: &mut fastrand::Rng, n: u64, error_ratio: f64) {
+    let user = rng.u32(1..100_000);
+    let failed = rng.f64() < error_ratio;
+    let server = tracer.start_span(SpanStart {
+        name: "GET /users/:id",
+        kind: SpanKind::Server,
+        parent: None,
+        attributes: vec![
+            ("http.request.method".to_owned(), "GET".into()),
+            ("http.route".to_owned(), "/users/:id".into()),
+            ("url.path".to_owned(), format!("/users/{user}").into()),
+            ("client.address".to_owned(), "127.0.0.1".into()),
+        ],
+        start_time_unix_nanos: None,
+    });
+    let db = tracer.start_span(SpanStart {
+        name: "SELECT users",
+        kind: SpanKind::Client,
+        parent: Some(server),
+        attributes: vec![
+            ("db.system".to_owned(), "postgresql".into()),
+            ("db.query.text".to_owned(), "SELECT * FROM users WHERE id = $1".into()),
+            ("server.address".to_owned(), "db.internal".into()),
+            ("server.port".to_owned(), AttrValue::I64(5432)),
+        ],
+        start_time_unix_nanos: None,
+    });
+    tracer.set_attribute(db, "db.response.returned_rows", AttrValue::I64(i64::from(!failed)));
+    tracer.end_span(db, None);
+    if failed {
+        tracer.add_event(
+            server,
+            SpanEvent {
+                name: "exception",
+                attributes: vec![
+                    ("exception.type".to_owned(), "TimeoutError".into()),
+                    ("exception.message".to_owned(), format!("request {n} timed out").into()),
+                ],
+                time_unix_nanos: None,
+            },
+        );
+        tracer.set_status(
+            server,
+            SpanStatus::Error {
+                description: "upstream timeout".into(),
+            },
+        );
+        tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(504));
+    } else {
+        tracer.set_status(server, SpanStatus::Ok);
+        tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(200));
+    }
+    tracer.end_span(server, None);
+}
+
+fn report(s: &Stats, elapsed: Duration, json: bool) {
+    if json {
+        let obj = serde_json::json!({
+            "recorded": s.recorded,
+            "delivered": s.delivered,
+            "pending": s.in_memory,
+            "spooled": s.spooled,
+            "dropped": s.dropped.total(),
+            "dropped_by_reason": s.dropped,
+            "requests": s.requests,
+            "failed_requests": s.failed_requests,
+            "seconds": elapsed.as_secs_f64(),
+        });
+        println!("{obj}");
+        return;
+    }
+    println!(
+        "recorded {} spans in {:.2}s ({:.0} spans/s)",
+        s.recorded,
+        elapsed.as_secs_f64(),
+        s.recorded as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    println!("delivered {}", s.delivered);
+    println!("pending   {} in memory, {} spooled", s.in_memory, s.spooled);
+    let d = s.dropped;
+    println!(
+        "dropped   {} (queue full {}, retry buffer full {}, rejected {}, oversize {})",
+        d.total(),
+        d.queue_full,
+        d.retry_full,
+        d.rejected,
+        d.oversize
+    );
+    println!("requests  {} ({} failed)", s.requests, s.failed_requests);
+}

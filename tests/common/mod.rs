@@ -1,0 +1,240 @@
+//! Test helpers: spans made the way bext makes them, the real Zipkin's
+//! address, and an HTTP server on 127.0.0.1 that answers as a script says,
+//! for faults that must be injected on purpose.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The real Zipkin server the suite runs against. `scripts/test.sh` starts
+/// one and sets the variable; without it the test fails, it does not skip.
+pub fn zipkin_url() -> String {
+    std::env::var("SPILLWAY_ZIPKIN_URL").unwrap_or_else(|_| {
+        panic!("SPILLWAY_ZIPKIN_URL is not set: run the suite with scripts/test.sh (it starts a real Zipkin)")
+    })
+}
+
+/// GETs `url` from the real Zipkin and parses the JSON answer.
+pub fn get_json(url: &str) -> serde_json::Value {
+    let body = ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .into_body()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {url} body: {e}"));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
+}
+
+/// Polls `f` until it returns `Some`, at most `limit` (Zipkin stores
+/// asynchronously after its 202). Fails the test with `what` on timeout.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How the fault server answers one request.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// An HTTP status with extra headers and a body.
+    Status(u16, Vec<(&'static str, String)>, &'static str),
+    /// Decide from the decoded request body.
+    By(fn(&str) -> u16),
+    /// Read the request, then say nothing until the server is dropped.
+    Hang,
+    /// Close the connection without answering.
+    Reset,
+    /// Answer bytes that are not HTTP.
+    Garbage,
+}
+
+/// A request the fault server received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub headers: Vec<(String, String)>,
+    /// The body, gunzipped when it was sent with `Content-Encoding: gzip`.
+    pub json: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str::<Vec<serde_json::Value>>(&self.json)
+            .unwrap_or_else(|e| panic!("server received invalid JSON ({e}): {}", self.json))
+    }
+}
+
+/// An HTTP/1.1 server on 127.0.0.1 that answers from a script
+/// (then 202 once the script is used up) and records what it received.
+pub struct FaultServer {
+    pub url: String,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+    port: u16,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultServer {
+    pub fn start(script: Vec<Answer>) -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // One thread per connection: ureq keeps connections alive,
+                // and a hanging answer must not block the next client.
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
+                    std::thread::spawn(move || serve(conn, &script, &received, &stop));
+                }
+            })
+        };
+        FaultServer {
+            url: format!("http://127.0.0.1:{port}/api/v2/spans"),
+            script,
+            received,
+            stop,
+            port,
+            thread: Some(thread),
+        }
+    }
+
+    /// Appends answers to the script.
+    pub fn then(&self, answers: Vec<Answer>) {
+        self.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Distinct span ids received, over all requests.
+    pub fn span_ids(&self) -> std::collections::BTreeSet<String> {
+        self.requests()
+            .iter()
+            .flat_map(|r| r.spans())
+            .map(|s| s["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, script: &Mutex<VecDeque<Answer>>, received: &Mutex<Vec<Received>>, stop: &AtomicBool) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
+    let mut conn = conn;
+    loop {
+        // One request per loop; keep-alive connections are reused by ureq.
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let gz = headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-encoding") && v == "gzip");
+        let json = if gz {
+            let mut s = String::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut s)
+                .expect("gzip body");
+            s
+        } else {
+            String::from_utf8(body).expect("utf-8 body")
+        };
+        let answer = script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Answer::Status(202, vec![], ""));
+        received.lock().unwrap().push(Received {
+            headers,
+            json: json.clone(),
+        });
+        let (status, extra, text) = match answer {
+            Answer::Status(s, h, b) => (s, h, b),
+            Answer::By(f) => (f(&json), vec![], ""),
+            Answer::Hang => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return;
+            }
+            Answer::Reset => return,
+            Answer::Garbage => {
+                let _ = conn.write_all(b"\x00\x01not http at all\r\n\r\n");
+                return;
+            }
+        };
+        let mut head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", text.len());
+        for (k, v) in extra {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        if conn
+            .write_all(head.as_bytes())
+            .and_then(|_| conn.write_all(text.as_bytes()))
+            .is_err()
+        {
+            return;
+        }
+    }
+}

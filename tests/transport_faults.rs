@@ -1,0 +1,242 @@
+//! The failure matrix for the HTTP path, against a server on 127.0.0.1 that
+//! answers as each test scripts it: retryable faults keep the spans, 400
+//! and 413 are bisected, other 4xx are dropped and counted, and no fault
+//! makes a flush hang past the configured timeout or panic.
+
+mod common;
+
+use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
+use common::{Answer, FaultServer};
+use spillway::transport::{Class, SendError};
+use spillway::{Config, SpillwayTracer};
+use std::time::{Duration, Instant};
+
+fn tracer(url: &str, tweak: impl FnOnce(&mut Config)) -> SpillwayTracer {
+    let mut cfg = Config {
+        endpoint: url.to_owned(),
+        timeout_ms: 1_000,
+        connect_timeout_ms: 500,
+        ..Config::default()
+    };
+    tweak(&mut cfg);
+    SpillwayTracer::new(cfg).unwrap()
+}
+
+fn record(t: &SpillwayTracer, n: usize, name: &str) {
+    for _ in 0..n {
+        let h = t.start_span(SpanStart {
+            name,
+            ..Default::default()
+        });
+        t.end_span(h, None);
+    }
+}
+
+fn flush_err(t: &SpillwayTracer) -> spillway::FlushError {
+    t.try_flush().expect_err("flush should fail")
+}
+
+#[test]
+fn retryable_statuses_keep_spans_until_the_collector_answers() {
+    for (status, headers) in [
+        (500, vec![]),
+        (503, vec![("Retry-After", "7".to_owned())]),
+        (429, vec![]),
+        (408, vec![]),
+    ] {
+        let server = FaultServer::start(vec![Answer::Status(status, headers.clone(), "busy")]);
+        let t = tracer(&server.url, |_| {});
+        record(&t, 10, "x");
+        let err = flush_err(&t);
+        assert_eq!(err.kept, 10, "{err}");
+        let cause = err.cause.clone().unwrap();
+        assert_eq!(cause.class(), Class::Retry);
+        assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
+        if status == 503 {
+            assert_eq!(cause.retry_after(), Some(Duration::from_secs(7)));
+        }
+        let s = t.stats();
+        assert_eq!((s.in_memory, s.delivered), (10, 0));
+        assert!(s.is_balanced());
+        // The collector recovers: the kept spans go first, then new ones.
+        record(&t, 5, "y");
+        t.flush().unwrap();
+        let s = t.stats();
+        assert_eq!((s.delivered, s.in_memory), (15, 0), "{s:?}");
+        assert_eq!(server.span_ids().len(), 15);
+        assert!(s.is_balanced());
+    }
+}
+
+#[test]
+fn connection_refused_is_reported_and_kept() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/api/v2/spans");
+    let t = tracer(&url, |_| {});
+    record(&t, 3, "x");
+    let err = flush_err(&t);
+    assert!(matches!(err.cause, Some(SendError::Unreachable(_))), "{err:?}");
+    let msg = t.flush().unwrap_err();
+    assert!(msg.contains(&url) && msg.contains("3 kept in memory"), "{msg}");
+}
+
+#[test]
+fn reset_and_garbage_are_retryable_and_do_not_panic() {
+    let server = FaultServer::start(vec![Answer::Reset, Answer::Garbage]);
+    let t = tracer(&server.url, |_| {});
+    record(&t, 4, "x");
+    for _ in 0..2 {
+        let err = flush_err(&t);
+        assert_eq!(err.cause.as_ref().map(SendError::class), Some(Class::Retry), "{err}");
+        assert_eq!(err.kept, 4);
+    }
+    t.flush().unwrap();
+    assert_eq!(t.stats().delivered, 4);
+}
+
+#[test]
+fn a_hanging_collector_costs_one_timeout() {
+    let server = FaultServer::start(vec![Answer::Hang]);
+    let t = tracer(&server.url, |c| {
+        c.timeout_ms = 300;
+        c.connect_timeout_ms = 100;
+    });
+    record(&t, 2_000, "x");
+    let began = Instant::now();
+    let err = flush_err(&t);
+    let took = began.elapsed();
+    assert!(matches!(err.cause, Some(SendError::Timeout(_))), "{err:?}");
+    // Bounded by the configured timeout (plus scheduling slack), not by the
+    // number of requests the batch would need.
+    assert!(took < Duration::from_secs(5), "flush took {took:?}");
+    assert_eq!(err.kept, 2_000);
+}
+
+#[test]
+fn bad_request_bisects_so_only_the_refused_span_is_dropped() {
+    fn refuse_poison(body: &str) -> u16 {
+        if body.contains("poison") { 400 } else { 202 }
+    }
+    let server = FaultServer::start(vec![Answer::By(refuse_poison); 64]);
+    let t = tracer(&server.url, |_| {});
+    record(&t, 20, "fine");
+    record(&t, 1, "poison");
+    record(&t, 20, "fine");
+    let err = flush_err(&t);
+    assert_eq!((err.rejected, err.delivered, err.kept), (1, 40, 0), "{err}");
+    let s = t.stats();
+    assert_eq!((s.delivered, s.dropped.rejected, s.in_memory), (40, 1, 0));
+    assert!(s.is_balanced());
+    assert_eq!(server.span_ids().len(), 41, "the poison span was sent alone once");
+}
+
+#[test]
+fn payload_too_large_splits_until_it_fits() {
+    fn small_only(body: &str) -> u16 {
+        if body.len() > 3_000 { 413 } else { 202 }
+    }
+    let server = FaultServer::start(vec![Answer::By(small_only); 256]);
+    let t = tracer(&server.url, |_| {});
+    record(&t, 100, "x");
+    t.flush().unwrap();
+    let s = t.stats();
+    assert_eq!((s.delivered, s.dropped.total()), (100, 0), "{s:?}");
+    assert!(server.requests().iter().filter(|r| r.json.len() <= 3_000).count() >= 4);
+}
+
+#[test]
+fn other_client_errors_drop_and_count() {
+    let server = FaultServer::start(vec![Answer::Status(404, vec![], "no such path")]);
+    let t = tracer(&server.url, |_| {});
+    record(&t, 7, "x");
+    let err = flush_err(&t);
+    assert_eq!(err.rejected, 7);
+    assert!(err.to_string().contains("HTTP 404: no such path"), "{err}");
+    let s = t.stats();
+    assert_eq!((s.dropped.rejected, s.in_memory), (7, 0));
+    assert!(s.is_balanced());
+}
+
+#[test]
+fn requests_respect_span_and_byte_limits() {
+    let server = FaultServer::start(vec![]);
+    let t = tracer(&server.url, |c| {
+        c.max_batch_spans = 10;
+        c.max_request_bytes = 4096;
+    });
+    record(&t, 95, "x");
+    let big = "y".repeat(3_000);
+    record(&t, 3, &big);
+    t.flush().unwrap();
+    let reqs = server.requests();
+    assert!(reqs.iter().all(|r| r.spans().len() <= 10 && r.json.len() <= 4096));
+    assert_eq!(server.span_ids().len(), 98);
+}
+
+#[test]
+fn a_span_larger_than_a_request_is_dropped_as_oversize() {
+    let server = FaultServer::start(vec![]);
+    let t = tracer(&server.url, |c| c.max_request_bytes = 2048);
+    record(&t, 1, &"z".repeat(5_000));
+    record(&t, 2, "ok");
+    let err = flush_err(&t);
+    assert_eq!((err.oversize, err.delivered), (1, 2), "{err}");
+    assert!(err.to_string().contains("larger than max_request_bytes"));
+    assert_eq!(t.stats().dropped.oversize, 1);
+}
+
+#[test]
+fn retry_buffer_is_bounded_and_counts_the_oldest_it_drops() {
+    let server = FaultServer::start(vec![Answer::Status(503, vec![], ""); 3]);
+    let t = tracer(&server.url, |c| c.max_retry_spans = 25);
+    for _ in 0..3 {
+        record(&t, 10, "x");
+        let _ = flush_err(&t);
+    }
+    let s = t.stats();
+    assert_eq!((s.in_memory, s.dropped.retry_full), (25, 5), "{s:?}");
+    assert!(s.is_balanced());
+}
+
+#[test]
+fn gzip_headers_and_plain_mode() {
+    let server = FaultServer::start(vec![]);
+    let t = tracer(&server.url, |c| {
+        c.headers.insert("Authorization".into(), "Bearer t0k".into());
+    });
+    record(&t, 3, "x");
+    t.flush().unwrap();
+    let plain = tracer(&server.url, |c| c.gzip = false);
+    record(&plain, 2, "y");
+    plain.flush().unwrap();
+    let reqs = server.requests();
+    assert_eq!(reqs[0].header("content-encoding"), Some("gzip"));
+    assert_eq!(reqs[0].header("content-type"), Some("application/json"));
+    assert_eq!(reqs[0].header("authorization"), Some("Bearer t0k"));
+    assert_eq!(reqs[0].spans().len(), 3);
+    assert_eq!(reqs[1].header("content-encoding"), None);
+    assert_eq!(reqs[1].spans().len(), 2);
+}
+
+#[test]
+fn bad_endpoints_are_refused_at_build_time() {
+    for url in [
+        "",
+        "localhost:9411",
+        "ftp://127.0.0.1/x",
+        "http://",
+        "http://user:pw@127.0.0.1:9411/api/v2/spans",
+    ] {
+        let err = SpillwayTracer::new(Config {
+            endpoint: url.into(),
+            ..Config::default()
+        })
+        .err()
+        .expect(url);
+        assert!(err.to_string().contains("endpoint"), "{url}: {err}");
+    }
+}
