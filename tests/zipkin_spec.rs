@@ -1,0 +1,275 @@
+//! Every encoding is valid against the official Zipkin v2 spec
+//! (`../shared/spec/zipkin-api/zipkin2-api.yaml`, `ListOfSpans`), parses
+//! with an independent Zipkin model (`zipkin-types`), and meets what
+//! Zipkin's own decoder demands beyond the spec's (unanchored) patterns:
+//! exact-length lower-case hex ids, no zero duration, string tags, no
+//! `INTERNAL` kind. Checked for ordinary spans, hand-made nasty ones, and
+//! proptest-generated ones.
+
+use proptest::prelude::*;
+use serde_json::Value as Json;
+use spillway::span::{Event, Kind, Span, Status, Value};
+use spillway::zipkin::Encoder;
+use std::sync::OnceLock;
+
+fn validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/spec/zipkin-api/zipkin2-api.yaml"
+        );
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (shared/ must sit beside the repo)"));
+        let doc: Json = serde_yaml::from_str(&text).expect("spec parses");
+        let schema = serde_json::json!({
+            "$ref": "#/definitions/ListOfSpans",
+            "definitions": doc["definitions"].clone(),
+        });
+        jsonschema::draft4::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("spec schema builds")
+    })
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Encodes `spans` and checks the output every way; returns the JSON.
+fn check(spans: &[Span]) -> Json {
+    let mut out = Vec::new();
+    Encoder::new("svc").encode_batch(spans, &mut out);
+    let json: Json = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+    let errors: Vec<String> = validator()
+        .iter_errors(&json)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "spec violations: {errors:?}\n{json}");
+    let parsed: Vec<zipkin_types::Span> =
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("zipkin-types refuses it: {e}\n{json}"));
+    assert_eq!(parsed.len(), spans.len());
+    for (span, j) in spans.iter().zip(json.as_array().expect("array")) {
+        assert!(is_lower_hex(j["traceId"].as_str().unwrap(), 32), "{j}");
+        assert!(is_lower_hex(j["id"].as_str().unwrap(), 16), "{j}");
+        if let Some(p) = j.get("parentId") {
+            assert!(is_lower_hex(p.as_str().unwrap(), 16), "{j}");
+        }
+        assert!(j["duration"].as_u64().unwrap() >= 1, "{j}");
+        assert_ne!(j.get("kind").and_then(Json::as_str), Some("INTERNAL"));
+        if let Some(tags) = j.get("tags") {
+            assert!(tags.as_object().unwrap().values().all(Json::is_string), "{j}");
+        }
+        if !span.name.is_empty() {
+            assert_eq!(j["name"], span.name.as_str(), "names survive escaping");
+        }
+        for (k, v) in &span.attributes {
+            if let Value::Str(s) = v
+                && k != "error"
+                && k != "otel.status_code"
+            {
+                assert_eq!(j["tags"][k], s.as_str(), "tag {k:?} survives escaping");
+            }
+        }
+    }
+    json
+}
+
+fn base() -> Span {
+    Span {
+        trace_id: [0x5a; 16],
+        span_id: [0x01, 0, 0, 0, 0, 0, 0, 0xff],
+        parent_id: Some([0x0f; 8]),
+        name: "GET /users/:id".into(),
+        kind: Kind::Server,
+        start_unix_nanos: 1_764_000_000_000_000_000,
+        end_unix_nanos: 1_764_000_000_250_000_000,
+        status: Status::Ok,
+        attributes: vec![("http.request.method".into(), Value::Str("GET".into()))],
+        events: vec![],
+        dropped_attributes: 0,
+        dropped_events: 0,
+    }
+}
+
+#[test]
+fn ordinary_spans_of_every_kind() {
+    let spans: Vec<Span> = [
+        Kind::Internal,
+        Kind::Server,
+        Kind::Client,
+        Kind::Producer,
+        Kind::Consumer,
+    ]
+    .into_iter()
+    .map(|kind| Span { kind, ..base() })
+    .collect();
+    let json = check(&spans);
+    assert!(json[0].get("kind").is_none());
+    assert_eq!(json[2]["kind"], "CLIENT");
+}
+
+#[test]
+fn nasty_spans() {
+    let all_controls: String = (0u32..0x20).filter_map(char::from_u32).collect();
+    let unicode = "é 漢字 😀 \u{2028}\u{2029} \u{feff} \u{7f} \" \\ / \u{10ffff}";
+    let huge: Vec<String> = (0..10_000).map(|i| format!("item-{i}")).collect();
+    let mut nasty = base();
+    nasty.name = format!("{all_controls}{unicode}");
+    nasty.kind = Kind::Client;
+    nasty.status = Status::Error(format!("{unicode}{all_controls}"));
+    nasty.attributes = vec![
+        (all_controls.clone(), Value::Str(unicode.into())),
+        (unicode.into(), Value::Str(all_controls.clone())),
+        ("nan".into(), Value::F64(f64::NAN)),
+        ("inf".into(), Value::F64(f64::INFINITY)),
+        ("-inf".into(), Value::F64(f64::NEG_INFINITY)),
+        ("tiny".into(), Value::F64(5e-324)),
+        ("floats".into(), Value::F64Array(vec![f64::NAN, -0.0, 1e308])),
+        ("empty".into(), Value::StrArray(vec![])),
+        ("empty.i".into(), Value::I64Array(vec![])),
+        ("bools".into(), Value::BoolArray(vec![true, false])),
+        ("ints".into(), Value::I64Array(vec![i64::MIN, i64::MAX])),
+        ("huge".into(), Value::StrArray(huge)),
+        ("".into(), Value::Str("".into())),
+        ("peer.service".into(), Value::Str(unicode.into())),
+        ("server.port".into(), Value::I64(99_999)),
+    ];
+    nasty.events = vec![
+        Event {
+            name: all_controls.clone(),
+            time_unix_nanos: 0,
+            attributes: vec![],
+        },
+        Event {
+            name: unicode.into(),
+            time_unix_nanos: u64::MAX,
+            attributes: vec![
+                ("x".into(), Value::F64(f64::NAN)),
+                (all_controls.clone(), Value::StrArray(vec![unicode.into()])),
+            ],
+        },
+    ];
+    let zero_length = Span {
+        end_unix_nanos: base().start_unix_nanos,
+        ..base()
+    };
+    let multi_day = Span {
+        end_unix_nanos: base().start_unix_nanos + 3 * 86_400 * 1_000_000_000,
+        ..base()
+    };
+    let backwards = Span {
+        end_unix_nanos: 1,
+        ..base()
+    };
+    let json = check(&[nasty, zero_length, multi_day, backwards]);
+    assert_eq!(json[0]["tags"]["nan"], "NaN");
+    assert_eq!(json[0]["tags"]["floats"], "[\"NaN\",-0.0,1e308]");
+    assert!(
+        json[0]["remoteEndpoint"].get("port").is_none(),
+        "port 99999 is not sent"
+    );
+    assert_eq!(json[1]["duration"], 1);
+    assert_eq!(json[2]["duration"], 3u64 * 86_400 * 1_000_000);
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<String>().prop_map(Value::Str),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::I64),
+        any::<f64>().prop_map(Value::F64),
+        prop::collection::vec(any::<String>(), 0..4).prop_map(Value::StrArray),
+        prop::collection::vec(any::<bool>(), 0..4).prop_map(Value::BoolArray),
+        prop::collection::vec(any::<i64>(), 0..4).prop_map(Value::I64Array),
+        prop::collection::vec(any::<f64>(), 0..4).prop_map(Value::F64Array),
+    ]
+}
+
+fn span() -> impl Strategy<Value = Span> {
+    let kind = prop_oneof![
+        Just(Kind::Internal),
+        Just(Kind::Server),
+        Just(Kind::Client),
+        Just(Kind::Producer),
+        Just(Kind::Consumer)
+    ];
+    let status = prop_oneof![
+        Just(Status::Unset),
+        Just(Status::Ok),
+        any::<String>().prop_map(Status::Error)
+    ];
+    let attrs =
+        prop::collection::btree_map(any::<String>(), value(), 0..6).prop_map(|m| m.into_iter().collect::<Vec<_>>());
+    let event = (
+        any::<String>(),
+        any::<u64>(),
+        prop::collection::vec((any::<String>(), value()), 0..3),
+    )
+        .prop_map(|(name, time_unix_nanos, attributes)| Event {
+            name,
+            time_unix_nanos,
+            attributes,
+        });
+    (
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 8]>(),
+            any::<Option<[u8; 8]>>(),
+            any::<String>(),
+            kind,
+        ),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            status,
+            attrs,
+            prop::collection::vec(event, 0..3),
+            any::<u32>(),
+            any::<u32>(),
+        ),
+    )
+        .prop_filter("the tracer never makes zero ids", |((t, s, p, ..), _)| {
+            *t != [0; 16] && *s != [0; 8] && p.is_none_or(|p| p != [0; 8])
+        })
+        .prop_map(
+            |((trace_id, span_id, parent_id, name, kind), (start, end, status, attributes, events, da, de))| Span {
+                trace_id,
+                span_id,
+                parent_id,
+                name,
+                kind,
+                start_unix_nanos: start,
+                end_unix_nanos: end,
+                status,
+                attributes,
+                events,
+                dropped_attributes: da,
+                dropped_events: de,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn arbitrary_spans_satisfy_the_spec(spans in prop::collection::vec(span(), 1..4)) {
+        check(&spans);
+    }
+}
+
+#[test]
+fn the_validator_refuses_what_zipkin_refuses() {
+    // A control: the checks above would be empty if the schema accepted anything.
+    for bad in [
+        serde_json::json!([{"traceId": "abc", "id": "0000000000000001"}]),
+        serde_json::json!([{"traceId": "5a5a5a5a5a5a5a5a", "id": "0000000000000001", "kind": "INTERNAL"}]),
+        serde_json::json!([{"traceId": "5a5a5a5a5a5a5a5a", "id": "0000000000000001", "tags": {"n": 1}}]),
+        serde_json::json!([{"traceId": "5a5a5a5a5a5a5a5a", "id": "0000000000000001", "timestamp": 1.5}]),
+        serde_json::json!([{"traceId": "5a5a5a5a5a5a5a5a"}]),
+        serde_json::json!({"traceId": "5a5a5a5a5a5a5a5a", "id": "0000000000000001"}),
+    ] {
+        assert!(!validator().is_valid(&bad), "accepted {bad}");
+    }
+}
