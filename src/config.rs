@@ -258,7 +258,7 @@ fn json_error(e: &serde_json::Error, json: &str) -> ConfigError {
     let field = msg
         .split('`')
         .nth(1)
-        .filter(|_| msg.contains("field"))
+        .filter(|f| !f.is_empty() && msg.contains("field"))
         .unwrap_or("<config>")
         .to_owned();
     let snippet: String = json.chars().take(80).collect();
@@ -300,6 +300,8 @@ mod tests {
             (r#"{"headers": {"x-token": "a\nb"}}"#, "headers.x-token"),
             (r#"{"max_batch_spanz": 3}"#, "max_batch_spanz"),
             (r#"{"timeout_ms": "fast"}"#, "<config>"),
+            // Found by the fuzzer: serde's message had an empty field name.
+            (include_str!("../fuzz/corpus/config/regression-empty-field.json"), "<config>"),
         ];
         for (json, field) in cases {
             let err = Config::from_json(json).unwrap_err();
