@@ -35,11 +35,7 @@ pub fn record_one(tracer: &SpillwayTracer) {
         name: "GET /users/:id",
         kind: SpanKind::Server,
         parent: None,
-        attributes: vec![
-            ("http.request.method".to_owned(), AttrValue::from("GET")),
-            ("http.route".to_owned(), AttrValue::from("/users/:id")),
-            ("http.response.status_code".to_owned(), AttrValue::I64(200)),
-        ],
+        attributes: attributes(),
         start_time_unix_nanos: None,
     });
     tracer.add_event(
@@ -51,4 +47,14 @@ pub fn record_one(tracer: &SpillwayTracer) {
         },
     );
     tracer.end_span(span, None);
+}
+
+/// The standard span's three attributes, as bext hands them over.
+#[inline]
+pub fn attributes() -> Vec<(String, AttrValue)> {
+    vec![
+        ("http.request.method".to_owned(), AttrValue::from("GET")),
+        ("http.route".to_owned(), AttrValue::from("/users/:id")),
+        ("http.response.status_code".to_owned(), AttrValue::I64(200)),
+    ]
 }

@@ -45,7 +45,7 @@ pub fn batch() -> Vec<Span> {
                     Status::Ok
                 },
                 attributes,
-                events: vec![Event {
+                events: smallvec::smallvec![Event {
                     name: "cache.miss".into(),
                     time_unix_nanos: start + 1000,
                     attributes: vec![],

@@ -29,6 +29,21 @@ fn lifecycle(c: &mut Criterion) {
             })
         });
     }
+    // The floor the trait's signature sets: what bext itself allocates for
+    // the same span (the owned attribute keys, values and vector), dropped
+    // in bulk between rounds as a flush would.
+    let sink = std::sync::Mutex::new(Vec::new());
+    g.bench_function("caller_allocations_only/1t", |b| {
+        b.iter_custom(|iters| {
+            run(
+                &sink,
+                1,
+                iters,
+                |s| s.lock().unwrap_or_else(|e| e.into_inner()).push(common::attributes()),
+                |s| s.lock().unwrap_or_else(|e| e.into_inner()).clear(),
+            )
+        })
+    });
     g.finish();
 }
 
@@ -41,7 +56,7 @@ pub fn run<T: Sync>(tracer: &T, threads: usize, iters: u64, record: fn(&T), flus
     let end = Barrier::new(threads);
     let elapsed = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|i| {
+            .map(|_| {
                 let (start, end) = (&start, &end);
                 s.spawn(move || {
                     let mut spent = Duration::ZERO;
@@ -55,7 +70,7 @@ pub fn run<T: Sync>(tracer: &T, threads: usize, iters: u64, record: fn(&T), flus
                             record(black_box(tracer));
                         }
                         spent += t.elapsed();
-                        if end.wait().is_leader() || (threads == 1 && i == 0) {
+                        if end.wait().is_leader() {
                             flush(tracer);
                         }
                     }

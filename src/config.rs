@@ -301,7 +301,10 @@ mod tests {
             (r#"{"max_batch_spanz": 3}"#, "max_batch_spanz"),
             (r#"{"timeout_ms": "fast"}"#, "<config>"),
             // Found by the fuzzer: serde's message had an empty field name.
-            (include_str!("../fuzz/corpus/config/regression-empty-field.json"), "<config>"),
+            (
+                include_str!("../fuzz/corpus/config/regression-empty-field.json"),
+                "<config>",
+            ),
         ];
         for (json, field) in cases {
             let err = Config::from_json(json).unwrap_err();

@@ -18,6 +18,7 @@
 
 use bext_plugin_api::tracer::{AttrValue, SpanKind, SpanStatus};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// An attribute value: the OpenTelemetry attribute types, externally tagged
 /// so that every serde format (bincode included) can round-trip it.
@@ -118,13 +119,16 @@ impl From<SpanStatus> for Status {
 /// A point-in-time event inside a span (a Zipkin annotation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Event name, such as `exception`.
-    pub name: String,
+    /// Event name, such as `exception` (usually interned by the tracer).
+    pub name: Cow<'static, str>,
     /// When it happened, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
     /// The event's attributes.
     pub attributes: Vec<(String, Value)>,
 }
+
+/// A span's events.
+pub type Events = smallvec::SmallVec<[Event; 1]>;
 
 /// A finished span, owned, ready to encode or spill.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,8 +139,8 @@ pub struct Span {
     pub span_id: [u8; 8],
     /// Parent span id, absent for a root span.
     pub parent_id: Option<[u8; 8]>,
-    /// Span name, such as `GET /users/:id`.
-    pub name: String,
+    /// Span name, such as `GET /users/:id` (usually interned by the tracer).
+    pub name: Cow<'static, str>,
     /// Span kind.
     pub kind: Kind,
     /// Start time, nanoseconds since the Unix epoch.
@@ -147,8 +151,9 @@ pub struct Span {
     pub status: Status,
     /// Attributes, in the order they were first set.
     pub attributes: Vec<(String, Value)>,
-    /// Events, in the order they were added.
-    pub events: Vec<Event>,
+    /// Events, in the order they were added; the first is stored inline, so
+    /// the common span with at most one event allocates nothing for it.
+    pub events: Events,
     /// Attributes refused because the span had reached its attribute limit.
     pub dropped_attributes: u32,
     /// Events refused because the span had reached its event limit.

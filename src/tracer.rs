@@ -22,6 +22,14 @@
 //!   overwrites an existing key; a handle is dead after `end_span`.
 //! - Ids are random and never all-zero.
 //!
+//! ## Names
+//! Span and event names are low-cardinality in bext (route templates,
+//! `exception`), so each shard interns them: a name seen before costs a
+//! hash lookup under the lock already held instead of an allocation now and
+//! a free at flush. Interned names are leaked `&'static str`, bounded at
+//! [`MAX_NAMES_PER_SHARD`] names of at most [`MAX_INTERNED_LEN`] bytes per
+//! shard (2 MiB at worst for the process); past that, names are owned.
+//!
 //! ## Bounds
 //! Attributes and events per span are capped (the excess is counted on the
 //! span and exported as `otel.dropped_*_count`); the ended batch is capped
@@ -31,16 +39,41 @@
 use crate::clock::{Clock, default_clock};
 use crate::config::{Config, ConfigError};
 use crate::exporter::{Exporter, FlushError};
-use crate::span::{Event, Kind, Span, Status, Value};
+use crate::span::{Event, Events, Kind, Span, Status, Value};
 use crate::stats::{ExportCounters, Stats, add, get};
 use crate::transport::{HttpTransport, Transport};
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
 use rustc_hash::FxHashMap;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Number of shards in the live-span table (a power of two).
 pub const SHARDS: usize = 64;
+
+/// Names each shard interns at most.
+pub const MAX_NAMES_PER_SHARD: usize = 256;
+/// Longest name that is interned.
+pub const MAX_INTERNED_LEN: usize = 128;
+
+/// A bounded set of leaked names (see the module docs).
+#[derive(Default)]
+struct Names(rustc_hash::FxHashSet<&'static str>);
+
+impl Names {
+    #[inline]
+    fn get(&mut self, name: &str) -> Cow<'static, str> {
+        if let Some(&interned) = self.0.get(name) {
+            return Cow::Borrowed(interned);
+        }
+        if self.0.len() < MAX_NAMES_PER_SHARD && name.len() <= MAX_INTERNED_LEN {
+            let leaked: &'static str = Box::leak(Box::from(name));
+            self.0.insert(leaked);
+            return Cow::Borrowed(leaked);
+        }
+        Cow::Owned(name.to_owned())
+    }
+}
 
 /// What one shard holds: its live spans, its part of the ended batch, and
 /// its counters (kept here so the hot path updates them under the lock it
@@ -49,6 +82,7 @@ pub const SHARDS: usize = 64;
 struct ShardState {
     live: FxHashMap<u64, Span>,
     ended: Vec<Span>,
+    names: Names,
     started: u64,
     recorded: u64,
     queue_full: u64,
@@ -233,16 +267,17 @@ impl SpillwayTracer {
             .is_some_and(|s| s.trace_id == h.trace_id)
     }
 
-    /// Runs `f` on the live span `h`, if it is one.
+    /// Runs `f` on the live span `h` and its shard's names, if it is one.
     #[inline]
-    fn with_live(&self, h: &SpanHandle, f: impl FnOnce(&mut Span)) {
+    fn with_live(&self, h: &SpanHandle, f: impl FnOnce(&mut Span, &mut Names)) {
         if h.is_invalid() {
             return;
         }
         let id = u64::from_be_bytes(h.span_id);
-        let mut st = lock(self.shard(id));
+        let mut guard = lock(self.shard(id));
+        let st = &mut *guard;
         if let Some(span) = st.live.get_mut(&id).filter(|s| s.trace_id == h.trace_id) {
-            f(span);
+            f(span, &mut st.names);
         }
     }
 }
@@ -306,13 +341,13 @@ impl TracerPlugin for SpillwayTracer {
             trace_id,
             span_id: id.to_be_bytes(),
             parent_id,
-            name: start.name.to_owned(),
+            name: Cow::Borrowed(""),
             kind: Kind::from(start.kind),
             start_unix_nanos,
             end_unix_nanos: 0,
             status: Status::Unset,
             attributes,
-            events: Vec::new(),
+            events: Events::new(),
             dropped_attributes,
             dropped_events: 0,
         };
@@ -321,6 +356,8 @@ impl TracerPlugin for SpillwayTracer {
             span_id: span.span_id,
         };
         let mut st = lock(self.shard(id));
+        let mut span = span;
+        span.name = st.names.get(start.name);
         st.started += 1;
         st.live.insert(id, span);
         handle
@@ -329,7 +366,7 @@ impl TracerPlugin for SpillwayTracer {
     fn set_attribute(&self, h: SpanHandle, key: &str, value: AttrValue) {
         let value = Value::from(value);
         let max = self.max_attributes;
-        self.with_live(&h, |span| {
+        self.with_live(&h, |span, _| {
             if let Some(slot) = span.attributes.iter_mut().find(|(k, _)| k == key) {
                 slot.1 = value;
             } else if span.attributes.len() < max {
@@ -342,7 +379,7 @@ impl TracerPlugin for SpillwayTracer {
 
     fn set_status(&self, h: SpanHandle, status: SpanStatus) {
         let status = Status::from(status);
-        self.with_live(&h, |span| span.status = status);
+        self.with_live(&h, |span, _| span.status = status);
     }
 
     fn add_event(&self, h: SpanHandle, event: SpanEvent<'_>) {
@@ -352,17 +389,17 @@ impl TracerPlugin for SpillwayTracer {
         let time_unix_nanos = event.time_unix_nanos.unwrap_or_else(|| self.clock.now_unix_nanos());
         let max_events = self.max_events;
         let max_attributes = self.max_attributes;
-        let mut attrs = Some(event.attributes);
-        self.with_live(&h, |span| {
+        let attrs = event.attributes;
+        self.with_live(&h, |span, names| {
             if span.events.len() >= max_events {
                 span.dropped_events = span.dropped_events.saturating_add(1);
                 return;
             }
             let mut dropped = 0;
-            let attributes = convert(attrs.take().unwrap_or_default(), max_attributes, &mut dropped);
+            let attributes = convert(attrs, max_attributes, &mut dropped);
             span.dropped_attributes = span.dropped_attributes.saturating_add(dropped);
             span.events.push(Event {
-                name: event.name.to_owned(),
+                name: names.get(event.name),
                 time_unix_nanos,
                 attributes,
             });

@@ -37,7 +37,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 ///     trace_id: [1; 16], span_id: [2; 8], parent_id: None, name: "GET /".into(),
 ///     kind: Kind::Server, start_unix_nanos: 1_700_000_000_000_000_000,
 ///     end_unix_nanos: 1_700_000_000_000_500_000, status: Status::Ok,
-///     attributes: vec![], events: vec![], dropped_attributes: 0, dropped_events: 0,
+///     attributes: vec![], events: Default::default(), dropped_attributes: 0, dropped_events: 0,
 /// };
 /// let mut out = Vec::new();
 /// Encoder::new("shop").encode_batch(&[span], &mut out);
@@ -436,7 +436,7 @@ mod tests {
                 ("server.port".into(), Value::I64(5432)),
                 ("error".into(), Value::Bool(true)),
             ],
-            events: vec![
+            events: smallvec::smallvec![
                 Event {
                     name: "retry".into(),
                     time_unix_nanos: 1_700_000_000_123_456_999,
@@ -505,7 +505,7 @@ mod tests {
         s.attributes = vec![("error".into(), Value::Str("false".into()))];
         s.events.clear();
         s.dropped_attributes = 0;
-        s.name.clear();
+        s.name = "".into();
         let j = &encode(&s)[0];
         let keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, ["duration", "id", "localEndpoint", "timestamp", "traceId"]);
@@ -533,8 +533,12 @@ mod tests {
     #[test]
     fn escapes_every_control_character() {
         let mut s = span();
-        s.name = (0u8..0x20).map(char::from).chain("\"\\é😀\u{2028}".chars()).collect();
-        assert_eq!(encode(&s)[0]["name"], s.name.as_str());
+        s.name = (0u8..0x20)
+            .map(char::from)
+            .chain("\"\\é😀\u{2028}".chars())
+            .collect::<String>()
+            .into();
+        assert_eq!(encode(&s)[0]["name"], &*s.name);
     }
 
     #[test]

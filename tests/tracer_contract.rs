@@ -356,3 +356,39 @@ fn many_threads_record_while_flushing() {
     assert_eq!(s.delivered, s.recorded);
     assert_eq!(s.live, 0);
 }
+
+#[test]
+fn high_cardinality_names_survive_past_the_interner_bound() {
+    let (t, rec, _) = tracer_with(Config {
+        max_queue_spans: 100_000,
+        ..Config::default()
+    });
+    let n = spillway::tracer::SHARDS * spillway::tracer::MAX_NAMES_PER_SHARD * 2;
+    for i in 0..n {
+        let name = format!("GET /users/{i}");
+        let h = start(&t, &name, None);
+        t.add_event(
+            h,
+            SpanEvent {
+                name: &format!("event-{i}"),
+                attributes: vec![],
+                time_unix_nanos: None,
+            },
+        );
+        t.end_span(h, None);
+    }
+    let long = "n".repeat(spillway::tracer::MAX_INTERNED_LEN + 1);
+    let h = start(&t, &long, None);
+    t.end_span(h, None);
+    let spans = flushed(&t, &rec);
+    assert_eq!(spans.len(), n + 1);
+    let names: HashSet<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), n + 1);
+    assert!(names.contains(long.as_str()));
+    for s in &spans[..n.min(spans.len())] {
+        let name = s["name"].as_str().unwrap();
+        if let Some(i) = name.strip_prefix("GET /users/") {
+            assert_eq!(s["annotations"][0]["value"], format!("event-{i}"));
+        }
+    }
+}

@@ -62,7 +62,7 @@ fn check(spans: &[Span]) -> Json {
             assert!(tags.as_object().unwrap().values().all(Json::is_string), "{j}");
         }
         if !span.name.is_empty() {
-            assert_eq!(j["name"], span.name.as_str(), "names survive escaping");
+            assert_eq!(j["name"], &*span.name, "names survive escaping");
         }
         for (k, v) in &span.attributes {
             if let Value::Str(s) = v
@@ -87,7 +87,7 @@ fn base() -> Span {
         end_unix_nanos: 1_764_000_000_250_000_000,
         status: Status::Ok,
         attributes: vec![("http.request.method".into(), Value::Str("GET".into()))],
-        events: vec![],
+        events: Default::default(),
         dropped_attributes: 0,
         dropped_events: 0,
     }
@@ -116,7 +116,7 @@ fn nasty_spans() {
     let unicode = "é 漢字 😀 \u{2028}\u{2029} \u{feff} \u{7f} \" \\ / \u{10ffff}";
     let huge: Vec<String> = (0..10_000).map(|i| format!("item-{i}")).collect();
     let mut nasty = base();
-    nasty.name = format!("{all_controls}{unicode}");
+    nasty.name = format!("{all_controls}{unicode}").into();
     nasty.kind = Kind::Client;
     nasty.status = Status::Error(format!("{unicode}{all_controls}"));
     nasty.attributes = vec![
@@ -136,9 +136,9 @@ fn nasty_spans() {
         ("peer.service".into(), Value::Str(unicode.into())),
         ("server.port".into(), Value::I64(99_999)),
     ];
-    nasty.events = vec![
+    nasty.events = smallvec::smallvec![
         Event {
-            name: all_controls.clone(),
+            name: all_controls.clone().into(),
             time_unix_nanos: 0,
             attributes: vec![],
         },
@@ -208,7 +208,7 @@ fn span() -> impl Strategy<Value = Span> {
         prop::collection::vec((any::<String>(), value()), 0..3),
     )
         .prop_map(|(name, time_unix_nanos, attributes)| Event {
-            name,
+            name: name.into(),
             time_unix_nanos,
             attributes,
         });
@@ -225,7 +225,7 @@ fn span() -> impl Strategy<Value = Span> {
             any::<u64>(),
             status,
             attrs,
-            prop::collection::vec(event, 0..3),
+            prop::collection::vec(event, 0..3).prop_map(spillway::span::Events::from_vec),
             any::<u32>(),
             any::<u32>(),
         ),
@@ -238,7 +238,7 @@ fn span() -> impl Strategy<Value = Span> {
                 trace_id,
                 span_id,
                 parent_id,
-                name,
+                name: name.into(),
                 kind,
                 start_unix_nanos: start,
                 end_unix_nanos: end,
