@@ -26,6 +26,7 @@ pub mod clock;
 pub mod config;
 pub mod exporter;
 pub mod span;
+pub mod spool;
 pub mod stats;
 pub mod tracer;
 pub mod transport;
