@@ -84,8 +84,18 @@ pub struct Config {
     pub max_attributes_per_span: u32,
     /// Events kept per span, 0 to 65,536 (OpenTelemetry's default: 128).
     pub max_events_per_span: u32,
-    /// Where the durable spool lives (used by the spool once enabled).
+    /// Where the durable spool lives; without one, failed batches are kept
+    /// in memory only (`max_retry_spans`) and lost when the process exits.
     pub spool_dir: Option<PathBuf>,
+    /// Cap on the spool's records, 1 MiB to 1 TiB; past it the oldest go first.
+    pub max_spool_bytes: u64,
+    /// Spans replayed from the backlog per flush, 1 to 10,000,000, so a
+    /// collector that just came back is not flooded and fresh spans go first.
+    pub replay_budget_spans: usize,
+    /// First retry delay after a failure; doubles per failure (full jitter).
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_ms: u64,
 }
 
 /// The default collector endpoint, a Zipkin server on this machine.
@@ -110,6 +120,10 @@ impl Default for Config {
             max_attributes_per_span: 128,
             max_events_per_span: 128,
             spool_dir: None,
+            max_spool_bytes: 512 << 20,
+            replay_budget_spans: 8192,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
         }
     }
 }
@@ -203,6 +217,18 @@ impl Config {
             65_536,
         )?;
         range("max_events_per_span", self.max_events_per_span.into(), 0, 65_536)?;
+        range("max_spool_bytes", self.max_spool_bytes, 1 << 20, 1 << 40)?;
+        range("replay_budget_spans", self.replay_budget_spans as u64, 1, 10_000_000)?;
+        range("backoff_initial_ms", self.backoff_initial_ms, 0, 3_600_000)?;
+        range(
+            "backoff_max_ms",
+            self.backoff_max_ms,
+            self.backoff_initial_ms,
+            86_400_000,
+        )?;
+        if self.spool_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(ConfigError::new("spool_dir", "\"\"", "must not be empty"));
+        }
         for (name, value) in &self.headers {
             let field = format!("headers.{name}");
             ureq::http::HeaderName::try_from(name.as_str())

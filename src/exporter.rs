@@ -1,82 +1,170 @@
-//! The flush pipeline: batch -> encoder -> transport, and what happens to
-//! every span that was not delivered.
+//! The flush pipeline: batch -> encoder -> transport -> spool -> replay, and
+//! the accounting of every span that passes through it.
 //!
-//! [`Exporter::export`] takes the drained batch, puts the spans waiting from
-//! earlier failures in front of it (oldest first), and sends them in
-//! requests of at most `max_batch_spans` spans and `max_request_bytes`
-//! bytes. Each request ends in one of four ways:
+//! One flush, [`Exporter::export`]:
 //!
-//! - **delivered** (2xx): counted in `delivered`;
-//! - **retry** (unreachable, timeout, 408, 429, 5xx): this request and all
-//!   after it are kept for the next flush, oldest first, up to
-//!   `max_retry_spans`; past that the oldest are dropped as `retry_full`;
-//! - **too large** (413) or **bad request** (400): the request is bisected
-//!   and the halves sent again, so only the spans the collector refuses are
-//!   dropped (as `rejected`, or `oversize` for a span that alone exceeds
-//!   `max_request_bytes`);
-//! - **rejected** (another 4xx): the request's spans are dropped as
-//!   `rejected`.
+//! 1. **Backoff.** After a retryable failure the exporter waits (exponential,
+//!    full jitter, at least the collector's `Retry-After`). A flush inside
+//!    that window spills the fresh batch without touching the network.
+//! 2. **Fresh batch first**, in requests of at most `max_batch_spans` spans
+//!    and `max_request_bytes` bytes, so new spans are never starved by a
+//!    backlog.
+//! 3. **Replay** of the backlog, oldest first, within `replay_budget_spans`:
+//!    the in-memory retry buffer, then the spool's records. A record leaves
+//!    the spool only once the collector acknowledged it.
 //!
-//! Invariant: every span handed to `export` is, when it returns, counted in
-//! exactly one of `delivered`, a drop reason, or `held` (the retry buffer).
-//! A flush makes at most one request that fails with a retryable error, so
-//! a dead collector costs a flush at most one timeout.
+//! Each request ends one of four ways: delivered (2xx); retry (unreachable,
+//! timeout, 408, 429, 5xx: the rest is spilled and backoff starts); 400 or
+//! 413, bisected so only the spans the collector refuses are set aside; or
+//! another 4xx, refused whole. Refused spans go to the spool's dead-letter
+//! tree (or, without a spool, are dropped as `rejected`); a span that alone
+//! exceeds `max_request_bytes` is dropped as `oversize`; a spool record that
+//! fails its checks is quarantined and its spans counted as `corrupt`.
+//!
+//! Invariant: every span handed to `export` ends it counted exactly once:
+//! delivered, dead-lettered, dropped by reason, spooled, or held in memory.
+//! A flush makes at most one request that fails with a retryable error.
 
 use crate::config::Config;
 use crate::span::Span;
+use crate::spool::{Entry, Spool, SpoolError, SpoolStats};
 use crate::stats::{ExportCounters, add, sub};
 use crate::transport::{Class, SendError, Transport};
 use crate::zipkin::Encoder;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Why a flush did not deliver everything, in words an operator can act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, thiserror::Error)]
 pub struct FlushError {
     /// The collector URL.
     pub endpoint: String,
     /// The last failure the collector reported, if it reported one.
     pub cause: Option<SendError>,
+    /// When the exporter will try the collector again, if it is backing off.
+    pub next_attempt_in: Option<Duration>,
+    /// While backing off without a request: the failure that started it.
+    pub previous_cause: Option<SendError>,
     /// Spans delivered by this flush.
     pub delivered: usize,
-    /// Spans this flush dropped because the collector refused them.
+    /// Spans the collector refused for good in this flush.
     pub rejected: usize,
-    /// Spans this flush dropped because each alone was too large to send.
+    /// Whether refused spans were kept as dead letters (else dropped).
+    pub dead_lettered: bool,
+    /// Spans dropped because each alone was larger than a request may be.
     pub oversize: usize,
+    /// Spool records quarantined by this flush: key and reason.
+    pub quarantined: Vec<(u64, String)>,
+    /// Spans written to the spool by this flush.
+    pub spilled: usize,
     /// Spans kept in memory for the next flush.
-    pub kept: usize,
-    /// Spans this flush dropped because the retry buffer was full.
-    pub dropped_retry_full: usize,
+    pub kept_in_memory: usize,
+    /// Spans dropped because the spool or the memory buffer was full.
+    pub dropped_full: u64,
+    /// The spool failed (disk full, I/O error): what it said.
+    pub spool_error: Option<String>,
+    /// The spool after this flush: spans, bytes, cap.
+    pub spool: Option<(u64, u64, u64)>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 impl fmt::Display for FlushError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.cause {
-            Some(cause) => write!(f, "zipkin {} {cause}", self.endpoint)?,
-            None => write!(f, "zipkin {}", self.endpoint)?,
+        write!(f, "zipkin {}", self.endpoint)?;
+        match (&self.cause, self.next_attempt_in) {
+            (Some(cause), _) => write!(f, " {cause}")?,
+            (None, Some(_)) => match &self.previous_cause {
+                Some(prev) => write!(f, " backing off (last attempt: {prev})")?,
+                None => write!(f, " backing off after failures")?,
+            },
+            (None, None) => {}
         }
         write!(f, "; {} spans delivered", self.delivered)?;
-        if self.kept > 0 {
-            write!(f, ", {} kept in memory for retry", self.kept)?;
+        if self.spilled > 0 {
+            write!(f, ", {} spilled", self.spilled)?;
+        }
+        if self.kept_in_memory > 0 {
+            write!(f, ", {} kept in memory for retry", self.kept_in_memory)?;
         }
         if self.rejected > 0 {
-            write!(f, ", {} rejected by the collector and dropped", self.rejected)?;
+            let fate = if self.dead_lettered {
+                "kept as dead letters"
+            } else {
+                "dropped"
+            };
+            write!(f, ", {} rejected by the collector and {fate}", self.rejected)?;
         }
         if self.oversize > 0 {
             write!(f, ", {} dropped as larger than max_request_bytes", self.oversize)?;
         }
-        if self.dropped_retry_full > 0 {
+        if self.dropped_full > 0 {
             write!(
                 f,
-                ", {} dropped because the retry buffer was full",
-                self.dropped_retry_full
+                ", {} dropped because the buffer was full (oldest first)",
+                self.dropped_full
             )?;
+        }
+        for (key, why) in &self.quarantined {
+            write!(f, "; spool record {key} quarantined ({why})")?;
+        }
+        if let Some(e) = &self.spool_error {
+            write!(f, "; spool failed: {e}")?;
+        }
+        if let Some((spans, bytes, cap)) = self.spool {
+            write!(f, "; spool holds {spans} spans, {} of {}", mib(bytes), mib(cap))?;
+        }
+        if let Some(d) = self.next_attempt_in {
+            write!(f, "; next attempt in {:.1}s", d.as_secs_f64())?;
         }
         Ok(())
     }
 }
 
-/// Sends batches and keeps the accounting of what could not be sent.
+/// Exponential backoff with full jitter.
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+    last: Option<SendError>,
+    until: Option<Instant>,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.until
+            .and_then(|u| u.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn failed(&mut self, cause: Option<SendError>) -> Duration {
+        let retry_after = cause.as_ref().and_then(SendError::retry_after);
+        self.last = cause;
+        self.failures = self.failures.saturating_add(1);
+        let cap = self
+            .initial
+            .saturating_mul(1u32 << self.failures.saturating_sub(1).min(20))
+            .min(self.max);
+        let jittered = cap.mul_f64(fastrand::f64());
+        let delay = jittered.max(retry_after.unwrap_or_default());
+        self.until = Some(Instant::now() + delay);
+        delay
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.last = None;
+        self.until = None;
+    }
+}
+
+/// Sends batches, spills what could not be sent, replays it later, and keeps
+/// the accounting.
 pub struct Exporter {
     transport: Box<dyn Transport>,
     encoder: Encoder,
@@ -84,24 +172,45 @@ pub struct Exporter {
     retry: Vec<Span>,
     spare: Vec<Span>,
     stack: Vec<(usize, usize)>,
+    refused: Vec<(usize, usize)>,
+    spool: Option<Spool>,
+    backoff: Backoff,
     max_batch_spans: usize,
     max_request_bytes: usize,
     max_retry_spans: usize,
+    max_spool_bytes: u64,
+    replay_budget: usize,
     counters: Arc<ExportCounters>,
 }
 
-/// What one flush did, before it is turned into `Ok` or a [`FlushError`].
+/// What one flush did.
 #[derive(Default)]
 struct Tally {
-    delivered: usize,
-    rejected: usize,
-    oversize: usize,
-    last_error: Option<SendError>,
+    err: FlushError,
+    /// A retryable failure stopped sending.
+    stopped: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Exporter {
-    /// An exporter sending through `transport` with `config`'s limits.
-    pub fn new(config: &Config, transport: Box<dyn Transport>, counters: Arc<ExportCounters>) -> Self {
+    /// An exporter sending through `transport` with `config`'s limits,
+    /// spilling to `spool` if there is one.
+    pub fn new(
+        config: &Config,
+        transport: Box<dyn Transport>,
+        spool: Option<Spool>,
+        counters: Arc<ExportCounters>,
+    ) -> Self {
+        if let Some(s) = &spool {
+            let st = s.stats();
+            counters.recovered.store(st.spans, Ordering::Relaxed);
+            counters.spooled.store(st.spans, Ordering::Relaxed);
+        }
         Exporter {
             transport,
             encoder: Encoder::new(&config.service_name),
@@ -109,9 +218,20 @@ impl Exporter {
             retry: Vec::new(),
             spare: Vec::new(),
             stack: Vec::new(),
+            refused: Vec::new(),
+            spool,
+            backoff: Backoff {
+                failures: 0,
+                last: None,
+                until: None,
+                initial: Duration::from_millis(config.backoff_initial_ms),
+                max: Duration::from_millis(config.backoff_max_ms),
+            },
             max_batch_spans: config.max_batch_spans,
             max_request_bytes: config.max_request_bytes,
             max_retry_spans: config.max_retry_spans,
+            max_spool_bytes: config.max_spool_bytes,
+            replay_budget: config.replay_budget_spans,
             counters,
         }
     }
@@ -122,78 +242,243 @@ impl Exporter {
         std::mem::take(&mut self.spare)
     }
 
-    /// The spans the pipeline holds, for accounting: the caller adds to this
-    /// gauge when it hands spans over.
-    pub fn counters(&self) -> &Arc<ExportCounters> {
-        &self.counters
+    /// The spool's counts, if there is a spool.
+    pub fn spool_stats(&self) -> Option<SpoolStats> {
+        self.spool.as_ref().map(Spool::stats)
     }
 
-    /// Exports the waiting spans and then `batch`. `batch`'s spans must
-    /// already be counted in the `held` gauge.
-    pub fn export(&mut self, mut batch: Vec<Span>) -> Result<(), FlushError> {
-        let mut queue = std::mem::take(&mut self.retry);
-        queue.append(&mut batch);
-        self.spare = batch;
+    /// Whether anything waits to be sent (memory or spool).
+    pub fn has_backlog(&self) -> bool {
+        !self.retry.is_empty() || self.spool.as_ref().is_some_and(|s| s.stats().records > 0)
+    }
+
+    /// Exports `batch` (whose spans the caller has added to the `held`
+    /// gauge), then replays the backlog. See the module docs.
+    pub fn export(&mut self, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
         let mut tally = Tally::default();
-        let done = self.send_all(&queue, &mut tally);
-        let retry_error = tally.last_error.as_ref().is_some_and(|e| e.class() == Class::Retry);
-        queue.drain(..done);
-        let mut dropped_retry_full = 0;
-        if queue.len() > self.max_retry_spans {
-            dropped_retry_full = queue.len() - self.max_retry_spans;
-            queue.drain(..dropped_retry_full);
-            add(&self.counters.retry_full, dropped_retry_full);
-            sub(&self.counters.held, dropped_retry_full);
+        if let Some(wait) = self.backoff.remaining(Instant::now()) {
+            self.keep(&mut batch, &mut tally);
+            tally.err.next_attempt_in = Some(wait);
+            tally.err.previous_cause = self.backoff.last.clone();
+            return self.finish(tally, batch);
         }
-        let kept = queue.len();
-        self.retry = queue;
-        if tally.last_error.is_none() && tally.oversize == 0 && dropped_retry_full == 0 {
+        let done = self.send_all(&batch, &mut tally);
+        if done < batch.len() {
+            batch.drain(..done);
+            self.keep(&mut batch, &mut tally);
+        } else {
+            batch.clear();
+            self.replay(&mut tally);
+        }
+        if tally.stopped {
+            tally.err.next_attempt_in = Some(self.backoff.failed(tally.err.cause.clone()));
+        } else {
+            self.backoff.succeeded();
+        }
+        self.finish(tally, batch)
+    }
+
+    /// Spills everything held in memory (the retry buffer and `batch`)
+    /// without touching the network; for shutdown.
+    pub fn spill_all(&mut self, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
+        let mut tally = Tally::default();
+        batch.append(&mut self.retry);
+        self.keep(&mut batch, &mut tally);
+        self.finish(tally, batch)
+    }
+
+    fn finish(&mut self, mut tally: Tally, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
+        batch.clear();
+        self.spare = batch;
+        tally.err.kept_in_memory = self.retry.len();
+        if let Some(s) = &self.spool {
+            let st = s.stats();
+            self.counters.spooled.store(st.spans, Ordering::Relaxed);
+            tally.err.spool = Some((st.spans, st.bytes, self.max_spool_bytes));
+        }
+        let e = &mut tally.err;
+        let clean = e.cause.is_none()
+            && e.next_attempt_in.is_none()
+            && e.oversize == 0
+            && e.quarantined.is_empty()
+            && e.dropped_full == 0
+            && e.spool_error.is_none()
+            && e.spilled == 0
+            && e.kept_in_memory == 0;
+        if clean {
             return Ok(());
         }
-        Err(FlushError {
-            endpoint: self.transport.endpoint().to_owned(),
-            cause: tally.last_error,
-            delivered: tally.delivered,
-            rejected: tally.rejected,
-            oversize: tally.oversize,
-            kept: if retry_error { kept } else { 0 },
-            dropped_retry_full,
-        })
+        e.endpoint = self.transport.endpoint().to_owned();
+        e.dead_lettered = self.spool.is_some();
+        Err(Box::new(tally.err))
     }
 
-    /// Sends `queue` in order; returns how many spans from the front are
-    /// settled (delivered or dropped). Stops at the first retryable failure.
-    fn send_all(&mut self, queue: &[Span], tally: &mut Tally) -> usize {
+    /// Moves `spans` (held in memory) to the spool, or, without a working
+    /// spool, to the bounded memory buffer.
+    fn keep(&mut self, spans: &mut Vec<Span>, tally: &mut Tally) {
+        if spans.is_empty() {
+            return;
+        }
+        if let Some(spool) = &mut self.spool {
+            match spool.push(spans, now_ms()) {
+                Ok(dropped) => {
+                    add(&self.counters.spool_full, dropped as usize);
+                    tally.err.dropped_full += dropped;
+                    tally.err.spilled += spans.len();
+                    sub(&self.counters.held, spans.len());
+                    spans.clear();
+                    return;
+                }
+                Err(e) => tally.err.spool_error = Some(e.to_string()),
+            }
+        }
+        self.retry.append(spans);
+        if self.retry.len() > self.max_retry_spans {
+            let over = self.retry.len() - self.max_retry_spans;
+            self.retry.drain(..over);
+            add(&self.counters.retry_full, over);
+            sub(&self.counters.held, over);
+            tally.err.dropped_full += over as u64;
+        }
+    }
+
+    /// Replays the memory buffer, then the spool, oldest first, within the
+    /// per-flush budget; stops at the first retryable failure.
+    fn replay(&mut self, tally: &mut Tally) {
+        let mut budget = self.replay_budget;
+        if !self.retry.is_empty() {
+            let n = self.retry.len().min(budget);
+            let mut head: Vec<Span> = self.retry.drain(..n).collect();
+            budget -= n;
+            let done = self.send_all(&head, tally);
+            if done < head.len() {
+                head.drain(..done);
+                head.append(&mut self.retry);
+                self.retry = head;
+                // Retrying spans go to disk where there is one.
+                let mut all = std::mem::take(&mut self.retry);
+                self.keep(&mut all, tally);
+                return;
+            }
+        }
+        while budget > 0 && !tally.stopped {
+            let entries = match self.spool.as_ref().map(|s| s.oldest(16)) {
+                None => return,
+                Some(Ok(entries)) if entries.is_empty() => return,
+                Some(Ok(entries)) => entries,
+                Some(Err(e)) => {
+                    tally.err.spool_error = Some(e.to_string());
+                    return;
+                }
+            };
+            for entry in entries {
+                if budget == 0 || tally.stopped {
+                    break;
+                }
+                budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
+                if let Err(e) = self.replay_entry(entry, tally) {
+                    tally.err.spool_error = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn replay_entry(&mut self, entry: Entry, tally: &mut Tally) -> Result<(), SpoolError> {
+        let spans = match &entry.spans {
+            Ok(spans) => spans,
+            Err(why) => {
+                tally.err.quarantined.push((entry.key, why.to_string()));
+                add(&self.counters.corrupt, entry.declared_spans as usize);
+                if let Some(s) = &mut self.spool {
+                    s.quarantine(&entry)?;
+                }
+                return Ok(());
+            }
+        };
+        let done = self.send_all_inner(spans, tally, false);
+        let refused: Vec<Span> = self
+            .refused
+            .iter()
+            .flat_map(|&(a, b)| spans[a..b].iter().cloned())
+            .collect();
+        let Some(spool) = &mut self.spool else { return Ok(()) };
+        // The settled part leaves with the record; if sending stopped
+        // part-way, the rest goes back as a new record.
+        spool.dead_letter(&entry, &refused, now_ms())?;
+        if done < spans.len() {
+            let dropped = spool.push(&spans[done..], now_ms())?;
+            add(&self.counters.spool_full, dropped as usize);
+        }
+        add(&self.counters.dead_lettered, refused.len());
+        self.counters.spooled.store(spool.stats().spans, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends in-memory spans (counted in `held`) in order; returns how many
+    /// from the front are settled. Refused spans are dead-lettered (with a
+    /// spool) or dropped.
+    fn send_all(&mut self, spans: &[Span], tally: &mut Tally) -> usize {
+        let done = self.send_all_inner(spans, tally, true);
+        let refused: usize = self.refused.iter().map(|(a, b)| b - a).sum();
+        if refused > 0 {
+            sub(&self.counters.held, refused);
+            let dead: Vec<Span> = self
+                .refused
+                .iter()
+                .flat_map(|&(a, b)| spans[a..b].iter().cloned())
+                .collect();
+            match self.spool.as_mut().map(|s| s.add_dead(&dead, now_ms())) {
+                Some(Ok(())) => add(&self.counters.dead_lettered, refused),
+                Some(Err(e)) => {
+                    tally.err.spool_error = Some(e.to_string());
+                    add(&self.counters.rejected, refused);
+                }
+                None => add(&self.counters.rejected, refused),
+            }
+        }
+        done
+    }
+
+    /// Sends `spans` in requests; records refused ranges in `self.refused`.
+    /// `held` says whether the spans are counted in the memory gauge.
+    fn send_all_inner(&mut self, spans: &[Span], tally: &mut Tally, held: bool) -> usize {
+        self.refused.clear();
         let mut i = 0;
-        while i < queue.len() {
-            let end = self.encode_chunk(queue, i);
+        while i < spans.len() {
+            let end = self.encode_chunk(spans, i);
             if end == i {
-                // This span alone is over max_request_bytes.
-                tally.oversize += 1;
-                self.settle(1, &self.counters.oversize);
+                tally.err.oversize += 1;
+                add(&self.counters.oversize, 1);
+                if held {
+                    sub(&self.counters.held, 1);
+                }
                 i += 1;
                 continue;
             }
-            match self.send_bisecting(queue, i, end, tally) {
+            match self.send_bisecting(spans, i, end, tally, held) {
                 Ok(()) => i = end,
-                Err(stopped_at) => return stopped_at,
+                Err(stopped_at) => {
+                    tally.stopped = true;
+                    return stopped_at;
+                }
             }
         }
-        queue.len()
+        spans.len()
     }
 
     /// Encodes spans from `start` into `self.body` while they fit; returns
     /// the end of the chunk.
-    fn encode_chunk(&mut self, queue: &[Span], start: usize) -> usize {
+    fn encode_chunk(&mut self, spans: &[Span], start: usize) -> usize {
         self.body.clear();
         self.body.push(b'[');
         let mut end = start;
-        while end < queue.len() && end - start < self.max_batch_spans {
+        while end < spans.len() && end - start < self.max_batch_spans {
             let mark = self.body.len();
             if end > start {
                 self.body.push(b',');
             }
-            self.encoder.encode_span(&queue[end], &mut self.body);
+            self.encoder.encode_span(&spans[end], &mut self.body);
             if self.body.len() + 1 > self.max_request_bytes {
                 self.body.truncate(mark);
                 break;
@@ -204,24 +489,34 @@ impl Exporter {
         end
     }
 
-    /// Sends `queue[start..end]` (already encoded in `self.body`), splitting
+    /// Sends `spans[start..end]` (already encoded in `self.body`), splitting
     /// it on 400 and 413 until only refused spans remain. On a retryable
     /// failure returns the index of the first span not settled.
-    fn send_bisecting(&mut self, queue: &[Span], start: usize, end: usize, tally: &mut Tally) -> Result<(), usize> {
+    fn send_bisecting(
+        &mut self,
+        spans: &[Span],
+        start: usize,
+        end: usize,
+        tally: &mut Tally,
+        held: bool,
+    ) -> Result<(), usize> {
         self.stack.clear();
         self.stack.push((start, end));
         let mut encoded = true;
         while let Some((a, b)) = self.stack.pop() {
             if !encoded {
                 self.body.clear();
-                self.encoder.encode_batch(&queue[a..b], &mut self.body);
+                self.encoder.encode_batch(&spans[a..b], &mut self.body);
             }
             encoded = false;
             add(&self.counters.requests, 1);
             let err = match self.transport.send(&self.body) {
                 Ok(()) => {
-                    tally.delivered += b - a;
-                    self.settle(b - a, &self.counters.delivered);
+                    tally.err.delivered += b - a;
+                    add(&self.counters.delivered, b - a);
+                    if held {
+                        sub(&self.counters.held, b - a);
+                    }
                     continue;
                 }
                 Err(err) => err,
@@ -230,7 +525,7 @@ impl Exporter {
             let splittable = matches!(&err, SendError::Status { status: 400 | 413, .. }) && b - a > 1;
             match err.class() {
                 Class::Retry => {
-                    tally.last_error = Some(err);
+                    tally.err.cause = Some(err);
                     return Err(a);
                 }
                 _ if splittable => {
@@ -239,18 +534,12 @@ impl Exporter {
                     self.stack.push((a, mid));
                 }
                 Class::TooLarge | Class::Rejected => {
-                    tally.rejected += b - a;
-                    self.settle(b - a, &self.counters.rejected);
-                    tally.last_error = Some(err);
+                    tally.err.rejected += b - a;
+                    self.refused.push((a, b));
+                    tally.err.cause = Some(err);
                 }
             }
         }
         Ok(())
-    }
-
-    /// Moves `n` spans from the held gauge to a final counter.
-    fn settle(&self, n: usize, counter: &std::sync::atomic::AtomicU64) {
-        add(counter, n);
-        sub(&self.counters.held, n);
     }
 }

@@ -8,10 +8,11 @@
 //! The accounting invariant, exact whenever no flush is running:
 //!
 //! ```text
-//! recorded == delivered + in_memory + spooled + dropped.total()
+//! recorded + recovered == delivered + in_memory + spooled + dead_lettered + dropped.total()
 //! ```
 //!
-//! where `recorded` counts every sampled span that ended. Spans still live
+//! where `recorded` counts every sampled span that ended in this process and
+//! `recovered` the spans found in the spool when it was opened. Spans still live
 //! (started, not ended) are counted in `live`, outside the invariant.
 
 use serde::Serialize;
@@ -24,16 +25,21 @@ pub struct Dropped {
     pub queue_full: u64,
     /// The in-memory retry buffer was full after a failed export.
     pub retry_full: u64,
-    /// The collector refused the span for good (a 4xx other than 408/429).
+    /// The collector refused the span for good (a 4xx other than 408/429)
+    /// and there was no spool to keep it as a dead letter.
     pub rejected: u64,
     /// The span alone encodes to more than `max_request_bytes`.
     pub oversize: u64,
+    /// The spool reached `max_spool_bytes`; its oldest records went.
+    pub spool_full: u64,
+    /// The span was in a spool record that failed its checks (quarantined).
+    pub corrupt: u64,
 }
 
 impl Dropped {
     /// All dropped spans.
     pub fn total(&self) -> u64 {
-        self.queue_full + self.retry_full + self.rejected + self.oversize
+        self.queue_full + self.retry_full + self.rejected + self.oversize + self.spool_full + self.corrupt
     }
 }
 
@@ -52,8 +58,12 @@ pub struct Stats {
     pub delivered: u64,
     /// Spans waiting in memory: the batch and the retry buffer.
     pub in_memory: u64,
-    /// Spans in the durable spool.
+    /// Spans in the durable spool, now.
     pub spooled: u64,
+    /// Spans that were in the spool when this process opened it.
+    pub recovered: u64,
+    /// Spans the collector refused for good, kept in the spool's dead letters.
+    pub dead_lettered: u64,
     /// Spans given up, by reason.
     pub dropped: Dropped,
     /// HTTP requests made to the collector.
@@ -70,7 +80,8 @@ impl Stats {
     /// assert!(s.is_balanced());
     /// ```
     pub fn is_balanced(&self) -> bool {
-        self.recorded == self.delivered + self.in_memory + self.spooled + self.dropped.total()
+        self.recorded + self.recovered
+            == self.delivered + self.in_memory + self.spooled + self.dead_lettered + self.dropped.total()
     }
 }
 
@@ -85,6 +96,11 @@ pub struct ExportCounters {
     pub(crate) oversize: AtomicU64,
     pub(crate) requests: AtomicU64,
     pub(crate) failed_requests: AtomicU64,
+    pub(crate) spooled: AtomicU64,
+    pub(crate) recovered: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) spool_full: AtomicU64,
+    pub(crate) corrupt: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: usize) {
@@ -109,5 +125,10 @@ impl ExportCounters {
         s.dropped.oversize = get(&self.oversize);
         s.requests = get(&self.requests);
         s.failed_requests = get(&self.failed_requests);
+        s.spooled = get(&self.spooled);
+        s.recovered = get(&self.recovered);
+        s.dead_lettered = get(&self.dead_lettered);
+        s.dropped.spool_full = get(&self.spool_full);
+        s.dropped.corrupt = get(&self.corrupt);
     }
 }

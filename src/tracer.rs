@@ -40,11 +40,13 @@ use crate::clock::{Clock, default_clock};
 use crate::config::{Config, ConfigError};
 use crate::exporter::{Exporter, FlushError};
 use crate::span::{Event, Events, Kind, Span, Status, Value};
-use crate::stats::{ExportCounters, Stats, add, get};
+use crate::spool::{Spool, SpoolError};
+use crate::stats::{ExportCounters, Stats, add};
 use crate::transport::{HttpTransport, Transport};
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -103,6 +105,30 @@ pub enum BuildError {
     /// The configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The spool could not be opened (in use by another process, or the
+    /// directory cannot be created or moved aside).
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Opens the spool; a directory sled cannot open (damaged beyond reading)
+/// is renamed `<dir>.damaged-<unix seconds>` for `spillway salvage`, and a
+/// fresh spool started, so a broken disk state never stops the host.
+fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<(Spool, Option<PathBuf>), SpoolError> {
+    match Spool::open(dir, max_bytes) {
+        Ok(s) => Ok((s, None)),
+        Err(e @ SpoolError::InUse { .. }) => Err(e),
+        Err(first) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut aside = dir.as_os_str().to_owned();
+            aside.push(format!(".damaged-{secs}"));
+            let aside = PathBuf::from(aside);
+            std::fs::rename(dir, &aside).map_err(|_| first)?;
+            Ok((Spool::open(dir, max_bytes)?, Some(aside)))
+        }
+    }
 }
 
 /// Builds a [`SpillwayTracer`].
@@ -162,8 +188,15 @@ impl TracerBuilder {
             Some(t) => t,
             None => Box::new(HttpTransport::new(&config)?),
         };
+        let (spool, moved_aside) = match &config.spool_dir {
+            Some(dir) => {
+                let (spool, aside) = open_spool(dir, config.max_spool_bytes)?;
+                (Some(spool), aside)
+            }
+            None => (None, None),
+        };
         let counters = Arc::new(ExportCounters::default());
-        let exporter = Exporter::new(&config, transport, Arc::clone(&counters));
+        let exporter = Exporter::new(&config, transport, spool, Arc::clone(&counters));
         Ok(SpillwayTracer {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             clock: self.clock.unwrap_or_else(default_clock),
@@ -175,6 +208,7 @@ impl TracerBuilder {
             sampled_out: AtomicU64::new(0),
             counters,
             exporter: Mutex::new(exporter),
+            moved_aside: Mutex::new(moved_aside),
         })
     }
 }
@@ -201,6 +235,9 @@ pub struct SpillwayTracer {
     sampled_out: AtomicU64,
     counters: Arc<ExportCounters>,
     exporter: Mutex<Exporter>,
+    /// A damaged spool directory moved aside at start, reported by the
+    /// first flush.
+    moved_aside: Mutex<Option<PathBuf>>,
 }
 
 impl SpillwayTracer {
@@ -230,20 +267,40 @@ impl SpillwayTracer {
         s
     }
 
+    /// The damaged spool directory moved aside at start, if any.
+    pub fn moved_aside(&self) -> Option<PathBuf> {
+        lock(&self.moved_aside).clone()
+    }
+
     /// Flushes, returning the typed error (the trait's `flush` renders it).
-    pub fn try_flush(&self) -> Result<(), FlushError> {
+    pub fn try_flush(&self) -> Result<(), Box<FlushError>> {
         let mut exporter = lock(&self.exporter);
         self.clock.recalibrate();
+        let batch = self.drain(&mut exporter);
+        if batch.is_empty() && !exporter.has_backlog() {
+            return Ok(());
+        }
+        exporter.export(batch)
+    }
+
+    /// Spills everything in memory to the spool without touching the
+    /// network, as bext's shutdown should (also done on drop). Without a
+    /// spool, the spans stay in memory and the error says how many.
+    pub fn shutdown(&self) -> Result<(), Box<FlushError>> {
+        let mut exporter = lock(&self.exporter);
+        let batch = self.drain(&mut exporter);
+        exporter.spill_all(batch)
+    }
+
+    /// Moves the ended spans out of the shards, counting them as held.
+    fn drain(&self, exporter: &mut Exporter) -> Vec<Span> {
         let mut batch = exporter.take_buffer();
         for shard in self.shards.iter() {
             let mut st = lock(&shard.0);
             add(&self.counters.held, st.ended.len());
             batch.append(&mut st.ended);
         }
-        if batch.is_empty() && get(&self.counters.held) == 0 {
-            return Ok(());
-        }
-        exporter.export(batch)
+        batch
     }
 
     #[inline]
@@ -437,6 +494,25 @@ impl TracerPlugin for SpillwayTracer {
     }
 
     fn flush(&self) -> Result<(), String> {
-        self.try_flush().map_err(|e| e.to_string())
+        let result = self.try_flush().map_err(|e| e.to_string());
+        match lock(&self.moved_aside).take() {
+            Some(aside) => {
+                let note = format!(
+                    "the spool could not be opened and was moved aside to {} (recover it with `spillway salvage`)",
+                    aside.display()
+                );
+                Err(match result {
+                    Ok(()) => note,
+                    Err(e) => format!("{e}; {note}"),
+                })
+            }
+            None => result,
+        }
+    }
+}
+
+impl Drop for SpillwayTracer {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
     }
 }

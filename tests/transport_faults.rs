@@ -12,10 +12,13 @@ use spillway::{Config, SpillwayTracer};
 use std::time::{Duration, Instant};
 
 fn tracer(url: &str, tweak: impl FnOnce(&mut Config)) -> SpillwayTracer {
+    // No backoff here: these tests retry at once on purpose; backoff has its own tests.
     let mut cfg = Config {
         endpoint: url.to_owned(),
         timeout_ms: 1_000,
         connect_timeout_ms: 500,
+        backoff_initial_ms: 0,
+        backoff_max_ms: 0,
         ..Config::default()
     };
     tweak(&mut cfg);
@@ -32,7 +35,7 @@ fn record(t: &SpillwayTracer, n: usize, name: &str) {
     }
 }
 
-fn flush_err(t: &SpillwayTracer) -> spillway::FlushError {
+fn flush_err(t: &SpillwayTracer) -> Box<spillway::FlushError> {
     t.try_flush().expect_err("flush should fail")
 }
 
@@ -40,7 +43,7 @@ fn flush_err(t: &SpillwayTracer) -> spillway::FlushError {
 fn retryable_statuses_keep_spans_until_the_collector_answers() {
     for (status, headers) in [
         (500, vec![]),
-        (503, vec![("Retry-After", "7".to_owned())]),
+        (503, vec![("Retry-After", "1".to_owned())]),
         (429, vec![]),
         (408, vec![]),
     ] {
@@ -48,19 +51,24 @@ fn retryable_statuses_keep_spans_until_the_collector_answers() {
         let t = tracer(&server.url, |_| {});
         record(&t, 10, "x");
         let err = flush_err(&t);
-        assert_eq!(err.kept, 10, "{err}");
+        assert_eq!(err.kept_in_memory, 10, "{err}");
         let cause = err.cause.clone().unwrap();
         assert_eq!(cause.class(), Class::Retry);
         assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
         if status == 503 {
-            assert_eq!(cause.retry_after(), Some(Duration::from_secs(7)));
+            assert_eq!(cause.retry_after(), Some(Duration::from_secs(1)));
         }
         let s = t.stats();
         assert_eq!((s.in_memory, s.delivered), (10, 0));
         assert!(s.is_balanced());
-        // The collector recovers: the kept spans go first, then new ones.
+        // The collector recovers: new spans and the kept ones are delivered
+        // once the backoff (here only Retry-After) has passed.
         record(&t, 5, "y");
-        t.flush().unwrap();
+        common::wait_for(
+            "the backoff to pass and the flush to succeed",
+            Duration::from_secs(10),
+            || t.flush().ok(),
+        );
         let s = t.stats();
         assert_eq!((s.delivered, s.in_memory), (15, 0), "{s:?}");
         assert_eq!(server.span_ids().len(), 15);
@@ -92,7 +100,7 @@ fn reset_and_garbage_are_retryable_and_do_not_panic() {
     for _ in 0..2 {
         let err = flush_err(&t);
         assert_eq!(err.cause.as_ref().map(SendError::class), Some(Class::Retry), "{err}");
-        assert_eq!(err.kept, 4);
+        assert_eq!(err.kept_in_memory, 4);
     }
     t.flush().unwrap();
     assert_eq!(t.stats().delivered, 4);
@@ -113,7 +121,7 @@ fn a_hanging_collector_costs_one_timeout() {
     // Bounded by the configured timeout (plus scheduling slack), not by the
     // number of requests the batch would need.
     assert!(took < Duration::from_secs(5), "flush took {took:?}");
-    assert_eq!(err.kept, 2_000);
+    assert_eq!(err.kept_in_memory, 2_000);
 }
 
 #[test]
@@ -127,7 +135,7 @@ fn bad_request_bisects_so_only_the_refused_span_is_dropped() {
     record(&t, 1, "poison");
     record(&t, 20, "fine");
     let err = flush_err(&t);
-    assert_eq!((err.rejected, err.delivered, err.kept), (1, 40, 0), "{err}");
+    assert_eq!((err.rejected, err.delivered, err.kept_in_memory), (1, 40, 0), "{err}");
     let s = t.stats();
     assert_eq!((s.delivered, s.dropped.rejected, s.in_memory), (40, 1, 0));
     assert!(s.is_balanced());
@@ -239,4 +247,59 @@ fn bad_endpoints_are_refused_at_build_time() {
         .expect(url);
         assert!(err.to_string().contains("endpoint"), "{url}: {err}");
     }
+}
+
+#[test]
+fn backoff_keeps_flushes_off_the_network_and_honours_retry_after() {
+    let server = FaultServer::start(vec![Answer::Status(503, vec![("Retry-After", "60".to_owned())], "")]);
+    let t = tracer(&server.url, |c| {
+        c.backoff_initial_ms = 10;
+        c.backoff_max_ms = 20;
+    });
+    record(&t, 5, "x");
+    let first = flush_err(&t);
+    let wait = first.next_attempt_in.expect("backing off");
+    assert!(
+        wait >= Duration::from_secs(59),
+        "Retry-After 60 beats a 20 ms backoff: {wait:?}"
+    );
+    assert!(first.to_string().contains("next attempt in"), "{first}");
+    record(&t, 3, "y");
+    let second = flush_err(&t);
+    assert!(second.next_attempt_in.is_some());
+    assert_eq!(second.cause, None, "no request was made: {second}");
+    assert_eq!(server.requests().len(), 1);
+    assert_eq!(second.kept_in_memory, 8);
+    assert!(t.stats().is_balanced());
+}
+
+#[test]
+fn backoff_grows_with_full_jitter_within_its_cap() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = tracer(&format!("http://127.0.0.1:{port}/api/v2/spans"), |c| {
+        c.backoff_initial_ms = 1;
+        c.backoff_max_ms = 4;
+    });
+    let mut waits = Vec::new();
+    for _ in 0..40 {
+        record(&t, 1, "x");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Wait out the (at most 4 ms) backoff so each flush reaches the network.
+        let err = loop {
+            let err = flush_err(&t);
+            if err.cause.is_some() || Instant::now() > deadline {
+                break err;
+            }
+            std::thread::yield_now();
+        };
+        waits.push(err.next_attempt_in.unwrap_or_default());
+    }
+    assert!(waits.iter().all(|w| *w <= Duration::from_millis(4)), "{waits:?}");
+    let distinct: std::collections::BTreeSet<_> = waits.iter().map(|w| w.as_micros()).collect();
+    assert!(distinct.len() > 10, "jittered: {waits:?}");
+    assert_eq!(t.stats().in_memory, 40);
 }

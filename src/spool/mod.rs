@@ -291,23 +291,36 @@ impl Spool {
         Ok(())
     }
 
-    /// Moves `entry` out of the queue, keeping the `refused` spans in the
-    /// dead-letter tree (the rest were delivered). Synced.
-    pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
-        if !refused.is_empty() {
-            self.buf.clear();
-            record::encode(refused, now_unix_ms, &mut self.buf).map_err(|source| SpoolError::Record {
-                dir: self.dir.clone(),
-                source,
-            })?;
-            self.dead
-                .insert(entry.key.to_be_bytes(), self.buf.as_slice())
-                .map_err(|e| self.storage(e))?;
-            self.stats.dead_letter_spans += refused.len() as u64;
+    /// Keeps spans the collector refused for good in the dead-letter tree,
+    /// under a fresh sequence number. Synced.
+    pub fn add_dead(&mut self, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+        if refused.is_empty() {
+            return Ok(());
         }
-        self.ack(entry)?;
+        self.buf.clear();
+        record::encode(refused, now_unix_ms, &mut self.buf).map_err(|source| SpoolError::Record {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        let key = self.next_seq;
+        self.next_seq += 1;
+        self.dead
+            .insert(key.to_be_bytes(), self.buf.as_slice())
+            .map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
         self.db.flush().map_err(|e| self.storage(e))?;
+        self.stats.dead_letter_spans += refused.len() as u64;
         Ok(())
+    }
+
+    /// Moves `entry` out of the queue, keeping the `refused` spans in the
+    /// dead-letter tree (the rest were delivered). Synced when anything was
+    /// refused; a plain acknowledgement is not (see the module docs).
+    pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+        self.add_dead(refused, now_unix_ms)?;
+        self.ack(entry)
     }
 
     /// Moves a record that failed its checks to quarantine, bytes intact. Synced.

@@ -1,0 +1,223 @@
+//! The flush pipeline with a durable spool, against a fault-injecting
+//! server on 127.0.0.1: spill on failure, replay on recovery and after a
+//! restart, dead letters, quarantine, ownership, and damaged directories.
+//! The accounting invariant is asserted after every step.
+
+mod common;
+
+use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
+use common::{Answer, FaultServer};
+use spillway::{BuildError, Config, SpillwayTracer};
+use std::path::Path;
+
+fn tracer(url: &str, dir: &Path) -> SpillwayTracer {
+    SpillwayTracer::new(Config {
+        endpoint: url.to_owned(),
+        spool_dir: Some(dir.to_path_buf()),
+        timeout_ms: 1_000,
+        connect_timeout_ms: 500,
+        backoff_initial_ms: 0,
+        backoff_max_ms: 0,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+fn record(t: &SpillwayTracer, n: usize, name: &str) {
+    for _ in 0..n {
+        let h = t.start_span(SpanStart {
+            name,
+            ..Default::default()
+        });
+        t.end_span(h, None);
+    }
+}
+
+fn balanced(t: &SpillwayTracer) -> spillway::Stats {
+    let s = t.stats();
+    assert!(s.is_balanced(), "{s:?}");
+    s
+}
+
+#[test]
+fn failed_batches_spill_and_replay_when_the_collector_returns() {
+    let server = FaultServer::start(vec![Answer::Status(503, vec![], ""), Answer::Reset]);
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracer(&server.url, dir.path());
+    record(&t, 300, "a");
+    let err = t.try_flush().unwrap_err();
+    assert_eq!((err.spilled, err.kept_in_memory), (300, 0), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("300 spilled") && msg.contains("spool holds 300 spans"),
+        "{msg}"
+    );
+    let s = balanced(&t);
+    assert_eq!((s.spooled, s.in_memory), (300, 0));
+    record(&t, 10, "b");
+    // The fresh batch fails too (reset): spilled behind the first.
+    assert_eq!(t.try_flush().unwrap_err().spilled, 10);
+    record(&t, 5, "c");
+    t.flush().unwrap();
+    let s = balanced(&t);
+    assert_eq!((s.delivered, s.spooled), (315, 0), "{s:?}");
+    assert_eq!(server.span_ids().len(), 315);
+}
+
+#[test]
+fn a_restart_replays_what_the_last_process_spilled() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = FaultServer::start(vec![Answer::Status(500, vec![], ""); 8]);
+    {
+        let t = tracer(&dead.url, dir.path());
+        record(&t, 120, "before-restart");
+        assert!(t.flush().is_err());
+        record(&t, 7, "never-flushed");
+        // Dropping the tracer spills what is still in memory.
+    }
+    let server = FaultServer::start(vec![]);
+    let t = tracer(&server.url, dir.path());
+    assert_eq!(t.stats().recovered, 127);
+    t.flush().unwrap();
+    let s = balanced(&t);
+    assert_eq!((s.delivered, s.spooled, s.recorded), (127, 0, 0));
+    assert_eq!(server.span_ids().len(), 127);
+}
+
+#[test]
+fn replay_is_bounded_per_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let dead = FaultServer::start(vec![Answer::Status(500, vec![], "")]);
+        let t = tracer(&dead.url, dir.path());
+        record(&t, 5_000, "old");
+        assert!(t.flush().is_err());
+    }
+    let server = FaultServer::start(vec![]);
+    let t = SpillwayTracer::new(Config {
+        endpoint: server.url.clone(),
+        spool_dir: Some(dir.path().to_path_buf()),
+        replay_budget_spans: 1_000,
+        ..Config::default()
+    })
+    .unwrap();
+    record(&t, 3, "fresh");
+    t.flush().unwrap();
+    let s = balanced(&t);
+    assert!(
+        s.delivered >= 1_003 && s.delivered < 2_200,
+        "fresh first, then about one budget: {s:?}"
+    );
+    let mut flushes = 1;
+    while t.stats().spooled > 0 && flushes < 20 {
+        t.flush().unwrap();
+        flushes += 1;
+    }
+    assert_eq!(balanced(&t).delivered, 5_003);
+    assert!(flushes >= 4, "drained over several flushes, not at once: {flushes}");
+}
+
+#[test]
+fn a_second_process_is_told_the_spool_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(vec![]);
+    let _first = tracer(&server.url, dir.path());
+    let err = SpillwayTracer::new(Config {
+        endpoint: server.url.clone(),
+        spool_dir: Some(dir.path().to_path_buf()),
+        ..Config::default()
+    })
+    .err()
+    .expect("second opener must fail");
+    assert!(matches!(err, BuildError::Spool(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("in use") && msg.contains(&dir.path().display().to_string()),
+        "{msg}"
+    );
+}
+
+#[test]
+fn refused_spans_become_dead_letters_not_losses() {
+    fn refuse_poison(body: &str) -> u16 {
+        if body.contains("poison") { 400 } else { 202 }
+    }
+    let server = FaultServer::start(vec![Answer::By(refuse_poison); 64]);
+    let dir = tempfile::tempdir().unwrap();
+    let t = tracer(&server.url, dir.path());
+    record(&t, 10, "fine");
+    record(&t, 2, "poison");
+    let err = t.try_flush().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("2 rejected by the collector and kept as dead letters"),
+        "{err}"
+    );
+    let s = balanced(&t);
+    assert_eq!((s.delivered, s.dead_lettered, s.dropped.rejected), (10, 2, 0));
+}
+
+#[test]
+fn a_corrupt_record_is_quarantined_by_key_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let dead = FaultServer::start(vec![Answer::Status(500, vec![], ""); 3]);
+        let t = tracer(&dead.url, dir.path());
+        for name in ["first", "second", "third"] {
+            record(&t, 10, name);
+            assert!(t.flush().is_err());
+        }
+    }
+    // Flip one byte in the middle record, as a bad disk would.
+    let key;
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let queue = db.open_tree("queue").unwrap();
+        let (k, v) = queue.iter().nth(1).unwrap().unwrap();
+        let mut bad = v.to_vec();
+        let at = bad.len() - 5;
+        bad[at] ^= 0x40;
+        queue.insert(&k, bad).unwrap();
+        db.flush().unwrap();
+        key = u64::from_be_bytes(k.as_ref().try_into().unwrap());
+    }
+    let server = FaultServer::start(vec![]);
+    let t = tracer(&server.url, dir.path());
+    let err = t.try_flush().unwrap_err();
+    assert_eq!(err.quarantined.len(), 1, "{err}");
+    assert_eq!(err.quarantined[0].0, key);
+    assert!(
+        err.to_string()
+            .contains(&format!("spool record {key} quarantined (CRC mismatch")),
+        "{err}"
+    );
+    let s = balanced(&t);
+    assert_eq!((s.delivered, s.dropped.corrupt, s.spooled), (20, 10, 0), "{s:?}");
+    // The next flush is clean: the queue went on.
+    t.flush().unwrap();
+}
+
+#[test]
+fn an_unopenable_spool_is_moved_aside_and_a_fresh_one_started() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("spool");
+    std::fs::create_dir(&dir).unwrap();
+    // Not a sled database: its config file is garbage.
+    std::fs::write(dir.join("conf"), b"\x00\xffnot a sled config").unwrap();
+    std::fs::write(dir.join("db"), b"garbage").unwrap();
+    let server = FaultServer::start(vec![]);
+    let t = tracer(&server.url, &dir);
+    let aside = t.moved_aside().expect("moved aside");
+    assert!(
+        aside.exists() && aside.to_string_lossy().contains("spool.damaged-"),
+        "{aside:?}"
+    );
+    record(&t, 3, "x");
+    let err = t.flush().unwrap_err();
+    assert!(
+        err.contains("moved aside") && err.contains(&aside.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(balanced(&t).delivered, 3, "the spans still went out");
+    t.flush().unwrap();
+}
