@@ -13,4 +13,7 @@ fi
 cleanup() { if [ "$started" = 1 ]; then scripts/zipkin.sh stop; fi; }
 trap cleanup EXIT
 export SPILLWAY_ZIPKIN_URL=http://127.0.0.1:$port
+# For tests that run a Zipkin of their own (to stop and start it).
+SPILLWAY_ZIPKIN_JAR=$(scripts/zipkin.sh jar)
+export SPILLWAY_ZIPKIN_JAR
 cargo test --locked "$@"

@@ -5,6 +5,7 @@
 #   scripts/zipkin.sh start    # fetch the jar from Maven Central if needed, start, wait for /health
 #   scripts/zipkin.sh stop
 #   scripts/zipkin.sh status
+#   scripts/zipkin.sh jar      # fetch if needed, print the exec jar's path
 #
 # ZIPKIN_VERSION (3.6.1), ZIPKIN_PORT (9411) and SPILLWAY_CACHE
 # (~/.cache/spillway: jar, pid file, log) can be overridden.
@@ -55,11 +56,15 @@ case "${1:-}" in
       rm -f "$pidfile"
     fi
     ;;
+  jar)
+    fetch
+    echo "$jar"
+    ;;
   status)
     if healthy; then echo "up at $url"; else echo "down at $url"; exit 1; fi
     ;;
   *)
-    echo "usage: scripts/zipkin.sh start|stop|status" >&2
+    echo "usage: scripts/zipkin.sh start|stop|status|jar" >&2
     exit 2
     ;;
 esac

@@ -19,7 +19,11 @@ const CHILD_ENV: &str = "SPILLWAY_CRASH_CHILD_DIR";
 #[ignore = "run by kill_9_during_spill_loses_nothing_spilled as its child process"]
 fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let t = SpillwayTracer::new(Config {
         endpoint: format!("http://127.0.0.1:{port}/api/v2/spans"),
         spool_dir: Some(dir.into()),
@@ -36,7 +40,10 @@ fn crash_child() {
             break;
         }
         for _ in 0..(1 + round % 97) {
-            let h = t.start_span(SpanStart { name: "crash", ..Default::default() });
+            let h = t.start_span(SpanStart {
+                name: "crash",
+                ..Default::default()
+            });
             t.end_span(h, None);
         }
         if let Err(e) = t.try_flush() {
@@ -52,11 +59,19 @@ fn spool_spans(dir: &std::path::Path) -> u64 {
     let spool = Spool::open(dir, u64::MAX).expect("spool reopens after kill -9");
     let entries = spool.oldest(usize::MAX).unwrap();
     for e in &entries {
-        assert!(e.spans.is_ok(), "record {} is corrupt after kill -9: {:?}", e.key, e.spans.as_ref().err());
+        assert!(
+            e.spans.is_ok(),
+            "record {} is corrupt after kill -9: {:?}",
+            e.key,
+            e.spans.as_ref().err()
+        );
     }
     let stats = spool.stats();
     assert_eq!(stats.quarantined_records, 0);
-    let counted: u64 = entries.iter().map(|e| e.spans.as_ref().map_or(0, |s| s.len() as u64)).sum();
+    let counted: u64 = entries
+        .iter()
+        .map(|e| e.spans.as_ref().map_or(0, |s| s.len() as u64))
+        .sum();
     assert_eq!(counted, stats.spans);
     counted
 }
@@ -71,7 +86,14 @@ fn kill_9_during_spill_loses_nothing_spilled() {
     while rounds < 50 && started.elapsed() < Duration::from_secs(240) {
         rounds += 1;
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_ENV, dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -90,7 +112,8 @@ fn kill_9_during_spill_loses_nothing_spilled() {
             last
         });
         // Wait until the child is spilling, then kill it at a random point.
-        rx.recv_timeout(Duration::from_secs(20)).expect("child started spilling");
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("child started spilling");
         let _ = rx.recv_timeout(Duration::from_millis(fastrand::u64(0..250)));
         child.kill().unwrap(); // SIGKILL
         let _ = child.wait();
