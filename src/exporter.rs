@@ -174,6 +174,11 @@ pub struct Exporter {
     stack: Vec<(usize, usize)>,
     refused: Vec<(usize, usize)>,
     spool: Option<Spool>,
+    /// Where the spool lives, to reopen it after a failure.
+    spool_dir: Option<std::path::PathBuf>,
+    /// The spool failed; reopen it before the next use (sled stays failed
+    /// after an I/O error even once the disk works again).
+    spool_broken: bool,
     backoff: Backoff,
     max_batch_spans: usize,
     max_request_bytes: usize,
@@ -219,7 +224,9 @@ impl Exporter {
             spare: Vec::new(),
             stack: Vec::new(),
             refused: Vec::new(),
+            spool_dir: spool.as_ref().map(|s| s.dir().to_path_buf()),
             spool,
+            spool_broken: false,
             backoff: Backoff {
                 failures: 0,
                 last: None,
@@ -256,6 +263,7 @@ impl Exporter {
     /// gauge), then replays the backlog. See the module docs.
     pub fn export(&mut self, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
         let mut tally = Tally::default();
+        self.reopen_if_broken(&mut tally);
         if let Some(wait) = self.backoff.remaining(Instant::now()) {
             self.keep(&mut batch, &mut tally);
             tally.err.next_attempt_in = Some(wait);
@@ -285,6 +293,24 @@ impl Exporter {
         batch.append(&mut self.retry);
         self.keep(&mut batch, &mut tally);
         self.finish(tally, batch)
+    }
+
+    /// After a spool failure: drop the failed spool, open it afresh, and
+    /// move what waits in memory onto it.
+    fn reopen_if_broken(&mut self, tally: &mut Tally) {
+        let Some(dir) = self.spool_dir.clone().filter(|_| self.spool_broken) else {
+            return;
+        };
+        drop(self.spool.take());
+        match Spool::open(&dir, self.max_spool_bytes) {
+            Ok(spool) => {
+                self.spool = Some(spool);
+                self.spool_broken = false;
+                let mut waiting = std::mem::take(&mut self.retry);
+                self.keep(&mut waiting, tally);
+            }
+            Err(e) => tally.err.spool_error = Some(format!("reopening after a failure: {e}")),
+        }
     }
 
     fn finish(&mut self, mut tally: Tally, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
@@ -329,7 +355,10 @@ impl Exporter {
                     spans.clear();
                     return;
                 }
-                Err(e) => tally.err.spool_error = Some(e.to_string()),
+                Err(e) => {
+                    tally.err.spool_error = Some(e.to_string());
+                    self.spool_broken = true;
+                }
             }
         }
         self.retry.append(spans);
