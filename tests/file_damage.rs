@@ -34,7 +34,9 @@ fn config(url: &str, dir: &Path) -> Config {
 #[test]
 #[ignore = "run by damaged_spool_files_never_crash_the_process as its child process"]
 fn damage_child() {
-    let (Some(dir), Ok(url)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_URL)) else { return };
+    let (Some(dir), Ok(url)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_URL)) else {
+        return;
+    };
     let t = SpillwayTracer::new(config(&url, Path::new(&dir))).expect("the tracer comes up");
     for _ in 0..50 {
         let _ = t.flush();
@@ -83,7 +85,10 @@ fn damaged_spool_files_never_crash_the_process() {
         let t = SpillwayTracer::new(config(&dead.url, &pristine)).unwrap();
         for _ in 0..20 {
             for _ in 0..100 {
-                let h = t.start_span(SpanStart { name: "damaged", ..Default::default() });
+                let h = t.start_span(SpanStart {
+                    name: "damaged",
+                    ..Default::default()
+                });
                 t.end_span(h, None);
             }
             assert!(t.flush().is_err());
@@ -111,7 +116,14 @@ fn damaged_spool_files_never_crash_the_process() {
         };
         std::fs::write(file, &bytes).unwrap();
         let out = Command::new(&exe)
-            .args(["--exact", "damage_child", "--ignored", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "damage_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env(CHILD_DIR, &dir)
             .env(CHILD_URL, &server.url)
             .output()
@@ -122,7 +134,10 @@ fn damaged_spool_files_never_crash_the_process() {
             "attempt {attempt} ({what}): the process failed\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let stats = stdout.split_once("@@").map(|(_, s)| s.lines().next().unwrap_or_default()).unwrap_or_default();
+        let stats = stdout
+            .split_once("@@")
+            .map(|(_, s)| s.lines().next().unwrap_or_default())
+            .unwrap_or_default();
         let s: serde_json::Value = serde_json::from_str(stats).unwrap_or_else(|e| panic!("{e}: {stdout}"));
         assert_eq!(s["spooled"], 0, "attempt {attempt} ({what}): the queue went on: {s}");
         assert!(s["delivered"].as_u64().unwrap() + s["dropped"]["corrupt"].as_u64().unwrap() <= 2000);

@@ -194,10 +194,17 @@ impl Spool {
         }
     }
 
-    /// Appends `spans` as one or more records and syncs them to disk. If the
-    /// queue would exceed its cap, the oldest records are dropped first;
-    /// returns how many spans that dropped.
+    /// Appends `spans` as one or more records and syncs them to disk (the
+    /// durability point). If the queue would exceed its cap, the oldest
+    /// records are dropped first; returns how many spans that dropped.
     pub fn push(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<u64, SpoolError> {
+        let dropped = self.append(spans, now_unix_ms)?;
+        self.sync()?;
+        Ok(dropped)
+    }
+
+    /// [`Spool::push`] without the sync: not durable until [`Spool::sync`].
+    pub fn append(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<u64, SpoolError> {
         if spans.is_empty() {
             return Ok(0);
         }

@@ -86,6 +86,8 @@ impl Received {
 /// (then 202 once the script is used up) and records what it received.
 pub struct FaultServer {
     pub url: String,
+    /// Spans received, counted without decoding when the server is a sink.
+    pub spans_received: Arc<std::sync::atomic::AtomicU64>,
     script: Arc<Mutex<VecDeque<Answer>>>,
     pub received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
@@ -95,13 +97,25 @@ pub struct FaultServer {
 
 impl FaultServer {
     pub fn start(script: Vec<Answer>) -> FaultServer {
+        Self::start_with(script, true)
+    }
+
+    /// A server that answers 202 to everything and keeps no bodies: a fast
+    /// loopback receiver for benchmarks. It counts `"traceId"` occurrences.
+    pub fn sink() -> FaultServer {
+        Self::start_with(vec![], false)
+    }
+
+    fn start_with(script: Vec<Answer>, keep: bool) -> FaultServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let spans_received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread = {
             let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
+            let counted = spans_received.clone();
             std::thread::spawn(move || {
                 // One thread per connection: ureq keeps connections alive,
                 // and a hanging answer must not block the next client.
@@ -111,12 +125,17 @@ impl FaultServer {
                     }
                     let Ok(conn) = conn else { continue };
                     let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
-                    std::thread::spawn(move || serve(conn, &script, &received, &stop));
+                    let counted = counted.clone();
+                    std::thread::spawn(move || {
+                        let sink = if keep { None } else { Some(&*counted) };
+                        serve(conn, &script, &received, &stop, sink)
+                    });
                 }
             })
         };
         FaultServer {
             url: format!("http://127.0.0.1:{port}/api/v2/spans"),
+            spans_received,
             script,
             received,
             stop,
@@ -154,7 +173,13 @@ impl Drop for FaultServer {
     }
 }
 
-fn serve(conn: TcpStream, script: &Mutex<VecDeque<Answer>>, received: &Mutex<Vec<Received>>, stop: &AtomicBool) {
+fn serve(
+    conn: TcpStream,
+    script: &Mutex<VecDeque<Answer>>,
+    received: &Mutex<Vec<Received>>,
+    stop: &AtomicBool,
+    sink: Option<&std::sync::atomic::AtomicU64>,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
     let mut conn = conn;
@@ -186,6 +211,19 @@ fn serve(conn: TcpStream, script: &Mutex<VecDeque<Answer>>, received: &Mutex<Vec
         let mut body = vec![0; len];
         if reader.read_exact(&mut body).is_err() {
             return;
+        }
+        if let Some(counter) = sink {
+            // A sink expects plain JSON (gzip off) and counts span objects
+            // by their traceId keys.
+            let n = body.windows(9).filter(|w| w == b"\"traceId\"").count();
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            if conn
+                .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            continue;
         }
         let gz = headers
             .iter()

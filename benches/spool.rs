@@ -1,0 +1,89 @@
+//! The spool: spilling a 512-span batch (with and without the sync that
+//! makes it durable), replaying a spool to a loopback receiver, and the
+//! size on disk per spilled span.
+
+use bext_plugin_api::tracer::TracerPlugin;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use spillway::spool::Spool;
+use spillway::{Config, SpillwayTracer};
+use std::time::{Duration, Instant};
+
+#[path = "encode.rs"]
+#[allow(dead_code)]
+mod encode;
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod fixtures;
+
+fn spill(c: &mut Criterion) {
+    let batch = encode::batch();
+    let mut g = c.benchmark_group("spool_spill_512");
+    g.throughput(Throughput::Elements(batch.len() as u64));
+    for synced in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spool = Spool::open(dir.path(), u64::MAX).expect("spool");
+        let name = if synced { "append+sync" } else { "append" };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let _ = spool.append(&batch, 1);
+                if synced {
+                    let _ = spool.sync();
+                }
+            })
+        });
+        let _ = spool.sync();
+        let st = spool.stats();
+        let mut json = Vec::new();
+        spillway::zipkin::Encoder::new("bext-site").encode_batch(&batch, &mut json);
+        let per_span_json = json.len() as f64 / batch.len() as f64;
+        eprintln!(
+            "{name}: {} spans spooled, {:.0} record bytes/span, {:.0} bytes on disk/span, JSON {per_span_json:.0} bytes/span (disk/JSON {:.2}x)",
+            st.spans,
+            st.bytes as f64 / st.spans.max(1) as f64,
+            st.bytes_on_disk as f64 / st.spans.max(1) as f64,
+            st.bytes_on_disk as f64 / st.spans.max(1) as f64 / per_span_json
+        );
+    }
+    g.finish();
+}
+
+fn replay(c: &mut Criterion) {
+    const SPANS: usize = 51_200;
+    let batch = encode::batch();
+    let sink = fixtures::FaultServer::sink();
+    let mut g = c.benchmark_group("spool_replay");
+    g.throughput(Throughput::Elements(SPANS as u64));
+    g.sample_size(10);
+    g.bench_function("51200_spans_to_loopback", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().expect("tempdir");
+                {
+                    let mut spool = Spool::open(dir.path(), u64::MAX).expect("spool");
+                    for _ in 0..SPANS / batch.len() {
+                        let _ = spool.append(&batch, 1);
+                    }
+                    let _ = spool.sync();
+                }
+                let tracer = SpillwayTracer::new(Config {
+                    endpoint: sink.url.clone(),
+                    gzip: false,
+                    spool_dir: Some(dir.path().to_path_buf()),
+                    replay_budget_spans: SPANS,
+                    ..Config::default()
+                })
+                .expect("tracer");
+                let t = Instant::now();
+                let _ = tracer.flush();
+                spent += t.elapsed();
+                assert_eq!(tracer.stats().spooled, 0, "drained in one flush");
+            }
+            spent
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, spill, replay);
+criterion_main!(benches);
