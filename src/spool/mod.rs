@@ -28,7 +28,7 @@
 //!   [`SpoolError::InUse`] naming the directory.
 //! - **Bounds**: each record holds at most [`RECORD_TARGET`] bytes of
 //!   payload where the spans allow (sled keeps larger values as separate
-//!   files it reclaims poorly); the queue is capped at `max_bytes` of
+//!   files it reclaims poorly) and at most [`RECORD_MAX_SPANS`] spans; the queue is capped at `max_bytes` of
 //!   records, past which the oldest records are dropped and their spans
 //!   reported to the caller for counting.
 //!
@@ -42,6 +42,9 @@ use std::path::{Path, PathBuf};
 
 /// Target payload size of one record.
 pub const RECORD_TARGET: usize = 64 << 10;
+/// Most spans in one record, so replay (budgeted in spans, a record at a
+/// time) and its requests stay fine-grained however well records compress.
+pub const RECORD_MAX_SPANS: usize = 1024;
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -210,7 +213,7 @@ impl Spool {
         }
         let mut records: Vec<(u64, Vec<u8>, u32)> = Vec::new();
         let mut rest = spans;
-        let mut per_record = spans.len();
+        let mut per_record = spans.len().min(RECORD_MAX_SPANS);
         while !rest.is_empty() {
             let n = per_record.min(rest.len());
             self.buf.clear();
@@ -367,7 +370,11 @@ mod tests {
                 start_unix_nanos: 1,
                 end_unix_nanos: 2,
                 status: Status::Ok,
-                attributes: vec![("k".into(), Value::Str("v".repeat(100)))],
+                // Random, so records cannot deflate below the split size.
+                attributes: vec![(
+                    "k".into(),
+                    Value::Str((0..100).map(|_| fastrand::alphanumeric()).collect()),
+                )],
                 events: Default::default(),
                 dropped_attributes: 0,
                 dropped_events: 0,

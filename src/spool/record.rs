@@ -4,13 +4,14 @@
 //! offset size field
 //!      0    4 magic            b"SPWL"
 //!      4    1 format version   1
-//!      5    1 flags            0 (reserved for compression)
+//!      5    1 flags            bit 0: payload is raw deflate; other bits must be 0
 //!      6    2 reserved         0
 //!      8    4 span count       u32 LE
 //!     12    4 payload length   u32 LE
 //!     16    4 CRC32            crc32fast (IEEE) of bytes 0..16, 20..28 and the payload
 //!     20    8 created          unix milliseconds, u64 LE
-//!     28    n payload          bincode 2 (standard config, serde) of Vec<Span>
+//!     28    n payload          bincode 2 (standard config, serde) of Vec<Span>,
+//!                              deflated (level 1) when that makes it smaller
 //! ```
 //!
 //! Invariants: [`decode`] never panics and never allocates more than
@@ -27,8 +28,11 @@ pub const MAGIC: [u8; 4] = *b"SPWL";
 pub const VERSION: u8 = 1;
 /// Header length in bytes.
 pub const HEADER_LEN: usize = 28;
-/// The largest payload accepted (and the decoder's allocation bound).
+/// The largest payload accepted, before or after inflating (and the
+/// decoder's allocation bound).
 pub const MAX_PAYLOAD: usize = 16 << 20;
+/// Flag bit: the payload is raw deflate.
+pub const FLAG_DEFLATE: u8 = 1;
 
 /// Why a record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +46,9 @@ pub enum RecordError {
     /// Written by a format this code does not know.
     #[error("unknown format version {0}")]
     UnknownVersion(u8),
+    /// Flags this code does not know.
+    #[error("unknown flags {0:#04x}")]
+    UnknownFlags(u8),
     /// The header's payload length disagrees with the bytes present.
     #[error("payload length {declared} but {present} bytes present")]
     Length {
@@ -101,13 +108,29 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PAYLOAD>()
 }
 
-/// Appends the record for `spans` to `out`.
+/// Appends the record for `spans` to `out`, deflating the payload when
+/// that makes it smaller.
 pub fn encode(spans: &[Span], created_unix_ms: u64, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let plain = bincode::serde::encode_to_vec(spans, config()).map_err(|e| RecordError::Encode(e.to_string()))?;
+    if plain.len() > MAX_PAYLOAD {
+        return Err(RecordError::TooLarge(plain.len()));
+    }
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
-    if let Err(e) = bincode::serde::encode_into_std_write(spans, out, config()) {
-        out.truncate(start);
-        return Err(RecordError::Encode(e.to_string()));
+    let mut flags = 0;
+    let mut deflater = flate2::write::DeflateEncoder::new(std::mem::take(out), flate2::Compression::fast());
+    let deflated = std::io::Write::write_all(&mut deflater, &plain).and_then(|()| deflater.finish());
+    match deflated {
+        Ok(buf) if buf.len() - start - HEADER_LEN < plain.len() => {
+            *out = buf;
+            flags = FLAG_DEFLATE;
+        }
+        Ok(mut buf) => {
+            buf.truncate(start + HEADER_LEN);
+            buf.extend_from_slice(&plain);
+            *out = buf;
+        }
+        Err(e) => return Err(RecordError::Encode(e.to_string())),
     }
     let payload_len = out.len() - start - HEADER_LEN;
     if payload_len > MAX_PAYLOAD {
@@ -117,6 +140,7 @@ pub fn encode(spans: &[Span], created_unix_ms: u64, out: &mut Vec<u8>) -> Result
     let record = &mut out[start..];
     record[0..4].copy_from_slice(&MAGIC);
     record[4] = VERSION;
+    record[5] = flags;
     record[8..12].copy_from_slice(&u32::try_from(spans.len()).unwrap_or(u32::MAX).to_le_bytes());
     record[12..16].copy_from_slice(&(payload_len as u32).to_le_bytes());
     record[20..28].copy_from_slice(&created_unix_ms.to_le_bytes());
@@ -152,6 +176,9 @@ pub fn header(bytes: &[u8]) -> Result<Header, RecordError> {
     if bytes[4] != VERSION {
         return Err(RecordError::UnknownVersion(bytes[4]));
     }
+    if bytes[5] & !FLAG_DEFLATE != 0 || bytes[6..8] != [0, 0] {
+        return Err(RecordError::UnknownFlags(bytes[5]));
+    }
     let payload_len = u32_at(bytes, 12);
     let present = bytes.len() - HEADER_LEN;
     if payload_len as usize != present || present > MAX_PAYLOAD {
@@ -178,6 +205,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     if expected != actual {
         return Err(RecordError::Crc { expected, actual });
     }
+    let inflated;
+    let payload = if bytes[5] & FLAG_DEFLATE != 0 {
+        let mut buf = Vec::new();
+        let reader = flate2::read::DeflateDecoder::new(payload);
+        std::io::Read::read_to_end(&mut std::io::Read::take(reader, MAX_PAYLOAD as u64 + 1), &mut buf)
+            .map_err(|e| RecordError::Decode(format!("inflate: {e}")))?;
+        if buf.len() > MAX_PAYLOAD {
+            return Err(RecordError::TooLarge(buf.len()));
+        }
+        inflated = buf;
+        &inflated[..]
+    } else {
+        payload
+    };
     let (spans, used): (Vec<Span>, usize) =
         bincode::serde::decode_from_slice(payload, config()).map_err(|e| RecordError::Decode(e.to_string()))?;
     if used != payload.len() {
@@ -238,6 +279,39 @@ pub(super) mod tests {
         let mut again = Vec::new();
         encode(&r.spans, 42, &mut again).unwrap();
         assert_eq!(out, again);
+    }
+
+    #[test]
+    fn repetitive_batches_are_deflated_and_still_round_trip() {
+        let many: Vec<Span> = (0..200).flat_map(|_| sample()).collect();
+        let mut out = Vec::new();
+        encode(&many, 7, &mut out).unwrap();
+        assert_eq!(out[5], FLAG_DEFLATE);
+        let plain = bincode::serde::encode_to_vec(&many, config()).unwrap();
+        assert!(out.len() * 4 < plain.len(), "{} vs {}", out.len(), plain.len());
+        assert_eq!(decode(&out).unwrap().spans.len(), 200);
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_refused_within_the_bound() {
+        // Valid header and CRC around a payload that inflates past MAX_PAYLOAD.
+        let zeros = vec![0u8; MAX_PAYLOAD + 4096];
+        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut enc, &zeros).unwrap();
+        let bomb = enc.finish().unwrap();
+        let mut rec = vec![0u8; HEADER_LEN];
+        rec[0..4].copy_from_slice(&MAGIC);
+        rec[4] = VERSION;
+        rec[5] = FLAG_DEFLATE;
+        rec[12..16].copy_from_slice(&(bomb.len() as u32).to_le_bytes());
+        rec.extend_from_slice(&bomb);
+        let crc = checksum(&rec);
+        rec[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(decode(&rec), Err(RecordError::TooLarge(_))),
+            "{:?}",
+            decode(&rec).err()
+        );
     }
 
     #[test]
