@@ -196,20 +196,39 @@ impl TracerBuilder {
             None => (None, None),
         };
         let counters = Arc::new(ExportCounters::default());
+        let has_spool = spool.is_some();
         let exporter = Exporter::new(&config, transport, spool, Arc::clone(&counters));
-        Ok(SpillwayTracer {
+        let shard_capacity = config.max_queue_spans.div_ceil(SHARDS);
+        let inner = Arc::new(Inner {
+            spill_at: if has_spool {
+                (shard_capacity * 3 / 4).max(1)
+            } else {
+                usize::MAX
+            },
+            wake: Wake::default(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             clock: self.clock.unwrap_or_else(default_clock),
             sample_threshold: sample_threshold(config.sample_ratio),
             adopt_remote_parent: config.adopt_remote_parent,
             max_attributes: config.max_attributes_per_span as usize,
             max_events: config.max_events_per_span as usize,
-            shard_capacity: config.max_queue_spans.div_ceil(SHARDS),
+            shard_capacity,
             sampled_out: AtomicU64::new(0),
             counters,
             exporter: Mutex::new(exporter),
             moved_aside: Mutex::new(moved_aside),
-        })
+        });
+        let spiller = if has_spool {
+            let inner = Arc::clone(&inner);
+            let spawned = std::thread::Builder::new()
+                .name("spillway-spiller".into())
+                .spawn(move || inner.spiller());
+            // Without the thread, a full batch drops (counted) as it would without a spool.
+            spawned.ok()
+        } else {
+            None
+        };
+        Ok(SpillwayTracer { inner, spiller })
     }
 }
 
@@ -224,7 +243,29 @@ fn sample_threshold(ratio: f64) -> Option<u64> {
 }
 
 /// The spillway tracer: records spans for bext and exports them to Zipkin.
+///
+/// With a spool, a background thread (the *spiller*) moves the ended batch
+/// to disk when a shard fills past three quarters of its share of
+/// `max_queue_spans`, so a burst between flushes is spilled, not dropped.
+/// The hot path only signals it, after releasing its lock.
 pub struct SpillwayTracer {
+    inner: Arc<Inner>,
+    spiller: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Wakes the spiller: a pending flag and its condition variable.
+#[derive(Default)]
+struct Wake {
+    pending: Mutex<bool>,
+    cond: std::sync::Condvar,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+/// The tracer's state, shared with the spiller thread.
+struct Inner {
+    /// A shard's batch length that wakes the spiller (never, without a spool).
+    spill_at: usize,
+    wake: Wake,
     shards: Box<[Shard]>,
     clock: Arc<dyn Clock>,
     sample_threshold: Option<u64>,
@@ -253,6 +294,52 @@ impl SpillwayTracer {
 
     /// A snapshot of every counter.
     pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// The damaged spool directory moved aside at start, if any.
+    pub fn moved_aside(&self) -> Option<PathBuf> {
+        lock(&self.inner.moved_aside).clone()
+    }
+
+    /// Flushes, returning the typed error (the trait's `flush` renders it).
+    pub fn try_flush(&self) -> Result<(), Box<FlushError>> {
+        self.inner.try_flush()
+    }
+
+    /// Spills everything in memory to the spool without touching the
+    /// network, as bext's shutdown should (also done on drop). Without a
+    /// spool, the spans stay in memory and the error says how many.
+    pub fn shutdown(&self) -> Result<(), Box<FlushError>> {
+        self.inner.shutdown()
+    }
+}
+
+impl Inner {
+    /// The spiller thread: waits to be woken, then spills the batch.
+    fn spiller(&self) {
+        loop {
+            {
+                let mut pending = lock(&self.wake.pending);
+                while !*pending && !self.wake.stop.load(Ordering::SeqCst) {
+                    pending = self.wake.cond.wait(pending).unwrap_or_else(|e| e.into_inner());
+                }
+                if self.wake.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                *pending = false;
+            }
+            // Errors are counted and reported by the next flush.
+            let _ = self.shutdown();
+        }
+    }
+
+    fn wake_spiller(&self) {
+        *lock(&self.wake.pending) = true;
+        self.wake.cond.notify_one();
+    }
+
+    fn stats(&self) -> Stats {
         let mut s = Stats::default();
         for shard in self.shards.iter() {
             let st = lock(&shard.0);
@@ -267,13 +354,7 @@ impl SpillwayTracer {
         s
     }
 
-    /// The damaged spool directory moved aside at start, if any.
-    pub fn moved_aside(&self) -> Option<PathBuf> {
-        lock(&self.moved_aside).clone()
-    }
-
-    /// Flushes, returning the typed error (the trait's `flush` renders it).
-    pub fn try_flush(&self) -> Result<(), Box<FlushError>> {
+    fn try_flush(&self) -> Result<(), Box<FlushError>> {
         let mut exporter = lock(&self.exporter);
         self.clock.recalibrate();
         let batch = self.drain(&mut exporter);
@@ -283,10 +364,7 @@ impl SpillwayTracer {
         exporter.export(batch)
     }
 
-    /// Spills everything in memory to the spool without touching the
-    /// network, as bext's shutdown should (also done on drop). Without a
-    /// spool, the spans stay in memory and the error says how many.
-    pub fn shutdown(&self) -> Result<(), Box<FlushError>> {
+    fn shutdown(&self) -> Result<(), Box<FlushError>> {
         let mut exporter = lock(&self.exporter);
         let batch = self.drain(&mut exporter);
         exporter.spill_all(batch)
@@ -374,7 +452,28 @@ impl TracerPlugin for SpillwayTracer {
     fn name(&self) -> &str {
         "spillway"
     }
+    fn start_span(&self, span: SpanStart<'_>) -> SpanHandle {
+        self.inner.start_span(span)
+    }
+    fn set_attribute(&self, span: SpanHandle, key: &str, value: AttrValue) {
+        self.inner.set_attribute(span, key, value)
+    }
+    fn set_status(&self, span: SpanHandle, status: SpanStatus) {
+        self.inner.set_status(span, status)
+    }
+    fn add_event(&self, span: SpanHandle, event: SpanEvent<'_>) {
+        self.inner.add_event(span, event)
+    }
+    fn end_span(&self, span: SpanHandle, end_time_unix_nanos: Option<u64>) {
+        self.inner.end_span(span, end_time_unix_nanos)
+    }
+    fn flush(&self) -> Result<(), String> {
+        self.inner.flush()
+    }
+}
 
+impl Inner {
+    #[inline]
     fn start_span(&self, start: SpanStart<'_>) -> SpanHandle {
         let (trace_id, parent_id, inherited) = match start.parent {
             Some(p) if p.is_invalid() => return SpanHandle::INVALID,
@@ -484,6 +583,11 @@ impl TracerPlugin for SpillwayTracer {
             st.recorded += 1;
             if st.ended.len() < self.shard_capacity {
                 st.ended.push(span);
+                let crossed = st.ended.len() == self.spill_at;
+                drop(st);
+                if crossed {
+                    self.wake_spiller();
+                }
                 return;
             }
             st.queue_full += 1;
@@ -513,6 +617,11 @@ impl TracerPlugin for SpillwayTracer {
 
 impl Drop for SpillwayTracer {
     fn drop(&mut self) {
-        let _ = self.shutdown();
+        if let Some(spiller) = self.spiller.take() {
+            self.inner.wake.stop.store(true, Ordering::SeqCst);
+            self.inner.wake_spiller();
+            let _ = spiller.join();
+        }
+        let _ = self.inner.shutdown();
     }
 }

@@ -10,8 +10,8 @@ use common::{Answer, FaultServer};
 use spillway::{BuildError, Config, SpillwayTracer};
 use std::path::Path;
 
-fn tracer(url: &str, dir: &Path) -> SpillwayTracer {
-    SpillwayTracer::new(Config {
+fn config_for(url: &str, dir: &Path) -> Config {
+    Config {
         endpoint: url.to_owned(),
         spool_dir: Some(dir.to_path_buf()),
         timeout_ms: 1_000,
@@ -19,8 +19,11 @@ fn tracer(url: &str, dir: &Path) -> SpillwayTracer {
         backoff_initial_ms: 0,
         backoff_max_ms: 0,
         ..Config::default()
-    })
-    .unwrap()
+    }
+}
+
+fn tracer(url: &str, dir: &Path) -> SpillwayTracer {
+    SpillwayTracer::new(config_for(url, dir)).unwrap()
 }
 
 fn record(t: &SpillwayTracer, n: usize, name: &str) {
@@ -220,4 +223,39 @@ fn an_unopenable_spool_is_moved_aside_and_a_fresh_one_started() {
     );
     assert_eq!(balanced(&t).delivered, 3, "the spans still went out");
     t.flush().unwrap();
+}
+
+#[test]
+fn a_full_batch_spills_early_instead_of_dropping() {
+    let dead = FaultServer::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = spillway::tracer::SHARDS * 100;
+    let t = SpillwayTracer::new(Config {
+        max_queue_spans: cap,
+        ..config_for(&dead.url, dir.path())
+    })
+    .unwrap();
+    // Ten bursts of 2,000 spans with no flush: 20,000 spans against a
+    // 6,400-span batch. The spiller moves them to disk between bursts.
+    for burst in 0..10 {
+        record(&t, 2_000, "burst");
+        common::wait_for(
+            "the spiller to drain the batch",
+            std::time::Duration::from_secs(10),
+            || (t.stats().in_memory < cap as u64 * 2 / 3).then_some(()),
+        );
+        let s = balanced(&t);
+        assert_eq!(s.dropped.queue_full, 0, "burst {burst}: {s:?}");
+    }
+    let s = balanced(&t);
+    assert!(s.spooled > 0, "{s:?}");
+    // Replay takes a budget (8,192 spans) per flush.
+    for _ in 0..10 {
+        t.flush().unwrap();
+        if t.stats().spooled == 0 {
+            break;
+        }
+    }
+    let s = balanced(&t);
+    assert_eq!((s.delivered, s.spooled, s.in_memory), (20_000, 0, 0), "{s:?}");
 }
