@@ -153,9 +153,27 @@ pub struct Span {
     pub attributes: Vec<(String, Value)>,
     /// Events, in the order they were added; the first is stored inline, so
     /// the common span with at most one event allocates nothing for it.
+    #[serde(with = "events_serde")]
     pub events: Events,
     /// Attributes refused because the span had reached its attribute limit.
     pub dropped_attributes: u32,
     /// Events refused because the span had reached its event limit.
     pub dropped_events: u32,
+}
+
+/// Events as a plain sequence. Decoding goes through `Vec`, whose serde impl
+/// caps how much a claimed length may reserve up front; smallvec's own impl
+/// reserves whatever the input claims (the spool-record fuzzer found an
+/// input asking for 4 EiB).
+mod events_serde {
+    use super::{Event, Events};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(events: &Events, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(events.iter())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
+        Vec::<Event>::deserialize(d).map(Events::from_vec)
+    }
 }

@@ -137,16 +137,34 @@ pub fn encode(spans: &[Span], created_unix_ms: u64, out: &mut Vec<u8>) -> Result
         out.truncate(start);
         return Err(RecordError::TooLarge(payload_len));
     }
+    let payload = out.split_off(start + HEADER_LEN);
+    out.truncate(start);
+    frame(
+        &payload,
+        flags,
+        u32::try_from(spans.len()).unwrap_or(u32::MAX),
+        created_unix_ms,
+        out,
+    );
+    Ok(())
+}
+
+/// Frames an already-encoded `payload` with a valid header and CRC, as
+/// [`encode`] would: for tests and the fuzzer, which must reach the payload
+/// decoders past the checksum. `flags` must be a valid combination.
+pub fn frame(payload: &[u8], flags: u8, spans: u32, created_unix_ms: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    out.extend_from_slice(payload);
     let record = &mut out[start..];
     record[0..4].copy_from_slice(&MAGIC);
     record[4] = VERSION;
     record[5] = flags;
-    record[8..12].copy_from_slice(&u32::try_from(spans.len()).unwrap_or(u32::MAX).to_le_bytes());
-    record[12..16].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    record[8..12].copy_from_slice(&spans.to_le_bytes());
+    record[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     record[20..28].copy_from_slice(&created_unix_ms.to_le_bytes());
     let crc = checksum(record);
     record[16..20].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
 }
 
 /// CRC32 of everything in the record but the CRC field itself.
@@ -299,19 +317,29 @@ pub(super) mod tests {
         let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
         std::io::Write::write_all(&mut enc, &zeros).unwrap();
         let bomb = enc.finish().unwrap();
-        let mut rec = vec![0u8; HEADER_LEN];
-        rec[0..4].copy_from_slice(&MAGIC);
-        rec[4] = VERSION;
-        rec[5] = FLAG_DEFLATE;
-        rec[12..16].copy_from_slice(&(bomb.len() as u32).to_le_bytes());
-        rec.extend_from_slice(&bomb);
-        let crc = checksum(&rec);
-        rec[16..20].copy_from_slice(&crc.to_le_bytes());
+        let mut rec = Vec::new();
+        frame(&bomb, FLAG_DEFLATE, 0, 0, &mut rec);
         assert!(
             matches!(decode(&rec), Err(RecordError::TooLarge(_))),
             "{:?}",
             decode(&rec).err()
         );
+    }
+
+    #[test]
+    fn a_huge_claimed_event_count_is_an_error_not_an_abort() {
+        // Found by the spool_record fuzzer: the payload claims ~4 EiB of events.
+        let data = include_bytes!("../../tests/golden/crash-smallvec-reserve.bin");
+        let (&flags, payload) = data.split_first().unwrap();
+        let mut framed = Vec::new();
+        frame(
+            payload,
+            flags & FLAG_DEFLATE,
+            payload.len().min(64) as u32,
+            1,
+            &mut framed,
+        );
+        assert!(decode(&framed).is_err());
     }
 
     #[test]

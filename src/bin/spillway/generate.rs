@@ -197,6 +197,8 @@ fn report(s: &Stats, elapsed: Duration, json: bool) {
             "delivered": s.delivered,
             "pending": s.in_memory,
             "spooled": s.spooled,
+            "recovered": s.recovered,
+            "dead_lettered": s.dead_lettered,
             "dropped": s.dropped.total(),
             "dropped_by_reason": s.dropped,
             "requests": s.requests,
@@ -213,15 +215,21 @@ fn report(s: &Stats, elapsed: Duration, json: bool) {
         s.recorded as f64 / elapsed.as_secs_f64().max(1e-9)
     );
     println!("delivered {}", s.delivered);
-    println!("pending   {} in memory, {} spooled", s.in_memory, s.spooled);
+    println!(
+        "pending   {} in memory, {} spooled ({} found in the spool at start)",
+        s.in_memory, s.spooled, s.recovered
+    );
+    println!("dead letters {}", s.dead_lettered);
     let d = s.dropped;
     println!(
-        "dropped   {} (queue full {}, retry buffer full {}, rejected {}, oversize {})",
+        "dropped   {} (queue full {}, retry buffer full {}, rejected {}, oversize {}, spool full {}, corrupt {})",
         d.total(),
         d.queue_full,
         d.retry_full,
         d.rejected,
-        d.oversize
+        d.oversize,
+        d.spool_full,
+        d.corrupt
     );
     println!("requests  {} ({} failed)", s.requests, s.failed_requests);
 }
