@@ -3,9 +3,11 @@
 //! the child had reported as durably spilled is there. The same spool is
 //! reused across rounds, so recovery after recovery is exercised too.
 
+mod common;
+
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
+use spillway::SpillwayTracer;
 use spillway::spool::Spool;
-use spillway::{Config, SpillwayTracer};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -19,19 +21,7 @@ const CHILD_ENV: &str = "SPILLWAY_CRASH_CHILD_DIR";
 #[ignore = "run by kill_9_during_spill_loses_nothing_spilled as its child process"]
 fn crash_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = SpillwayTracer::new(Config {
-        endpoint: format!("http://127.0.0.1:{port}/api/v2/spans"),
-        spool_dir: Some(dir.into()),
-        backoff_initial_ms: 0,
-        backoff_max_ms: 0,
-        ..Config::default()
-    })
-    .unwrap();
+    let t = SpillwayTracer::new(common::spool_config(&common::refused_url(), dir.as_ref())).unwrap();
     let mut total = 0usize;
     let out = std::io::stdout();
     let deadline = Instant::now() + Duration::from_secs(30);

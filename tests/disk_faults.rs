@@ -7,8 +7,9 @@
 //! reopens the spool (sled stays failed after an I/O error) and every span
 //! held in memory reaches it.
 
-use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
-use spillway::{Config, SpillwayTracer};
+mod common;
+
+use spillway::SpillwayTracer;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
@@ -28,33 +29,12 @@ fn stats_line(t: &SpillwayTracer) -> String {
 #[ignore = "run by a_failing_disk_is_reported_and_loses_nothing as its child process"]
 fn disk_child() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = SpillwayTracer::new(Config {
-        endpoint: format!("http://127.0.0.1:{port}/api/v2/spans"),
-        spool_dir: Some(dir.into()),
-        backoff_initial_ms: 0,
-        backoff_max_ms: 0,
-        ..Config::default()
-    })
-    .unwrap();
-    let record = |n| {
-        for _ in 0..n {
-            let h = t.start_span(SpanStart {
-                name: "disk",
-                ..Default::default()
-            });
-            t.end_span(h, None);
-        }
-    };
+    let t = SpillwayTracer::new(common::spool_config(&common::refused_url(), dir.as_ref())).unwrap();
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
     for phase in ["healthy", "failing", "recovered"] {
-        record(100);
-        let err = t.flush().expect_err("the collector is down");
+        common::record(&t, 100, "disk");
+        let err = bext_plugin_api::TracerPlugin::flush(&t).expect_err("the collector is down");
         // A marker: libtest prints "test disk_child ... " before it on the same line.
         say(format!("@@{phase}\t{}\t{err}", stats_line(&t)));
         line.clear();

@@ -13,22 +13,14 @@ mod common;
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use common::FaultServer;
-use spillway::{Config, SpillwayTracer};
+use spillway::SpillwayTracer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const CHILD_DIR: &str = "SPILLWAY_DAMAGE_DIR";
 const CHILD_URL: &str = "SPILLWAY_DAMAGE_URL";
 
-fn config(url: &str, dir: &Path) -> Config {
-    Config {
-        endpoint: url.to_owned(),
-        spool_dir: Some(dir.to_path_buf()),
-        backoff_initial_ms: 0,
-        backoff_max_ms: 0,
-        ..Config::default()
-    }
-}
+use common::spool_config as config;
 
 /// The child: opens the damaged spool, drains it, prints the final stats.
 #[test]

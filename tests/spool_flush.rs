@@ -5,35 +5,13 @@
 
 mod common;
 
-use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
-use common::{Answer, FaultServer};
+use bext_plugin_api::tracer::TracerPlugin;
+use common::{Answer, FaultServer, record};
 use spillway::{BuildError, Config, SpillwayTracer};
 use std::path::Path;
 
-fn config_for(url: &str, dir: &Path) -> Config {
-    Config {
-        endpoint: url.to_owned(),
-        spool_dir: Some(dir.to_path_buf()),
-        timeout_ms: 1_000,
-        connect_timeout_ms: 500,
-        backoff_initial_ms: 0,
-        backoff_max_ms: 0,
-        ..Config::default()
-    }
-}
-
 fn tracer(url: &str, dir: &Path) -> SpillwayTracer {
-    SpillwayTracer::new(config_for(url, dir)).unwrap()
-}
-
-fn record(t: &SpillwayTracer, n: usize, name: &str) {
-    for _ in 0..n {
-        let h = t.start_span(SpanStart {
-            name,
-            ..Default::default()
-        });
-        t.end_span(h, None);
-    }
+    SpillwayTracer::new(common::spool_config(url, dir)).unwrap()
 }
 
 fn balanced(t: &SpillwayTracer) -> spillway::Stats {
@@ -232,7 +210,7 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     let cap = spillway::tracer::SHARDS * 100;
     let t = SpillwayTracer::new(Config {
         max_queue_spans: cap,
-        ..config_for(&dead.url, dir.path())
+        ..common::spool_config(&dead.url, dir.path())
     })
     .unwrap();
     // Ten bursts of 2,000 spans with no flush: 20,000 spans against a

@@ -49,6 +49,18 @@ fn start(t: &SpillwayTracer, name: &str, parent: Option<SpanHandle>) -> SpanHand
     })
 }
 
+/// Adds an event without attributes at the tracer's clock.
+fn event(t: &SpillwayTracer, h: SpanHandle, name: &str) {
+    t.add_event(
+        h,
+        SpanEvent {
+            name,
+            attributes: vec![],
+            time_unix_nanos: None,
+        },
+    );
+}
+
 fn flushed(t: &SpillwayTracer, rec: &Recorder) -> Vec<Json> {
     t.flush().unwrap();
     let spans = std::mem::take(&mut *rec.0.lock().unwrap());
@@ -67,14 +79,7 @@ fn invalid_and_unknown_handles_are_noops() {
     for h in [SpanHandle::INVALID, foreign] {
         t.set_attribute(h, "k", "v".into());
         t.set_status(h, SpanStatus::Ok);
-        t.add_event(
-            h,
-            SpanEvent {
-                name: "e",
-                attributes: vec![],
-                time_unix_nanos: None,
-            },
-        );
+        event(&t, h, "e");
         t.end_span(h, None);
     }
     assert!(flushed(&t, &rec).is_empty());
@@ -199,14 +204,7 @@ fn clock_status_attributes_and_events() {
         },
     );
     t.set_status(h, SpanStatus::Ok);
-    t.add_event(
-        h,
-        SpanEvent {
-            name: "cache.miss",
-            attributes: vec![],
-            time_unix_nanos: None,
-        },
-    );
+    event(&t, h, "cache.miss");
     t.add_event(
         h,
         SpanEvent {
@@ -269,14 +267,7 @@ fn limits_count_what_they_drop() {
     t.set_attribute(h, "d", "4".into());
     t.set_attribute(h, "a", "overwrite is not a new attribute".into());
     for _ in 0..3 {
-        t.add_event(
-            h,
-            SpanEvent {
-                name: "e",
-                attributes: vec![],
-                time_unix_nanos: None,
-            },
-        );
+        event(&t, h, "e");
     }
     t.end_span(h, None);
     let s = &flushed(&t, &rec)[0];
@@ -367,14 +358,7 @@ fn high_cardinality_names_survive_past_the_interner_bound() {
     for i in 0..n {
         let name = format!("GET /users/{i}");
         let h = start(&t, &name, None);
-        t.add_event(
-            h,
-            SpanEvent {
-                name: &format!("event-{i}"),
-                attributes: vec![],
-                time_unix_nanos: None,
-            },
-        );
+        event(&t, h, &format!("event-{i}"));
         t.end_span(h, None);
     }
     let long = "n".repeat(spillway::tracer::MAX_INTERNED_LEN + 1);

@@ -5,8 +5,8 @@
 
 mod common;
 
-use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
-use common::{Answer, FaultServer};
+use bext_plugin_api::tracer::TracerPlugin;
+use common::{Answer, FaultServer, record};
 use spillway::transport::{Class, SendError};
 use spillway::{Config, SpillwayTracer};
 use std::time::{Duration, Instant};
@@ -23,16 +23,6 @@ fn tracer(url: &str, tweak: impl FnOnce(&mut Config)) -> SpillwayTracer {
     };
     tweak(&mut cfg);
     SpillwayTracer::new(cfg).unwrap()
-}
-
-fn record(t: &SpillwayTracer, n: usize, name: &str) {
-    for _ in 0..n {
-        let h = t.start_span(SpanStart {
-            name,
-            ..Default::default()
-        });
-        t.end_span(h, None);
-    }
 }
 
 fn flush_err(t: &SpillwayTracer) -> Box<spillway::FlushError> {
@@ -78,12 +68,7 @@ fn retryable_statuses_keep_spans_until_the_collector_answers() {
 
 #[test]
 fn connection_refused_is_reported_and_kept() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/api/v2/spans");
+    let url = common::refused_url();
     let t = tracer(&url, |_| {});
     record(&t, 3, "x");
     let err = flush_err(&t);
@@ -275,12 +260,7 @@ fn backoff_keeps_flushes_off_the_network_and_honours_retry_after() {
 
 #[test]
 fn backoff_grows_with_full_jitter_within_its_cap() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = tracer(&format!("http://127.0.0.1:{port}/api/v2/spans"), |c| {
+    let t = tracer(&common::refused_url(), |c| {
         c.backoff_initial_ms = 1;
         c.backoff_max_ms = 4;
     });

@@ -206,21 +206,10 @@ fn generate_delivers_exactly_what_it_reports() {
 
 #[test]
 fn generate_against_a_dead_collector_says_so_and_loses_nothing_silently() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let endpoint = common::refused_url();
     let spool = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .args([
-            "generate",
-            "--spans",
-            "100",
-            "--json",
-            "--endpoint",
-            &format!("http://127.0.0.1:{port}/api/v2/spans"),
-        ])
+        .args(["generate", "--spans", "100", "--json", "--endpoint", &endpoint])
         .env("SPILLWAY_SPOOL", spool.path())
         .output()
         .unwrap();

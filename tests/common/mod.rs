@@ -276,3 +276,39 @@ fn serve(
         }
     }
 }
+
+/// A collector URL on 127.0.0.1 where nothing listens: connections are refused.
+pub fn refused_url() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    format!("http://127.0.0.1:{port}/api/v2/spans")
+}
+
+/// Records `n` root spans named `name`.
+pub fn record(t: &spillway::SpillwayTracer, n: usize, name: &str) {
+    use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
+    for _ in 0..n {
+        let h = t.start_span(SpanStart {
+            name,
+            ..Default::default()
+        });
+        t.end_span(h, None);
+    }
+}
+
+/// A config that sends to `url`, spills to `dir`, and retries without
+/// backoff (tests that are about backoff set their own).
+pub fn spool_config(url: &str, dir: &std::path::Path) -> spillway::Config {
+    spillway::Config {
+        endpoint: url.to_owned(),
+        spool_dir: Some(dir.to_path_buf()),
+        timeout_ms: 1_000,
+        connect_timeout_ms: 500,
+        backoff_initial_ms: 0,
+        backoff_max_ms: 0,
+        ..spillway::Config::default()
+    }
+}
