@@ -89,9 +89,16 @@ pub struct Config {
     pub spool_dir: Option<PathBuf>,
     /// Cap on the spool's records, 1 MiB to 1 TiB; past it the oldest go first.
     pub max_spool_bytes: u64,
+    /// Optional age cap on spooled records, 1 ms to 365 days: older records
+    /// are dropped (counted as `spool_expired`) before replay. Zipkin's
+    /// query API looks back a day by default.
+    pub max_spool_age_ms: Option<u64>,
     /// Spans replayed from the backlog per flush, 1 to 10,000,000, so a
     /// collector that just came back is not flooded and fresh spans go first.
     pub replay_budget_spans: usize,
+    /// Time replay may take per flush, 1 ms to 10 minutes (checked between
+    /// records; a request in flight is bounded by `timeout_ms`).
+    pub replay_budget_ms: u64,
     /// First retry delay after a failure; doubles per failure (full jitter).
     pub backoff_initial_ms: u64,
     /// Longest retry delay.
@@ -121,6 +128,8 @@ impl Default for Config {
             max_events_per_span: 128,
             spool_dir: None,
             max_spool_bytes: 512 << 20,
+            max_spool_age_ms: None,
+            replay_budget_ms: 2_000,
             replay_budget_spans: 8192,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
@@ -219,6 +228,10 @@ impl Config {
         range("max_events_per_span", self.max_events_per_span.into(), 0, 65_536)?;
         range("max_spool_bytes", self.max_spool_bytes, 1 << 20, 1 << 40)?;
         range("replay_budget_spans", self.replay_budget_spans as u64, 1, 10_000_000)?;
+        range("replay_budget_ms", self.replay_budget_ms, 1, 600_000)?;
+        if let Some(age) = self.max_spool_age_ms {
+            range("max_spool_age_ms", age, 1, 365 * 86_400_000)?;
+        }
         range("backoff_initial_ms", self.backoff_initial_ms, 0, 3_600_000)?;
         range(
             "backoff_max_ms",

@@ -63,6 +63,8 @@ pub struct FlushError {
     pub kept_in_memory: usize,
     /// Spans dropped because the spool or the memory buffer was full.
     pub dropped_full: u64,
+    /// Spooled spans dropped as older than `max_spool_age_ms`.
+    pub expired: u64,
     /// The spool failed (disk full, I/O error): what it said.
     pub spool_error: Option<String>,
     /// The spool after this flush: spans, bytes, cap.
@@ -101,6 +103,9 @@ impl fmt::Display for FlushError {
         }
         if self.oversize > 0 {
             write!(f, ", {} dropped as larger than max_request_bytes", self.oversize)?;
+        }
+        if self.expired > 0 {
+            write!(f, ", {} dropped as older than max_spool_age_ms", self.expired)?;
         }
         if self.dropped_full > 0 {
             write!(
@@ -184,7 +189,9 @@ pub struct Exporter {
     max_request_bytes: usize,
     max_retry_spans: usize,
     max_spool_bytes: u64,
+    max_spool_age_ms: Option<u64>,
     replay_budget: usize,
+    replay_budget_time: Duration,
     counters: Arc<ExportCounters>,
 }
 
@@ -238,7 +245,9 @@ impl Exporter {
             max_request_bytes: config.max_request_bytes,
             max_retry_spans: config.max_retry_spans,
             max_spool_bytes: config.max_spool_bytes,
+            max_spool_age_ms: config.max_spool_age_ms,
             replay_budget: config.replay_budget_spans,
+            replay_budget_time: Duration::from_millis(config.replay_budget_ms),
             counters,
         }
     }
@@ -264,6 +273,7 @@ impl Exporter {
     pub fn export(&mut self, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
         let mut tally = Tally::default();
         self.reopen_if_broken(&mut tally);
+        self.expire(&mut tally);
         if let Some(wait) = self.backoff.remaining(Instant::now()) {
             self.keep(&mut batch, &mut tally);
             tally.err.next_attempt_in = Some(wait);
@@ -293,6 +303,20 @@ impl Exporter {
         batch.append(&mut self.retry);
         self.keep(&mut batch, &mut tally);
         self.finish(tally, batch)
+    }
+
+    /// Drops spooled records older than `max_spool_age_ms`.
+    fn expire(&mut self, tally: &mut Tally) {
+        let (Some(spool), Some(age)) = (&mut self.spool, self.max_spool_age_ms) else {
+            return;
+        };
+        match spool.expire(now_ms(), age) {
+            Ok(n) => {
+                add(&self.counters.spool_expired, n as usize);
+                tally.err.expired += n;
+            }
+            Err(e) => tally.err.spool_error = Some(e.to_string()),
+        }
     }
 
     /// After a spool failure: drop the failed spool, open it afresh, and
@@ -328,6 +352,7 @@ impl Exporter {
             && e.oversize == 0
             && e.quarantined.is_empty()
             && e.dropped_full == 0
+            && e.expired == 0
             && e.spool_error.is_none()
             && e.spilled == 0
             && e.kept_in_memory == 0;
@@ -375,6 +400,7 @@ impl Exporter {
     /// per-flush budget; stops at the first retryable failure.
     fn replay(&mut self, tally: &mut Tally) {
         let mut budget = self.replay_budget;
+        let deadline = Instant::now() + self.replay_budget_time;
         if !self.retry.is_empty() {
             let n = self.retry.len().min(budget);
             let mut head: Vec<Span> = self.retry.drain(..n).collect();
@@ -390,8 +416,10 @@ impl Exporter {
                 return;
             }
         }
+        // At least one record per flush, however slow, so replay always progresses.
+        let mut replayed_any = false;
         while budget > 0 && !tally.stopped {
-            let entries = match self.spool.as_ref().map(|s| s.oldest(16)) {
+            let entries = match self.spool.as_ref().map(|s| s.oldest(4)) {
                 None => return,
                 Some(Ok(entries)) if entries.is_empty() => return,
                 Some(Ok(entries)) => entries,
@@ -401,9 +429,10 @@ impl Exporter {
                 }
             };
             for entry in entries {
-                if budget == 0 || tally.stopped {
-                    break;
+                if budget == 0 || tally.stopped || (replayed_any && Instant::now() >= deadline) {
+                    return;
                 }
+                replayed_any = true;
                 budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
                 if let Err(e) = self.replay_entry(entry, tally) {
                     tally.err.spool_error = Some(e.to_string());
@@ -432,11 +461,16 @@ impl Exporter {
             .flat_map(|&(a, b)| spans[a..b].iter().cloned())
             .collect();
         let Some(spool) = &mut self.spool else { return Ok(()) };
+        if done == 0 {
+            // Nothing settled: the record stays where it is, first in line,
+            // with its age.
+            return Ok(());
+        }
         // The settled part leaves with the record; if sending stopped
-        // part-way, the rest goes back as a new record.
+        // part-way, the rest goes back with the record's original age.
         spool.dead_letter(&entry, &refused, now_ms())?;
         if done < spans.len() {
-            let dropped = spool.push(&spans[done..], now_ms())?;
+            let dropped = spool.push(&spans[done..], entry.created_unix_ms)?;
             add(&self.counters.spool_full, dropped as usize);
         }
         add(&self.counters.dead_lettered, refused.len());

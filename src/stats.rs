@@ -32,6 +32,8 @@ pub struct Dropped {
     pub oversize: u64,
     /// The spool reached `max_spool_bytes`; its oldest records went.
     pub spool_full: u64,
+    /// The span was spooled longer than `max_spool_age_ms`.
+    pub spool_expired: u64,
     /// The span was in a spool record that failed its checks (quarantined).
     pub corrupt: u64,
 }
@@ -39,7 +41,13 @@ pub struct Dropped {
 impl Dropped {
     /// All dropped spans.
     pub fn total(&self) -> u64 {
-        self.queue_full + self.retry_full + self.rejected + self.oversize + self.spool_full + self.corrupt
+        self.queue_full
+            + self.retry_full
+            + self.rejected
+            + self.oversize
+            + self.spool_full
+            + self.spool_expired
+            + self.corrupt
     }
 }
 
@@ -100,6 +108,7 @@ pub struct ExportCounters {
     pub(crate) recovered: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) spool_full: AtomicU64,
+    pub(crate) spool_expired: AtomicU64,
     pub(crate) corrupt: AtomicU64,
 }
 
@@ -129,6 +138,7 @@ impl ExportCounters {
         s.recovered = get(&self.recovered);
         s.dead_lettered = get(&self.dead_lettered);
         s.dropped.spool_full = get(&self.spool_full);
+        s.dropped.spool_expired = get(&self.spool_expired);
         s.dropped.corrupt = get(&self.corrupt);
     }
 }

@@ -201,7 +201,7 @@ impl TracerBuilder {
         let shard_capacity = config.max_queue_spans.div_ceil(SHARDS);
         let inner = Arc::new(Inner {
             spill_at: if has_spool {
-                (shard_capacity * 3 / 4).max(1)
+                (shard_capacity / 2).max(1)
             } else {
                 usize::MAX
             },
@@ -245,8 +245,8 @@ fn sample_threshold(ratio: f64) -> Option<u64> {
 /// The spillway tracer: records spans for bext and exports them to Zipkin.
 ///
 /// With a spool, a background thread (the *spiller*) moves the ended batch
-/// to disk when a shard fills past three quarters of its share of
-/// `max_queue_spans`, so a burst between flushes is spilled, not dropped.
+/// to disk when a shard fills to half its share of `max_queue_spans`, so a
+/// burst between flushes is spilled, not dropped.
 /// The hot path only signals it, after releasing its lock.
 pub struct SpillwayTracer {
     inner: Arc<Inner>,

@@ -91,6 +91,7 @@ fn a_failing_disk_is_reported_and_loses_nothing() {
                 rejected: stats["dropped"]["rejected"].as_u64().unwrap(),
                 oversize: stats["dropped"]["oversize"].as_u64().unwrap(),
                 spool_full: stats["dropped"]["spool_full"].as_u64().unwrap(),
+                spool_expired: stats["dropped"]["spool_expired"].as_u64().unwrap(),
                 corrupt: stats["dropped"]["corrupt"].as_u64().unwrap(),
             },
             ..Default::default()

@@ -213,14 +213,16 @@ fn a_full_batch_spills_early_instead_of_dropping() {
         ..common::spool_config(&dead.url, dir.path())
     })
     .unwrap();
-    // Ten bursts of 2,000 spans with no flush: 20,000 spans against a
-    // 6,400-span batch. The spiller moves them to disk between bursts.
-    for burst in 0..10 {
-        record(&t, 2_000, "burst");
+    // Fourteen bursts of 1,500 spans with no flush: 21,000 spans against a
+    // 6,400-span batch. The spiller, woken at half a shard's share, moves
+    // them to disk; a burst adds about 23 spans to a shard, far less than
+    // the 50 of headroom left when it is woken.
+    for burst in 0..14 {
+        record(&t, 1_500, "burst");
         common::wait_for(
             "the spiller to drain the batch",
             std::time::Duration::from_secs(10),
-            || (t.stats().in_memory < cap as u64 * 2 / 3).then_some(()),
+            || (t.stats().in_memory < cap as u64 / 2).then_some(()),
         );
         let s = balanced(&t);
         assert_eq!(s.dropped.queue_full, 0, "burst {burst}: {s:?}");
@@ -235,5 +237,56 @@ fn a_full_batch_spills_early_instead_of_dropping() {
         }
     }
     let s = balanced(&t);
-    assert_eq!((s.delivered, s.spooled, s.in_memory), (20_000, 0, 0), "{s:?}");
+    assert_eq!((s.delivered, s.spooled, s.in_memory), (21_000, 0, 0), "{s:?}");
+}
+
+#[test]
+fn spooled_spans_past_the_age_cap_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = SpillwayTracer::new(Config {
+        max_spool_age_ms: Some(200),
+        ..common::spool_config(&common::refused_url(), dir.path())
+    })
+    .unwrap();
+    record(&t, 40, "ages");
+    assert_eq!(t.try_flush().unwrap_err().spilled, 40);
+    let err = common::wait_for(
+        "the spooled spans to expire",
+        std::time::Duration::from_secs(10),
+        || t.try_flush().err().filter(|e| e.expired > 0),
+    );
+    assert!(
+        err.to_string().contains("40 dropped as older than max_spool_age_ms"),
+        "{err}"
+    );
+    let s = balanced(&t);
+    assert_eq!((s.dropped.spool_expired, s.spooled), (40, 0), "{s:?}");
+}
+
+#[test]
+fn replay_stops_at_its_time_budget() {
+    fn slow(_: &str) -> u16 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        202
+    }
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let dead = FaultServer::start(vec![Answer::Status(500, vec![], "")]);
+        let t = tracer(&dead.url, dir.path());
+        record(&t, 20 * spillway::spool::RECORD_MAX_SPANS, "slow");
+        assert!(t.flush().is_err());
+    }
+    // A collector that takes 30 ms per request and a 50 ms replay budget:
+    // a flush replays a few records (at least one), not all twenty.
+    let server = FaultServer::start(vec![Answer::By(slow); 64]);
+    let t = SpillwayTracer::new(Config {
+        replay_budget_ms: 50,
+        replay_budget_spans: 1_000_000,
+        ..common::spool_config(&server.url, dir.path())
+    })
+    .unwrap();
+    t.flush().unwrap();
+    let s = balanced(&t);
+    assert!(s.delivered > 0 && s.spooled > 0, "{s:?}");
+    assert!(s.delivered <= 5 * spillway::spool::RECORD_MAX_SPANS as u64, "{s:?}");
 }

@@ -84,6 +84,8 @@ pub struct Entry {
     pub spans: Result<Vec<Span>, RecordError>,
     /// The span count its header declares (0 when the header is unreadable).
     pub declared_spans: u64,
+    /// When it was first written, unix milliseconds (0 when unreadable).
+    pub created_unix_ms: u64,
     raw: sled::IVec,
 }
 
@@ -265,6 +267,28 @@ impl Spool {
         Ok(dropped_spans)
     }
 
+    /// Drops records created more than `max_age_ms` before `now_unix_ms`,
+    /// oldest first; returns how many spans that dropped. A record whose
+    /// header cannot be read is left for replay to quarantine.
+    pub fn expire(&mut self, now_unix_ms: u64, max_age_ms: u64) -> Result<u64, SpoolError> {
+        let mut dropped_spans = 0;
+        let cutoff = now_unix_ms.saturating_sub(max_age_ms);
+        loop {
+            let Some((k, v)) = self.queue.first().map_err(|e| self.storage(e))? else {
+                break;
+            };
+            let Ok(h) = record::header(&v) else { break };
+            if h.created_unix_ms >= cutoff {
+                break;
+            }
+            if self.queue.remove(&k).map_err(|e| self.storage(e))?.is_some() {
+                self.forget(v.len(), u64::from(h.spans));
+                dropped_spans += u64::from(h.spans);
+            }
+        }
+        Ok(dropped_spans)
+    }
+
     fn forget(&mut self, bytes: usize, spans: u64) {
         self.stats.records = self.stats.records.saturating_sub(1);
         self.stats.bytes = self.stats.bytes.saturating_sub(bytes as u64);
@@ -276,12 +300,13 @@ impl Spool {
         let mut out = Vec::new();
         for item in self.queue.iter().take(max_records) {
             let (k, v) = item.map_err(|e| self.storage(e))?;
-            let declared_spans = record::header(&v).map_or(0, |h| u64::from(h.spans));
+            let header = record::header(&v).ok();
             out.push(Entry {
                 key: be(&k),
                 bytes: v.len(),
                 spans: record::decode(&v).map(|r| r.spans),
-                declared_spans,
+                declared_spans: header.map_or(0, |h| u64::from(h.spans)),
+                created_unix_ms: header.map_or(0, |h| h.created_unix_ms),
                 raw: v,
             });
         }
@@ -438,6 +463,19 @@ mod tests {
         let names = names(&s.oldest(usize::MAX).unwrap());
         assert_eq!(names.last().map(String::as_str), Some("r9-49"), "newest kept");
         assert!(!names.iter().any(|n| n.starts_with("r0-")), "oldest dropped");
+    }
+
+    #[test]
+    fn expire_drops_only_records_past_the_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+        s.push(&spans(3, "old"), 1_000).unwrap();
+        s.push(&spans(4, "older-but-kept"), 2_600).unwrap();
+        s.push(&spans(5, "new"), 3_000).unwrap();
+        assert_eq!(s.expire(3_500, 1_000).unwrap(), 3);
+        assert_eq!(s.stats().spans, 9);
+        assert_eq!(names(&s.oldest(1).unwrap())[0], "older-but-kept-0");
+        assert_eq!(s.expire(3_500, 1_000).unwrap(), 0);
     }
 
     #[test]
