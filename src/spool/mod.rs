@@ -25,7 +25,8 @@
 //! - **Damage**: a record that fails its CRC or does not decode is moved,
 //!   byte for byte, to `quarantine` and reported by key; the queue goes on.
 //! - **Ownership**: one process at a time. A second opener gets
-//!   [`SpoolError::InUse`] naming the directory.
+//!   [`SpoolError::InUse`] naming the directory, after waiting up to
+//!   [`LOCK_WAIT`] for an owner that is shutting down.
 //! - **Bounds**: each record holds at most [`RECORD_TARGET`] bytes of
 //!   payload where the spans allow (sled keeps larger values as separate
 //!   files it reclaims poorly) and at most [`RECORD_MAX_SPANS`] spans; the queue is capped at `max_bytes` of
@@ -39,6 +40,9 @@ pub mod record;
 use crate::span::Span;
 use record::{Header, RecordError};
 use std::path::{Path, PathBuf};
+
+/// How long [`Spool::open`] waits for a lock another owner is releasing.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Target payload size of one record.
 pub const RECORD_TARGET: usize = 64 << 10;
@@ -136,15 +140,28 @@ impl Spool {
             dir: dir.to_path_buf(),
             source,
         };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(32 << 20)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if is_lock_error(&io) => SpoolError::InUse { dir: dir.to_path_buf() },
-                other => storage(other),
-            })?;
+        // sled releases its lock when its last reference goes, which can be
+        // a moment after the previous owner in this process dropped it (its
+        // I/O threads finish their writes first); wait a bounded while
+        // before calling the directory taken.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(dir)
+                .cache_capacity(32 << 20)
+                .flush_every_ms(Some(1000))
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(io)) if is_lock_error(&io) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(SpoolError::InUse { dir: dir.to_path_buf() });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(other) => return Err(storage(other)),
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(storage);
         let (queue, dead, quarantine, meta) = (tree("queue")?, tree("dead")?, tree("quarantine")?, tree("meta")?);
         let mut next_seq = meta.get(NEXT_SEQ).map_err(storage)?.map_or(0, |v| be(&v));
