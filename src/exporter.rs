@@ -27,7 +27,7 @@
 
 use crate::config::Config;
 use crate::span::Span;
-use crate::spool::{Entry, Spool, SpoolError, SpoolStats};
+use crate::spool::{Entry, Spool, SpoolError};
 use crate::stats::{ExportCounters, add, sub};
 use crate::transport::{Class, SendError, Transport};
 use crate::zipkin::Encoder;
@@ -256,11 +256,6 @@ impl Exporter {
     /// caller to drain the batch into (so flushes do not reallocate).
     pub fn take_buffer(&mut self) -> Vec<Span> {
         std::mem::take(&mut self.spare)
-    }
-
-    /// The spool's counts, if there is a spool.
-    pub fn spool_stats(&self) -> Option<SpoolStats> {
-        self.spool.as_ref().map(Spool::stats)
     }
 
     /// Whether anything waits to be sent (memory or spool).
