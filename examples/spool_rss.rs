@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         st.bytes >> 20,
         st.spans,
         started.elapsed().as_secs_f64(),
-        st.bytes_on_disk >> 20,
+        spool.size_on_disk() >> 20,
         before >> 10,
         after >> 10,
         after.saturating_sub(before) >> 10

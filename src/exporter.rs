@@ -320,9 +320,23 @@ impl Exporter {
         let Some(dir) = self.spool_dir.clone().filter(|_| self.spool_broken) else {
             return;
         };
-        drop(self.spool.take());
+        let counted = self.spool.take().map_or(0, |s| s.stats().spans);
         match Spool::open(&dir, self.max_spool_bytes) {
             Ok(spool) => {
+                // The failed spool's counts and what reached the disk can
+                // differ: more is a write that did land (a possible
+                // duplicate), fewer is a loss. Either way, counted.
+                let found = spool.stats().spans;
+                if found >= counted {
+                    add(&self.counters.recovered, (found - counted) as usize);
+                } else {
+                    add(&self.counters.corrupt, (counted - found) as usize);
+                    tally.err.spool_error = Some(format!(
+                        "reopened the spool; {} spooled spans were lost with the failed writes",
+                        counted - found
+                    ));
+                }
+                self.counters.spooled.store(found, Ordering::Relaxed);
                 self.spool = Some(spool);
                 self.spool_broken = false;
                 let mut waiting = std::mem::take(&mut self.retry);
@@ -362,11 +376,17 @@ impl Exporter {
     /// Moves `spans` (held in memory) to the spool, or, without a working
     /// spool, to the bounded memory buffer.
     fn keep(&mut self, spans: &mut Vec<Span>, tally: &mut Tally) {
+        self.keep_at(spans, now_ms(), tally);
+    }
+
+    /// [`Exporter::keep`] for spans first spilled at `created_unix_ms`, so
+    /// they keep their age.
+    fn keep_at(&mut self, spans: &mut Vec<Span>, created_unix_ms: u64, tally: &mut Tally) {
         if spans.is_empty() {
             return;
         }
         if let Some(spool) = &mut self.spool {
-            match spool.push(spans, now_ms()) {
+            match spool.push(spans, created_unix_ms) {
                 Ok(dropped) => {
                     add(&self.counters.spool_full, dropped as usize);
                     tally.err.dropped_full += dropped;
@@ -376,6 +396,10 @@ impl Exporter {
                     return;
                 }
                 Err(e) => {
+                    // Room made before the failure stays made: count it.
+                    let dropped = spool.take_dropped();
+                    add(&self.counters.spool_full, dropped as usize);
+                    tally.err.dropped_full += dropped;
                     tally.err.spool_error = Some(e.to_string());
                     self.spool_broken = true;
                 }
@@ -402,12 +426,11 @@ impl Exporter {
             budget -= n;
             let done = self.send_all(&head, tally);
             if done < head.len() {
+                // The unsent rest, then what was behind it, go to disk where
+                // there is one (else back to the memory buffer, in order).
                 head.drain(..done);
                 head.append(&mut self.retry);
-                self.retry = head;
-                // Retrying spans go to disk where there is one.
-                let mut all = std::mem::take(&mut self.retry);
-                self.keep(&mut all, tally);
+                self.keep(&mut head, tally);
                 return;
             }
         }
@@ -420,6 +443,7 @@ impl Exporter {
                 Some(Ok(entries)) => entries,
                 Some(Err(e)) => {
                     tally.err.spool_error = Some(e.to_string());
+                    self.spool_broken = true;
                     return;
                 }
             };
@@ -431,6 +455,7 @@ impl Exporter {
                 budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
                 if let Err(e) = self.replay_entry(entry, tally) {
                     tally.err.spool_error = Some(e.to_string());
+                    self.spool_broken = true;
                     return;
                 }
             }
@@ -462,14 +487,16 @@ impl Exporter {
             return Ok(());
         }
         // The settled part leaves with the record; if sending stopped
-        // part-way, the rest goes back with the record's original age.
+        // part-way, the rest is spilled again (or held in memory if the
+        // spool fails) with the record's original age.
         spool.dead_letter(&entry, &refused, now_ms())?;
-        if done < spans.len() {
-            let dropped = spool.push(&spans[done..], entry.created_unix_ms)?;
-            add(&self.counters.spool_full, dropped as usize);
-        }
         add(&self.counters.dead_lettered, refused.len());
         self.counters.spooled.store(spool.stats().spans, Ordering::Relaxed);
+        if done < spans.len() {
+            let mut rest = spans[done..].to_vec();
+            add(&self.counters.held, rest.len());
+            self.keep_at(&mut rest, entry.created_unix_ms, tally);
+        }
         Ok(())
     }
 

@@ -493,11 +493,12 @@ impl Inner {
             .unwrap_or_else(|| self.clock.now_unix_nanos());
         let mut dropped_attributes = 0;
         let attributes = convert(start.attributes, self.max_attributes, &mut dropped_attributes);
+        let mut st = lock(self.shard(id));
         let span = Span {
             trace_id,
             span_id: id.to_be_bytes(),
             parent_id,
-            name: Cow::Borrowed(""),
+            name: st.names.get(start.name),
             kind: Kind::from(start.kind),
             start_unix_nanos,
             end_unix_nanos: 0,
@@ -507,16 +508,12 @@ impl Inner {
             dropped_attributes,
             dropped_events: 0,
         };
-        let handle = SpanHandle {
-            trace_id,
-            span_id: span.span_id,
-        };
-        let mut st = lock(self.shard(id));
-        let mut span = span;
-        span.name = st.names.get(start.name);
         st.started += 1;
         st.live.insert(id, span);
-        handle
+        SpanHandle {
+            trace_id,
+            span_id: id.to_be_bytes(),
+        }
     }
 
     fn set_attribute(&self, h: SpanHandle, key: &str, value: AttrValue) {

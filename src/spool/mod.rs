@@ -38,7 +38,7 @@
 pub mod record;
 
 use crate::span::Span;
-use record::{Header, RecordError};
+use record::RecordError;
 use std::path::{Path, PathBuf};
 
 /// How long [`Spool::open`] waits for a lock another owner is releasing.
@@ -106,8 +106,6 @@ pub struct SpoolStats {
     pub dead_letter_spans: u64,
     /// Records in quarantine.
     pub quarantined_records: u64,
-    /// sled's own size on disk.
-    pub bytes_on_disk: u64,
 }
 
 /// The durable queue. See the module docs for its guarantees.
@@ -121,6 +119,8 @@ pub struct Spool {
     next_seq: u64,
     max_bytes: u64,
     stats: SpoolStats,
+    /// Spans dropped to make room that no caller has been told of yet.
+    dropped_unreported: u64,
     buf: Vec<u8>,
 }
 
@@ -175,11 +175,11 @@ impl Spool {
             let (_, v) = item.map_err(storage)?;
             stats.records += 1;
             stats.bytes += v.len() as u64;
-            stats.spans += record::header(&v).map_or(0, |h| u64::from(h.spans));
+            stats.spans += declared_spans(&v);
         }
         for item in dead.iter() {
             let (_, v) = item.map_err(storage)?;
-            stats.dead_letter_spans += record::header(&v).map_or(0, |h| u64::from(h.spans));
+            stats.dead_letter_spans += declared_spans(&v);
         }
         stats.quarantined_records = quarantine.len() as u64;
         Ok(Spool {
@@ -192,6 +192,7 @@ impl Spool {
             next_seq,
             max_bytes,
             stats,
+            dropped_unreported: 0,
             buf: Vec::new(),
         })
     }
@@ -208,27 +209,57 @@ impl Spool {
         }
     }
 
-    /// Current counts.
+    /// Current counts, kept in memory: free to call on every flush.
     pub fn stats(&self) -> SpoolStats {
-        SpoolStats {
-            bytes_on_disk: self.db.size_on_disk().unwrap_or(0),
-            ..self.stats
-        }
+        self.stats
+    }
+
+    /// sled's own size on disk. It reads file metadata and scans sled's
+    /// blob directory, so it is for reports, not for the flush path.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
     }
 
     /// Appends `spans` as one or more records and syncs them to disk (the
     /// durability point). If the queue would exceed its cap, the oldest
     /// records are dropped first; returns how many spans that dropped.
+    ///
+    /// If the sync fails, the records are taken out again (as far as a
+    /// failed sled allows), so the spool counts only what it reported as
+    /// spilled; spans dropped to
+    /// make room stay dropped and are reported by [`Spool::take_dropped`].
     pub fn push(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<u64, SpoolError> {
-        let dropped = self.append(spans, now_unix_ms)?;
-        self.sync()?;
-        Ok(dropped)
+        let written = self.append_records(spans, now_unix_ms)?;
+        if let Err(e) = self.sync() {
+            for (key, bytes, n) in written {
+                // Best effort: a failed sled refuses further writes. The
+                // counts are undone regardless; a record that did reach the
+                // disk is found and counted when the spool is reopened.
+                let _ = self.queue.remove(key.to_be_bytes());
+                self.forget(bytes, u64::from(n));
+            }
+            return Err(e);
+        }
+        Ok(self.take_dropped())
     }
 
     /// [`Spool::push`] without the sync: not durable until [`Spool::sync`].
     pub fn append(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<u64, SpoolError> {
+        self.append_records(spans, now_unix_ms)?;
+        Ok(self.take_dropped())
+    }
+
+    /// Spans dropped to make room since the last call (also after a failed
+    /// push, whose drops were still made).
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped_unreported)
+    }
+
+    /// Writes `spans` as records (unsynced); returns each record's key,
+    /// size and span count.
+    fn append_records(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
         if spans.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let mut records: Vec<(u64, Vec<u8>, u32)> = Vec::new();
         let mut rest = spans;
@@ -251,7 +282,7 @@ impl Spool {
             rest = &rest[n..];
         }
         let incoming: u64 = records.iter().map(|(_, r, _)| r.len() as u64).sum();
-        let dropped = self.make_room(incoming)?;
+        self.make_room(incoming)?;
         let mut batch = sled::Batch::default();
         for (key, bytes, _) in &records {
             batch.insert(&key.to_be_bytes(), bytes.as_slice());
@@ -260,28 +291,29 @@ impl Spool {
         self.meta
             .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
             .map_err(|e| self.storage(e))?;
-        self.db.flush().map_err(|e| self.storage(e))?;
         for (_, bytes, n) in &records {
             self.stats.records += 1;
             self.stats.bytes += bytes.len() as u64;
             self.stats.spans += u64::from(*n);
         }
-        Ok(dropped)
+        Ok(records
+            .into_iter()
+            .map(|(key, bytes, n)| (key, bytes.len(), n))
+            .collect())
     }
 
-    /// Drops the oldest records until `incoming` more bytes fit the cap.
-    fn make_room(&mut self, incoming: u64) -> Result<u64, SpoolError> {
-        let mut dropped_spans = 0;
+    /// Drops the oldest records until `incoming` more bytes fit the cap,
+    /// adding their spans to the unreported drops.
+    fn make_room(&mut self, incoming: u64) -> Result<(), SpoolError> {
         while self.stats.records > 0 && self.stats.bytes + incoming > self.max_bytes {
-            let Some((k, v)) = self.queue.pop_min().map_err(|e| self.storage(e))? else {
+            let Some((_, v)) = self.queue.pop_min().map_err(|e| self.storage(e))? else {
                 break;
             };
-            let _ = k;
-            let spans = record::header(&v).map_or(0, |h: Header| u64::from(h.spans));
+            let spans = declared_spans(&v);
             self.forget(v.len(), spans);
-            dropped_spans += spans;
+            self.dropped_unreported += spans;
         }
-        Ok(dropped_spans)
+        Ok(())
     }
 
     /// Drops records created more than `max_age_ms` before `now_unix_ms`,
@@ -390,6 +422,11 @@ impl Spool {
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.db.flush().map(|_| ()).map_err(|e| self.storage(e))
     }
+}
+
+/// The span count a record's header declares; 0 when it is unreadable.
+fn declared_spans(record: &[u8]) -> u64 {
+    record::header(record).map_or(0, |h| u64::from(h.spans))
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
