@@ -25,7 +25,7 @@ fn spill(c: &mut Criterion) {
         let name = if synced { "append+sync" } else { "append" };
         g.bench_function(name, |b| {
             b.iter(|| {
-                let _ = spool.append(&batch, 1);
+                let _ = spool.append("bench", &batch, 1);
                 if synced {
                     let _ = spool.sync();
                 }
@@ -63,7 +63,7 @@ fn replay(c: &mut Criterion) {
                 {
                     let mut spool = Spool::open(dir.path(), u64::MAX).expect("spool");
                     for _ in 0..SPANS / batch.len() {
-                        let _ = spool.append(&batch, 1);
+                        let _ = spool.append("bench", &batch, 1);
                     }
                     let _ = spool.sync();
                 }

@@ -27,7 +27,7 @@
 
 use crate::config::Config;
 use crate::span::Span;
-use crate::spool::{Entry, Spool, SpoolError};
+use crate::spool::{Entry, Part, Spool, SpoolError};
 use crate::stats::{ExportCounters, add, sub};
 use crate::transport::{Class, SendError, Transport};
 use crate::zipkin::Encoder;
@@ -130,6 +130,21 @@ impl fmt::Display for FlushError {
     }
 }
 
+/// What [`Exporter::replay_next`] did with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The record's key.
+    pub key: u64,
+    /// Spans its header declared.
+    pub spans: u64,
+    /// Spans the collector took.
+    pub delivered: usize,
+    /// Spans the collector refused for good (now dead letters).
+    pub refused: usize,
+    /// Why the record was quarantined instead, if it failed its checks.
+    pub quarantined: Option<String>,
+}
+
 /// Exponential backoff with full jitter.
 #[derive(Debug)]
 struct Backoff {
@@ -172,6 +187,8 @@ impl Backoff {
 /// the accounting.
 pub struct Exporter {
     transport: Box<dyn Transport>,
+    /// The service this process records as.
+    service: Arc<str>,
     encoder: Encoder,
     body: Vec<u8>,
     retry: Vec<Span>,
@@ -225,6 +242,7 @@ impl Exporter {
         }
         Exporter {
             transport,
+            service: config.service_name.as_str().into(),
             encoder: Encoder::new(&config.service_name),
             body: Vec::new(),
             retry: Vec::new(),
@@ -258,6 +276,11 @@ impl Exporter {
         std::mem::take(&mut self.spare)
     }
 
+    /// The spool, if there is one (for tools that report on it).
+    pub fn spool(&self) -> Option<&Spool> {
+        self.spool.as_ref()
+    }
+
     /// Whether anything waits to be sent (memory or spool).
     pub fn has_backlog(&self) -> bool {
         !self.retry.is_empty() || self.spool.as_ref().is_some_and(|s| s.stats().records > 0)
@@ -267,6 +290,7 @@ impl Exporter {
     /// gauge), then replays the backlog. See the module docs.
     pub fn export(&mut self, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
         let mut tally = Tally::default();
+        self.encoder.set_service(&self.service);
         self.reopen_if_broken(&mut tally);
         self.expire(&mut tally);
         if let Some(wait) = self.backoff.remaining(Instant::now()) {
@@ -346,16 +370,60 @@ impl Exporter {
         }
     }
 
-    fn finish(&mut self, mut tally: Tally, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
-        batch.clear();
-        self.spare = batch;
+    /// Replays the oldest record of `part`, for tools that drive replay
+    /// themselves (the CLI): the queue, or the dead letters for another
+    /// chance. `Ok(None)` when there is none. A record leaves only once
+    /// settled (delivered or refused for good; refused spans become a new
+    /// dead letter); if sending stops part-way, the unsent rest is queued
+    /// again with the record's age. `Err` when the collector could not take
+    /// it (retryable) or the spool failed: the record stays first in line.
+    pub fn replay_next(&mut self, part: Part) -> Result<Option<Replayed>, Box<FlushError>> {
+        let mut tally = Tally::default();
+        let entry = match self.spool.as_ref().map(|s| s.oldest(part, 1)) {
+            None => return Ok(None),
+            Some(Ok(mut entries)) => match entries.pop() {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+            Some(Err(e)) => {
+                tally.err.spool_error = Some(e.to_string());
+                return Err(Box::new(self.report(tally)));
+            }
+        };
+        let (key, spans) = (entry.key, entry.declared_spans);
+        if let Err(e) = self.replay_entry(entry, &mut tally) {
+            tally.err.spool_error = Some(e.to_string());
+            self.spool_broken = true;
+        }
+        if tally.stopped || tally.err.spool_error.is_some() {
+            return Err(Box::new(self.report(tally)));
+        }
+        Ok(Some(Replayed {
+            key,
+            spans,
+            delivered: tally.err.delivered,
+            refused: tally.err.rejected,
+            quarantined: tally.err.quarantined.pop().map(|(_, why)| why),
+        }))
+    }
+
+    /// Fills in what every flush report carries.
+    fn report(&mut self, mut tally: Tally) -> FlushError {
         tally.err.kept_in_memory = self.retry.len();
         if let Some(s) = &self.spool {
             let st = s.stats();
             self.counters.spooled.store(st.spans, Ordering::Relaxed);
             tally.err.spool = Some((st.spans, st.bytes, self.max_spool_bytes));
         }
-        let e = &mut tally.err;
+        tally.err.endpoint = self.transport.endpoint().to_owned();
+        tally.err.dead_lettered = self.spool.is_some();
+        tally.err
+    }
+
+    fn finish(&mut self, tally: Tally, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
+        batch.clear();
+        self.spare = batch;
+        let e = self.report(tally);
         let clean = e.cause.is_none()
             && e.next_attempt_in.is_none()
             && e.oversize == 0
@@ -368,25 +436,24 @@ impl Exporter {
         if clean {
             return Ok(());
         }
-        e.endpoint = self.transport.endpoint().to_owned();
-        e.dead_lettered = self.spool.is_some();
-        Err(Box::new(tally.err))
+        Err(Box::new(e))
     }
 
     /// Moves `spans` (held in memory) to the spool, or, without a working
     /// spool, to the bounded memory buffer.
     fn keep(&mut self, spans: &mut Vec<Span>, tally: &mut Tally) {
-        self.keep_at(spans, now_ms(), tally);
+        let service = Arc::clone(&self.service);
+        self.keep_at(spans, &service, now_ms(), tally);
     }
 
     /// [`Exporter::keep`] for spans first spilled at `created_unix_ms`, so
     /// they keep their age.
-    fn keep_at(&mut self, spans: &mut Vec<Span>, created_unix_ms: u64, tally: &mut Tally) {
+    fn keep_at(&mut self, spans: &mut Vec<Span>, service: &str, created_unix_ms: u64, tally: &mut Tally) {
         if spans.is_empty() {
             return;
         }
         if let Some(spool) = &mut self.spool {
-            match spool.push(spans, created_unix_ms) {
+            match spool.push(service, spans, created_unix_ms) {
                 Ok(dropped) => {
                     add(&self.counters.spool_full, dropped as usize);
                     tally.err.dropped_full += dropped;
@@ -437,7 +504,7 @@ impl Exporter {
         // At least one record per flush, however slow, so replay always progresses.
         let mut replayed_any = false;
         while budget > 0 && !tally.stopped {
-            let entries = match self.spool.as_ref().map(|s| s.oldest(4)) {
+            let entries = match self.spool.as_ref().map(|s| s.oldest(Part::Queue, 4)) {
                 None => return,
                 Some(Ok(entries)) if entries.is_empty() => return,
                 Some(Ok(entries)) => entries,
@@ -463,6 +530,7 @@ impl Exporter {
     }
 
     fn replay_entry(&mut self, entry: Entry, tally: &mut Tally) -> Result<(), SpoolError> {
+        self.encoder.set_service(&entry.service);
         let spans = match &entry.spans {
             Ok(spans) => spans,
             Err(why) => {
@@ -490,12 +558,14 @@ impl Exporter {
         // part-way, the rest is spilled again (or held in memory if the
         // spool fails) with the record's original age.
         spool.dead_letter(&entry, &refused, now_ms())?;
-        add(&self.counters.dead_lettered, refused.len());
+        if entry.part == Part::Queue {
+            add(&self.counters.dead_lettered, refused.len());
+        }
         self.counters.spooled.store(spool.stats().spans, Ordering::Relaxed);
         if done < spans.len() {
             let mut rest = spans[done..].to_vec();
             add(&self.counters.held, rest.len());
-            self.keep_at(&mut rest, entry.created_unix_ms, tally);
+            self.keep_at(&mut rest, &entry.service, entry.created_unix_ms, tally);
         }
         Ok(())
     }
@@ -513,7 +583,8 @@ impl Exporter {
                 .iter()
                 .flat_map(|&(a, b)| spans[a..b].iter().cloned())
                 .collect();
-            match self.spool.as_mut().map(|s| s.add_dead(&dead, now_ms())) {
+            let service = Arc::clone(&self.service);
+            match self.spool.as_mut().map(|s| s.add_dead(&service, &dead, now_ms())) {
                 Some(Ok(())) => add(&self.counters.dead_lettered, refused),
                 Some(Err(e)) => {
                     tally.err.spool_error = Some(e.to_string());

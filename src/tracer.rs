@@ -119,13 +119,7 @@ fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<(Spool, Option<Pa
         Ok(s) => Ok((s, None)),
         Err(e @ SpoolError::InUse { .. }) => Err(e),
         Err(first) => {
-            let secs = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let mut aside = dir.as_os_str().to_owned();
-            aside.push(format!(".damaged-{secs}"));
-            let aside = PathBuf::from(aside);
-            std::fs::rename(dir, &aside).map_err(|_| first)?;
+            let aside = crate::spool::move_aside(dir).map_err(|_| first)?;
             Ok((Spool::open(dir, max_bytes)?, Some(aside)))
         }
     }

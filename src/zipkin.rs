@@ -47,7 +47,9 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// ```
 #[derive(Debug, Clone)]
 pub struct Encoder {
-    /// `"localEndpoint":{"serviceName":"..."}`, rendered once.
+    /// The service name spans are stamped with.
+    service: String,
+    /// `"localEndpoint":{"serviceName":"..."}`, rendered once per service.
     local_endpoint: Vec<u8>,
     /// Scratch space for values that are JSON inside a JSON string.
     scratch: Vec<u8>,
@@ -56,13 +58,31 @@ pub struct Encoder {
 impl Encoder {
     /// An encoder that stamps every span with `service_name`.
     pub fn new(service_name: &str) -> Self {
-        let mut local_endpoint = b"\"localEndpoint\":{\"serviceName\":".to_vec();
-        write_str(&mut local_endpoint, service_name);
-        local_endpoint.push(b'}');
-        Encoder {
-            local_endpoint,
+        let mut e = Encoder {
+            service: String::new(),
+            local_endpoint: Vec::new(),
             scratch: Vec::new(),
+        };
+        e.render(service_name);
+        e
+    }
+
+    /// Stamps spans from now on with `service_name` (cheap when unchanged):
+    /// spooled records keep the service that recorded them.
+    pub fn set_service(&mut self, service_name: &str) {
+        if self.service != service_name {
+            self.render(service_name);
         }
+    }
+
+    fn render(&mut self, service_name: &str) {
+        self.service.clear();
+        self.service.push_str(service_name);
+        self.local_endpoint.clear();
+        self.local_endpoint
+            .extend_from_slice(b"\"localEndpoint\":{\"serviceName\":");
+        write_str(&mut self.local_endpoint, service_name);
+        self.local_endpoint.push(b'}');
     }
 
     /// Appends `[span,span,...]` to `out`.

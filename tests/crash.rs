@@ -47,7 +47,7 @@ fn crash_child() {
 
 fn spool_spans(dir: &std::path::Path) -> u64 {
     let spool = Spool::open(dir, u64::MAX).expect("spool reopens after kill -9");
-    let entries = spool.oldest(usize::MAX).unwrap();
+    let entries = spool.oldest(spillway::spool::Part::Queue, usize::MAX).unwrap();
     for e in &entries {
         assert!(
             e.spans.is_ok(),

@@ -14,8 +14,13 @@ fuzz_target!(|data: &[u8]| {
     if let Some((&flags, payload)) = data.split_first() {
         let mut framed = Vec::new();
         let declared = payload.len().min(64) as u32;
-        record::frame(payload, flags & record::FLAG_DEFLATE, declared, 1, &mut framed);
-        check(&framed);
+        // Both versions: their payloads differ (v2 leads with the service).
+        for version in [1, record::VERSION] {
+            framed.clear();
+            let meta = record::Meta::default();
+            record::frame(version, payload, flags & record::FLAG_DEFLATE, declared, meta, &mut framed);
+            check(&framed);
+        }
     }
 });
 
@@ -23,13 +28,13 @@ fn check(data: &[u8]) {
     let _ = record::header(data);
     if let Ok(r) = record::decode(data) {
         let mut again = Vec::new();
-        record::encode(&r.spans, r.created_unix_ms, &mut again).expect("a decoded batch re-encodes");
+        record::encode(&r.service, &r.spans, r.meta, &mut again).expect("a decoded batch re-encodes");
         let back = record::decode(&again).expect("a re-encoded record decodes");
-        assert_eq!(back.created_unix_ms, r.created_unix_ms);
+        assert_eq!((back.meta, &back.service), (r.meta, &r.service));
         assert_eq!(back.spans.len(), r.spans.len());
         // Compare through the encoding, so NaN attributes compare equal.
         let mut third = Vec::new();
-        record::encode(&back.spans, back.created_unix_ms, &mut third).expect("re-encodes");
+        record::encode(&back.service, &back.spans, back.meta, &mut third).expect("re-encodes");
         assert_eq!(again, third);
     }
 }

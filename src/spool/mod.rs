@@ -6,49 +6,75 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `queue` | big-endian u64 sequence | a [`record`] (one batch) |
-//! | `dead` | the sequence it had in `queue` | a record of the spans the collector refused for good |
-//! | `quarantine` | the sequence it had in `queue` | the raw bytes of a record that failed its checks |
-//! | `meta` | `next_seq` | the next sequence, big-endian u64 |
+//! | `dead` | its own sequence | a record of spans the collector refused for good |
+//! | `quarantine` | the sequence it had in its tree | the raw bytes of a record that failed its checks |
+//! | `meta` | `next_seq`, `acked_below` | the next sequence; the watermark below which every queue record is gone |
 //!
 //! ## Guarantees
 //! - **Order**: keys are big-endian sequence numbers, so sled's order is
 //!   FIFO; the next sequence is persisted with every push and survives
-//!   restarts.
+//!   restarts. Each record also carries its sequence and service name
+//!   (see [`record`]), so [`salvage`] can rebuild the queue, in order,
+//!   from raw files.
 //! - **Durability point**: [`Spool::push`] returns only after sled's
 //!   `flush` has synced the records to disk. A `kill -9` or a power loss
 //!   after that costs nothing that was pushed; one before it costs only the
 //!   batch being pushed (which the caller has not reported as spilled).
 //! - **At-least-once**: a record leaves `queue` only through [`Spool::ack`]
-//!   (after a 2xx), [`Spool::dead_letter`] or [`Spool::quarantine`]. Acks
-//!   are not synced individually, so a crash right after a delivery can
-//!   replay that record once more: a duplicate, never a loss.
+//!   (after a 2xx), [`Spool::dead_letter`], [`Spool::quarantine`] or a cap.
+//!   Each of these is synced, so a crash can repeat at most the one record
+//!   that was in flight: delivered, but not yet acknowledged on disk.
+//! - **Watermark**: records leave the queue oldest first, and every removal
+//!   persists `acked_below`, the lowest key still queued. [`salvage`] uses
+//!   it to tell records still owed from stale copies sled left in its log.
 //! - **Damage**: a record that fails its CRC or does not decode is moved,
 //!   byte for byte, to `quarantine` and reported by key; the queue goes on.
 //! - **Ownership**: one process at a time. A second opener gets
-//!   [`SpoolError::InUse`] naming the directory, after waiting up to
-//!   [`LOCK_WAIT`] for an owner that is shutting down.
+//!   [`SpoolError::InUse`] naming the directory, after waiting up to the
+//!   given lock wait for an owner that is shutting down.
 //! - **Bounds**: each record holds at most [`RECORD_TARGET`] bytes of
 //!   payload where the spans allow (sled keeps larger values as separate
-//!   files it reclaims poorly) and at most [`RECORD_MAX_SPANS`] spans; the queue is capped at `max_bytes` of
-//!   records, past which the oldest records are dropped and their spans
-//!   reported to the caller for counting.
+//!   files it reclaims poorly) and at most [`RECORD_MAX_SPANS`] spans. The
+//!   cap bounds the size on disk: sled stores each byte of record more than
+//!   once (log-structured pages, old versions until they are cleaned), so
+//!   records are held to `max_bytes` divided by sled's amplification as
+//!   measured on this spool (see [`Spool::amplification`]). Past the cap the
+//!   oldest records are dropped and their spans reported for counting.
 //!
 //! The spool knows nothing of HTTP or Zipkin: spans in, spans out.
 
 pub mod record;
+pub mod salvage;
 
 use crate::span::Span;
-use record::RecordError;
+pub use record::Part;
+use record::{Meta, RecordError};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// How long [`Spool::open`] waits for a lock another owner is releasing.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Target payload size of one record.
 pub const RECORD_TARGET: usize = 64 << 10;
 /// Most spans in one record, so replay (budgeted in spans, a record at a
 /// time) and its requests stay fine-grained however well records compress.
 pub const RECORD_MAX_SPANS: usize = 1024;
+
+/// sled's amplification assumed until it is measured (1.36 to 1.7 was
+/// measured with 64 KiB records).
+const AMPLIFICATION_GUESS: f64 = 1.7;
+/// Record bytes below which sled's fixed overhead makes a measured
+/// amplification meaningless.
+const AMPLIFICATION_MIN_BYTES: u64 = 8 << 20;
+/// The share of the cap records aim for: sled reclaims the space of removed
+/// records lazily, so its size on disk trails the records by a few segments.
+const CAP_HEADROOM: f64 = 0.9;
+/// The size on disk is re-measured each time this fraction of the cap has
+/// been written since the last measurement (and at least every second).
+const MEASURE_EVERY_CAP_FRACTION: u64 = 32;
+/// The longest the amplification goes without being re-measured.
+const AMPLIFICATION_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +83,12 @@ pub enum SpoolError {
     #[error("spool {} is in use by another process", dir.display())]
     InUse {
         /// The spool directory.
+        dir: PathBuf,
+    },
+    /// There is no spool in the directory.
+    #[error("no spool at {}", dir.display())]
+    Missing {
+        /// The directory.
         dir: PathBuf,
     },
     /// sled or the file system failed.
@@ -77,13 +109,17 @@ pub enum SpoolError {
     },
 }
 
-/// A record in the queue, as [`Spool::oldest`] returns it.
+/// A record of the queue or the dead letters, as [`Spool::entries`] reads it.
 #[derive(Debug)]
 pub struct Entry {
     /// Its sequence number.
     pub key: u64,
+    /// The tree it is in.
+    pub part: Part,
     /// Its size in bytes.
     pub bytes: usize,
+    /// The service that recorded it (empty when it cannot be read).
+    pub service: String,
     /// Its spans, or why it cannot be read.
     pub spans: Result<Vec<Span>, RecordError>,
     /// The span count its header declares (0 when the header is unreadable).
@@ -91,6 +127,31 @@ pub struct Entry {
     /// When it was first written, unix milliseconds (0 when unreadable).
     pub created_unix_ms: u64,
     raw: sled::IVec,
+}
+
+impl Entry {
+    fn read(part: Part, key: &[u8], raw: sled::IVec) -> Entry {
+        let header = record::header(&raw).ok();
+        let (service, spans) = match record::decode(&raw) {
+            Ok(r) => (r.service, Ok(r.spans)),
+            Err(e) => (String::new(), Err(e)),
+        };
+        Entry {
+            key: be(key),
+            part,
+            bytes: raw.len(),
+            service,
+            spans,
+            declared_spans: header.map_or(0, |h| u64::from(h.spans)),
+            created_unix_ms: header.map_or(0, |h| h.meta.created_unix_ms),
+            raw,
+        }
+    }
+
+    /// The record's bytes as stored.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
 }
 
 /// Counts kept for stats, as of now.
@@ -102,10 +163,34 @@ pub struct SpoolStats {
     pub spans: u64,
     /// Bytes of records in the queue.
     pub bytes: u64,
+    /// Records in the dead-letter tree.
+    pub dead_letter_records: u64,
     /// Spans in the dead-letter tree.
     pub dead_letter_spans: u64,
     /// Records in quarantine.
     pub quarantined_records: u64,
+}
+
+/// A tree of the spool, for [`Spool::clear`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tree {
+    /// The queue.
+    Queue,
+    /// The dead letters.
+    Dead,
+    /// The quarantine.
+    Quarantine,
+}
+
+/// What [`Spool::clear`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleared {
+    /// Records removed.
+    pub records: u64,
+    /// Spans their headers declared.
+    pub spans: u64,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 /// The durable queue. See the module docs for its guarantees.
@@ -118,6 +203,9 @@ pub struct Spool {
     meta: sled::Tree,
     next_seq: u64,
     max_bytes: u64,
+    amplification: f64,
+    measured_at: Option<Instant>,
+    written_since_measure: u64,
     stats: SpoolStats,
     /// Spans dropped to make room that no caller has been told of yet.
     dropped_unreported: u64,
@@ -125,6 +213,7 @@ pub struct Spool {
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
+const ACKED_BELOW: &[u8] = b"acked_below";
 
 fn be(key: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -134,8 +223,29 @@ fn be(key: &[u8]) -> u64 {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool in `dir`, capped at `max_bytes` of records.
+    /// Opens (or creates) the spool in `dir`, capped at `max_bytes` on
+    /// disk, waiting up to [`LOCK_WAIT`] for a previous owner to let go.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+        Spool::open_with(dir, max_bytes, LOCK_WAIT)
+    }
+
+    /// Opens an existing spool without waiting for its lock, for tools:
+    /// [`SpoolError::Missing`] if `dir` holds no spool, [`SpoolError::InUse`]
+    /// at once if another process holds it.
+    pub fn open_existing(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+        if !Spool::exists(dir) {
+            return Err(SpoolError::Missing { dir: dir.to_path_buf() });
+        }
+        Spool::open_with(dir, max_bytes, Duration::ZERO)
+    }
+
+    /// Whether `dir` looks like a spool (sled's `conf` file is there).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("conf").is_file()
+    }
+
+    /// [`Spool::open`] with a chosen lock wait.
+    pub fn open_with(dir: &Path, max_bytes: u64, lock_wait: Duration) -> Result<Spool, SpoolError> {
         let storage = |source| SpoolError::Storage {
             dir: dir.to_path_buf(),
             source,
@@ -144,7 +254,7 @@ impl Spool {
         // a moment after the previous owner in this process dropped it (its
         // I/O threads finish their writes first); wait a bounded while
         // before calling the directory taken.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = Instant::now() + lock_wait;
         let db = loop {
             let opened = sled::Config::new()
                 .path(dir)
@@ -154,10 +264,10 @@ impl Spool {
             match opened {
                 Ok(db) => break db,
                 Err(sled::Error::Io(io)) if is_lock_error(&io) => {
-                    if std::time::Instant::now() >= deadline {
+                    if Instant::now() >= deadline {
                         return Err(SpoolError::InUse { dir: dir.to_path_buf() });
                     }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(other) => return Err(storage(other)),
             }
@@ -179,6 +289,7 @@ impl Spool {
         }
         for item in dead.iter() {
             let (_, v) = item.map_err(storage)?;
+            stats.dead_letter_records += 1;
             stats.dead_letter_spans += declared_spans(&v);
         }
         stats.quarantined_records = quarantine.len() as u64;
@@ -191,6 +302,9 @@ impl Spool {
             meta,
             next_seq,
             max_bytes,
+            amplification: AMPLIFICATION_GUESS,
+            measured_at: None,
+            written_since_measure: 0,
             stats,
             dropped_unreported: 0,
             buf: Vec::new(),
@@ -209,27 +323,58 @@ impl Spool {
         }
     }
 
+    fn tree(&self, part: Part) -> &sled::Tree {
+        match part {
+            Part::Queue => &self.queue,
+            Part::Dead => &self.dead,
+        }
+    }
+
     /// Current counts, kept in memory: free to call on every flush.
     pub fn stats(&self) -> SpoolStats {
         self.stats
     }
 
     /// sled's own size on disk. It reads file metadata and scans sled's
-    /// blob directory, so it is for reports, not for the flush path.
+    /// blob directory, so it is for reports, not for every flush.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
 
-    /// Appends `spans` as one or more records and syncs them to disk (the
-    /// durability point). If the queue would exceed its cap, the oldest
-    /// records are dropped first; returns how many spans that dropped.
+    /// Bytes on disk per byte of record, as last measured (a conservative
+    /// guess until the queue is big enough to measure).
+    pub fn amplification(&self) -> f64 {
+        self.amplification
+    }
+
+    /// Re-measures sled's amplification when the queue is big enough for it
+    /// to mean something, after a 1/[`MEASURE_EVERY_CAP_FRACTION`] of the
+    /// cap was written or [`AMPLIFICATION_EVERY`] passed.
+    fn measure(&mut self, incoming: u64) {
+        self.written_since_measure += incoming;
+        let due = self.measured_at.is_none_or(|t| t.elapsed() >= AMPLIFICATION_EVERY)
+            || self.written_since_measure >= self.max_bytes / MEASURE_EVERY_CAP_FRACTION;
+        if !due || self.stats.bytes < AMPLIFICATION_MIN_BYTES.min(self.max_bytes / 4) {
+            return;
+        }
+        self.measured_at = Some(Instant::now());
+        self.written_since_measure = 0;
+        if let Ok(disk) = self.db.size_on_disk() {
+            self.amplification = (disk as f64 / self.stats.bytes as f64).clamp(1.0, 4.0);
+        }
+    }
+
+    /// Appends `service`'s `spans` as one or more records and syncs them to
+    /// disk (the durability point). If the spool would exceed its cap, the
+    /// oldest records are dropped first; returns how many spans that
+    /// dropped.
     ///
     /// If the sync fails, the records are taken out again (as far as a
     /// failed sled allows), so the spool counts only what it reported as
-    /// spilled; spans dropped to
-    /// make room stay dropped and are reported by [`Spool::take_dropped`].
-    pub fn push(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<u64, SpoolError> {
-        let written = self.append_records(spans, now_unix_ms)?;
+    /// spilled; spans dropped to make room stay dropped and are reported by
+    /// [`Spool::take_dropped`].
+    pub fn push(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+        let written = self.append_records(service, spans, created_unix_ms)?;
         if let Err(e) = self.sync() {
             for (key, bytes, n) in written {
                 // Best effort: a failed sled refuses further writes. The
@@ -244,8 +389,8 @@ impl Spool {
     }
 
     /// [`Spool::push`] without the sync: not durable until [`Spool::sync`].
-    pub fn append(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<u64, SpoolError> {
-        self.append_records(spans, now_unix_ms)?;
+    pub fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+        self.append_records(service, spans, created_unix_ms)?;
         Ok(self.take_dropped())
     }
 
@@ -255,9 +400,21 @@ impl Spool {
         std::mem::take(&mut self.dropped_unreported)
     }
 
-    /// Writes `spans` as records (unsynced); returns each record's key,
-    /// size and span count.
-    fn append_records(&mut self, spans: &[Span], now_unix_ms: u64) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
+    fn record_error(&self, source: RecordError) -> SpoolError {
+        SpoolError::Record {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Writes `spans` as queue records (unsynced); returns each record's
+    /// key, size and span count.
+    fn append_records(
+        &mut self,
+        service: &str,
+        spans: &[Span],
+        created_unix_ms: u64,
+    ) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
         if spans.is_empty() {
             return Ok(Vec::new());
         }
@@ -267,10 +424,14 @@ impl Spool {
         while !rest.is_empty() {
             let n = per_record.min(rest.len());
             self.buf.clear();
-            record::encode(&rest[..n], now_unix_ms, &mut self.buf).map_err(|source| SpoolError::Record {
-                dir: self.dir.clone(),
-                source,
-            })?;
+            let meta = Meta {
+                seq: self.next_seq,
+                part: Part::Queue,
+                created_unix_ms,
+            };
+            if let Err(e) = record::encode(service, &rest[..n], meta, &mut self.buf) {
+                return Err(self.record_error(e));
+            }
             let payload = self.buf.len() - record::HEADER_LEN;
             if payload > RECORD_TARGET && n > 1 {
                 // Aim for the target from the size seen, with some margin.
@@ -305,13 +466,20 @@ impl Spool {
     /// Drops the oldest records until `incoming` more bytes fit the cap,
     /// adding their spans to the unreported drops.
     fn make_room(&mut self, incoming: u64) -> Result<(), SpoolError> {
-        while self.stats.records > 0 && self.stats.bytes + incoming > self.max_bytes {
+        self.measure(incoming);
+        let budget = (self.max_bytes as f64 * CAP_HEADROOM / self.amplification) as u64;
+        let mut dropped = false;
+        while self.stats.records > 0 && self.stats.bytes + incoming > budget {
             let Some((_, v)) = self.queue.pop_min().map_err(|e| self.storage(e))? else {
                 break;
             };
             let spans = declared_spans(&v);
             self.forget(v.len(), spans);
             self.dropped_unreported += spans;
+            dropped = true;
+        }
+        if dropped {
+            self.advance_watermark()?;
         }
         Ok(())
     }
@@ -327,13 +495,17 @@ impl Spool {
                 break;
             };
             let Ok(h) = record::header(&v) else { break };
-            if h.created_unix_ms >= cutoff {
+            if h.meta.created_unix_ms >= cutoff {
                 break;
             }
             if self.queue.remove(&k).map_err(|e| self.storage(e))?.is_some() {
                 self.forget(v.len(), u64::from(h.spans));
                 dropped_spans += u64::from(h.spans);
             }
+        }
+        if dropped_spans > 0 {
+            self.advance_watermark()?;
+            self.sync()?;
         }
         Ok(dropped_spans)
     }
@@ -344,48 +516,81 @@ impl Spool {
         self.stats.spans = self.stats.spans.saturating_sub(spans);
     }
 
-    /// Up to `max_records` of the oldest records, decoded.
-    pub fn oldest(&self, max_records: usize) -> Result<Vec<Entry>, SpoolError> {
-        let mut out = Vec::new();
-        for item in self.queue.iter().take(max_records) {
-            let (k, v) = item.map_err(|e| self.storage(e))?;
-            let header = record::header(&v).ok();
-            out.push(Entry {
-                key: be(&k),
-                bytes: v.len(),
-                spans: record::decode(&v).map(|r| r.spans),
-                declared_spans: header.map_or(0, |h| u64::from(h.spans)),
-                created_unix_ms: header.map_or(0, |h| h.created_unix_ms),
-                raw: v,
-            });
-        }
-        Ok(out)
+    /// Records the lowest key still queued (or the next to be written).
+    fn advance_watermark(&mut self) -> Result<(), SpoolError> {
+        let low = match self.queue.first().map_err(|e| self.storage(e))? {
+            Some((k, _)) => be(&k),
+            None => self.next_seq,
+        };
+        self.meta
+            .insert(ACKED_BELOW, &salvage::watermark(low)[..])
+            .map_err(|e| self.storage(e))?;
+        Ok(())
     }
 
-    /// Removes a delivered record. Not synced on its own: see the module docs.
+    /// Every record of `part`, oldest first, read lazily.
+    pub fn entries(&self, part: Part) -> impl Iterator<Item = Result<Entry, SpoolError>> + '_ {
+        self.tree(part)
+            .iter()
+            .map(move |item| item.map(|(k, v)| Entry::read(part, &k, v)).map_err(|e| self.storage(e)))
+    }
+
+    /// Up to `max_records` of the oldest records of `part`, decoded.
+    pub fn oldest(&self, part: Part, max_records: usize) -> Result<Vec<Entry>, SpoolError> {
+        self.entries(part).take(max_records).collect()
+    }
+
+    /// The quarantined records, by key, bytes as they were found.
+    pub fn quarantined(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), SpoolError>> + '_ {
+        self.quarantine
+            .iter()
+            .map(move |item| item.map(|(k, v)| (be(&k), v.to_vec())).map_err(|e| self.storage(e)))
+    }
+
+    /// Removes a delivered record, synced: see the module docs.
     pub fn ack(&mut self, entry: &Entry) -> Result<(), SpoolError> {
-        if self
-            .queue
+        self.remove(entry)?;
+        self.sync()
+    }
+
+    /// Removes `entry` from its tree (unsynced) and updates the counts.
+    fn remove(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+        let removed = self
+            .tree(entry.part)
             .remove(entry.key.to_be_bytes())
             .map_err(|e| self.storage(e))?
-            .is_some()
-        {
-            self.forget(entry.bytes, entry.declared_spans);
+            .is_some();
+        if !removed {
+            return Ok(());
+        }
+        match entry.part {
+            Part::Queue => {
+                self.forget(entry.bytes, entry.declared_spans);
+                self.advance_watermark()?;
+            }
+            Part::Dead => {
+                self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
+                self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(entry.declared_spans);
+            }
         }
         Ok(())
     }
 
-    /// Keeps spans the collector refused for good in the dead-letter tree,
-    /// under a fresh sequence number. Synced.
-    pub fn add_dead(&mut self, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+    /// Keeps `service`'s spans the collector refused for good in the
+    /// dead-letter tree, under a fresh sequence number (unsynced).
+    fn put_dead(&mut self, service: &str, refused: &[Span], created_unix_ms: u64) -> Result<(), SpoolError> {
         if refused.is_empty() {
             return Ok(());
         }
         self.buf.clear();
-        record::encode(refused, now_unix_ms, &mut self.buf).map_err(|source| SpoolError::Record {
-            dir: self.dir.clone(),
-            source,
-        })?;
+        let meta = Meta {
+            seq: self.next_seq,
+            part: Part::Dead,
+            created_unix_ms,
+        };
+        if let Err(e) = record::encode(service, refused, meta, &mut self.buf) {
+            return Err(self.record_error(e));
+        }
         let key = self.next_seq;
         self.next_seq += 1;
         self.dead
@@ -394,16 +599,22 @@ impl Spool {
         self.meta
             .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
             .map_err(|e| self.storage(e))?;
-        self.db.flush().map_err(|e| self.storage(e))?;
+        self.stats.dead_letter_records += 1;
         self.stats.dead_letter_spans += refused.len() as u64;
         Ok(())
     }
 
-    /// Moves `entry` out of the queue, keeping the `refused` spans in the
-    /// dead-letter tree (the rest were delivered). Synced when anything was
-    /// refused; a plain acknowledgement is not (see the module docs).
+    /// Keeps `service`'s spans the collector refused for good in the
+    /// dead-letter tree. Synced.
+    pub fn add_dead(&mut self, service: &str, refused: &[Span], created_unix_ms: u64) -> Result<(), SpoolError> {
+        self.put_dead(service, refused, created_unix_ms)?;
+        self.sync()
+    }
+
+    /// Removes `entry`, keeping the `refused` spans as a dead letter (the
+    /// rest were delivered). Synced.
     pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
-        self.add_dead(refused, now_unix_ms)?;
+        self.put_dead(&entry.service, refused, now_unix_ms)?;
         self.ack(entry)
     }
 
@@ -413,15 +624,61 @@ impl Spool {
             .insert(entry.key.to_be_bytes(), entry.raw.clone())
             .map_err(|e| self.storage(e))?;
         self.stats.quarantined_records += 1;
-        self.ack(entry)?;
-        self.db.flush().map_err(|e| self.storage(e))?;
-        Ok(())
+        self.ack(entry)
+    }
+
+    /// Empties `tree`, synced; says what went.
+    pub fn clear(&mut self, tree: Tree) -> Result<Cleared, SpoolError> {
+        let t = match tree {
+            Tree::Queue => &self.queue,
+            Tree::Dead => &self.dead,
+            Tree::Quarantine => &self.quarantine,
+        };
+        let mut c = Cleared::default();
+        while let Some((_, v)) = t.pop_min().map_err(|e| self.storage(e))? {
+            c.records += 1;
+            c.bytes += v.len() as u64;
+            if tree != Tree::Quarantine {
+                c.spans += declared_spans(&v);
+            }
+        }
+        match tree {
+            Tree::Queue => {
+                let (records, spans, bytes) = (self.stats.records, self.stats.spans, self.stats.bytes);
+                self.stats.records = records.saturating_sub(c.records);
+                self.stats.spans = spans.saturating_sub(c.spans);
+                self.stats.bytes = bytes.saturating_sub(c.bytes);
+                self.advance_watermark()?;
+            }
+            Tree::Dead => {
+                self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(c.records);
+                self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(c.spans);
+            }
+            Tree::Quarantine => {
+                self.stats.quarantined_records = self.stats.quarantined_records.saturating_sub(c.records);
+            }
+        }
+        self.sync()?;
+        Ok(c)
     }
 
     /// Writes everything to disk now.
     pub fn sync(&self) -> Result<(), SpoolError> {
         self.db.flush().map(|_| ()).map_err(|e| self.storage(e))
     }
+}
+
+/// Renames `dir` to `<dir>.damaged-<unix seconds>` (for [`salvage`]) and
+/// returns the new path.
+pub fn move_aside(dir: &Path) -> std::io::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = dir.as_os_str().to_owned();
+    aside.push(format!(".damaged-{secs}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(dir, &aside)?;
+    Ok(aside)
 }
 
 /// The span count a record's header declares; 0 when it is unreadable.
@@ -434,11 +691,11 @@ fn is_lock_error(e: &std::io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::span::{Kind, Status, Value};
 
-    fn spans(n: usize, tag: &str) -> Vec<Span> {
+    pub(super) fn spans(n: usize, tag: &str) -> Vec<Span> {
         (0..n)
             .map(|i| Span {
                 trace_id: [1; 16],
@@ -473,13 +730,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
-            s.push(&spans(2000, "a"), 1).unwrap();
-            s.push(&spans(3, "b"), 2).unwrap();
+            s.push("svc", &spans(2000, "a"), 1).unwrap();
+            s.push("svc", &spans(3, "b"), 2).unwrap();
             assert_eq!(s.stats().spans, 2003);
         }
         let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
         assert_eq!(s.stats().spans, 2003);
-        let all = s.oldest(usize::MAX).unwrap();
+        let all = s.oldest(Part::Queue, usize::MAX).unwrap();
         assert!(all.len() > 2, "2000 spans of ~150 bytes must be split");
         assert!(all.iter().all(|e| e.bytes <= RECORD_TARGET + record::HEADER_LEN));
         let got = names(&all);
@@ -489,8 +746,8 @@ mod tests {
         for e in &all[..all.len() - 1] {
             s.ack(e).unwrap();
         }
-        s.push(&spans(1, "c"), 3).unwrap();
-        let rest = names(&s.oldest(10).unwrap());
+        s.push("svc", &spans(1, "c"), 3).unwrap();
+        let rest = names(&s.oldest(Part::Queue, 10).unwrap());
         assert_eq!(rest, ["b-0", "b-1", "b-2", "c-0"]);
     }
 
@@ -509,12 +766,12 @@ mod tests {
         let mut s = Spool::open(dir.path(), 20_000).unwrap();
         let mut dropped = 0;
         for i in 0..10 {
-            dropped += s.push(&spans(50, &format!("r{i}")), i).unwrap();
+            dropped += s.push("svc", &spans(50, &format!("r{i}")), i).unwrap();
         }
         let st = s.stats();
         assert!(st.bytes <= 20_000, "{st:?}");
         assert_eq!(st.spans + dropped, 500);
-        let names = names(&s.oldest(usize::MAX).unwrap());
+        let names = names(&s.oldest(Part::Queue, usize::MAX).unwrap());
         assert_eq!(names.last().map(String::as_str), Some("r9-49"), "newest kept");
         assert!(!names.iter().any(|n| n.starts_with("r0-")), "oldest dropped");
     }
@@ -523,12 +780,12 @@ mod tests {
     fn expire_drops_only_records_past_the_age() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
-        s.push(&spans(3, "old"), 1_000).unwrap();
-        s.push(&spans(4, "older-but-kept"), 2_600).unwrap();
-        s.push(&spans(5, "new"), 3_000).unwrap();
+        s.push("svc", &spans(3, "old"), 1_000).unwrap();
+        s.push("svc", &spans(4, "older-but-kept"), 2_600).unwrap();
+        s.push("svc", &spans(5, "new"), 3_000).unwrap();
         assert_eq!(s.expire(3_500, 1_000).unwrap(), 3);
         assert_eq!(s.stats().spans, 9);
-        assert_eq!(names(&s.oldest(1).unwrap())[0], "older-but-kept-0");
+        assert_eq!(names(&s.oldest(Part::Queue, 1).unwrap())[0], "older-but-kept-0");
         assert_eq!(s.expire(3_500, 1_000).unwrap(), 0);
     }
 
@@ -536,9 +793,9 @@ mod tests {
     fn dead_letters_and_quarantine_leave_the_queue() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
-        s.push(&spans(2, "x"), 1).unwrap();
-        s.push(&spans(2, "y"), 1).unwrap();
-        let entries = s.oldest(2).unwrap();
+        s.push("svc", &spans(2, "x"), 1).unwrap();
+        s.push("svc", &spans(2, "y"), 1).unwrap();
+        let entries = s.oldest(Part::Queue, 2).unwrap();
         let refused = &entries[0].spans.as_ref().unwrap()[..1];
         s.dead_letter(&entries[0], refused, 5).unwrap();
         s.quarantine(&entries[1]).unwrap();
@@ -553,7 +810,35 @@ mod tests {
         assert_eq!(s.stats().quarantined_records, 1);
         // Sequence numbers are never reused, even with the queue empty.
         let mut s = s;
-        s.push(&spans(1, "z"), 1).unwrap();
-        assert!(s.oldest(1).unwrap()[0].key >= 2);
+        s.push("svc", &spans(1, "z"), 1).unwrap();
+        assert!(s.oldest(Part::Queue, 1).unwrap()[0].key >= 2);
+    }
+}
+
+#[cfg(test)]
+mod disk_cap {
+    use super::*;
+
+    /// The cap bounds sled's size on disk, not just the record bytes: 60 MB
+    /// of incompressible records pushed through a 16 MiB cap.
+    #[test]
+    fn the_cap_bounds_the_size_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 16u64 << 20;
+        let mut s = Spool::open(dir.path(), cap).unwrap();
+        let batch = tests::spans(400, "x");
+        let (mut dropped, mut peak) = (0, 0);
+        for i in 0..1000 {
+            dropped += s.push("svc", &batch, i).unwrap();
+            peak = peak.max(s.size_on_disk());
+        }
+        assert_eq!(s.stats().spans + dropped, 400 * 1000, "every span spooled or counted");
+        assert!(dropped > 0);
+        // sled grows in 512 KiB segments: allow one.
+        assert!(
+            peak <= cap + (512 << 10),
+            "peak {peak} bytes on disk over a cap of {cap}"
+        );
+        assert!(s.amplification() > 1.0, "measured: {}", s.amplification());
     }
 }

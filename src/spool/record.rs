@@ -1,44 +1,62 @@
-//! The on-disk record format, version 1: one framed batch of spans.
+//! The on-disk record format: one framed batch of spans.
+//!
+//! Version 2, the format written:
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic            b"SPWL"
-//!      4    1 format version   1
+//!      4    1 format version   2
 //!      5    1 flags            bit 0: payload is raw deflate; other bits must be 0
-//!      6    2 reserved         0
+//!      6    1 part             0: the queue, 1: dead letters
+//!      7    1 reserved         0
 //!      8    4 span count       u32 LE
 //!     12    4 payload length   u32 LE
-//!     16    4 CRC32            crc32fast (IEEE) of bytes 0..16, 20..28 and the payload
+//!     16    4 CRC32            crc32fast (IEEE) of every byte but these four
 //!     20    8 created          unix milliseconds, u64 LE
-//!     28    n payload          bincode 2 (standard config, serde) of Vec<Span>,
+//!     28    8 sequence         the record's key in the spool, u64 LE
+//!     36    n payload          bincode 2 (standard config, serde) of
+//!                              (service name: String, spans: Vec<Span>),
 //!                              deflated (level 1) when that makes it smaller
 //! ```
+//!
+//! Version 1 (read, never written) is the same up to offset 28, with bytes
+//! 6..8 zero, no sequence, and a payload of `Vec<Span>` alone.
+//!
+//! The service name travels with the spans so a spool carried to another
+//! machine replays and exports under the right `localEndpoint`; the
+//! sequence and part travel with them so [`scan`] can rebuild a queue from
+//! raw files in order when sled cannot open them.
 //!
 //! Invariants: [`decode`] never panics and never allocates more than
 //! [`MAX_PAYLOAD`] whatever the input (the length is checked against the
 //! input and the CRC before bincode runs, and bincode runs with a limit);
-//! a record that decodes re-encodes to the same bytes; a later format must
-//! keep reading version 1 (a golden record is kept under `tests/golden/`).
+//! a version 2 record that decodes re-encodes to the same bytes; every
+//! older version stays readable (golden records are kept under
+//! `tests/golden/`).
 
 use crate::span::Span;
 
 /// The first four bytes of every record.
 pub const MAGIC: [u8; 4] = *b"SPWL";
 /// The format this code writes.
-pub const VERSION: u8 = 1;
-/// Header length in bytes.
-pub const HEADER_LEN: usize = 28;
+pub const VERSION: u8 = 2;
+/// Header length in bytes of the version written.
+pub const HEADER_LEN: usize = 36;
+/// Header length of version 1.
+pub const HEADER_LEN_V1: usize = 28;
 /// The largest payload accepted, before or after inflating (and the
 /// decoder's allocation bound).
 pub const MAX_PAYLOAD: usize = 16 << 20;
 /// Flag bit: the payload is raw deflate.
 pub const FLAG_DEFLATE: u8 = 1;
+/// The service name of version 1 records, which did not carry one.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Why a record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// Shorter than a header.
-    #[error("truncated: {0} bytes, a header needs {HEADER_LEN}")]
+    #[error("truncated: {0} bytes, shorter than a header")]
     Truncated(usize),
     /// Not a spillway record.
     #[error("bad magic {0:02x?}")]
@@ -84,11 +102,35 @@ pub enum RecordError {
     TooLarge(usize),
 }
 
+/// Which part of the spool a record was written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Part {
+    /// Waiting to be sent.
+    #[default]
+    Queue,
+    /// Refused by the collector for good.
+    Dead,
+}
+
+/// Where and when a record was written: the header fields beyond the
+/// batch itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Its key in the spool.
+    pub seq: u64,
+    /// The spool part it was written for.
+    pub part: Part,
+    /// When its spans were first spilled, unix milliseconds.
+    pub created_unix_ms: u64,
+}
+
 /// A decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// When it was written, unix milliseconds.
-    pub created_unix_ms: u64,
+    /// Header fields (`seq` is 0 for version 1, which did not keep it).
+    pub meta: Meta,
+    /// The service that recorded the spans ([`UNKNOWN_SERVICE`] for version 1).
+    pub service: String,
     /// The spans.
     pub spans: Vec<Span>,
 }
@@ -96,73 +138,73 @@ pub struct Record {
 /// What a header says, readable without decoding the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Format version.
+    pub version: u8,
     /// Spans in the record.
     pub spans: u32,
     /// Payload bytes.
     pub payload_len: u32,
-    /// When it was written, unix milliseconds.
-    pub created_unix_ms: u64,
+    /// Sequence, part and creation time.
+    pub meta: Meta,
+}
+
+impl Header {
+    /// Header plus payload: the whole record's length.
+    pub fn record_len(&self) -> usize {
+        header_len(self.version) + self.payload_len as usize
+    }
+}
+
+fn header_len(version: u8) -> usize {
+    if version == 1 { HEADER_LEN_V1 } else { HEADER_LEN }
 }
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PAYLOAD>()
 }
 
-/// Appends the record for `spans` to `out`, deflating the payload when
-/// that makes it smaller.
-pub fn encode(spans: &[Span], created_unix_ms: u64, out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let plain = bincode::serde::encode_to_vec(spans, config()).map_err(|e| RecordError::Encode(e.to_string()))?;
+/// Appends the record of `service`'s `spans` to `out`, deflating the
+/// payload when that makes it smaller.
+pub fn encode(service: &str, spans: &[Span], meta: Meta, out: &mut Vec<u8>) -> Result<(), RecordError> {
+    let plain =
+        bincode::serde::encode_to_vec((service, spans), config()).map_err(|e| RecordError::Encode(e.to_string()))?;
     if plain.len() > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(plain.len()));
     }
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER_LEN]);
-    let mut flags = 0;
-    let mut deflater = flate2::write::DeflateEncoder::new(std::mem::take(out), flate2::Compression::fast());
-    let deflated = std::io::Write::write_all(&mut deflater, &plain).and_then(|()| deflater.finish());
-    match deflated {
-        Ok(buf) if buf.len() - start - HEADER_LEN < plain.len() => {
-            *out = buf;
-            flags = FLAG_DEFLATE;
-        }
-        Ok(mut buf) => {
-            buf.truncate(start + HEADER_LEN);
-            buf.extend_from_slice(&plain);
-            *out = buf;
-        }
-        Err(e) => return Err(RecordError::Encode(e.to_string())),
-    }
-    let payload_len = out.len() - start - HEADER_LEN;
-    if payload_len > MAX_PAYLOAD {
-        out.truncate(start);
-        return Err(RecordError::TooLarge(payload_len));
-    }
-    let payload = out.split_off(start + HEADER_LEN);
-    out.truncate(start);
-    frame(
-        &payload,
-        flags,
-        u32::try_from(spans.len()).unwrap_or(u32::MAX),
-        created_unix_ms,
-        out,
-    );
+    let mut deflater = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let deflated = std::io::Write::write_all(&mut deflater, &plain)
+        .and_then(|()| deflater.finish())
+        .map_err(|e| RecordError::Encode(e.to_string()))?;
+    let (payload, flags) = if deflated.len() < plain.len() {
+        (deflated, FLAG_DEFLATE)
+    } else {
+        (plain, 0)
+    };
+    let spans = u32::try_from(spans.len()).map_err(|_| RecordError::TooLarge(spans.len()))?;
+    frame(VERSION, &payload, flags, spans, meta, out);
     Ok(())
 }
 
 /// Frames an already-encoded `payload` with a valid header and CRC, as
 /// [`encode`] would: for tests and the fuzzer, which must reach the payload
-/// decoders past the checksum. `flags` must be a valid combination.
-pub fn frame(payload: &[u8], flags: u8, spans: u32, created_unix_ms: u64, out: &mut Vec<u8>) {
+/// decoders past the checksum. `version` must be 1 or 2 and `flags` a
+/// valid combination.
+pub fn frame(version: u8, payload: &[u8], flags: u8, spans: u32, meta: Meta, out: &mut Vec<u8>) {
     let start = out.len();
-    out.extend_from_slice(&[0; HEADER_LEN]);
+    let len = header_len(version);
+    out.extend_from_slice(&[0; HEADER_LEN][..len]);
     out.extend_from_slice(payload);
     let record = &mut out[start..];
     record[0..4].copy_from_slice(&MAGIC);
-    record[4] = VERSION;
+    record[4] = version;
     record[5] = flags;
+    if version >= 2 {
+        record[6] = meta.part as u8;
+        record[28..36].copy_from_slice(&meta.seq.to_le_bytes());
+    }
     record[8..12].copy_from_slice(&spans.to_le_bytes());
     record[12..16].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    record[20..28].copy_from_slice(&created_unix_ms.to_le_bytes());
+    record[20..28].copy_from_slice(&meta.created_unix_ms.to_le_bytes());
     let crc = checksum(record);
     record[16..20].copy_from_slice(&crc.to_le_bytes());
 }
@@ -181,9 +223,16 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(a)
 }
 
-/// Reads and checks a header (magic, version, length) without the payload.
-pub fn header(bytes: &[u8]) -> Result<Header, RecordError> {
-    if bytes.len() < HEADER_LEN {
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Reads and checks the header at the start of `bytes` (magic, version,
+/// flags), without requiring the payload to follow.
+fn parse_header(bytes: &[u8]) -> Result<Header, RecordError> {
+    if bytes.len() < HEADER_LEN_V1 {
         return Err(RecordError::Truncated(bytes.len()));
     }
     let mut magic = [0; 4];
@@ -191,33 +240,48 @@ pub fn header(bytes: &[u8]) -> Result<Header, RecordError> {
     if magic != MAGIC {
         return Err(RecordError::BadMagic(magic));
     }
-    if bytes[4] != VERSION {
-        return Err(RecordError::UnknownVersion(bytes[4]));
-    }
-    if bytes[5] & !FLAG_DEFLATE != 0 || bytes[6..8] != [0, 0] {
+    let version = bytes[4];
+    let part = match (version, bytes[6], bytes[7]) {
+        (1 | 2, 0, 0) => Part::Queue,
+        (2, 1, 0) => Part::Dead,
+        (1 | 2, _, _) => return Err(RecordError::UnknownFlags(bytes[5])),
+        _ => return Err(RecordError::UnknownVersion(version)),
+    };
+    if bytes[5] & !FLAG_DEFLATE != 0 {
         return Err(RecordError::UnknownFlags(bytes[5]));
     }
-    let payload_len = u32_at(bytes, 12);
-    let present = bytes.len() - HEADER_LEN;
-    if payload_len as usize != present || present > MAX_PAYLOAD {
+    if bytes.len() < header_len(version) {
+        return Err(RecordError::Truncated(bytes.len()));
+    }
+    Ok(Header {
+        version,
+        spans: u32_at(bytes, 8),
+        payload_len: u32_at(bytes, 12),
+        meta: Meta {
+            seq: if version >= 2 { u64_at(bytes, 28) } else { 0 },
+            part,
+            created_unix_ms: u64_at(bytes, 20),
+        },
+    })
+}
+
+/// Reads and checks a header (magic, version, length) without the payload.
+pub fn header(bytes: &[u8]) -> Result<Header, RecordError> {
+    let h = parse_header(bytes)?;
+    let present = bytes.len() - header_len(h.version);
+    if h.payload_len as usize != present || present > MAX_PAYLOAD {
         return Err(RecordError::Length {
-            declared: payload_len as usize,
+            declared: h.payload_len as usize,
             present,
         });
     }
-    let mut created = [0; 8];
-    created.copy_from_slice(&bytes[20..28]);
-    Ok(Header {
-        spans: u32_at(bytes, 8),
-        payload_len,
-        created_unix_ms: u64::from_le_bytes(created),
-    })
+    Ok(h)
 }
 
 /// Decodes a record, checking everything.
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     let h = header(bytes)?;
-    let payload = &bytes[HEADER_LEN..];
+    let payload = &bytes[header_len(h.version)..];
     let expected = u32_at(bytes, 16);
     let actual = checksum(bytes);
     if expected != actual {
@@ -237,8 +301,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     } else {
         payload
     };
-    let (spans, used): (Vec<Span>, usize) =
-        bincode::serde::decode_from_slice(payload, config()).map_err(|e| RecordError::Decode(e.to_string()))?;
+    let decoded = if h.version == 1 {
+        bincode::serde::decode_from_slice(payload, config())
+            .map(|(spans, used)| ((UNKNOWN_SERVICE.into(), spans), used))
+    } else {
+        bincode::serde::decode_from_slice(payload, config())
+    };
+    let ((service, spans), used): ((String, Vec<Span>), usize) =
+        decoded.map_err(|e| RecordError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(RecordError::Decode(format!("{} trailing bytes", payload.len() - used)));
     }
@@ -249,9 +319,57 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         });
     }
     Ok(Record {
-        created_unix_ms: h.created_unix_ms,
+        meta: h.meta,
+        service,
         spans,
     })
+}
+
+/// A record found by [`scan`].
+#[derive(Debug)]
+pub struct Found {
+    /// Where it starts in the scanned bytes.
+    pub offset: usize,
+    /// Its length (the header's claim, when the record is unsound).
+    pub len: usize,
+    /// The record, or why the bytes at `offset` are not one.
+    pub record: Result<Record, RecordError>,
+}
+
+/// Every record candidate in `bytes`: for salvaging records from files
+/// sled can no longer open. A candidate is a magic followed by a header
+/// this code knows; it is sound if the record it declares fits and passes
+/// [`decode`]. A sound record is found however it is aligned, and damage to
+/// one never hides another that does not overlap it.
+pub fn scan(bytes: &[u8]) -> impl Iterator<Item = Found> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        while let Some(i) = find(&bytes[at..], &MAGIC) {
+            let offset = at + i;
+            at = offset + 1;
+            let Ok(h) = parse_header(&bytes[offset..]) else {
+                continue;
+            };
+            let len = h.record_len();
+            let record = match offset.checked_add(len).filter(|&e| e <= bytes.len()) {
+                Some(end) => decode(&bytes[offset..end]),
+                None => Err(RecordError::Length {
+                    declared: h.payload_len as usize,
+                    present: bytes.len() - offset - header_len(h.version),
+                }),
+            };
+            if record.is_ok() {
+                at = offset + len;
+            }
+            return Some(Found { offset, len, record });
+        }
+        at = bytes.len();
+        None
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]
@@ -284,18 +402,24 @@ pub(super) mod tests {
         }]
     }
 
+    pub(super) const META: Meta = Meta {
+        seq: 9,
+        part: Part::Dead,
+        created_unix_ms: 42,
+    };
+
     #[test]
     fn round_trips_and_keeps_nan_bits() {
         let mut out = Vec::new();
-        encode(&sample(), 42, &mut out).unwrap();
+        encode("svc", &sample(), META, &mut out).unwrap();
         let r = decode(&out).unwrap();
-        assert_eq!(r.created_unix_ms, 42);
+        assert_eq!((r.meta, r.service.as_str()), (META, "svc"));
         let Value::F64(nan) = r.spans[0].attributes[0].1 else {
             panic!()
         };
         assert!(nan.is_nan());
         let mut again = Vec::new();
-        encode(&r.spans, 42, &mut again).unwrap();
+        encode(&r.service, &r.spans, r.meta, &mut again).unwrap();
         assert_eq!(out, again);
     }
 
@@ -303,9 +427,9 @@ pub(super) mod tests {
     fn repetitive_batches_are_deflated_and_still_round_trip() {
         let many: Vec<Span> = (0..200).flat_map(|_| sample()).collect();
         let mut out = Vec::new();
-        encode(&many, 7, &mut out).unwrap();
+        encode("svc", &many, META, &mut out).unwrap();
         assert_eq!(out[5], FLAG_DEFLATE);
-        let plain = bincode::serde::encode_to_vec(&many, config()).unwrap();
+        let plain = bincode::serde::encode_to_vec(("svc", &many), config()).unwrap();
         assert!(out.len() * 4 < plain.len(), "{} vs {}", out.len(), plain.len());
         assert_eq!(decode(&out).unwrap().spans.len(), 200);
     }
@@ -318,7 +442,7 @@ pub(super) mod tests {
         std::io::Write::write_all(&mut enc, &zeros).unwrap();
         let bomb = enc.finish().unwrap();
         let mut rec = Vec::new();
-        frame(&bomb, FLAG_DEFLATE, 0, 0, &mut rec);
+        frame(VERSION, &bomb, FLAG_DEFLATE, 0, META, &mut rec);
         assert!(
             matches!(decode(&rec), Err(RecordError::TooLarge(_))),
             "{:?}",
@@ -333,10 +457,11 @@ pub(super) mod tests {
         let (&flags, payload) = data.split_first().unwrap();
         let mut framed = Vec::new();
         frame(
+            1,
             payload,
             flags & FLAG_DEFLATE,
             payload.len().min(64) as u32,
-            1,
+            META,
             &mut framed,
         );
         assert!(decode(&framed).is_err());
@@ -345,7 +470,7 @@ pub(super) mod tests {
     #[test]
     fn every_single_bit_flip_and_truncation_is_detected() {
         let mut out = Vec::new();
-        encode(&sample(), 42, &mut out).unwrap();
+        encode("svc", &sample(), META, &mut out).unwrap();
         for i in 0..out.len() {
             for bit in 0..8 {
                 let mut bad = out.clone();
@@ -357,27 +482,53 @@ pub(super) mod tests {
             assert!(decode(&out[..len]).is_err(), "truncation to {len} went unnoticed");
         }
     }
+
+    #[test]
+    fn scan_finds_every_sound_record_among_garbage_and_damage() {
+        let mut file = b"SPWL garbage SPWL".to_vec();
+        let mut offsets = Vec::new();
+        for seq in 0..5 {
+            offsets.push(file.len());
+            encode("svc", &sample(), Meta { seq, ..META }, &mut file).unwrap();
+            file.extend_from_slice(&[0x5a; 13]);
+        }
+        // Damage the third record's payload: it alone is lost.
+        let hit = offsets[2] + HEADER_LEN + 3;
+        file[hit] ^= 0xff;
+        let found: Vec<(usize, u64)> = scan(&file)
+            .filter_map(|f| f.record.ok().map(|r| (f.offset, r.meta.seq)))
+            .collect();
+        assert_eq!(
+            found,
+            [(offsets[0], 0), (offsets[1], 1), (offsets[3], 3), (offsets[4], 4)]
+        );
+    }
 }
 
 #[cfg(test)]
 mod golden {
     use super::*;
 
-    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/record-v1.bin");
+    fn golden(version: u8) -> String {
+        format!("{}/tests/golden/record-v{version}.bin", env!("CARGO_MANIFEST_DIR"))
+    }
 
-    /// Reads the committed version-1 record. `SPILLWAY_WRITE_GOLDEN=1`
-    /// writes it (only ever for a new format version, never to "fix" this test).
-    #[test]
-    fn version_1_golden_record_still_decodes() {
+    /// Reads a committed record of `version`. `SPILLWAY_WRITE_GOLDEN=1`
+    /// writes the current version's (only ever for a new format version,
+    /// never to "fix" this test).
+    fn read(version: u8) -> Record {
         let sample = tests::sample();
-        if std::env::var_os("SPILLWAY_WRITE_GOLDEN").is_some() {
+        if version == VERSION && std::env::var_os("SPILLWAY_WRITE_GOLDEN").is_some() {
             let mut out = Vec::new();
-            encode(&sample, 1_764_000_000_000, &mut out).unwrap();
-            std::fs::write(GOLDEN, &out).unwrap();
+            encode("golden-svc", &sample, tests::META, &mut out).unwrap();
+            std::fs::write(golden(version), &out).unwrap();
         }
-        let bytes = std::fs::read(GOLDEN).expect("golden record is committed");
+        let bytes = std::fs::read(golden(version)).expect("golden record is committed");
         let r = decode(&bytes).unwrap();
-        assert_eq!(r.created_unix_ms, 1_764_000_000_000);
+        assert_eq!(
+            r.meta.created_unix_ms,
+            if version == 1 { 1_764_000_000_000 } else { 42 }
+        );
         assert_eq!(r.spans.len(), 1);
         let (got, want) = (&r.spans[0], &sample[0]);
         assert_eq!(
@@ -399,5 +550,21 @@ mod golden {
         };
         assert!(nan.is_nan());
         assert_eq!(&got.attributes[1..], &want.attributes[1..]);
+        r
+    }
+
+    #[test]
+    fn version_1_golden_record_still_decodes() {
+        let r = read(1);
+        assert_eq!(
+            (r.service.as_str(), r.meta.seq, r.meta.part),
+            (UNKNOWN_SERVICE, 0, Part::Queue)
+        );
+    }
+
+    #[test]
+    fn version_2_golden_record_still_decodes() {
+        let r = read(2);
+        assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
     }
 }
