@@ -6,32 +6,13 @@
 //! `INTERNAL` kind. Checked for ordinary spans, hand-made nasty ones, and
 //! proptest-generated ones.
 
+mod common;
+
+use common::validator;
 use proptest::prelude::*;
 use serde_json::Value as Json;
 use spillway::span::{Event, Kind, Span, Status, Value};
 use spillway::zipkin::Encoder;
-use std::sync::OnceLock;
-
-fn validator() -> &'static jsonschema::Validator {
-    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/spec/zipkin-api/zipkin2-api.yaml"
-        );
-        let text =
-            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (shared/ must sit beside the repo)"));
-        let doc: Json = serde_yaml::from_str(&text).expect("spec parses");
-        let schema = serde_json::json!({
-            "$ref": "#/definitions/ListOfSpans",
-            "definitions": doc["definitions"].clone(),
-        });
-        jsonschema::draft4::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("spec schema builds")
-    })
-}
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))

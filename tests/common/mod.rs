@@ -46,6 +46,29 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// A validator for a request body (`ListOfSpans`) of the official Zipkin
+/// v2 spec, `../shared/spec/zipkin-api/zipkin2-api.yaml`.
+pub fn validator() -> &'static jsonschema::Validator {
+    static V: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../shared/spec/zipkin-api/zipkin2-api.yaml"
+        );
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e} (shared/ must sit beside the repo)"));
+        let doc: serde_json::Value = serde_yaml::from_str(&text).expect("spec parses");
+        let schema = serde_json::json!({
+            "$ref": "#/definitions/ListOfSpans",
+            "definitions": doc["definitions"].clone(),
+        });
+        jsonschema::draft4::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("spec schema builds")
+    })
+}
+
 /// How the fault server answers one request.
 #[derive(Clone, Debug)]
 pub enum Answer {

@@ -4,6 +4,7 @@
 //! events, some errors) from several threads, flushes on an interval like
 //! bext's timer, and ends with the accounting.
 
+use crate::say;
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway::{Config, SpillwayTracer, Stats};
@@ -111,7 +112,7 @@ pub fn run(args: Args, spool: &Path) -> Result<ExitCode, String> {
     let elapsed = started.elapsed();
     let stats = tracer.stats();
     bar.finish_and_clear();
-    report(&stats, elapsed, args.json);
+    report(&stats, elapsed, args.json).map_err(|e| e.to_string())?;
     match final_flush {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
@@ -190,7 +191,7 @@ fn request(tracer: &SpillwayTracer, rng: &mut fastrand::Rng, n: u64, error_ratio
     tracer.end_span(server, None);
 }
 
-fn report(s: &Stats, elapsed: Duration, json: bool) {
+fn report(s: &Stats, elapsed: Duration, json: bool) -> std::io::Result<()> {
     if json {
         let obj = serde_json::json!({
             "recorded": s.recorded,
@@ -205,23 +206,25 @@ fn report(s: &Stats, elapsed: Duration, json: bool) {
             "failed_requests": s.failed_requests,
             "seconds": elapsed.as_secs_f64(),
         });
-        println!("{obj}");
-        return;
+        say!("{obj}");
+        return Ok(());
     }
-    println!(
+    say!(
         "recorded {} spans in {:.2}s ({:.0} spans/s)",
         s.recorded,
         elapsed.as_secs_f64(),
         s.recorded as f64 / elapsed.as_secs_f64().max(1e-9)
     );
-    println!("delivered {}", s.delivered);
-    println!(
+    say!("delivered {}", s.delivered);
+    say!(
         "pending   {} in memory, {} spooled ({} found in the spool at start)",
-        s.in_memory, s.spooled, s.recovered
+        s.in_memory,
+        s.spooled,
+        s.recovered
     );
-    println!("dead letters {}", s.dead_lettered);
+    say!("dead letters {}", s.dead_lettered);
     let d = s.dropped;
-    println!(
+    say!(
         "dropped   {} (queue full {}, retry buffer full {}, rejected {}, oversize {}, spool full {}, corrupt {})",
         d.total(),
         d.queue_full,
@@ -231,5 +234,6 @@ fn report(s: &Stats, elapsed: Duration, json: bool) {
         d.spool_full,
         d.corrupt
     );
-    println!("requests  {} ({} failed)", s.requests, s.failed_requests);
+    say!("requests  {} ({} failed)", s.requests, s.failed_requests);
+    Ok(())
 }

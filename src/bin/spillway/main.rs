@@ -1,21 +1,31 @@
-//! The `spillway` command line: the operator's tool over the exporter.
+//! The `spillway` command line: the operator's tool over a spool directory.
 //!
 //! Subcommands are thin: each parses its arguments, drives the library, and
 //! renders the outcome once, here, to stdout/stderr and an exit code
 //! (0 success, 1 the operation failed or found problems, 2 usage error).
+//! Every command but `generate` opens an existing spool without waiting for
+//! its lock: while a tracer or another command holds it, they fail at once,
+//! naming the directory, and change nothing.
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod export;
 mod generate;
+mod inspect;
+mod purge;
+mod replay;
+mod salvage;
+mod verify;
 
 /// Durable Zipkin exporter for bext: tools for the spool and a workload generator.
 #[derive(Parser)]
 #[command(
     version,
     about,
-    after_help = "Exit codes: 0 success, 1 the operation failed or found problems, 2 usage error."
+    after_help = "Exit codes: 0 success, 1 the operation failed or found problems, 2 usage error.\n\
+                  A spool held by a running tracer or another command is refused at once (exit 1)."
 )]
 struct Cli {
     /// The spool directory.
@@ -27,20 +37,88 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show what the spool holds: batches, spans, bytes, ages, services.
+    Inspect(inspect::Args),
+    /// Check every record (CRC and decode); exit 1 if any is unsound.
+    Verify(verify::Args),
+    /// Send the spool to a collector, oldest first, removing each batch once delivered.
+    Replay(replay::Args),
+    /// Write the spooled spans as Zipkin v2 JSON without removing them.
+    Export(export::Args),
+    /// Delete the queue, the dead letters or the quarantine.
+    Purge(purge::Args),
+    /// Recover every readable record of a damaged spool into a fresh one.
+    Salvage(salvage::Args),
     /// Drive the real tracer as bext would and export to a collector.
     Generate(generate::Args),
 }
 
+/// `println!` that returns an error instead of panicking when stdout is
+/// closed (`spillway export | head`).
+macro_rules! say {
+    ($($t:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", format_args!($($t)*)))?
+    };
+}
+pub(crate) use say;
+
+/// What a subcommand returns: an exit code, or an error rendered by `main`.
+type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let spool = cli.spool.as_path();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args, &cli.spool),
+        Command::Inspect(args) => inspect::run(args, spool),
+        Command::Verify(args) => verify::run(args, spool),
+        Command::Replay(args) => replay::run(args, spool),
+        Command::Export(args) => export::run(args, spool),
+        Command::Purge(args) => purge::run(args, spool),
+        Command::Salvage(args) => salvage::run(args, spool),
+        Command::Generate(args) => generate::run(args, spool).map_err(Into::into),
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`): not a failure of ours.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("spillway: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens the existing spool in `dir` for a tool: no waiting, no creating,
+/// no cap (tools never drop spans to make room).
+fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolError> {
+    spillway::spool::Spool::open_existing(dir, u64::MAX)
+}
+
+/// Bytes for people: `1.2 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A unix-milliseconds time for people (RFC 3339, UTC), or `-` for none.
+fn human_time(unix_ms: Option<u64>) -> String {
+    unix_ms.map_or_else(
+        || "-".to_owned(),
+        |ms| httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+    )
 }

@@ -1,0 +1,171 @@
+//! `spillway replay`: sends a spool to a collector, oldest first, through
+//! the exporter's own replay step (the same bisecting, dead-lettering and
+//! acknowledgement the tracer uses).
+//!
+//! Safe to interrupt: a record is removed (synced) only after the collector
+//! settled it, so a rerun sends the rest and at most the record in flight
+//! twice.
+
+use crate::{Outcome, open, say};
+use indicatif::{ProgressBar, ProgressStyle};
+use spillway::config::Config;
+use spillway::exporter::Exporter;
+use spillway::spool::Part;
+use spillway::stats::ExportCounters;
+use spillway::transport::HttpTransport;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Zipkin v2 collector URL, e.g. http://127.0.0.1:9411/api/v2/spans.
+    #[arg(long, env = "OTEL_EXPORTER_ZIPKIN_ENDPOINT")]
+    endpoint: String,
+    /// Send at most this many spans per second.
+    #[arg(long, value_name = "SPANS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// Stop after this many batches.
+    #[arg(long, value_name = "N")]
+    max_batches: Option<u64>,
+    /// Replay the dead letters instead of the queue (after fixing what made
+    /// the collector refuse them); spans refused again stay dead letters.
+    #[arg(long)]
+    dead_letters: bool,
+    /// Say what would be sent; send nothing, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Request timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Print one JSON object: delivered, remaining, dead_lettered,
+    /// quarantined, batches, seconds, stopped (the error, or null).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+struct Summary {
+    delivered: u64,
+    remaining: u64,
+    dead_lettered: u64,
+    quarantined: u64,
+    batches: u64,
+    seconds: f64,
+    stopped: Option<String>,
+}
+
+pub fn run(args: Args, dir: &Path) -> Outcome {
+    let config = Config {
+        endpoint: args.endpoint.clone(),
+        timeout_ms: args.timeout_ms,
+        connect_timeout_ms: args.timeout_ms.min(Config::default().connect_timeout_ms),
+        max_spool_bytes: 1 << 40,
+        ..Config::default()
+    };
+    // Refuses a bad URL before the spool is touched.
+    let transport = HttpTransport::new(&config)?;
+    let spool = open(dir)?;
+    let part = if args.dead_letters { Part::Dead } else { Part::Queue };
+    let left = |s: &spillway::spool::Spool| match part {
+        Part::Queue => s.stats().spans,
+        Part::Dead => s.stats().dead_letter_spans,
+    };
+    let total = left(&spool);
+    let max_batches = args.max_batches.unwrap_or(u64::MAX);
+    if args.dry_run {
+        return dry_run(&spool, part, max_batches, args.json);
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} spans {per_sec} eta {eta} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let counters = Arc::new(ExportCounters::default());
+    let mut exporter = Exporter::new(&config, Box::new(transport), Some(spool), counters);
+    let started = Instant::now();
+    let mut s = Summary::default();
+    let mut settled = 0u64;
+    while s.batches < max_batches {
+        match exporter.replay_next(part) {
+            Ok(None) => break,
+            Ok(Some(r)) => {
+                s.batches += 1;
+                s.delivered += r.delivered as u64;
+                s.dead_lettered += r.refused as u64;
+                if let Some(why) = r.quarantined {
+                    s.quarantined += 1;
+                    bar.suspend(|| eprintln!("spillway: record {} quarantined: {why}", r.key));
+                }
+                settled += r.spans;
+                bar.set_position(settled.min(total));
+            }
+            Err(e) => {
+                // The cause alone: the counts are this command's to report.
+                let cause = match (&e.cause, &e.spool_error) {
+                    (Some(c), _) => format!("{} {c}", e.endpoint),
+                    (None, Some(spool)) => format!("spool failed: {spool}"),
+                    (None, None) => e.to_string(),
+                };
+                s.stopped = Some(cause);
+                break;
+            }
+        }
+        if let Some(rate) = args.rate {
+            // Sleep until the spans sent so far fit the rate.
+            let due = Duration::from_secs_f64(settled as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    s.seconds = started.elapsed().as_secs_f64();
+    s.remaining = exporter.spool().map_or(0, left);
+    if args.json {
+        say!("{}", serde_json::to_string(&s)?);
+    } else {
+        say!(
+            "delivered {} spans in {} batches ({:.1}s); {} dead-lettered; {} remain in {}",
+            s.delivered,
+            s.batches,
+            s.seconds,
+            s.dead_lettered,
+            s.remaining,
+            if args.dead_letters {
+                "the dead letters"
+            } else {
+                "the queue"
+            }
+        );
+    }
+    if let Some(why) = &s.stopped {
+        eprintln!(
+            "spillway: replay stopped, {} spans remain; rerun when the collector is back: {why}",
+            s.remaining
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dry_run(spool: &spillway::spool::Spool, part: Part, max_batches: u64, json: bool) -> Outcome {
+    let (mut batches, mut spans, mut unreadable) = (0u64, 0u64, 0u64);
+    for entry in spool
+        .entries(part)
+        .take(usize::try_from(max_batches).unwrap_or(usize::MAX))
+    {
+        let entry = entry?;
+        batches += 1;
+        spans += entry.declared_spans;
+        unreadable += u64::from(entry.spans.is_err());
+    }
+    if json {
+        let out = serde_json::json!({"dry_run": true, "batches": batches, "spans": spans, "unreadable": unreadable});
+        say!("{out}");
+    } else {
+        say!("would send {spans} spans in {batches} batches ({unreadable} unreadable batches would be quarantined)");
+    }
+    Ok(ExitCode::SUCCESS)
+}

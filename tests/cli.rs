@@ -1,0 +1,424 @@
+//! The `spillway` binary against real spools made by the tracer and the
+//! real Zipkin server (started by scripts/test.sh): replay, replay killed
+//! with `kill -9` and rerun, export, verify, purge, salvage, the in-use
+//! refusal and the exit codes.
+
+mod common;
+
+use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
+use common::{FaultServer, get_json, refused_url, spool_config, validator, wait_for, zipkin_url};
+use serde_json::Value as Json;
+use spillway::SpillwayTracer;
+use spillway::spool::{Part, Spool};
+use spillway::zipkin::hex;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+type Ids = BTreeSet<(String, String)>;
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
+fn spillway(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .env_remove("SPILLWAY_SPOOL")
+        .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
+        .arg("--spool")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("spillway runs")
+}
+
+fn json(out: &Output) -> Json {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {:?} stderr {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Records `n` bext-like spans as `service` while the collector is down, so
+/// they all end in the spool; returns their (traceId, id) pairs.
+fn spool_spans(dir: &Path, service: &str, n: usize) -> Ids {
+    let tracer = SpillwayTracer::new(spillway::Config {
+        service_name: service.to_owned(),
+        ..spool_config(&refused_url(), dir)
+    })
+    .unwrap();
+    for i in 0..n {
+        let h = tracer.start_span(SpanStart {
+            name: "GET /users/:id",
+            kind: SpanKind::Server,
+            attributes: vec![
+                ("http.request.method".into(), "GET".into()),
+                ("http.response.status_code".into(), AttrValue::I64(200)),
+            ],
+            ..Default::default()
+        });
+        if i % 7 == 0 {
+            tracer.add_event(
+                h,
+                SpanEvent {
+                    name: "exception",
+                    attributes: vec![("exception.message".into(), "boom \"quoted\" ✓".into())],
+                    time_unix_nanos: None,
+                },
+            );
+            tracer.set_status(
+                h,
+                SpanStatus::Error {
+                    description: "boom".into(),
+                },
+            );
+        }
+        tracer.end_span(h, None);
+    }
+    tracer.flush().expect_err("the collector is down");
+    assert_eq!(tracer.stats().spooled, n as u64);
+    drop(tracer);
+    spooled_ids(dir)
+}
+
+/// The (traceId, id) pairs in the spool's queue, read through the library.
+fn spooled_ids(dir: &Path) -> Ids {
+    let spool = Spool::open(dir, u64::MAX).unwrap();
+    spool
+        .entries(Part::Queue)
+        .flat_map(|e| e.unwrap().spans.unwrap())
+        .map(|s| (hex(&s.trace_id), hex(&s.span_id)))
+        .collect()
+}
+
+fn ids_of(spans: &[Json]) -> Ids {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s["traceId"].as_str().unwrap().to_owned(),
+                s["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What Zipkin holds for `service`, once it holds at least `at_least`.
+fn zipkin_ids(service: &str, at_least: usize) -> Ids {
+    let url = format!(
+        "{}/api/v2/traces?serviceName={service}&limit=1000000&lookback=3600000",
+        zipkin_url()
+    );
+    wait_for(
+        &format!("Zipkin to hold {at_least} spans of {service}"),
+        Duration::from_secs(30),
+        || {
+            let traces = get_json(&url);
+            let spans: Vec<Json> = traces
+                .as_array()?
+                .iter()
+                .flat_map(|t| t.as_array().cloned().unwrap_or_default())
+                .collect();
+            let ids = ids_of(&spans);
+            (ids.len() >= at_least).then_some(ids)
+        },
+    )
+}
+
+fn endpoint() -> String {
+    format!("{}/api/v2/spans", zipkin_url())
+}
+
+#[test]
+fn replay_after_an_outage_delivers_exactly_the_spooled_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-replay");
+    let spooled = spool_spans(dir.path(), &service, 2500);
+    assert_eq!(spooled.len(), 2500);
+
+    let out = spillway(dir.path(), &["replay", "--endpoint", &endpoint(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["delivered"], 2500, "{summary}");
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    assert_eq!(summary["dead_lettered"], 0, "{summary}");
+    assert!(
+        summary["batches"].as_u64().unwrap() >= 3,
+        "records of at most 1,024 spans: {summary}"
+    );
+
+    assert_eq!(zipkin_ids(&service, 2500), spooled);
+    let inspect = json(&spillway(dir.path(), &["inspect", "--json"]));
+    assert_eq!(
+        (inspect["spans"].as_u64(), inspect["batches"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn replay_killed_mid_way_then_rerun_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-kill");
+    let spooled = spool_spans(dir.path(), &service, 6000);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("--spool")
+        .arg(dir.path())
+        .args(["replay", "--endpoint", &endpoint(), "--rate", "1500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once Zipkin has some of the spans: mid-way, with --rate
+    // holding the whole run to about four seconds.
+    let seen = zipkin_ids(&service, 1).len();
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "killed, not finished: {status:?}");
+    assert!(seen < 6000, "killed mid-way ({seen} delivered)");
+
+    let left = spooled_ids(dir.path());
+    assert!(
+        !left.is_empty() && left.len() < 6000,
+        "some but not all replayed: {} left",
+        left.len()
+    );
+    let out = spillway(dir.path(), &["replay", "--endpoint", &endpoint(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    // Acknowledgements are synced, so the rerun sends exactly what was
+    // left: only the record in flight at the kill can be sent twice.
+    assert_eq!(summary["delivered"].as_u64(), Some(left.len() as u64), "{summary}");
+    assert_eq!(zipkin_ids(&service, 6000), spooled);
+}
+
+#[test]
+fn export_is_valid_zipkin_json_that_zipkin_accepts_and_leaves_the_spool_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-export");
+    let spooled = spool_spans(dir.path(), &service, 1500);
+
+    let out = spillway(dir.path(), &["export"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(validator().is_valid(&all), "export validates against zipkin2-api.yaml");
+    let spans = all.as_array().unwrap();
+    assert_eq!(ids_of(spans), spooled);
+    assert!(
+        spans
+            .iter()
+            .all(|s| s["localEndpoint"]["serviceName"] == service.as_str())
+    );
+
+    let file = dir.path().join("out.ndjson");
+    let out = spillway(dir.path(), &["export", "--ndjson", "-o", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut from_lines = Ids::new();
+    for line in text.lines() {
+        let batch: Json = serde_json::from_str(line).unwrap();
+        assert!(validator().is_valid(&batch));
+        from_lines.extend(ids_of(batch.as_array().unwrap()));
+        let resp = ureq::post(&endpoint())
+            .header("Content-Type", "application/json")
+            .send(line)
+            .unwrap();
+        assert_eq!(resp.status(), 202, "Zipkin accepts an exported batch");
+    }
+    assert!(text.lines().count() >= 2, "one line per record");
+    assert_eq!(from_lines, spooled);
+    assert_eq!(zipkin_ids(&service, 1500), spooled);
+    assert_eq!(spooled_ids(dir.path()), spooled, "export removes nothing");
+}
+
+/// Flips a payload byte of the queue's first record through sled itself
+/// (so sled's own checks pass and only spillway's CRC can notice); returns
+/// its key.
+fn corrupt_first_record(dir: &Path) -> u64 {
+    let db = sled::open(dir).unwrap();
+    let queue = db.open_tree("queue").unwrap();
+    let (k, v) = queue.first().unwrap().unwrap();
+    let mut bad = v.to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0x40;
+    queue.insert(&k, bad).unwrap();
+    db.flush().unwrap();
+    u64::from_be_bytes(k.as_ref().try_into().unwrap())
+}
+
+#[test]
+fn verify_reports_injected_corruption_by_key_and_replay_sets_it_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-verify");
+    spool_spans(dir.path(), &service, 2100);
+    let ok = spillway(dir.path(), &["verify"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+
+    let key = corrupt_first_record(dir.path());
+    let bad = spillway(dir.path(), &["verify", "--json"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let report = json(&bad);
+    assert_eq!(report["sound"], false);
+    assert_eq!(report["bad"][0]["tree"], "queue");
+    assert_eq!(report["bad"][0]["key"], key);
+    assert!(report["bad"][0]["reason"].as_str().unwrap().contains("CRC"), "{report}");
+    let text = spillway(dir.path(), &["verify"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("queue key {key}: CRC mismatch")), "{text}");
+
+    let out = spillway(dir.path(), &["replay", "--endpoint", &endpoint(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(summary["quarantined"], 1, "{summary}");
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    assert!(
+        stderr(&out).contains(&format!("record {key} quarantined")),
+        "{}",
+        stderr(&out)
+    );
+    let report = json(&spillway(dir.path(), &["verify", "--json"]));
+    assert_eq!(report["bad"][0]["tree"], "quarantine", "{report}");
+    assert_eq!(report["bad"][0]["key"], key, "{report}");
+    let purged = spillway(dir.path(), &["purge", "--quarantine", "--yes"]);
+    assert!(String::from_utf8_lossy(&purged.stdout).contains("purged quarantine: 1 records"));
+    assert_eq!(spillway(dir.path(), &["verify"]).status.code(), Some(0));
+}
+
+#[test]
+fn rejected_spans_become_dead_letters_that_replay_and_purge_can_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-dead");
+    let spooled = spool_spans(dir.path(), &service, 300);
+    // A collector that refuses everything for good (a 400 on every span).
+    let refusing = FaultServer::start(vec![common::Answer::Status(400, vec![], "bad span"); 2000]);
+    let out = spillway(dir.path(), &["replay", "--endpoint", &refusing.url, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary = json(&out);
+    assert_eq!(
+        (summary["dead_lettered"].as_u64(), summary["remaining"].as_u64()),
+        (Some(300), Some(0))
+    );
+    let inspect = json(&spillway(dir.path(), &["inspect", "--json"]));
+    assert_eq!(inspect["dead_letter_spans"], 300, "{inspect}");
+
+    let dry = json(&spillway(
+        dir.path(),
+        &[
+            "replay",
+            "--dead-letters",
+            "--dry-run",
+            "--json",
+            "--endpoint",
+            &endpoint(),
+        ],
+    ));
+    assert_eq!(dry["spans"], 300, "{dry}");
+    let out = spillway(
+        dir.path(),
+        &["replay", "--dead-letters", "--endpoint", &endpoint(), "--json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["delivered"], 300);
+    assert_eq!(zipkin_ids(&service, 300), spooled);
+
+    let purge = spillway(dir.path(), &["purge", "--dead-letters", "--yes"]);
+    assert!(purge.status.success());
+    assert!(String::from_utf8_lossy(&purge.stdout).contains("purged dead letters: 0 spans"));
+}
+
+#[test]
+fn salvage_recovers_what_was_owed_from_a_spool_sled_cannot_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let service = unique("cli-salvage");
+    spool_spans(&spool, &service, 5000);
+    // Deliver the first two records, so the files also hold settled ones.
+    let out = spillway(
+        &spool,
+        &["replay", "--endpoint", &endpoint(), "--max-batches", "2", "--json"],
+    );
+    let delivered = json(&out)["delivered"].as_u64().unwrap() as usize;
+    let owed = spooled_ids(&spool);
+    assert!(delivered > 0 && owed.len() == 5000 - delivered, "{delivered} delivered");
+
+    // Damage sled's log header: sled refuses the directory.
+    let db = spool.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[..32].fill(0);
+    std::fs::write(&db, bytes).unwrap();
+    let inspect = spillway(&spool, &["inspect"]);
+    assert_eq!(inspect.status.code(), Some(1), "sled cannot open it");
+
+    let out = spillway(&spool, &["salvage", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["spans"], owed.len(), "{report}");
+    assert_eq!(report["settled_records"], 2, "{report}");
+    assert_eq!(spooled_ids(&spool), owed, "exactly what was owed, in a fresh spool");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("spool.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged directory is kept aside: {aside:?}");
+    let json_out = spillway(&spool, &["export"]);
+    assert!(validator().is_valid(&json(&json_out)));
+}
+
+#[test]
+fn every_command_refuses_a_spool_a_tracer_holds_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-inuse");
+    let spooled = spool_spans(dir.path(), &service, 100);
+    let holder = SpillwayTracer::new(spool_config(&refused_url(), dir.path())).unwrap();
+    let name = dir.path().display().to_string();
+    let ep = endpoint();
+    let commands: [&[&str]; 7] = [
+        &["inspect"],
+        &["verify"],
+        &["replay", "--endpoint", &ep],
+        &["export"],
+        &["purge", "--all", "--yes"],
+        &["salvage"],
+        &["salvage", &name],
+    ];
+    for args in commands {
+        let out = spillway(dir.path(), args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("in use") && err.contains(&name), "{args:?}: {err}");
+    }
+    drop(holder);
+    assert_eq!(spooled_ids(dir.path()), spooled, "nothing changed");
+}
+
+#[test]
+fn usage_errors_exit_2_and_missing_spools_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    spool_spans(dir.path(), &unique("cli-usage"), 10);
+    for args in [
+        &["purge", "--all"][..],
+        &["purge", "--yes"],
+        &["replay"],
+        &["inspect", "--bogus"],
+    ] {
+        let out = spillway(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(spooled_ids(dir.path()).len(), 10, "purge without --yes deleted nothing");
+    let out = spillway(&dir.path().join("nope"), &["inspect"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no spool at"), "{}", stderr(&out));
+    assert!(!dir.path().join("nope").exists(), "inspect creates nothing");
+    let out = spillway(dir.path(), &["replay", "--endpoint", "ftp://example"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("endpoint"), "{}", stderr(&out));
+}
