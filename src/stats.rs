@@ -78,6 +78,9 @@ pub struct Stats {
     pub requests: u64,
     /// Requests that failed (any outcome but 2xx).
     pub failed_requests: u64,
+    /// The spool could not be opened at start and was moved aside (see
+    /// `SpillwayTracer::moved_aside` for where; `spillway salvage` recovers it).
+    pub spool_moved_aside: bool,
 }
 
 impl Stats {

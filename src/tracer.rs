@@ -47,7 +47,7 @@ use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanS
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Number of shards in the live-span table (a power of two).
@@ -210,7 +210,8 @@ impl TracerBuilder {
             sampled_out: AtomicU64::new(0),
             counters,
             exporter: Mutex::new(exporter),
-            moved_aside: Mutex::new(moved_aside),
+            moved_aside_reported: AtomicBool::new(moved_aside.is_none()),
+            moved_aside,
         });
         let spiller = if has_spool {
             let inner = Arc::clone(&inner);
@@ -272,7 +273,9 @@ struct Inner {
     exporter: Mutex<Exporter>,
     /// A damaged spool directory moved aside at start, reported by the
     /// first flush.
-    moved_aside: Mutex<Option<PathBuf>>,
+    moved_aside: Option<PathBuf>,
+    /// Whether a flush has reported `moved_aside` yet.
+    moved_aside_reported: AtomicBool,
 }
 
 impl SpillwayTracer {
@@ -293,7 +296,7 @@ impl SpillwayTracer {
 
     /// The damaged spool directory moved aside at start, if any.
     pub fn moved_aside(&self) -> Option<PathBuf> {
-        lock(&self.inner.moved_aside).clone()
+        self.inner.moved_aside.clone()
     }
 
     /// Flushes, returning the typed error (the trait's `flush` renders it).
@@ -344,6 +347,7 @@ impl Inner {
             s.dropped.queue_full += st.queue_full;
         }
         s.sampled_out = self.sampled_out.load(Ordering::Relaxed);
+        s.spool_moved_aside = self.moved_aside.is_some();
         self.counters.fill(&mut s);
         s
     }
@@ -590,7 +594,9 @@ impl Inner {
 
     fn flush(&self) -> Result<(), String> {
         let result = self.try_flush().map_err(|e| e.to_string());
-        match lock(&self.moved_aside).take() {
+        // Said once, by the first flush; `stats()` and `moved_aside()` keep it.
+        let first = !self.moved_aside_reported.swap(true, Ordering::Relaxed);
+        match self.moved_aside.as_ref().filter(|_| first) {
             Some(aside) => {
                 let note = format!(
                     "the spool could not be opened and was moved aside to {} (recover it with `spillway salvage`)",

@@ -189,6 +189,7 @@ fn an_unopenable_spool_is_moved_aside_and_a_fresh_one_started() {
     let server = FaultServer::start(vec![]);
     let t = tracer(&server.url, &dir);
     let aside = t.moved_aside().expect("moved aside");
+    assert!(t.stats().spool_moved_aside);
     assert!(
         aside.exists() && aside.to_string_lossy().contains("spool.damaged-"),
         "{aside:?}"
@@ -201,6 +202,8 @@ fn an_unopenable_spool_is_moved_aside_and_a_fresh_one_started() {
     );
     assert_eq!(balanced(&t).delivered, 3, "the spans still went out");
     t.flush().unwrap();
+    assert_eq!(t.moved_aside(), Some(aside), "still known after the flush said it");
+    assert!(t.stats().spool_moved_aside);
 }
 
 #[test]

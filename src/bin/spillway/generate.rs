@@ -204,6 +204,7 @@ fn report(s: &Stats, elapsed: Duration, json: bool) -> std::io::Result<()> {
             "dropped_by_reason": s.dropped,
             "requests": s.requests,
             "failed_requests": s.failed_requests,
+            "spool_moved_aside": s.spool_moved_aside,
             "seconds": elapsed.as_secs_f64(),
         });
         say!("{obj}");
