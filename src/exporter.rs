@@ -201,6 +201,8 @@ pub struct Exporter {
     /// The spool failed; reopen it before the next use (sled stays failed
     /// after an I/O error even once the disk works again).
     spool_broken: bool,
+    /// Damage found when the spool was opened, for the next flush to report.
+    damage_note: Option<String>,
     backoff: Backoff,
     max_batch_spans: usize,
     max_request_bytes: usize,
@@ -220,6 +222,20 @@ struct Tally {
     stopped: bool,
 }
 
+/// Counts spans sled lost (found missing at open, not recoverable) as
+/// found and dropped as `corrupt`, keeping the invariant; returns what the
+/// next flush should say, if anything.
+fn count_damage(counters: &ExportCounters, d: crate::spool::Damage) -> Option<String> {
+    add(&counters.recovered, d.lost_spans as usize);
+    add(&counters.corrupt, d.lost_spans as usize);
+    (d.lost_spans > 0).then(|| {
+        format!(
+            "the spool's files were damaged: sled held {} of at least {} spooled spans; {} lost (counted as corrupt)",
+            d.found_spans, d.expected_spans, d.lost_spans
+        )
+    })
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -232,13 +248,15 @@ impl Exporter {
     pub fn new(
         config: &Config,
         transport: Box<dyn Transport>,
-        spool: Option<Spool>,
+        mut spool: Option<Spool>,
         counters: Arc<ExportCounters>,
     ) -> Self {
-        if let Some(s) = &spool {
+        let mut damage_note = None;
+        if let Some(s) = &mut spool {
             let st = s.stats();
             counters.recovered.store(st.spans, Ordering::Relaxed);
             counters.spooled.store(st.spans, Ordering::Relaxed);
+            damage_note = s.take_damage().and_then(|d| count_damage(&counters, d));
         }
         Exporter {
             transport,
@@ -251,6 +269,7 @@ impl Exporter {
             refused: Vec::new(),
             spool_dir: spool.as_ref().map(|s| s.dir().to_path_buf()),
             spool,
+            damage_note,
             spool_broken: false,
             backoff: Backoff {
                 failures: 0,
@@ -290,6 +309,7 @@ impl Exporter {
     /// gauge), then replays the backlog. See the module docs.
     pub fn export(&mut self, mut batch: Vec<Span>) -> Result<(), Box<FlushError>> {
         let mut tally = Tally::default();
+        tally.err.spool_error = self.damage_note.take();
         self.encoder.set_service(&self.service);
         self.reopen_if_broken(&mut tally);
         self.expire(&mut tally);
@@ -346,7 +366,10 @@ impl Exporter {
         };
         let counted = self.spool.take().map_or(0, |s| s.stats().spans);
         match Spool::open(&dir, self.max_spool_bytes) {
-            Ok(spool) => {
+            Ok(mut spool) => {
+                if let Some(note) = spool.take_damage().and_then(|d| count_damage(&self.counters, d)) {
+                    tally.err.spool_error = Some(note);
+                }
                 // The failed spool's counts and what reached the disk can
                 // differ: more is a write that did land (a possible
                 // duplicate), fewer is a loss. Either way, counted.

@@ -4,10 +4,11 @@
 //! Each attempt runs in a child process, so that a panic on any thread, or
 //! an abort, fails the test instead of passing unnoticed.
 //!
-//! Known gap, measured here: sled 0.34 treats a damaged log entry in `db`
-//! as the end of its log, so records after it are not seen at all (one flip
-//! left 300 of 2,000 spans readable). That loss is not yet counted; a
-//! ledger beside sled to detect it is planned (see the spool issue).
+//! sled 0.34 treats a damaged log entry in `db` as the end of its log and
+//! zeroes what follows while it opens, so records after it are gone (one
+//! flip left 300 of 2,000 spans readable). The spool's ledger notices: each
+//! attempt must end with every span delivered or counted as `corrupt`,
+//! unless the directory was moved aside whole for `spillway salvage`.
 
 mod common;
 
@@ -132,6 +133,16 @@ fn damaged_spool_files_never_crash_the_process() {
             .unwrap_or_default();
         let s: serde_json::Value = serde_json::from_str(stats).unwrap_or_else(|e| panic!("{e}: {stdout}"));
         assert_eq!(s["spooled"], 0, "attempt {attempt} ({what}): the queue went on: {s}");
-        assert!(s["delivered"].as_u64().unwrap() + s["dropped"]["corrupt"].as_u64().unwrap() <= 2000);
+        let (delivered, corrupt) = (
+            s["delivered"].as_u64().unwrap(),
+            s["dropped"]["corrupt"].as_u64().unwrap(),
+        );
+        if s["spool_moved_aside"] == true {
+            // Left for `spillway salvage`; nothing of it is counted here.
+            assert_eq!(delivered + corrupt, 0, "attempt {attempt} ({what}): {s}");
+        } else {
+            // Nothing silently lost: each span delivered or counted.
+            assert_eq!(delivered + corrupt, 2000, "attempt {attempt} ({what}): {s}");
+        }
     }
 }

@@ -43,10 +43,12 @@
 //!
 //! The spool knows nothing of HTTP or Zipkin: spans in, spans out.
 
+pub mod ledger;
 pub mod record;
 pub mod salvage;
 
 use crate::span::Span;
+use ledger::Ledger;
 pub use record::Part;
 use record::{Meta, RecordError};
 use std::path::{Path, PathBuf};
@@ -98,6 +100,14 @@ pub enum SpoolError {
         dir: PathBuf,
         /// What sled said.
         source: sled::Error,
+    },
+    /// The ledger beside sled could not be written.
+    #[error("spool {}: ledger: {source}", dir.display())]
+    Ledger {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
     },
     /// A batch could not be framed.
     #[error("spool {}: {source}", dir.display())]
@@ -171,6 +181,18 @@ pub struct SpoolStats {
     pub quarantined_records: u64,
 }
 
+/// What [`Spool::open`] found when sled held less than the ledger says it
+/// must (see [`ledger`]): spans sled lost without an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Damage {
+    /// Spans the ledger says the queue held at least.
+    pub expected_spans: u64,
+    /// Spans sled's view of the queue held.
+    pub found_spans: u64,
+    /// Spans owed that could not be recovered.
+    pub lost_spans: u64,
+}
+
 /// A tree of the spool, for [`Spool::clear`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tree {
@@ -210,6 +232,10 @@ pub struct Spool {
     /// Spans dropped to make room that no caller has been told of yet.
     dropped_unreported: u64,
     buf: Vec<u8>,
+    /// What sled must hold; `None` if the file cannot be opened (then
+    /// silent loss by sled goes unnoticed, as without a ledger).
+    ledger: Option<Ledger>,
+    damage: Option<Damage>,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -280,20 +306,12 @@ impl Spool {
                 next_seq = next_seq.max(be(&k).saturating_add(1));
             }
         }
-        let mut stats = SpoolStats::default();
-        for item in queue.iter() {
-            let (_, v) = item.map_err(storage)?;
-            stats.records += 1;
-            stats.bytes += v.len() as u64;
-            stats.spans += declared_spans(&v);
-        }
-        for item in dead.iter() {
-            let (_, v) = item.map_err(storage)?;
-            stats.dead_letter_records += 1;
-            stats.dead_letter_spans += declared_spans(&v);
-        }
-        stats.quarantined_records = quarantine.len() as u64;
-        Ok(Spool {
+        let stats = count(&queue, &dead, &quarantine).map_err(storage)?;
+        let (ledger, owed) = match Ledger::open(dir) {
+            Ok((ledger, state)) => (Some(ledger), state),
+            Err(_) => (None, None),
+        };
+        let mut spool = Spool {
             dir: dir.to_path_buf(),
             db,
             queue,
@@ -308,7 +326,62 @@ impl Spool {
             stats,
             dropped_unreported: 0,
             buf: Vec::new(),
-        })
+            ledger,
+            damage: None,
+        };
+        if let Some(owed) = owed {
+            spool.check(owed)?;
+        }
+        Ok(spool)
+    }
+
+    /// Compares sled's view with what the ledger says it must hold and keeps
+    /// any shortfall for [`Spool::take_damage`]. (The bytes cannot be
+    /// recovered here: sled zeroes its log past a damaged entry while it
+    /// opens, so by now they are gone; `spillway salvage` run on a copy
+    /// made before any open is the way to get them back.)
+    fn check(&mut self, owed: ledger::State) -> Result<(), SpoolError> {
+        self.next_seq = self.next_seq.max(owed.next_seq);
+        let found_spans = self.stats.spans;
+        if found_spans >= owed.spans_at_least {
+            return Ok(());
+        }
+        self.damage = Some(Damage {
+            expected_spans: owed.spans_at_least,
+            found_spans,
+            lost_spans: owed.spans_at_least - found_spans,
+        });
+        // The loss is reported once; from now on the ledger follows sled.
+        self.note(found_spans, None)
+    }
+
+    /// What [`Spool::open`] found missing from sled, once.
+    pub fn take_damage(&mut self) -> Option<Damage> {
+        self.damage.take()
+    }
+
+    /// Writes the ledger: the queue holds at least `spans_at_least` spans,
+    /// and its lowest key is above `removed_through` (the last key about to
+    /// be removed, if any).
+    fn note(&mut self, spans_at_least: u64, removed_through: Option<u64>) -> Result<(), SpoolError> {
+        if self.ledger.is_none() {
+            return Ok(());
+        }
+        let from = removed_through.map_or(0, |k| k.saturating_add(1));
+        let watermark = match self.queue.range(from.to_be_bytes()..).next() {
+            Some(item) => be(&item.map_err(|e| self.storage(e))?.0),
+            None => self.next_seq,
+        };
+        let state = ledger::State {
+            spans_at_least,
+            watermark,
+            next_seq: self.next_seq,
+        };
+        let dir = self.dir.clone();
+        if let Some(l) = &mut self.ledger {
+            l.write(state).map_err(|source| SpoolError::Ledger { dir, source })?;
+        }
+        Ok(())
     }
 
     /// The spool directory.
@@ -385,6 +458,7 @@ impl Spool {
             }
             return Err(e);
         }
+        self.note(self.stats.spans, None)?;
         Ok(self.take_dropped())
     }
 
@@ -468,46 +542,67 @@ impl Spool {
     fn make_room(&mut self, incoming: u64) -> Result<(), SpoolError> {
         self.measure(incoming);
         let budget = (self.max_bytes as f64 * CAP_HEADROOM / self.amplification) as u64;
-        let mut dropped = false;
-        while self.stats.records > 0 && self.stats.bytes + incoming > budget {
-            let Some((_, v)) = self.queue.pop_min().map_err(|e| self.storage(e))? else {
+        if self.stats.bytes + incoming <= budget {
+            return Ok(());
+        }
+        // Choose the oldest records to drop, tell the ledger, then drop them.
+        let mut victims = Vec::new();
+        let (mut bytes, mut spans) = (self.stats.bytes, 0);
+        for item in self.queue.iter() {
+            if bytes + incoming <= budget {
                 break;
-            };
-            let spans = declared_spans(&v);
-            self.forget(v.len(), spans);
-            self.dropped_unreported += spans;
-            dropped = true;
+            }
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            bytes -= (v.len() as u64).min(bytes);
+            spans += declared_spans(&v);
+            victims.push((be(&k), v.len(), declared_spans(&v)));
         }
-        if dropped {
-            self.advance_watermark()?;
-        }
+        self.remove_oldest(&victims, spans)?;
+        self.dropped_unreported += spans;
         Ok(())
+    }
+
+    /// Removes `victims` (the oldest queue records: key, bytes, spans;
+    /// `spans` in all), telling the ledger first.
+    fn remove_oldest(&mut self, victims: &[(u64, usize, u64)], spans: u64) -> Result<(), SpoolError> {
+        let Some(&(last, _, _)) = victims.last() else {
+            return Ok(());
+        };
+        self.note(self.stats.spans.saturating_sub(spans), Some(last))?;
+        for &(key, bytes, n) in victims {
+            if self
+                .queue
+                .remove(key.to_be_bytes())
+                .map_err(|e| self.storage(e))?
+                .is_some()
+            {
+                self.forget(bytes, n);
+            }
+        }
+        self.advance_watermark()
     }
 
     /// Drops records created more than `max_age_ms` before `now_unix_ms`,
     /// oldest first; returns how many spans that dropped. A record whose
     /// header cannot be read is left for replay to quarantine.
     pub fn expire(&mut self, now_unix_ms: u64, max_age_ms: u64) -> Result<u64, SpoolError> {
-        let mut dropped_spans = 0;
         let cutoff = now_unix_ms.saturating_sub(max_age_ms);
-        loop {
-            let Some((k, v)) = self.queue.first().map_err(|e| self.storage(e))? else {
-                break;
-            };
+        let (mut victims, mut spans) = (Vec::new(), 0);
+        for item in self.queue.iter() {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
             let Ok(h) = record::header(&v) else { break };
             if h.meta.created_unix_ms >= cutoff {
                 break;
             }
-            if self.queue.remove(&k).map_err(|e| self.storage(e))?.is_some() {
-                self.forget(v.len(), u64::from(h.spans));
-                dropped_spans += u64::from(h.spans);
-            }
+            spans += u64::from(h.spans);
+            victims.push((be(&k), v.len(), u64::from(h.spans)));
         }
-        if dropped_spans > 0 {
-            self.advance_watermark()?;
-            self.sync()?;
+        if victims.is_empty() {
+            return Ok(0);
         }
-        Ok(dropped_spans)
+        self.remove_oldest(&victims, spans)?;
+        self.sync()?;
+        Ok(spans)
     }
 
     fn forget(&mut self, bytes: usize, spans: u64) {
@@ -555,6 +650,11 @@ impl Spool {
 
     /// Removes `entry` from its tree (unsynced) and updates the counts.
     fn remove(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+        if entry.part == Part::Queue {
+            let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
+            let through = (oldest == Some(entry.key)).then_some(entry.key);
+            self.note(self.stats.spans.saturating_sub(entry.declared_spans), through)?;
+        }
         let removed = self
             .tree(entry.part)
             .remove(entry.key.to_be_bytes())
@@ -629,6 +729,10 @@ impl Spool {
 
     /// Empties `tree`, synced; says what went.
     pub fn clear(&mut self, tree: Tree) -> Result<Cleared, SpoolError> {
+        if tree == Tree::Queue {
+            let last = self.queue.last().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
+            self.note(0, last)?;
+        }
         let t = match tree {
             Tree::Queue => &self.queue,
             Tree::Dead => &self.dead,
@@ -679,6 +783,24 @@ pub fn move_aside(dir: &Path) -> std::io::Result<PathBuf> {
     let aside = PathBuf::from(aside);
     std::fs::rename(dir, &aside)?;
     Ok(aside)
+}
+
+/// Counts what the trees hold.
+fn count(queue: &sled::Tree, dead: &sled::Tree, quarantine: &sled::Tree) -> Result<SpoolStats, sled::Error> {
+    let mut stats = SpoolStats::default();
+    for item in queue.iter() {
+        let (_, v) = item?;
+        stats.records += 1;
+        stats.bytes += v.len() as u64;
+        stats.spans += declared_spans(&v);
+    }
+    for item in dead.iter() {
+        let (_, v) = item?;
+        stats.dead_letter_records += 1;
+        stats.dead_letter_spans += declared_spans(&v);
+    }
+    stats.quarantined_records = quarantine.len() as u64;
+    Ok(stats)
 }
 
 /// The span count a record's header declares; 0 when it is unreadable.
@@ -749,6 +871,41 @@ pub(super) mod tests {
         s.push("svc", &spans(1, "c"), 3).unwrap();
         let rest = names(&s.oldest(Part::Queue, 10).unwrap());
         assert_eq!(rest, ["b-0", "b-1", "b-2", "c-0"]);
+    }
+
+    #[test]
+    fn records_sled_loses_behind_the_spools_back_are_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+            for i in 0..3 {
+                s.push("svc", &spans(10, &format!("r{i}")), 1).unwrap();
+            }
+            // Removals through the spool keep the ledger in step.
+            let first = s.oldest(Part::Queue, 1).unwrap();
+            s.ack(&first[0]).unwrap();
+        }
+        let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(s.take_damage(), None, "acknowledged records are not a loss");
+        drop(s);
+        {
+            // What sled does to a damaged log: a record vanishes, no error.
+            let db = sled::open(dir.path()).unwrap();
+            let queue = db.open_tree("queue").unwrap();
+            queue.pop_max().unwrap().unwrap();
+            db.flush().unwrap();
+        }
+        let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+        let damage = Damage {
+            expected_spans: 20,
+            found_spans: 10,
+            lost_spans: 10,
+        };
+        assert_eq!(s.take_damage(), Some(damage));
+        assert_eq!(s.take_damage(), None);
+        drop(s);
+        let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+        assert_eq!(s.take_damage(), None, "reported once, not at every start");
     }
 
     #[test]

@@ -123,86 +123,135 @@ struct Location {
     version: u8,
 }
 
+/// What a scan of a directory's raw files found.
+struct Scan {
+    files: Vec<PathBuf>,
+    /// One location per (part, sequence, CRC), in sequence order.
+    found: BTreeMap<(u8, u64, u32), Location>,
+    /// Counts and problems so far (`records`, `spans` and the like are
+    /// filled by whoever uses the records).
+    report: Report,
+}
+
+impl Scan {
+    /// Scans every file under `dir` for records and watermarks.
+    fn dir(dir: &Path) -> std::io::Result<Scan> {
+        let mut files = Vec::new();
+        collect_files(dir, &mut files)?;
+        files.sort();
+        let mut report = Report::default();
+        let mut found = BTreeMap::new();
+        for (i, path) in files.iter().enumerate() {
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    report.unreadable_files.push((path.clone(), e.to_string()));
+                    continue;
+                }
+            };
+            report.files += 1;
+            report.bytes_scanned += bytes.len() as u64;
+            report.watermark = report.watermark.max(highest_watermark(&bytes));
+            for f in record::scan(&bytes) {
+                match f.record {
+                    Ok(r) => {
+                        let crc = crc32fast::hash(&bytes[f.offset..f.offset + f.len]);
+                        let key = (r.meta.part as u8, r.meta.seq, crc);
+                        let loc = Location {
+                            file: i,
+                            offset: f.offset as u64,
+                            len: f.len,
+                            version: bytes[f.offset + 4],
+                        };
+                        if found.insert(key, loc).is_some() {
+                            report.copies += 1;
+                        }
+                    }
+                    Err(e) => report.unreadable.push(Unreadable {
+                        file: path.clone(),
+                        offset: f.offset as u64,
+                        reason: e.to_string(),
+                    }),
+                }
+            }
+        }
+        Ok(Scan { files, found, report })
+    }
+
+    /// The sound records found, oldest first: part, whether the record
+    /// carries its sequence (version 2 and later), where it is, and its raw
+    /// bytes (a record that cannot be read again is added to the report).
+    fn records(&mut self) -> impl Iterator<Item = (Part, bool, Unreadable, Vec<u8>)> + '_ {
+        let found = std::mem::take(&mut self.found);
+        let (files, report) = (&self.files, &mut self.report);
+        found.into_iter().filter_map(move |((part, _, _), loc)| {
+            let path = &files[loc.file];
+            match read_at(path, loc.offset, loc.len) {
+                Ok(bytes) => {
+                    let part = if part == Part::Dead as u8 {
+                        Part::Dead
+                    } else {
+                        Part::Queue
+                    };
+                    let at = Unreadable {
+                        file: path.clone(),
+                        offset: loc.offset,
+                        reason: String::new(),
+                    };
+                    Some((part, loc.version >= 2, at, bytes))
+                }
+                Err(e) => {
+                    report.unreadable_files.push((path.clone(), e.to_string()));
+                    None
+                }
+            }
+        })
+    }
+}
+
 /// Recovers every sound, unsettled record in the files under `from` into
 /// `into` (see the module docs). `from` is only read.
 pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
-    let read_err = |source| SalvageError::Read {
+    let _lock = lock(from)?;
+    let mut scan = Scan::dir(from).map_err(|source| SalvageError::Read {
         dir: from.to_path_buf(),
         source,
-    };
-    let _lock = lock(from)?;
-    let mut files = Vec::new();
-    collect_files(from, &mut files).map_err(read_err)?;
-    files.sort();
-    let mut report = Report::default();
-    // (part, seq, crc) -> one location; BTreeMap keeps sequence order.
-    let mut found: BTreeMap<(u8, u64, u32), Location> = BTreeMap::new();
-    for (i, path) in files.iter().enumerate() {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
+    })?;
+    let ledger = super::ledger::Ledger::read(from).map(|s| s.watermark);
+    scan.report.watermark = scan.report.watermark.max(ledger);
+    let low = scan.report.watermark.unwrap_or(0);
+    let mut out = Report::default();
+    for (part, has_seq, at, bytes) in scan.records() {
+        let record = match record::decode(&bytes) {
+            Ok(r) => r,
             Err(e) => {
-                report.unreadable_files.push((path.clone(), e.to_string()));
-                continue;
-            }
-        };
-        report.files += 1;
-        report.bytes_scanned += bytes.len() as u64;
-        report.watermark = report.watermark.max(highest_watermark(&bytes));
-        for f in record::scan(&bytes) {
-            match f.record {
-                Ok(r) => {
-                    let crc = crc32fast::hash(&bytes[f.offset..f.offset + f.len]);
-                    let key = (r.meta.part as u8, r.meta.seq, crc);
-                    let loc = Location {
-                        file: i,
-                        offset: f.offset as u64,
-                        len: f.len,
-                        version: bytes[f.offset + 4],
-                    };
-                    if found.insert(key, loc).is_some() {
-                        report.copies += 1;
-                    }
-                }
-                Err(e) => report.unreadable.push(Unreadable {
-                    file: path.clone(),
-                    offset: f.offset as u64,
-                    reason: e.to_string(),
-                }),
-            }
-        }
-    }
-    let low = report.watermark.unwrap_or(0);
-    for ((part, _, _), loc) in found {
-        let record = match read_at(&files[loc.file], loc.offset, loc.len) {
-            Ok(bytes) => match record::decode(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    report.unreadable.push(Unreadable {
-                        file: files[loc.file].clone(),
-                        offset: loc.offset,
-                        reason: format!("changed while salvaging: {e}"),
-                    });
-                    continue;
-                }
-            },
-            Err(e) => {
-                report.unreadable_files.push((files[loc.file].clone(), e.to_string()));
+                out.unreadable.push(Unreadable {
+                    reason: format!("changed while salvaging: {e}"),
+                    ..at
+                });
                 continue;
             }
         };
         let n = record.spans.len() as u64;
-        if part == Part::Dead as u8 {
+        if part == Part::Dead {
             into.add_dead(&record.service, &record.spans, record.meta.created_unix_ms)?;
-            report.dead_letter_records += 1;
-            report.dead_letter_spans += n;
-        } else if loc.version >= 2 && record.meta.seq < low {
-            report.settled_records += 1;
+            out.dead_letter_records += 1;
+            out.dead_letter_spans += n;
+        } else if has_seq && record.meta.seq < low {
+            out.settled_records += 1;
         } else {
             into.push(&record.service, &record.spans, record.meta.created_unix_ms)?;
-            report.records += 1;
-            report.spans += n;
+            out.records += 1;
+            out.spans += n;
         }
     }
+    let mut report = scan.report;
+    report.records = out.records;
+    report.spans = out.spans;
+    report.dead_letter_records = out.dead_letter_records;
+    report.dead_letter_spans = out.dead_letter_spans;
+    report.settled_records = out.settled_records;
+    report.unreadable.extend(out.unreadable);
     Ok(report)
 }
 
