@@ -19,7 +19,8 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 build_log=$(mktemp)
 cargo fuzz build -O >"$build_log" 2>&1 || { cat "$build_log" >&2; exit 1; }
 for t in "${targets[@]}"; do
-    mkdir -p "target/fuzz-corpus/$t"
+    # A target without committed seeds starts from an empty corpus.
+    mkdir -p "target/fuzz-corpus/$t" "fuzz/corpus/$t"
     log="target/fuzz-$t.log"
     # The tracer interns names as leaked &'static str by design (bounded per
     # tracer); tracer_ops builds a tracer per input, so leak checks are off there.
