@@ -1,10 +1,15 @@
-//! Zipkin v2 JSON encoding of a 512-span batch, and what gzip level 1 costs.
+//! Zipkin v2 JSON encoding of a 512-span batch, against opentelemetry-zipkin
+//! doing the same (its conversion from `SpanData` and serde encoding, up to
+//! an HTTP client that discards), and what gzip level 1 costs.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_sdk::trace::SpanExporter as _;
 use spillway::span::{Event, Kind, Span, Status, Value};
 use spillway::zipkin::Encoder;
 use std::hint::black_box;
 use std::io::Write;
+
+mod peers;
 
 /// 512 spans shaped like bext's: a SERVER request span and a DB CLIENT child.
 pub fn batch() -> Vec<Span> {
@@ -84,7 +89,20 @@ fn encode(c: &mut Criterion) {
             black_box(gz.len())
         })
     });
+    // The peer consumes its batch: each run gets a fresh clone, made
+    // outside the timing.
+    let otel_spans = peers::otel_batch();
+    let exporter = peers::zipkin_exporter();
+    g.bench_function("opentelemetry-zipkin", |b| {
+        b.iter_batched(
+            || otel_spans.clone(),
+            |batch| futures_executor::block_on(exporter.export(batch)),
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
+    let peer_len = peers::BODY_BYTES.with(|b| b.get());
+    eprintln!("512-span batch: opentelemetry-zipkin body {peer_len} bytes");
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
     let _ = gz.write_all(&out);
     let gz_len = gz.finish().map(|v| v.len()).unwrap_or(0);

@@ -13,12 +13,14 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 mod common;
+mod peers;
 
 const CHUNK: u64 = 4096;
 
 fn lifecycle(c: &mut Criterion) {
     let mut g = c.benchmark_group("span_lifecycle");
     g.throughput(Throughput::Elements(1));
+    peers::fastrace_init();
     for threads in [1usize, 2] {
         let tracer = common::tracer();
         g.bench_function(format!("spillway/{threads}t"), |b| {
@@ -27,6 +29,13 @@ fn lifecycle(c: &mut Criterion) {
                     let _ = t.try_flush();
                 })
             })
+        });
+        let otel = peers::otel();
+        g.bench_function(format!("opentelemetry_sdk/{threads}t"), |b| {
+            b.iter_custom(|iters| run(&otel, threads, iters, peers::otel_record_one, peers::otel_flush))
+        });
+        g.bench_function(format!("fastrace/{threads}t"), |b| {
+            b.iter_custom(|iters| run(&(), threads, iters, peers::fastrace_record_one, peers::fastrace_flush))
         });
     }
     // The floor the trait's signature sets: what bext itself allocates for

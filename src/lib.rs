@@ -25,6 +25,7 @@
 pub mod clock;
 pub mod config;
 pub mod exporter;
+mod live;
 pub mod span;
 pub mod spool;
 pub mod stats;

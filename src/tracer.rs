@@ -39,12 +39,12 @@
 use crate::clock::{Clock, default_clock};
 use crate::config::{Config, ConfigError};
 use crate::exporter::{Exporter, FlushError};
+use crate::live::{self, Live};
 use crate::span::{Event, Events, Kind, Span, Status, Value};
 use crate::spool::{Spool, SpoolError};
 use crate::stats::{ExportCounters, Stats, add};
 use crate::transport::{HttpTransport, Transport};
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
-use rustc_hash::FxHashMap;
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,7 +82,7 @@ impl Names {
 /// already holds).
 #[derive(Default)]
 struct ShardState {
-    live: FxHashMap<u64, Span>,
+    live: Live,
     ended: Vec<Span>,
     names: Names,
     started: u64,
@@ -394,10 +394,7 @@ impl Inner {
 
     fn is_live(&self, h: &SpanHandle) -> bool {
         let id = u64::from_be_bytes(h.span_id);
-        lock(self.shard(id))
-            .live
-            .get(&id)
-            .is_some_and(|s| s.trace_id == h.trace_id)
+        lock(self.shard(id)).live.get_mut(id, &h.trace_id).is_some()
     }
 
     /// Runs `f` on the live span `h` and its shard's names, if it is one.
@@ -409,7 +406,7 @@ impl Inner {
         let id = u64::from_be_bytes(h.span_id);
         let mut guard = lock(self.shard(id));
         let st = &mut *guard;
-        if let Some(span) = st.live.get_mut(&id).filter(|s| s.trace_id == h.trace_id) {
+        if let Some(span) = st.live.get_mut(id, &h.trace_id) {
             f(span, &mut st.names);
         }
     }
@@ -485,13 +482,22 @@ impl Inner {
             self.sampled_out.fetch_add(1, Ordering::Relaxed);
             return SpanHandle::INVALID;
         }
-        let id = random_nonzero();
+        let bits = live::random_bits();
+        let shard = (bits as usize) & (SHARDS - 1);
         let start_unix_nanos = start
             .start_time_unix_nanos
             .unwrap_or_else(|| self.clock.now_unix_nanos());
         let mut dropped_attributes = 0;
         let attributes = convert(start.attributes, self.max_attributes, &mut dropped_attributes);
-        let mut st = lock(self.shard(id));
+        let mut st = lock(&self.shards[shard].0);
+        let Some(slot) = st.live.vacant() else {
+            // 16 M live spans in one shard: spans are being started and
+            // never ended. Refuse more rather than grow without bound.
+            drop(st);
+            self.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return SpanHandle::INVALID;
+        };
+        let id = live::compose(bits, slot, shard);
         let span = Span {
             trace_id,
             span_id: id.to_be_bytes(),
@@ -507,7 +513,7 @@ impl Inner {
             dropped_events: 0,
         };
         st.started += 1;
-        st.live.insert(id, span);
+        st.live.insert(span);
         SpanHandle {
             trace_id,
             span_id: id.to_be_bytes(),
@@ -566,14 +572,9 @@ impl Inner {
         let overflow;
         {
             let mut st = lock(self.shard(id));
-            let Some(mut span) = st.live.remove(&id) else {
+            let Some(mut span) = st.live.remove(id, &h.trace_id) else {
                 return;
             };
-            if span.trace_id != h.trace_id {
-                // A foreign handle that shares a span id: not ours to end.
-                st.live.insert(id, span);
-                return;
-            }
             span.end_unix_nanos = end;
             st.recorded += 1;
             if st.ended.len() < self.shard_capacity {
