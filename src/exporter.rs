@@ -203,6 +203,9 @@ pub struct Exporter {
     spool_broken: bool,
     /// Damage found when the spool was opened, for the next flush to report.
     damage_note: Option<String>,
+    /// Queue records settled with the collector whose removal failed with
+    /// the spool: removed, without being sent again, once it is reopened.
+    settled: Vec<Settled>,
     backoff: Backoff,
     max_batch_spans: usize,
     max_request_bytes: usize,
@@ -212,6 +215,33 @@ pub struct Exporter {
     replay_budget: usize,
     replay_budget_time: Duration,
     counters: Arc<ExportCounters>,
+}
+
+/// A queue record whose spans the collector settled (took or refused for
+/// good) but which the failing spool could not remove. Its delivered spans
+/// are counted as delivered, not spooled; reopening the spool removes the
+/// record if it is still there, keeping the refused spans as dead letters
+/// and spilling the unsent rest again, so it is never sent twice by this
+/// process.
+struct Settled {
+    key: u64,
+    created_unix_ms: u64,
+    declared_spans: u64,
+    /// Spans from the front of the record that were settled.
+    done: usize,
+    /// Of those, the ones the collector refused.
+    refused: Vec<Span>,
+}
+
+impl Settled {
+    fn delivered(&self) -> u64 {
+        self.done.saturating_sub(self.refused.len()) as u64
+    }
+
+    fn is(&self, entry: &Entry) -> bool {
+        (entry.key, entry.created_unix_ms, entry.declared_spans)
+            == (self.key, self.created_unix_ms, self.declared_spans)
+    }
 }
 
 /// What one flush did.
@@ -270,6 +300,7 @@ impl Exporter {
             spool_dir: spool.as_ref().map(|s| s.dir().to_path_buf()),
             spool,
             damage_note,
+            settled: Vec::new(),
             spool_broken: false,
             backoff: Backoff {
                 failures: 0,
@@ -364,11 +395,24 @@ impl Exporter {
         let Some(dir) = self.spool_dir.clone().filter(|_| self.spool_broken) else {
             return;
         };
-        let counted = self.spool.take().map_or(0, |s| s.stats().spans);
+        // What the accounting holds as spooled: the failed spool's counts,
+        // less what was delivered from records it could not remove (or, if
+        // an earlier reopen failed too, the gauge as it was left).
+        let settled_delivered: u64 = self.settled.iter().map(Settled::delivered).sum();
+        let mut counted = match self.spool.take() {
+            Some(failed) => failed.stats().spans.saturating_sub(settled_delivered),
+            None => self.counters.spooled.load(Ordering::Relaxed),
+        };
         match Spool::open(&dir, self.max_spool_bytes) {
             Ok(mut spool) => {
                 if let Some(note) = spool.take_damage().and_then(|d| count_damage(&self.counters, d)) {
                     tally.err.spool_error = Some(note);
+                }
+                if let Err(e) = self.remove_settled(&mut spool, &mut counted) {
+                    // Still failing: try again at the next flush.
+                    self.counters.spooled.store(counted, Ordering::Relaxed);
+                    tally.err.spool_error = Some(format!("reopening after a failure: {e}"));
+                    return;
                 }
                 // The failed spool's counts and what reached the disk can
                 // differ: more is a write that did land (a possible
@@ -391,6 +435,47 @@ impl Exporter {
             }
             Err(e) => tally.err.spool_error = Some(format!("reopening after a failure: {e}")),
         }
+    }
+
+    /// Removes from the reopened `spool` the records settled before it
+    /// failed (see [`Settled`]), without sending them again. What such a
+    /// record still owed (refused spans, an unsent rest) leaves `counted`
+    /// as it goes to the dead letters or back to memory; a record whose
+    /// removal did reach the disk is simply forgotten, and what it owed
+    /// shows up as lost in the caller's comparison.
+    fn remove_settled(&mut self, spool: &mut Spool, counted: &mut u64) -> Result<(), SpoolError> {
+        while let Some(s) = self.settled.pop() {
+            let entry = match spool.get(Part::Queue, s.key) {
+                Ok(Some(entry)) if s.is(&entry) => entry,
+                Ok(_) => continue,
+                Err(e) => {
+                    self.settled.push(s);
+                    return Err(e);
+                }
+            };
+            if let Err(e) = spool.dead_letter(&entry, &s.refused, now_ms()) {
+                self.settled.push(s);
+                return Err(e);
+            }
+            add(&self.counters.dead_lettered, s.refused.len());
+            *counted = counted.saturating_sub(s.refused.len() as u64);
+            if let Ok(spans) = &entry.spans {
+                let rest = spans.get(s.done..).unwrap_or_default();
+                *counted = counted.saturating_sub(rest.len() as u64);
+                add(&self.counters.held, rest.len());
+                self.retry.extend_from_slice(rest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the spooled gauge from the spans on disk, less the delivered
+    /// spans of records still waiting for their removal.
+    fn store_spooled(&self, on_disk: u64) {
+        let delivered: u64 = self.settled.iter().map(Settled::delivered).sum();
+        self.counters
+            .spooled
+            .store(on_disk.saturating_sub(delivered), Ordering::Relaxed);
     }
 
     /// Replays the oldest record of `part`, for tools that drive replay
@@ -433,9 +518,8 @@ impl Exporter {
     /// Fills in what every flush report carries.
     fn report(&mut self, mut tally: Tally) -> FlushError {
         tally.err.kept_in_memory = self.retry.len();
-        if let Some(s) = &self.spool {
-            let st = s.stats();
-            self.counters.spooled.store(st.spans, Ordering::Relaxed);
+        if let Some(st) = self.spool.as_ref().map(Spool::stats) {
+            self.store_spooled(st.spans);
             tally.err.spool = Some((st.spans, st.bytes, self.max_spool_bytes));
         }
         tally.err.endpoint = self.transport.endpoint().to_owned();
@@ -580,11 +664,25 @@ impl Exporter {
         // The settled part leaves with the record; if sending stopped
         // part-way, the rest is spilled again (or held in memory if the
         // spool fails) with the record's original age.
-        spool.dead_letter(&entry, &refused, now_ms())?;
+        let removed = spool.dead_letter(&entry, &refused, now_ms());
+        let on_disk = spool.stats().spans;
+        if let Err(e) = removed {
+            if entry.part == Part::Queue {
+                self.settled.push(Settled {
+                    key: entry.key,
+                    created_unix_ms: entry.created_unix_ms,
+                    declared_spans: entry.declared_spans,
+                    done,
+                    refused,
+                });
+                self.store_spooled(on_disk);
+            }
+            return Err(e);
+        }
         if entry.part == Part::Queue {
             add(&self.counters.dead_lettered, refused.len());
         }
-        self.counters.spooled.store(spool.stats().spans, Ordering::Relaxed);
+        self.store_spooled(on_disk);
         if done < spans.len() {
             let mut rest = spans[done..].to_vec();
             add(&self.counters.held, rest.len());

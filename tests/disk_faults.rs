@@ -1,19 +1,33 @@
-//! Disk full and I/O errors under the spool, made real with libfiu: the
+//! Disk full and I/O errors under the spool, made real with libfiu: each
 //! child runs under `fiu-run -x` (Debian's fiu-utils, which `.ci/run`
-//! installs), spills once normally, then the parent makes its `pwrite`
-//! fail with ENOSPC and its `fsync` with EIO through `fiu-ctrl`. The flush
-//! must return an error that says so, keep the spans in memory (counted),
-//! and the process must stay up; once the disk works again the next flush
-//! reopens the spool (sled stays failed after an I/O error) and every span
-//! held in memory reaches it.
+//! installs) and the parent makes its `pwrite` fail with ENOSPC and its
+//! `fsync`/`fdatasync` with EIO through `fiu-ctrl`, at a chosen moment.
+//!
+//! 1. Failing spills: the flush must return an error that says so, keep the
+//!    spans in memory (counted), and the process must stay up; once the disk
+//!    works again the next flush reopens the spool (sled stays failed after
+//!    an I/O error) and every span held in memory reaches it.
+//! 2. Failing between delivery and removal: the collector took a replayed
+//!    record, then the disk failed before the record left the spool. The
+//!    spans are counted once (delivered, not also spooled), and once the
+//!    disk works the record is removed without being sent a second time.
 
 mod common;
 
-use spillway::SpillwayTracer;
+use common::{Answer, FaultServer};
+use spillway::{SpillwayTracer, Stats};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
 
-const CHILD_ENV: &str = "SPILLWAY_DISK_CHILD_DIR";
+const CHILD_ENV: &str = "SPILLWAY_DISK_CHILD";
+
+/// Every syscall the spool writes through, failing as a full or broken disk.
+const FAULTS: [(&str, i32); 3] = [
+    ("posix/io/rw/pwrite", 28),
+    ("posix/io/sync/fsync", 5),
+    ("posix/io/sync/fdatasync", 5),
+];
 
 fn say(line: String) {
     let mut out = std::io::stdout().lock();
@@ -21,54 +35,78 @@ fn say(line: String) {
     let _ = out.flush();
 }
 
-fn stats_line(t: &SpillwayTracer) -> String {
-    serde_json::to_string(&t.stats()).unwrap()
-}
-
-#[test]
-#[ignore = "run by a_failing_disk_is_reported_and_loses_nothing as its child process"]
-fn disk_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
-    let t = SpillwayTracer::new(common::spool_config(&common::refused_url(), dir.as_ref())).unwrap();
+/// The child's side: records `spans` spans before each flush, reports each
+/// flush as `@@phase<TAB>stats<TAB>error`, then waits for the parent.
+fn child_run(phases: &[(&str, usize)]) {
+    let Ok(env) = std::env::var(CHILD_ENV) else { return };
+    let (dir, url) = env.split_once('\t').expect("dir<TAB>url");
+    let t = SpillwayTracer::new(common::spool_config(url, dir.as_ref())).unwrap();
     let mut stdin = std::io::stdin().lock();
     let mut line = String::new();
-    for phase in ["healthy", "failing", "recovered"] {
-        common::record(&t, 100, "disk");
-        let err = bext_plugin_api::TracerPlugin::flush(&t).expect_err("the collector is down");
-        // A marker: libtest prints "test disk_child ... " before it on the same line.
-        say(format!("@@{phase}\t{}\t{err}", stats_line(&t)));
+    for (phase, spans) in phases {
+        common::record(&t, *spans, "disk");
+        let err = bext_plugin_api::TracerPlugin::flush(&t).err().unwrap_or_default();
+        // A marker: libtest prints "test ... " before it on the same line.
+        say(format!(
+            "@@{phase}\t{}\t{err}",
+            serde_json::to_string(&t.stats()).unwrap()
+        ));
         line.clear();
         let _ = stdin.read_line(&mut line);
     }
 }
 
 #[test]
-fn a_failing_disk_is_reported_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new("fiu-run")
-        .arg("-x")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "disk_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fiu-run from Debian's fiu-utils (installed by .ci/run)");
-    let pid = child.id().to_string();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok);
-    let mut next = |want: &str| -> (spillway::Stats, String) {
-        let line = lines
+#[ignore = "run by a_failing_disk_is_reported_and_loses_nothing as its child process"]
+fn disk_child() {
+    child_run(&[("healthy", 100), ("failing", 100), ("recovered", 100)]);
+}
+
+#[test]
+#[ignore = "run by a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice as its child"]
+fn ack_child() {
+    child_run(&[("spilled", 100), ("delivered", 0), ("removed", 0)]);
+}
+
+/// The child process under `fiu-run`, driven phase by phase.
+struct Child {
+    process: std::process::Child,
+    stdin: ChildStdin,
+    lines: Box<dyn Iterator<Item = String>>,
+}
+
+impl Child {
+    fn start(test: &str, dir: &std::path::Path, url: &str) -> Child {
+        let mut process = Command::new("fiu-run")
+            .arg("-x")
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(CHILD_ENV, format!("{}\t{url}", dir.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("fiu-run from Debian's fiu-utils (installed by .ci/run)");
+        let stdin = process.stdin.take().unwrap();
+        let lines = BufReader::new(process.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok);
+        Child {
+            process,
+            stdin,
+            lines: Box::new(lines),
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.process.id().to_string()
+    }
+
+    /// The child's report of phase `want`: its stats (checked balanced) and
+    /// its flush error.
+    fn next(&mut self, want: &str) -> (Stats, String) {
+        let line = self
+            .lines
             .find_map(|l| {
                 l.split_once("@@")
                     .map(|(_, rest)| rest.to_owned())
@@ -77,64 +115,135 @@ fn a_failing_disk_is_reported_and_loses_nothing() {
             .unwrap_or_else(|| panic!("no `{want}` line from the child"));
         let mut parts = line.splitn(3, '\t');
         parts.next();
-        let stats: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
-        let s = spillway::Stats {
-            recorded: stats["recorded"].as_u64().unwrap(),
-            in_memory: stats["in_memory"].as_u64().unwrap(),
-            spooled: stats["spooled"].as_u64().unwrap(),
-            delivered: stats["delivered"].as_u64().unwrap(),
-            recovered: stats["recovered"].as_u64().unwrap(),
-            dead_lettered: stats["dead_lettered"].as_u64().unwrap(),
+        let j: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
+        let n = |v: &serde_json::Value| v.as_u64().unwrap();
+        let d = &j["dropped"];
+        let s = Stats {
+            recorded: n(&j["recorded"]),
+            in_memory: n(&j["in_memory"]),
+            spooled: n(&j["spooled"]),
+            delivered: n(&j["delivered"]),
+            recovered: n(&j["recovered"]),
+            dead_lettered: n(&j["dead_lettered"]),
             dropped: spillway::Dropped {
-                queue_full: stats["dropped"]["queue_full"].as_u64().unwrap(),
-                retry_full: stats["dropped"]["retry_full"].as_u64().unwrap(),
-                rejected: stats["dropped"]["rejected"].as_u64().unwrap(),
-                oversize: stats["dropped"]["oversize"].as_u64().unwrap(),
-                spool_full: stats["dropped"]["spool_full"].as_u64().unwrap(),
-                spool_expired: stats["dropped"]["spool_expired"].as_u64().unwrap(),
-                corrupt: stats["dropped"]["corrupt"].as_u64().unwrap(),
+                queue_full: n(&d["queue_full"]),
+                retry_full: n(&d["retry_full"]),
+                rejected: n(&d["rejected"]),
+                oversize: n(&d["oversize"]),
+                spool_full: n(&d["spool_full"]),
+                spool_expired: n(&d["spool_expired"]),
+                corrupt: n(&d["corrupt"]),
             },
             ..Default::default()
         };
         assert!(s.is_balanced(), "{line}");
         (s, parts.next().unwrap().to_owned())
-    };
-    let fiu = |cmd: &str| {
+    }
+
+    fn go(&mut self) {
+        writeln!(self.stdin, "go").unwrap();
+    }
+
+    fn finish(mut self) {
+        self.go();
+        assert!(
+            self.process.wait().unwrap().success(),
+            "the child stayed up and exited cleanly"
+        );
+    }
+}
+
+/// Makes every write and sync of process `pid` fail (or work again).
+fn disk_fails(pid: &str, failing: bool) {
+    for (name, errno) in FAULTS {
+        let cmd = if failing {
+            format!("enable name={name},failinfo={errno}")
+        } else {
+            format!("disable name={name}")
+        };
         let ok = Command::new("fiu-ctrl")
-            .args(["-c", cmd, &pid])
+            .args(["-c", &cmd, pid])
             .status()
             .unwrap()
             .success();
         assert!(ok, "fiu-ctrl -c {cmd} {pid}");
-    };
+    }
+}
 
-    let (s, msg) = next("healthy");
+#[test]
+fn a_failing_disk_is_reported_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child::start("disk_child", dir.path(), &common::refused_url());
+
+    let (s, msg) = child.next("healthy");
     assert_eq!((s.spooled, s.in_memory), (100, 0), "{msg}");
 
-    fiu("enable name=posix/io/rw/pwrite,failinfo=28");
-    fiu("enable name=posix/io/sync/fsync,failinfo=5");
-    fiu("enable name=posix/io/sync/fdatasync,failinfo=5");
-    writeln!(stdin, "go").unwrap();
-    let (s, msg) = next("failing");
+    disk_fails(&child.pid(), true);
+    child.go();
+    let (s, msg) = child.next("failing");
     eprintln!("failing: {msg}");
     assert!(msg.contains("spool failed"), "{msg}");
     assert!(msg.contains("100 kept in memory"), "{msg}");
     assert_eq!((s.recorded, s.in_memory, s.dropped.total()), (200, 100, 0), "{msg}");
 
-    fiu("disable name=posix/io/rw/pwrite");
-    fiu("disable name=posix/io/sync/fsync");
-    fiu("disable name=posix/io/sync/fdatasync");
-    writeln!(stdin, "go").unwrap();
-    let (s, msg) = next("recovered");
+    disk_fails(&child.pid(), false);
+    child.go();
+    let (s, msg) = child.next("recovered");
     eprintln!("recovered: {s:?}\n{msg}");
     assert_eq!(s.recorded, 300);
     assert_eq!(s.dropped.total(), 0, "{msg}");
     // The process stayed up, and the spool was reopened: everything is on disk.
     assert_eq!((s.spooled, s.in_memory), (300, 0), "{msg}");
     assert!(!msg.contains("spool failed"), "{msg}");
-    writeln!(stdin, "go").unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "the child process stayed up and exited cleanly"
+    child.finish();
+}
+
+/// The pid the fault server's answer breaks the disk of.
+static ACK_CHILD_PID: OnceLock<String> = OnceLock::new();
+
+/// The collector's answer to the replay: the disk fails, then 202.
+fn accept_after_breaking_the_disk(_body: &str) -> u16 {
+    disk_fails(ACK_CHILD_PID.get().expect("child started"), true);
+    202
+}
+
+#[test]
+fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FaultServer::start(vec![Answer::Status(503, vec![], "")]);
+    let mut child = Child::start("ack_child", dir.path(), &server.url);
+    ACK_CHILD_PID.set(child.pid()).unwrap();
+
+    let (s, msg) = child.next("spilled");
+    assert_eq!((s.recorded, s.spooled, s.delivered), (100, 100, 0), "{msg}");
+
+    // The replay reaches the collector, which breaks the disk before it
+    // answers 202: the record cannot leave the spool.
+    server.then(vec![Answer::By(accept_after_breaking_the_disk)]);
+    child.go();
+    let (s, msg) = child.next("delivered");
+    eprintln!("delivered: {s:?}\n{msg}");
+    assert!(msg.contains("spool failed"), "{msg}");
+    assert_eq!(
+        (s.delivered, s.spooled, s.in_memory),
+        (100, 0, 0),
+        "counted once: {msg}"
     );
+    assert_eq!(server.requests().len(), 2);
+
+    disk_fails(&child.pid(), false);
+    child.go();
+    let (s, msg) = child.next("removed");
+    eprintln!("removed: {s:?}\n{msg}");
+    assert_eq!((s.delivered, s.spooled, s.in_memory), (100, 0, 0), "{msg}");
+    assert_eq!((s.recovered, s.dropped.total()), (0, 0), "{msg}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "the settled record is not sent again");
+    assert_eq!(requests[1].spans().len(), 100);
+    child.finish();
+
+    // What the child left on disk: nothing owed, no dead letters.
+    let spool = spillway::spool::Spool::open_existing(dir.path(), u64::MAX).unwrap();
+    let st = spool.stats();
+    assert_eq!((st.records, st.spans, st.dead_letter_spans), (0, 0, 0), "{st:?}");
 }

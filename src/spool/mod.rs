@@ -630,6 +630,12 @@ impl Spool {
             .map(move |item| item.map(|(k, v)| Entry::read(part, &k, v)).map_err(|e| self.storage(e)))
     }
 
+    /// The record `key` of `part`, decoded, if it is there.
+    pub fn get(&self, part: Part, key: u64) -> Result<Option<Entry>, SpoolError> {
+        let raw = self.tree(part).get(key.to_be_bytes()).map_err(|e| self.storage(e))?;
+        Ok(raw.map(|v| Entry::read(part, &key.to_be_bytes(), v)))
+    }
+
     /// Up to `max_records` of the oldest records of `part`, decoded.
     pub fn oldest(&self, part: Part, max_records: usize) -> Result<Vec<Entry>, SpoolError> {
         self.entries(part).take(max_records).collect()
@@ -643,9 +649,26 @@ impl Spool {
     }
 
     /// Removes a delivered record, synced: see the module docs.
+    ///
+    /// On an error the counts still include the record: whether its removal
+    /// reached the disk is known only once the spool is reopened (sled stays
+    /// failed after an I/O error), so the caller must look again there.
     pub fn ack(&mut self, entry: &Entry) -> Result<(), SpoolError> {
-        self.remove(entry)?;
-        self.sync()
+        self.settle(|s| {
+            s.remove(entry)?;
+            s.sync()
+        })
+    }
+
+    /// Runs a removal; on an error puts the counts back as they were (see
+    /// [`Spool::ack`]).
+    fn settle(&mut self, f: impl FnOnce(&mut Self) -> Result<(), SpoolError>) -> Result<(), SpoolError> {
+        let before = self.stats;
+        let result = f(self);
+        if result.is_err() {
+            self.stats = before;
+        }
+        result
     }
 
     /// Removes `entry` from its tree (unsynced) and updates the counts.
@@ -712,19 +735,26 @@ impl Spool {
     }
 
     /// Removes `entry`, keeping the `refused` spans as a dead letter (the
-    /// rest were delivered). Synced.
+    /// rest were delivered). Synced; on an error as [`Spool::ack`].
     pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
-        self.put_dead(&entry.service, refused, now_unix_ms)?;
-        self.ack(entry)
+        self.settle(|s| {
+            s.put_dead(&entry.service, refused, now_unix_ms)?;
+            s.remove(entry)?;
+            s.sync()
+        })
     }
 
-    /// Moves a record that failed its checks to quarantine, bytes intact. Synced.
+    /// Moves a record that failed its checks to quarantine, bytes intact.
+    /// Synced; on an error as [`Spool::ack`].
     pub fn quarantine(&mut self, entry: &Entry) -> Result<(), SpoolError> {
-        self.quarantine
-            .insert(entry.key.to_be_bytes(), entry.raw.clone())
-            .map_err(|e| self.storage(e))?;
-        self.stats.quarantined_records += 1;
-        self.ack(entry)
+        self.settle(|s| {
+            s.quarantine
+                .insert(entry.key.to_be_bytes(), entry.raw.clone())
+                .map_err(|e| s.storage(e))?;
+            s.stats.quarantined_records += 1;
+            s.remove(entry)?;
+            s.sync()
+        })
     }
 
     /// Empties `tree`, synced; says what went.
