@@ -59,7 +59,12 @@ fn child_run(phases: &[(&str, usize)]) {
 #[test]
 #[ignore = "run by a_failing_disk_is_reported_and_loses_nothing as its child process"]
 fn disk_child() {
-    child_run(&[("healthy", 100), ("failing", 100), ("recovered", 100)]);
+    child_run(&[
+        ("healthy", 100),
+        ("failing", 100),
+        ("still-failing", 100),
+        ("recovered", 100),
+    ]);
 }
 
 #[test]
@@ -186,14 +191,21 @@ fn a_failing_disk_is_reported_and_loses_nothing() {
     assert!(msg.contains("100 kept in memory"), "{msg}");
     assert_eq!((s.recorded, s.in_memory, s.dropped.total()), (200, 100, 0), "{msg}");
 
+    // Reopening the spool fails too while the disk does.
+    child.go();
+    let (s, msg) = child.next("still-failing");
+    eprintln!("still failing: {msg}");
+    assert!(msg.contains("reopening after a failure"), "{msg}");
+    assert_eq!((s.recorded, s.in_memory, s.dropped.total()), (300, 200, 0), "{msg}");
+
     disk_fails(&child.pid(), false);
     child.go();
     let (s, msg) = child.next("recovered");
     eprintln!("recovered: {s:?}\n{msg}");
-    assert_eq!(s.recorded, 300);
-    assert_eq!(s.dropped.total(), 0, "{msg}");
+    assert_eq!(s.recorded, 400);
+    assert_eq!((s.dropped.total(), s.recovered), (0, 0), "{msg}");
     // The process stayed up, and the spool was reopened: everything is on disk.
-    assert_eq!((s.spooled, s.in_memory), (300, 0), "{msg}");
+    assert_eq!((s.spooled, s.in_memory), (400, 0), "{msg}");
     assert!(!msg.contains("spool failed"), "{msg}");
     child.finish();
 }
