@@ -6,6 +6,12 @@
 //! flush does, so what is measured is the hot path (and not page faults
 //! from an ever-growing batch). Reported time is wall time per span over
 //! all threads: the inverse of throughput.
+//!
+//! The peers get the same span: `opentelemetry_sdk` (its tracer, a batch
+//! processor and a discarding exporter) and `fastrace` (a local span under
+//! a per-thread root). Their plain variants take `&'static str` attributes,
+//! which bext's trait cannot hand over; the `_owned_strings` variants
+//! allocate the keys and values as bext does for spillway.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -37,6 +43,15 @@ fn lifecycle(c: &mut Criterion) {
         g.bench_function(format!("fastrace/{threads}t"), |b| {
             b.iter_custom(|iters| run(&(), threads, iters, peers::fastrace_record_one, peers::fastrace_flush))
         });
+        if threads == 1 {
+            // The peers with the same owned strings bext hands to spillway.
+            g.bench_function("opentelemetry_sdk_owned_strings/1t", |b| {
+                b.iter_custom(|iters| run(&otel, 1, iters, peers::otel_record_one_owned, peers::otel_flush))
+            });
+            g.bench_function("fastrace_owned_strings/1t", |b| {
+                b.iter_custom(|iters| run(&(), 1, iters, peers::fastrace_record_one_owned, peers::fastrace_flush))
+            });
+        }
     }
     // The floor the trait's signature sets: what bext itself allocates for
     // the same span (the owned attribute keys, values and vector), dropped

@@ -43,15 +43,36 @@ pub fn otel() -> Otel {
 /// The standard span through the OpenTelemetry API.
 #[inline]
 pub fn otel_record_one(o: &Otel) {
+    otel_span(
+        o,
+        [
+            KeyValue::new("http.request.method", "GET"),
+            KeyValue::new("http.route", "/users/:id"),
+            KeyValue::new("http.response.status_code", 200i64),
+        ],
+    );
+}
+
+/// [`otel_record_one`] with owned `String` keys and values, as a bext
+/// tracer plugin built on the SDK would receive them through the trait.
+pub fn otel_record_one_owned(o: &Otel) {
+    otel_span(
+        o,
+        [
+            KeyValue::new("http.request.method".to_owned(), "GET".to_owned()),
+            KeyValue::new("http.route".to_owned(), "/users/:id".to_owned()),
+            KeyValue::new("http.response.status_code".to_owned(), 200i64),
+        ],
+    );
+}
+
+#[inline]
+fn otel_span(o: &Otel, attributes: [KeyValue; 3]) {
     let mut span = o
         .tracer
         .span_builder("GET /users/:id")
         .with_kind(SpanKind::Server)
-        .with_attributes([
-            KeyValue::new("http.request.method", "GET"),
-            KeyValue::new("http.route", "/users/:id"),
-            KeyValue::new("http.response.status_code", 200i64),
-        ])
+        .with_attributes(attributes)
         .start(&o.tracer);
     span.add_event("cache.miss", vec![]);
     span.end();
@@ -87,6 +108,20 @@ const ROOT_SPANS: u32 = 4096;
 /// The standard span as a fastrace local span.
 #[inline]
 pub fn fastrace_record_one(_: &()) {
+    fastrace_root();
+    let span = fastrace::local::LocalSpan::enter_with_local_parent("GET /users/:id").with_properties(|| {
+        [
+            ("http.request.method", "GET"),
+            ("http.route", "/users/:id"),
+            ("http.response.status_code", "200"),
+        ]
+    });
+    fastrace::local::LocalSpan::add_event(fastrace::Event::new("cache.miss"));
+    drop(span);
+}
+
+/// Keeps this thread under a local root span, replaced every `ROOT_SPANS`.
+fn fastrace_root() {
     ROOT.with(|root| {
         let mut root = root.borrow_mut();
         if root.as_ref().is_none_or(|r| r.2 >= ROOT_SPANS) {
@@ -103,11 +138,18 @@ pub fn fastrace_record_one(_: &()) {
             r.2 += 1;
         }
     });
+}
+
+/// [`fastrace_record_one`] with the attribute keys and values allocated as
+/// bext hands them to a tracer (owned `String`s), for a like-for-like
+/// comparison with spillway, whose trait signature imposes them.
+pub fn fastrace_record_one_owned(_: &()) {
+    fastrace_root();
     let span = fastrace::local::LocalSpan::enter_with_local_parent("GET /users/:id").with_properties(|| {
         [
-            ("http.request.method", "GET"),
-            ("http.route", "/users/:id"),
-            ("http.response.status_code", "200"),
+            ("http.request.method".to_owned(), "GET".to_owned()),
+            ("http.route".to_owned(), "/users/:id".to_owned()),
+            ("http.response.status_code".to_owned(), 200i64.to_string()),
         ]
     });
     fastrace::local::LocalSpan::add_event(fastrace::Event::new("cache.miss"));
