@@ -23,7 +23,9 @@
 //! - **At-least-once**: a record leaves `queue` only through [`Spool::ack`]
 //!   (after a 2xx), [`Spool::dead_letter`], [`Spool::quarantine`] or a cap.
 //!   Each of these is synced, so a crash can repeat at most the one record
-//!   that was in flight: delivered, but not yet acknowledged on disk.
+//!   that was in flight: delivered, but not yet acknowledged on disk. If
+//!   the removal itself fails, the counts still include the record and the
+//!   caller learns whether it left only by reopening the spool.
 //! - **Watermark**: records leave the queue oldest first, and every removal
 //!   persists `acked_below`, the lowest key still queued. [`salvage`] uses
 //!   it to tell records still owed from stale copies sled left in its log.
