@@ -77,6 +77,10 @@ pub struct Config {
     pub max_request_bytes: usize,
     /// Ended spans held in memory between flushes, 1 to 100,000,000.
     pub max_queue_spans: usize,
+    /// Spans started and not yet ended, 64 to 1,073,741,824: a bound on the
+    /// memory of spans a host starts and never ends. Past it (per shard, an
+    /// even share) `start_span` returns `INVALID`, counted as `refused_live_full`.
+    pub max_live_spans: usize,
     /// Spans kept in memory for a later retry after a failed export
     /// (until the durable spool takes over), 0 to 100,000,000.
     pub max_retry_spans: usize,
@@ -123,6 +127,7 @@ impl Default for Config {
             max_batch_spans: 512,
             max_request_bytes: 4 << 20,
             max_queue_spans: 65_536,
+            max_live_spans: 262_144,
             max_retry_spans: 65_536,
             max_attributes_per_span: 128,
             max_events_per_span: 128,
@@ -218,6 +223,7 @@ impl Config {
         range("max_batch_spans", self.max_batch_spans as u64, 1, 100_000)?;
         range("max_request_bytes", self.max_request_bytes as u64, 1024, 64 << 20)?;
         range("max_queue_spans", self.max_queue_spans as u64, 1, 100_000_000)?;
+        range("max_live_spans", self.max_live_spans as u64, 64, 1 << 30)?;
         range("max_retry_spans", self.max_retry_spans as u64, 0, 100_000_000)?;
         range(
             "max_attributes_per_span",
@@ -333,6 +339,7 @@ mod tests {
             (r#"{"max_batch_spans": 0}"#, "max_batch_spans"),
             (r#"{"max_request_bytes": 10}"#, "max_request_bytes"),
             (r#"{"max_queue_spans": 0}"#, "max_queue_spans"),
+            (r#"{"max_live_spans": 63}"#, "max_live_spans"),
             (r#"{"gzip_level": 11}"#, "gzip_level"),
             (r#"{"service_name": " "}"#, "service_name"),
             (r#"{"headers": {"bad name": "x"}}"#, "headers.bad name"),

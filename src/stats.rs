@@ -60,6 +60,9 @@ pub struct Stats {
     pub sampled_out: u64,
     /// Spans started and not yet ended.
     pub live: u64,
+    /// Starts refused (handed `INVALID`) because `max_live_spans` spans
+    /// were live: spans a host starts and never ends show up here.
+    pub refused_live_full: u64,
     /// Sampled spans that ended: the base of the accounting.
     pub recorded: u64,
     /// Spans the collector acknowledged (2xx).

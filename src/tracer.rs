@@ -88,6 +88,7 @@ struct ShardState {
     started: u64,
     recorded: u64,
     queue_full: u64,
+    refused_live_full: u64,
 }
 
 #[repr(align(128))]
@@ -193,6 +194,8 @@ impl TracerBuilder {
         let has_spool = spool.is_some();
         let exporter = Exporter::new(&config, transport, spool, Arc::clone(&counters));
         let shard_capacity = config.max_queue_spans.div_ceil(SHARDS);
+        // At most 2^24 per shard: the slot bits of a span id.
+        let live_per_shard = config.max_live_spans.div_ceil(SHARDS).min(1 << live::SLOT_BITS);
         let inner = Arc::new(Inner {
             spill_at: if has_spool {
                 (shard_capacity / 2).max(1)
@@ -207,6 +210,7 @@ impl TracerBuilder {
             max_attributes: config.max_attributes_per_span as usize,
             max_events: config.max_events_per_span as usize,
             shard_capacity,
+            live_per_shard,
             sampled_out: AtomicU64::new(0),
             counters,
             exporter: Mutex::new(exporter),
@@ -268,6 +272,7 @@ struct Inner {
     max_attributes: usize,
     max_events: usize,
     shard_capacity: usize,
+    live_per_shard: usize,
     sampled_out: AtomicU64,
     counters: Arc<ExportCounters>,
     exporter: Mutex<Exporter>,
@@ -343,6 +348,7 @@ impl Inner {
             s.started += st.started;
             s.recorded += st.recorded;
             s.live += st.live.len() as u64;
+            s.refused_live_full += st.refused_live_full;
             s.in_memory += st.ended.len() as u64;
             s.dropped.queue_full += st.queue_full;
         }
@@ -490,11 +496,15 @@ impl Inner {
         let mut dropped_attributes = 0;
         let attributes = convert(start.attributes, self.max_attributes, &mut dropped_attributes);
         let mut st = lock(&self.shards[shard].0);
-        let Some(slot) = st.live.vacant() else {
-            // 16 M live spans in one shard: spans are being started and
-            // never ended. Refuse more rather than grow without bound.
-            drop(st);
-            self.sampled_out.fetch_add(1, Ordering::Relaxed);
+        // A full shard means spans are being started and never ended:
+        // refuse more rather than grow without bound.
+        let vacant = if st.live.len() < self.live_per_shard {
+            st.live.vacant()
+        } else {
+            None
+        };
+        let Some(slot) = vacant else {
+            st.refused_live_full += 1;
             return SpanHandle::INVALID;
         };
         let id = live::compose(bits, slot, shard);

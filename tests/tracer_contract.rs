@@ -296,6 +296,31 @@ fn full_queue_drops_and_counts() {
 }
 
 #[test]
+fn spans_never_ended_are_bounded_and_refusals_counted() {
+    let (t, rec, _) = tracer_with(Config {
+        max_live_spans: 64, // one per shard
+        ..Config::default()
+    });
+    let handles: Vec<SpanHandle> = (0..1_000).map(|_| start(&t, "leaked", None)).collect();
+    let live: Vec<SpanHandle> = handles.iter().copied().filter(|h| !h.is_invalid()).collect();
+    let s = t.stats();
+    assert!(s.live <= 64 && s.live == live.len() as u64, "{s:?}");
+    assert_eq!(s.refused_live_full + s.live, 1_000, "every refusal is counted: {s:?}");
+    assert!(s.refused_live_full > 0, "{s:?}");
+    // A refused handle is a no-op everywhere; ending the live ones frees room.
+    for h in &handles {
+        t.end_span(*h, None);
+    }
+    let s = t.stats();
+    assert_eq!((s.live, s.recorded), (0, live.len() as u64), "{s:?}");
+    assert!(s.is_balanced(), "{s:?}");
+    let h = start(&t, "after", None);
+    assert!(!h.is_invalid(), "room again once spans end");
+    t.end_span(h, None);
+    assert_eq!(flushed(&t, &rec).len(), live.len() + 1);
+}
+
+#[test]
 fn ids_are_random_and_never_zero() {
     let (t, rec, _) = tracer();
     let mut seen = HashSet::new();
