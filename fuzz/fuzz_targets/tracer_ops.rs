@@ -111,6 +111,8 @@ fuzz_target!(|input: Input| {
     let config = Config {
         adopt_remote_parent: input.adopt_remote_parent,
         max_queue_spans: 64,
+        // One live span per shard: starts are refused often.
+        max_live_spans: 64,
         max_retry_spans: 16,
         max_batch_spans: 4,
         max_request_bytes: 1024,
@@ -186,5 +188,11 @@ fuzz_target!(|input: Input| {
         }
         let s = tracer.stats();
         assert!(s.is_balanced(), "invariant broken: {s:?}");
+        assert!(s.live <= 64, "live spans past max_live_spans: {s:?}");
+        assert_eq!(
+            s.started,
+            s.live + s.recorded,
+            "a started span is live or recorded: {s:?}"
+        );
     }
 });
