@@ -4,8 +4,12 @@
 //!
 //! `cargo run --release --example memory_per_span [SPANS]`
 
-use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, TracerPlugin};
 use spillway::{Config, SpillwayTracer};
+
+/// The benchmarks' standard span, recorded exactly as they record it.
+#[allow(dead_code)]
+#[path = "../benches/common.rs"]
+mod common;
 
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -25,26 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let before = rss_bytes();
     for _ in 0..spans {
-        let span = tracer.start_span(SpanStart {
-            name: "GET /users/:id",
-            kind: SpanKind::Server,
-            parent: None,
-            attributes: vec![
-                ("http.request.method".to_owned(), AttrValue::from("GET")),
-                ("http.route".to_owned(), AttrValue::from("/users/:id")),
-                ("http.response.status_code".to_owned(), AttrValue::I64(200)),
-            ],
-            start_time_unix_nanos: None,
-        });
-        tracer.add_event(
-            span,
-            SpanEvent {
-                name: "cache.miss",
-                attributes: Vec::new(),
-                time_unix_nanos: None,
-            },
-        );
-        tracer.end_span(span, None);
+        common::record_one(&tracer);
     }
     let after = rss_bytes();
     let s = tracer.stats();

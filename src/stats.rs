@@ -15,11 +15,11 @@
 //! `recovered` the spans found in the spool when it was opened. Spans still live
 //! (started, not ended) are counted in `live`, outside the invariant.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Spans that were given up, by reason. Nothing is lost without a count here.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dropped {
     /// The in-memory batch was full when the span ended.
     pub queue_full: u64,
@@ -51,8 +51,8 @@ impl Dropped {
     }
 }
 
-/// A snapshot of every counter.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+/// A snapshot of every counter; serializes to and from one JSON object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// Sampled spans started.
     pub started: u64,
