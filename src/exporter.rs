@@ -398,9 +398,8 @@ impl Exporter {
         // What the accounting holds as spooled: the failed spool's counts,
         // less what was delivered from records it could not remove (or, if
         // an earlier reopen failed too, the gauge as it was left).
-        let settled_delivered: u64 = self.settled.iter().map(Settled::delivered).sum();
         let mut counted = match self.spool.take() {
-            Some(failed) => failed.stats().spans.saturating_sub(settled_delivered),
+            Some(failed) => failed.stats().spans.saturating_sub(self.settled_delivered()),
             None => self.counters.spooled.load(Ordering::Relaxed),
         };
         match Spool::open(&dir, self.max_spool_bytes) {
@@ -472,10 +471,14 @@ impl Exporter {
     /// Sets the spooled gauge from the spans on disk, less the delivered
     /// spans of records still waiting for their removal.
     fn store_spooled(&self, on_disk: u64) {
-        let delivered: u64 = self.settled.iter().map(Settled::delivered).sum();
         self.counters
             .spooled
-            .store(on_disk.saturating_sub(delivered), Ordering::Relaxed);
+            .store(on_disk.saturating_sub(self.settled_delivered()), Ordering::Relaxed);
+    }
+
+    /// Spans delivered from records still waiting for their removal.
+    fn settled_delivered(&self) -> u64 {
+        self.settled.iter().map(Settled::delivered).sum()
     }
 
     /// Replays the oldest record of `part`, for tools that drive replay
