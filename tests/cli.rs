@@ -168,6 +168,11 @@ fn replay_killed_mid_way_then_rerun_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let service = unique("cli-kill");
     let spooled = spool_spans(dir.path(), &service, 6000);
+    let first_record = {
+        let spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        let first = spool.entries(Part::Queue).next().unwrap().unwrap();
+        first.spans.unwrap().len()
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
         .arg("--spool")
         .arg(dir.path())
@@ -176,9 +181,11 @@ fn replay_killed_mid_way_then_rerun_loses_nothing() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once Zipkin has some of the spans: mid-way, with --rate
-    // holding the whole run to about four seconds.
-    let seen = zipkin_ids(&service, 1).len();
+    // Kill it mid-way, with --rate holding the whole run to about four
+    // seconds. Replay sends a record only after the previous one was
+    // removed (synced), so once Zipkin holds more spans than the first
+    // record, the spool has given at least that record up.
+    let seen = zipkin_ids(&service, first_record + 1).len();
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed, not finished: {status:?}");
