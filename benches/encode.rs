@@ -18,18 +18,18 @@ pub fn batch() -> Vec<Span> {
             let server = i % 2 == 0;
             let start = 1_764_000_000_000_000_000 + i * 1_000_000;
             let mut attributes = vec![
-                ("http.request.method".to_owned(), Value::Str("GET".into())),
-                ("http.route".to_owned(), Value::Str("/users/:id".into())),
+                ("http.request.method".to_owned(), Value::String("GET".into())),
+                ("http.route".to_owned(), Value::String("/users/:id".into())),
                 ("http.response.status_code".to_owned(), Value::I64(200)),
             ];
             if !server {
                 attributes = vec![
-                    ("db.system".to_owned(), Value::Str("postgresql".into())),
+                    ("db.system".to_owned(), Value::String("postgresql".into())),
                     (
                         "db.statement".to_owned(),
-                        Value::Str("SELECT * FROM users WHERE id = $1".into()),
+                        Value::String("SELECT * FROM users WHERE id = $1".into()),
                     ),
-                    ("server.address".to_owned(), Value::Str("db.internal".into())),
+                    ("server.address".to_owned(), Value::String("db.internal".into())),
                 ];
             }
             Span {

@@ -27,9 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             end_unix_nanos: 1_764_000_000_001_000_000 + i,
             status: Status::Ok,
             attributes: vec![
-                ("http.request.method".into(), Value::Str("GET".into())),
-                ("http.route".into(), Value::Str("/users/:id".into())),
-                ("url.path".into(), Value::Str(format!("/users/{i}"))),
+                ("http.request.method".into(), Value::String("GET".into())),
+                ("http.route".into(), Value::String("/users/:id".into())),
+                ("url.path".into(), Value::String(format!("/users/{i}"))),
             ],
             events: Default::default(),
             dropped_attributes: 0,

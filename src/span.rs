@@ -2,11 +2,12 @@
 //!
 //! A [`Span`] is built by the tracer while the span is live and handed on,
 //! unchanged, to the encoder, the transport and the spool. It owns its data
-//! so that it can outlive the request that produced it, and it uses its own
-//! *externally tagged* value types ([`Value`], [`Status`], [`Kind`]) rather
-//! than bext's `AttrValue`: bext's enum is `#[serde(untagged)]`, which
-//! bincode cannot decode, and the spool must read back exactly what it wrote
-//! (NaN and infinities included).
+//! so that it can outlive the request that produced it. Attribute values
+//! are bext's `AttrValue`, kept as handed over (recording converts
+//! nothing); their serde form is bext's `#[serde(untagged)]`, which bincode
+//! cannot decode, so spans serialize them through an *externally tagged*
+//! mirror, and the spool reads back exactly what it wrote (NaN and
+//! infinities included).
 //!
 //! Invariants kept by the tracer (and relied on by the encoder):
 //! - `trace_id` and `span_id` are never all-zero;
@@ -16,53 +17,16 @@
 //! - attribute keys are unique within `attributes` when set through
 //!   `set_attribute` (the last write wins).
 
-use bext_plugin_api::tracer::{AttrValue, SpanKind, SpanStatus};
+pub use bext_plugin_api::tracer::AttrValue;
+use bext_plugin_api::tracer::{SpanKind, SpanStatus};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// An attribute value: the OpenTelemetry attribute types, externally tagged
-/// so that every serde format (bincode included) can round-trip it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Value {
-    /// A UTF-8 string.
-    Str(String),
-    /// A boolean.
-    Bool(bool),
-    /// A signed 64-bit integer.
-    I64(i64),
-    /// A 64-bit float; NaN and infinities are allowed and preserved.
-    F64(f64),
-    /// A homogeneous array of strings.
-    StrArray(Vec<String>),
-    /// A homogeneous array of booleans.
-    BoolArray(Vec<bool>),
-    /// A homogeneous array of integers.
-    I64Array(Vec<i64>),
-    /// A homogeneous array of floats.
-    F64Array(Vec<f64>),
-}
-
-impl From<AttrValue> for Value {
-    #[inline]
-    fn from(v: AttrValue) -> Self {
-        match v {
-            AttrValue::String(s) => Value::Str(s),
-            AttrValue::Bool(b) => Value::Bool(b),
-            AttrValue::I64(i) => Value::I64(i),
-            AttrValue::F64(f) => Value::F64(f),
-            AttrValue::StringArray(a) => Value::StrArray(a),
-            AttrValue::BoolArray(a) => Value::BoolArray(a),
-            AttrValue::I64Array(a) => Value::I64Array(a),
-            AttrValue::F64Array(a) => Value::F64Array(a),
-        }
-    }
-}
-
-impl From<&str> for Value {
-    fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
-    }
-}
+/// An attribute value: bext's own [`AttrValue`], stored as handed over so
+/// that recording converts nothing. Its serde form is untagged, which
+/// bincode cannot decode, so [`Span`] and [`Event`] serialize their
+/// attributes through a tagged mirror (see `tagged_attrs`).
+pub type Value = AttrValue;
 
 /// The kind of a span, as OpenTelemetry defines it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -124,6 +88,7 @@ pub struct Event {
     /// When it happened, in nanoseconds since the Unix epoch.
     pub time_unix_nanos: u64,
     /// The event's attributes.
+    #[serde(with = "tagged_attrs")]
     pub attributes: Vec<(String, Value)>,
 }
 
@@ -150,6 +115,7 @@ pub struct Span {
     /// Final status.
     pub status: Status,
     /// Attributes, in the order they were first set.
+    #[serde(with = "tagged_attrs")]
     pub attributes: Vec<(String, Value)>,
     /// Events, in the order they were added; the first is stored inline, so
     /// the common span with at most one event allocates nothing for it.
@@ -175,5 +141,72 @@ mod events_serde {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
         Vec::<Event>::deserialize(d).map(Events::from_vec)
+    }
+}
+
+/// Attributes with their values externally tagged: how bincode (the spool)
+/// can read them back. The variants are in `AttrValue`'s order, which the
+/// spool's record format fixes: never reorder them.
+mod tagged_attrs {
+    use super::AttrValue;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    enum Ref<'a> {
+        Str(&'a str),
+        Bool(bool),
+        I64(i64),
+        F64(f64),
+        StrArray(&'a [String]),
+        BoolArray(&'a [bool]),
+        I64Array(&'a [i64]),
+        F64Array(&'a [f64]),
+    }
+
+    #[derive(Deserialize)]
+    enum Owned {
+        Str(String),
+        Bool(bool),
+        I64(i64),
+        F64(f64),
+        StrArray(Vec<String>),
+        BoolArray(Vec<bool>),
+        I64Array(Vec<i64>),
+        F64Array(Vec<f64>),
+    }
+
+    fn tag(v: &AttrValue) -> Ref<'_> {
+        match v {
+            AttrValue::String(s) => Ref::Str(s),
+            AttrValue::Bool(b) => Ref::Bool(*b),
+            AttrValue::I64(i) => Ref::I64(*i),
+            AttrValue::F64(f) => Ref::F64(*f),
+            AttrValue::StringArray(a) => Ref::StrArray(a),
+            AttrValue::BoolArray(a) => Ref::BoolArray(a),
+            AttrValue::I64Array(a) => Ref::I64Array(a),
+            AttrValue::F64Array(a) => Ref::F64Array(a),
+        }
+    }
+
+    fn untag(v: Owned) -> AttrValue {
+        match v {
+            Owned::Str(s) => AttrValue::String(s),
+            Owned::Bool(b) => AttrValue::Bool(b),
+            Owned::I64(i) => AttrValue::I64(i),
+            Owned::F64(f) => AttrValue::F64(f),
+            Owned::StrArray(a) => AttrValue::StringArray(a),
+            Owned::BoolArray(a) => AttrValue::BoolArray(a),
+            Owned::I64Array(a) => AttrValue::I64Array(a),
+            Owned::F64Array(a) => AttrValue::F64Array(a),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(attrs: &[(String, AttrValue)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(attrs.iter().map(|(k, v)| (k, tag(v))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, AttrValue)>, D::Error> {
+        let tagged = Vec::<(String, Owned)>::deserialize(d)?;
+        Ok(tagged.into_iter().map(|(k, v)| (k, untag(v))).collect())
     }
 }

@@ -1,9 +1,12 @@
 //! The `TracerPlugin` implementation: the hot path and the flush entry.
 //!
 //! ## Hot path
-//! Live spans sit in a table of [`SHARDS`] shards, each a mutex over a map
-//! from span id to [`Span`] plus the shard's share of the ended batch and its
-//! counters. A call locks exactly one shard (two for `start_span` with a
+//! Spans sit in a table of [`SHARDS`] shards, each a mutex over a slab
+//! ([`Live`]) addressed by the span id and holding the shard's live spans
+//! and its share of the ended batch (an ended span stays in its slot until
+//! the flush collects it), plus the shard's counters. Attributes are kept
+//! as bext hands them over: recording converts and copies nothing but the
+//! span's own fields. A call locks exactly one shard (two for `start_span` with a
 //! parent: the parent's, to check it is live, then the child's), touches no
 //! shared atomic on the common path, and performs no I/O. Shards are
 //! cache-line aligned, so two threads touching different shards never share
@@ -40,7 +43,7 @@ use crate::clock::{Clock, default_clock};
 use crate::config::{Config, ConfigError};
 use crate::exporter::{Exporter, FlushError};
 use crate::live::{self, Live};
-use crate::span::{Event, Events, Kind, Span, Status, Value};
+use crate::span::{Event, Events, Kind, Span, Status};
 use crate::spool::{Spool, SpoolError};
 use crate::stats::{ExportCounters, Stats, add};
 use crate::transport::{HttpTransport, Transport};
@@ -83,7 +86,6 @@ impl Names {
 #[derive(Default)]
 struct ShardState {
     live: Live,
-    ended: Vec<Span>,
     names: Names,
     started: u64,
     recorded: u64,
@@ -194,8 +196,12 @@ impl TracerBuilder {
         let has_spool = spool.is_some();
         let exporter = Exporter::new(&config, transport, spool, Arc::clone(&counters));
         let shard_capacity = config.max_queue_spans.div_ceil(SHARDS);
-        // At most 2^24 per shard: the slot bits of a span id.
-        let live_per_shard = config.max_live_spans.div_ceil(SHARDS).min(1 << live::SLOT_BITS);
+        // A shard's slots (2^24: the slot bits of a span id) hold its live
+        // spans and its ended ones until the flush.
+        let live_per_shard = config
+            .max_live_spans
+            .div_ceil(SHARDS)
+            .min((1 << live::SLOT_BITS) - shard_capacity);
         let inner = Arc::new(Inner {
             spill_at: if has_spool {
                 (shard_capacity / 2).max(1)
@@ -349,7 +355,7 @@ impl Inner {
             s.recorded += st.recorded;
             s.live += st.live.len() as u64;
             s.refused_live_full += st.refused_live_full;
-            s.in_memory += st.ended.len() as u64;
+            s.in_memory += st.live.ended_len() as u64;
             s.dropped.queue_full += st.queue_full;
         }
         s.sampled_out = self.sampled_out.load(Ordering::Relaxed);
@@ -379,8 +385,8 @@ impl Inner {
         let mut batch = exporter.take_buffer();
         for shard in self.shards.iter() {
             let mut st = lock(&shard.0);
-            add(&self.counters.held, st.ended.len());
-            batch.append(&mut st.ended);
+            add(&self.counters.held, st.live.ended_len());
+            st.live.drain_ended(&mut batch);
         }
         batch
     }
@@ -440,13 +446,14 @@ fn new_trace_id() -> [u8; 16] {
     id
 }
 
-fn convert(attrs: Vec<(String, AttrValue)>, max: usize, dropped: &mut u32) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = attrs.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
-    if out.len() > max {
-        *dropped += (out.len() - max) as u32;
-        out.truncate(max);
+/// The attributes as handed over, past `max` dropped and counted.
+#[inline]
+fn capped(mut attrs: Vec<(String, AttrValue)>, max: usize, dropped: &mut u32) -> Vec<(String, AttrValue)> {
+    if attrs.len() > max {
+        *dropped += (attrs.len() - max) as u32;
+        attrs.truncate(max);
     }
-    out
+    attrs
 }
 
 impl TracerPlugin for SpillwayTracer {
@@ -494,7 +501,7 @@ impl Inner {
             .start_time_unix_nanos
             .unwrap_or_else(|| self.clock.now_unix_nanos());
         let mut dropped_attributes = 0;
-        let attributes = convert(start.attributes, self.max_attributes, &mut dropped_attributes);
+        let attributes = capped(start.attributes, self.max_attributes, &mut dropped_attributes);
         let mut st = lock(&self.shards[shard].0);
         // A full shard means spans are being started and never ended:
         // refuse more rather than grow without bound.
@@ -531,7 +538,6 @@ impl Inner {
     }
 
     fn set_attribute(&self, h: SpanHandle, key: &str, value: AttrValue) {
-        let value = Value::from(value);
         let max = self.max_attributes;
         self.with_live(&h, |span, _| {
             if let Some(slot) = span.attributes.iter_mut().find(|(k, _)| k == key) {
@@ -563,7 +569,7 @@ impl Inner {
                 return;
             }
             let mut dropped = 0;
-            let attributes = convert(attrs, max_attributes, &mut dropped);
+            let attributes = capped(attrs, max_attributes, &mut dropped);
             span.dropped_attributes = span.dropped_attributes.saturating_add(dropped);
             span.events.push(Event {
                 name: names.get(event.name),
@@ -582,20 +588,22 @@ impl Inner {
         let overflow;
         {
             let mut st = lock(self.shard(id));
-            let Some(mut span) = st.live.remove(id, &h.trace_id) else {
-                return;
-            };
-            span.end_unix_nanos = end;
-            st.recorded += 1;
-            if st.ended.len() < self.shard_capacity {
-                st.ended.push(span);
-                let crossed = st.ended.len() == self.spill_at;
+            if st.live.ended_len() < self.shard_capacity {
+                if !st.live.end(id, &h.trace_id, end) {
+                    return;
+                }
+                st.recorded += 1;
+                let crossed = st.live.ended_len() == self.spill_at;
                 drop(st);
                 if crossed {
                     self.wake_spiller();
                 }
                 return;
             }
+            let Some(span) = st.live.remove(id, &h.trace_id) else {
+                return;
+            };
+            st.recorded += 1;
             st.queue_full += 1;
             overflow = span;
         }

@@ -211,7 +211,7 @@ impl Encoder {
 
     fn write_tag_value(&mut self, out: &mut Vec<u8>, value: &Value) {
         match value {
-            Value::Str(s) => write_str(out, s),
+            Value::String(s) => write_str(out, s),
             Value::Bool(b) => out.extend_from_slice(if *b { b"\"true\"" } else { b"\"false\"" }),
             Value::I64(i) => {
                 out.push(b'"');
@@ -239,7 +239,7 @@ fn comma(out: &mut Vec<u8>, body_start: usize) {
 }
 
 fn is_falsy(value: &Value) -> bool {
-    matches!(value, Value::Bool(false)) || matches!(value, Value::Str(s) if s == "false")
+    matches!(value, Value::Bool(false)) || matches!(value, Value::String(s) if s == "false")
 }
 
 /// The Zipkin `kind`, or `None` for an internal span.
@@ -351,11 +351,11 @@ fn write_json_value(out: &mut Vec<u8>, value: &Value) {
     }
     let mut num = itoa::Buffer::new();
     match value {
-        Value::Str(s) => write_str(out, s),
+        Value::String(s) => write_str(out, s),
         Value::Bool(b) => boolean(out, *b),
         Value::I64(i) => out.extend_from_slice(num.format(*i).as_bytes()),
         Value::F64(f) => float(out, *f),
-        Value::StrArray(a) => list(out, a, |o, s| write_str(o, s)),
+        Value::StringArray(a) => list(out, a, |o, s| write_str(o, s)),
         Value::BoolArray(a) => list(out, a, |o, b| boolean(o, *b)),
         Value::I64Array(a) => list(out, a, |o, i| o.extend_from_slice(num.format(*i).as_bytes())),
         Value::F64Array(a) => list(out, a, |o, f| float(o, *f)),
@@ -396,7 +396,7 @@ fn remote_rank(key: &str) -> Option<(u8, &'static str)> {
 fn write_remote_endpoint(out: &mut Vec<u8>, attributes: &[(String, Value)]) {
     let mut best: Option<(u8, &'static str, &str)> = None;
     for (key, value) in attributes {
-        if let (Some((rank, port_key)), Value::Str(v)) = (remote_rank(key), value)
+        if let (Some((rank, port_key)), Value::String(v)) = (remote_rank(key), value)
             && !v.is_empty()
             && best.is_none_or(|(r, _, _)| rank < r)
         {
@@ -450,9 +450,9 @@ mod tests {
                 ("a.inf".into(), Value::F64(f64::NEG_INFINITY)),
                 ("a.float".into(), Value::F64(0.25)),
                 ("a.arr".into(), Value::F64Array(vec![1.5, f64::INFINITY])),
-                ("a.strs".into(), Value::StrArray(vec!["x\"y".into(), "\u{1}".into()])),
-                ("server.address".into(), Value::Str("db.internal".into())),
-                ("peer.service".into(), Value::Str("Postgres".into())),
+                ("a.strs".into(), Value::StringArray(vec!["x\"y".into(), "\u{1}".into()])),
+                ("server.address".into(), Value::String("db.internal".into())),
+                ("peer.service".into(), Value::String("Postgres".into())),
                 ("server.port".into(), Value::I64(5432)),
                 ("error".into(), Value::Bool(true)),
             ],
@@ -465,7 +465,7 @@ mod tests {
                 Event {
                     name: "exception".into(),
                     time_unix_nanos: 1_700_000_000_123_457_000,
-                    attributes: vec![("exception.message".into(), Value::Str("line\nbreak".into()))],
+                    attributes: vec![("exception.message".into(), Value::String("line\nbreak".into()))],
                 },
             ],
             dropped_attributes: 3,
@@ -522,7 +522,7 @@ mod tests {
         s.kind = Kind::Internal;
         s.status = Status::Unset;
         s.parent_id = None;
-        s.attributes = vec![("error".into(), Value::Str("false".into()))];
+        s.attributes = vec![("error".into(), Value::String("false".into()))];
         s.events.clear();
         s.dropped_attributes = 0;
         s.name = "".into();
@@ -535,12 +535,12 @@ mod tests {
     fn remote_endpoint_ip_and_rank() {
         let mut s = span();
         s.attributes = vec![
-            ("db.name".into(), Value::Str("users".into())),
-            ("network.peer.address".into(), Value::Str("10.1.2.3".into())),
+            ("db.name".into(), Value::String("users".into())),
+            ("network.peer.address".into(), Value::String("10.1.2.3".into())),
             ("network.peer.port".into(), Value::I64(70000)),
         ];
         assert_eq!(encode(&s)[0]["remoteEndpoint"], serde_json::json!({"ipv4": "10.1.2.3"}));
-        s.attributes[1].1 = Value::Str("::1".into());
+        s.attributes[1].1 = Value::String("::1".into());
         s.attributes[2].1 = Value::I64(443);
         assert_eq!(
             encode(&s)[0]["remoteEndpoint"],

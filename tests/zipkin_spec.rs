@@ -46,7 +46,7 @@ fn check(spans: &[Span]) -> Json {
             assert_eq!(j["name"], &*span.name, "names survive escaping");
         }
         for (k, v) in &span.attributes {
-            if let Value::Str(s) = v
+            if let Value::String(s) = v
                 && k != "error"
                 && k != "otel.status_code"
             {
@@ -67,7 +67,7 @@ fn base() -> Span {
         start_unix_nanos: 1_764_000_000_000_000_000,
         end_unix_nanos: 1_764_000_000_250_000_000,
         status: Status::Ok,
-        attributes: vec![("http.request.method".into(), Value::Str("GET".into()))],
+        attributes: vec![("http.request.method".into(), Value::String("GET".into()))],
         events: Default::default(),
         dropped_attributes: 0,
         dropped_events: 0,
@@ -101,20 +101,20 @@ fn nasty_spans() {
     nasty.kind = Kind::Client;
     nasty.status = Status::Error(format!("{unicode}{all_controls}"));
     nasty.attributes = vec![
-        (all_controls.clone(), Value::Str(unicode.into())),
-        (unicode.into(), Value::Str(all_controls.clone())),
+        (all_controls.clone(), Value::String(unicode.into())),
+        (unicode.into(), Value::String(all_controls.clone())),
         ("nan".into(), Value::F64(f64::NAN)),
         ("inf".into(), Value::F64(f64::INFINITY)),
         ("-inf".into(), Value::F64(f64::NEG_INFINITY)),
         ("tiny".into(), Value::F64(5e-324)),
         ("floats".into(), Value::F64Array(vec![f64::NAN, -0.0, 1e308])),
-        ("empty".into(), Value::StrArray(vec![])),
+        ("empty".into(), Value::StringArray(vec![])),
         ("empty.i".into(), Value::I64Array(vec![])),
         ("bools".into(), Value::BoolArray(vec![true, false])),
         ("ints".into(), Value::I64Array(vec![i64::MIN, i64::MAX])),
-        ("huge".into(), Value::StrArray(huge)),
-        ("".into(), Value::Str("".into())),
-        ("peer.service".into(), Value::Str(unicode.into())),
+        ("huge".into(), Value::StringArray(huge)),
+        ("".into(), Value::String("".into())),
+        ("peer.service".into(), Value::String(unicode.into())),
         ("server.port".into(), Value::I64(99_999)),
     ];
     nasty.events = smallvec::smallvec![
@@ -128,7 +128,7 @@ fn nasty_spans() {
             time_unix_nanos: u64::MAX,
             attributes: vec![
                 ("x".into(), Value::F64(f64::NAN)),
-                (all_controls.clone(), Value::StrArray(vec![unicode.into()])),
+                (all_controls.clone(), Value::StringArray(vec![unicode.into()])),
             ],
         },
     ];
@@ -157,11 +157,11 @@ fn nasty_spans() {
 
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        any::<String>().prop_map(Value::Str),
+        any::<String>().prop_map(Value::String),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::I64),
         any::<f64>().prop_map(Value::F64),
-        prop::collection::vec(any::<String>(), 0..4).prop_map(Value::StrArray),
+        prop::collection::vec(any::<String>(), 0..4).prop_map(Value::StringArray),
         prop::collection::vec(any::<bool>(), 0..4).prop_map(Value::BoolArray),
         prop::collection::vec(any::<i64>(), 0..4).prop_map(Value::I64Array),
         prop::collection::vec(any::<f64>(), 0..4).prop_map(Value::F64Array),

@@ -47,11 +47,11 @@ struct Input {
 
 fn value(v: FValue) -> Value {
     match v {
-        FValue::Str(s) => Value::Str(s),
+        FValue::Str(s) => Value::String(s),
         FValue::Bool(b) => Value::Bool(b),
         FValue::I64(i) => Value::I64(i),
         FValue::F64(f) => Value::F64(f),
-        FValue::StrArray(a) => Value::StrArray(a),
+        FValue::StrArray(a) => Value::StringArray(a),
         FValue::BoolArray(a) => Value::BoolArray(a),
         FValue::I64Array(a) => Value::I64Array(a),
         FValue::F64Array(a) => Value::F64Array(a),
@@ -154,19 +154,19 @@ fn check(span: &Span, service: &str, j: &Json) {
     let is_error = matches!(span.status, Status::Error(_));
     for (k, v) in &span.attributes {
         let owned_by_status = (k == "otel.status_code" && span.status != Status::Unset)
-            || (k == "error" && (is_error || matches!(v, Value::Bool(false)) || matches!(v, Value::Str(s) if s == "false")))
+            || (k == "error" && (is_error || matches!(v, Value::Bool(false)) || matches!(v, Value::String(s) if s == "false")))
             || (k.starts_with("otel.dropped_") && (span.dropped_attributes > 0 || span.dropped_events > 0));
         if owned_by_status {
             continue;
         }
         let tag = tags.get(k.as_str()).and_then(Json::as_str).unwrap_or_else(|| panic!("tag {k:?} missing"));
         match v {
-            Value::Str(s) => assert_eq!(tag, s),
+            Value::String(s) => assert_eq!(tag, s),
             Value::Bool(b) => assert_eq!(tag, b.to_string()),
             Value::I64(i) => assert_eq!(tag, i.to_string()),
             Value::F64(f) if f.is_nan() => assert_eq!(tag, "NaN"),
             Value::F64(f) => assert_eq!(tag.parse::<f64>().ok(), Some(*f), "{tag}"),
-            Value::StrArray(a) => assert_eq!(serde_json::from_str::<Vec<String>>(tag).ok().as_ref(), Some(a)),
+            Value::StringArray(a) => assert_eq!(serde_json::from_str::<Vec<String>>(tag).ok().as_ref(), Some(a)),
             Value::BoolArray(a) => assert_eq!(serde_json::from_str::<Vec<bool>>(tag).ok().as_ref(), Some(a)),
             Value::I64Array(a) => assert_eq!(serde_json::from_str::<Vec<i64>>(tag).ok().as_ref(), Some(a)),
             Value::F64Array(a) => {

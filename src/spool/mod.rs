@@ -863,7 +863,7 @@ pub(super) mod tests {
                 // Random, so records cannot deflate below the split size.
                 attributes: vec![(
                     "k".into(),
-                    Value::Str((0..100).map(|_| fastrand::alphanumeric()).collect()),
+                    Value::String((0..100).map(|_| fastrand::alphanumeric()).collect()),
                 )],
                 events: Default::default(),
                 dropped_attributes: 0,

@@ -390,7 +390,7 @@ pub(super) mod tests {
             attributes: vec![
                 ("nan".into(), Value::F64(f64::NAN)),
                 ("inf".into(), Value::F64(f64::NEG_INFINITY)),
-                ("arr".into(), Value::StrArray(vec!["a".into()])),
+                ("arr".into(), Value::StringArray(vec!["a".into()])),
             ],
             events: smallvec::smallvec![Event {
                 name: "exception".into(),
