@@ -61,19 +61,40 @@ pub const MAX_NAMES_PER_SHARD: usize = 256;
 /// Longest name that is interned.
 pub const MAX_INTERNED_LEN: usize = 128;
 
-/// A bounded set of leaked names (see the module docs).
+/// Entries in a shard's cache of recently seen name addresses.
+const NAME_CACHE: usize = 16;
+
+/// A bounded set of leaked names (see the module docs), fronted by a small
+/// cache keyed by the caller's string address: bext's names are mostly
+/// literals, so the same address comes back with the same text, and a hit
+/// costs a comparison instead of a hash and a probe. The text is always
+/// compared, so a reused address with other text is a miss, never a wrong
+/// name.
 #[derive(Default)]
-struct Names(rustc_hash::FxHashSet<&'static str>);
+struct Names {
+    set: rustc_hash::FxHashSet<&'static str>,
+    recent: [Option<(usize, &'static str)>; NAME_CACHE],
+}
 
 impl Names {
     #[inline]
     fn get(&mut self, name: &str) -> Cow<'static, str> {
-        if let Some(&interned) = self.0.get(name) {
+        let addr = name.as_ptr() as usize;
+        let entry = &mut self.recent[(addr >> 3 ^ name.len()) % NAME_CACHE];
+        if let Some((a, interned)) = *entry
+            && a == addr
+            && interned == name
+        {
             return Cow::Borrowed(interned);
         }
-        if self.0.len() < MAX_NAMES_PER_SHARD && name.len() <= MAX_INTERNED_LEN {
+        if let Some(&interned) = self.set.get(name) {
+            *entry = Some((addr, interned));
+            return Cow::Borrowed(interned);
+        }
+        if self.set.len() < MAX_NAMES_PER_SHARD && name.len() <= MAX_INTERNED_LEN {
             let leaked: &'static str = Box::leak(Box::from(name));
-            self.0.insert(leaked);
+            self.set.insert(leaked);
+            *entry = Some((addr, leaked));
             return Cow::Borrowed(leaked);
         }
         Cow::Owned(name.to_owned())
@@ -639,5 +660,24 @@ impl Drop for SpillwayTracer {
             let _ = spiller.join();
         }
         let _ = self.inner.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_interned_and_a_reused_address_with_other_text_is_not_mistaken() {
+        let mut names = Names::default();
+        let mut buf = String::from("GET /a");
+        let first = names.get(&buf);
+        assert!(matches!(first, Cow::Borrowed("GET /a")));
+        assert!(matches!(names.get("GET /a"), Cow::Borrowed(s) if std::ptr::eq(s, &*first)));
+        // Same address and length, other text: a cache hit would be wrong.
+        buf.replace_range(.., "GET /b");
+        assert_eq!(names.get(&buf), "GET /b");
+        assert_eq!(names.get(&buf), "GET /b");
+        assert_eq!(names.set.len(), 2);
     }
 }
