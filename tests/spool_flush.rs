@@ -216,12 +216,14 @@ fn a_full_batch_spills_early_instead_of_dropping() {
         ..common::spool_config(&dead.url, dir.path())
     })
     .unwrap();
-    // Fourteen bursts of 1,500 spans with no flush: 21,000 spans against a
-    // 6,400-span batch. The spiller, woken at half a shard's share, moves
-    // them to disk; a burst adds about 23 spans to a shard, far less than
-    // the 50 of headroom left when it is woken.
-    for burst in 0..14 {
-        record(&t, 1_500, "burst");
+    // 105 bursts of 200 spans with no flush: 21,000 spans against a
+    // 6,400-span batch. The spiller, woken when a shard reaches half its
+    // share (50), moves them to disk. A burst starts only once fewer than
+    // half the batch is in memory, so even if the spiller is slow to run,
+    // a shard could fill (100) only by holding about twice the average:
+    // more than six standard deviations off.
+    for burst in 0..105 {
+        record(&t, 200, "burst");
         common::wait_for(
             "the spiller to drain the batch",
             std::time::Duration::from_secs(10),
