@@ -656,17 +656,19 @@ impl Spool {
     /// reached the disk is known only once the spool is reopened (sled stays
     /// failed after an I/O error), so the caller must look again there.
     pub fn ack(&mut self, entry: &Entry) -> Result<(), SpoolError> {
-        self.settle(|s| {
-            s.remove(entry)?;
-            s.sync()
-        })
+        self.settle(entry, |_| Ok(()))
     }
 
-    /// Runs a removal; on an error puts the counts back as they were (see
-    /// [`Spool::ack`]).
-    fn settle(&mut self, f: impl FnOnce(&mut Self) -> Result<(), SpoolError>) -> Result<(), SpoolError> {
+    /// Runs `keep` (what the record leaves behind, if anything), removes
+    /// `entry` and syncs; on an error puts the counts back as they were
+    /// (see [`Spool::ack`]).
+    fn settle(
+        &mut self,
+        entry: &Entry,
+        keep: impl FnOnce(&mut Self) -> Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
         let before = self.stats;
-        let result = f(self);
+        let result = keep(self).and_then(|()| self.remove(entry)).and_then(|()| self.sync());
         if result.is_err() {
             self.stats = before;
         }
@@ -739,23 +741,18 @@ impl Spool {
     /// Removes `entry`, keeping the `refused` spans as a dead letter (the
     /// rest were delivered). Synced; on an error as [`Spool::ack`].
     pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
-        self.settle(|s| {
-            s.put_dead(&entry.service, refused, now_unix_ms)?;
-            s.remove(entry)?;
-            s.sync()
-        })
+        self.settle(entry, |s| s.put_dead(&entry.service, refused, now_unix_ms))
     }
 
     /// Moves a record that failed its checks to quarantine, bytes intact.
     /// Synced; on an error as [`Spool::ack`].
     pub fn quarantine(&mut self, entry: &Entry) -> Result<(), SpoolError> {
-        self.settle(|s| {
+        self.settle(entry, |s| {
             s.quarantine
                 .insert(entry.key.to_be_bytes(), entry.raw.clone())
                 .map_err(|e| s.storage(e))?;
             s.stats.quarantined_records += 1;
-            s.remove(entry)?;
-            s.sync()
+            Ok(())
         })
     }
 
