@@ -111,11 +111,10 @@ impl Live {
     /// and belongs to `trace_id`.
     #[inline]
     fn live_slot(&mut self, id: u64, trace_id: &[u8; 16]) -> Option<&mut Slot> {
-        self.slots.get_mut(slot_of(id)).filter(|s| !s.ended).filter(|s| {
-            s.span
-                .as_ref()
-                .is_some_and(|s| s.span_id == id.to_be_bytes() && s.trace_id == *trace_id)
-        })
+        let is_it = |s: &Span| s.span_id == id.to_be_bytes() && s.trace_id == *trace_id;
+        self.slots
+            .get_mut(slot_of(id))
+            .filter(|s| !s.ended && s.span.as_ref().is_some_and(is_it))
     }
 
     /// The live span `id` names, if it is the one in its slot and belongs
