@@ -3,10 +3,12 @@
 //! The tracer reads the clock for every span start, end and event that does
 //! not carry its own timestamp, so the clock is a trait object the tests
 //! can replace. [`SystemClock`] reads the wall clock (Zipkin wants epoch
-//! microseconds); [`TscClock`] reads the CPU's time-stamp counter (about
-//! half the cost) and is anchored to the wall clock, re-anchored at every
-//! flush so it follows NTP corrections; [`ManualClock`] is set by hand.
-//! [`default_clock`] picks the TSC clock where the TSC is usable.
+//! microseconds); [`TscClock`] reads the CPU's time-stamp counter through
+//! `quanta` (a counter read, a multiply and a shift: a fraction of the
+//! system clock's cost) and is tied to the wall clock by one offset,
+//! re-read at every flush so it follows NTP corrections; [`ManualClock`] is
+//! set by hand. [`default_clock`] is the TSC clock (which falls back to the
+//! OS's monotonic clock where the TSC is not invariant).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,36 +23,46 @@ pub trait Clock: Send + Sync + 'static {
     fn recalibrate(&self) {}
 }
 
-/// The fastest accurate clock on this machine: [`TscClock`] where the TSC
-/// is stable, else [`SystemClock`].
+/// The fastest accurate clock on this machine: a [`TscClock`].
 pub fn default_clock() -> std::sync::Arc<dyn Clock> {
-    if fastant::is_tsc_available() {
-        std::sync::Arc::new(TscClock::new())
-    } else {
-        std::sync::Arc::new(SystemClock)
-    }
+    std::sync::Arc::new(TscClock::new())
 }
 
-/// Wall-clock time from the time-stamp counter: `anchor_unix` plus the
-/// TSC time elapsed since `anchor`. Durations between two readings are as
-/// precise as the TSC; the absolute time is as right as the last anchor.
-/// A reader racing with [`Clock::recalibrate`] may see the new wall time
-/// with the old counter: off by the correction (microseconds), never more.
+/// Wall-clock time from the time-stamp counter: the nanoseconds the counter
+/// has run since a fixed origin (scaled by `quanta`'s calibration), plus an
+/// offset to the Unix epoch.
+///
+/// Invariants: the origin never changes and the offset is one atomic word,
+/// so a reading racing with [`Clock::recalibrate`] uses the old or the new
+/// offset, each right to within the drift since the flush before (the
+/// calibration's rate error over one flush interval: microseconds). Durations
+/// between two readings with the same offset are as precise as the counter.
 #[derive(Debug)]
 pub struct TscClock {
-    anchor: fastant::Atomic,
-    anchor_unix: AtomicU64,
+    clock: quanta::Clock,
+    origin: u64,
+    /// Unix nanoseconds at `origin`, wrapping (the sum is taken wrapping).
+    offset: AtomicU64,
 }
 
 impl TscClock {
-    /// A clock anchored now.
+    /// A clock tied to the wall clock now. The first in a process
+    /// calibrates the counter against the OS clock (a few milliseconds).
     pub fn new() -> Self {
+        let clock = quanta::Clock::new();
         let clock = TscClock {
-            anchor: fastant::Atomic::new(fastant::Instant::now()),
-            anchor_unix: AtomicU64::new(0),
+            origin: clock.raw(),
+            clock,
+            offset: AtomicU64::new(0),
         };
         clock.recalibrate();
         clock
+    }
+
+    /// Nanoseconds the counter has run since `origin`.
+    #[inline]
+    fn since_origin(&self) -> u64 {
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 }
 
@@ -63,18 +75,13 @@ impl Default for TscClock {
 impl Clock for TscClock {
     #[inline]
     fn now_unix_nanos(&self) -> u64 {
-        let anchor = self.anchor.load(Ordering::Relaxed);
-        let since = fastant::Instant::now().saturating_duration_since(anchor);
-        self.anchor_unix
-            .load(Ordering::Relaxed)
-            .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
+        self.offset.load(Ordering::Relaxed).wrapping_add(self.since_origin())
     }
 
     fn recalibrate(&self) {
-        let now = fastant::Instant::now();
+        let since = self.since_origin();
         let unix = SystemClock.now_unix_nanos();
-        self.anchor_unix.store(unix, Ordering::Relaxed);
-        self.anchor.store(now, Ordering::Relaxed);
+        self.offset.store(unix.wrapping_sub(since), Ordering::Relaxed);
     }
 }
 
@@ -122,5 +129,27 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_unix_nanos(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tsc_clock_reads_the_wall_clock_and_never_goes_back_between_flushes() {
+        let tsc = TscClock::new();
+        let within = |a: u64, b: u64| a.abs_diff(b) < 50_000_000;
+        for _ in 0..3 {
+            let (before, now, after) = (
+                SystemClock.now_unix_nanos(),
+                tsc.now_unix_nanos(),
+                SystemClock.now_unix_nanos(),
+            );
+            assert!(within(now, before) && within(now, after), "{before} {now} {after}");
+            let readings: Vec<u64> = (0..1000).map(|_| tsc.now_unix_nanos()).collect();
+            assert!(readings.is_sorted(), "monotonic between recalibrations");
+            tsc.recalibrate();
+        }
     }
 }
