@@ -78,8 +78,9 @@ pub struct Config {
     /// Ended spans held in memory between flushes, 1 to 100,000,000.
     pub max_queue_spans: usize,
     /// Spans started and not yet ended, 64 to 1,073,741,824: a bound on the
-    /// memory of spans a host starts and never ends. Past it (per shard, an
-    /// even share) `start_span` returns `INVALID`, counted as `refused_live_full`.
+    /// memory of spans a host starts and never ends. Past it (rounded up to
+    /// a multiple of 64, one share per shard) `start_span` returns `INVALID`,
+    /// counted as `refused_live_full`.
     pub max_live_spans: usize,
     /// Spans kept in memory for a later retry after a failed export
     /// (until the durable spool takes over), 0 to 100,000,000.

@@ -12,6 +12,15 @@
 //! are cache-line aligned, so two threads touching different shards never
 //! share a line.
 //!
+//! Each thread starts its spans in a *home* shard (handed out round-robin;
+//! see `home`), so a thread's spans take neighbouring slots under a lock and
+//! a name cache that stay in its core's cache; any thread may then record
+//! on or end a span, whichever shard holds it. When the home shard has no
+//! room (its share of the live bound or of the batch is used up), the
+//! thread moves to the next shard with room, steered by a bitmask of full
+//! shards that the flush clears: the bounds hold for the whole table, not
+//! per thread.
+//!
 //! ## Contract (bext-plugin-api 0.2)
 //! - Recording calls never fail, never panic, never block on I/O; calls on
 //!   an unknown, ended or [`SpanHandle::INVALID`] handle are no-ops.
@@ -36,8 +45,9 @@
 //! ## Bounds
 //! Attributes and events per span are capped (the excess is counted on the
 //! span and exported as `otel.dropped_*_count`); the ended batch is capped
-//! at `max_queue_spans` (split evenly over the shards), past which ended
-//! spans are dropped and counted as `queue_full`.
+//! at `max_queue_spans` (split evenly over the shards and used up shard by
+//! shard), past which ended spans are dropped and counted as `queue_full`;
+//! with a spool, the spiller is woken when half the shards are full.
 
 use crate::clock::{Clock, default_clock};
 use crate::config::{Config, ConfigError};
@@ -55,6 +65,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Number of shards in the live-span table (a power of two).
 pub const SHARDS: usize = 64;
+// The full-shard mask is one `u64`.
+const _: () = assert!(SHARDS == u64::BITS as usize);
 
 /// Names each shard interns at most.
 pub const MAX_NAMES_PER_SHARD: usize = 256;
@@ -224,11 +236,8 @@ impl TracerBuilder {
             .div_ceil(SHARDS)
             .min((1 << live::SLOT_BITS) - shard_capacity);
         let inner = Arc::new(Inner {
-            spill_at: if has_spool {
-                (shard_capacity / 2).max(1)
-            } else {
-                usize::MAX
-            },
+            spill_at: if has_spool { SHARDS as u32 / 2 } else { u32::MAX },
+            full: AtomicU64::new(0),
             wake: Wake::default(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             clock: self.clock.unwrap_or_else(default_clock),
@@ -271,8 +280,9 @@ fn sample_threshold(ratio: f64) -> Option<u64> {
 /// The spillway tracer: records spans for bext and exports them to Zipkin.
 ///
 /// With a spool, a background thread (the *spiller*) moves the ended batch
-/// to disk when a shard fills to half its share of `max_queue_spans`, so a
-/// burst between flushes is spilled, not dropped.
+/// to disk when half the shards have used up their share of
+/// `max_queue_spans` (about half the batch), so a burst between flushes is
+/// spilled, not dropped.
 /// The hot path only signals it, after releasing its lock.
 pub struct SpillwayTracer {
     inner: Arc<Inner>,
@@ -289,8 +299,12 @@ struct Wake {
 
 /// The tracer's state, shared with the spiller thread.
 struct Inner {
-    /// A shard's batch length that wakes the spiller (never, without a spool).
-    spill_at: usize,
+    /// How many full shards wake the spiller (never, without a spool).
+    spill_at: u32,
+    /// Shards found full (bit n for shard n) since they were last drained;
+    /// a hint that steers threads to a shard with room, checked under the
+    /// shard's lock before use (see [`Inner::claim`]).
+    full: AtomicU64,
     wake: Wake,
     shards: Box<[Shard]>,
     clock: Arc<dyn Clock>,
@@ -405,10 +419,11 @@ impl Inner {
     /// start order (see [`order_by_start`]).
     fn drain(&self, exporter: &mut Exporter) -> Vec<Span> {
         let mut batch = exporter.take_buffer();
-        for shard in self.shards.iter() {
+        for (n, shard) in self.shards.iter().enumerate() {
             let mut st = lock(&shard.0);
             add(&self.counters.held, st.live.ended_len());
             st.live.drain_ended(&mut batch);
+            self.full.fetch_and(!(1 << n), Ordering::Relaxed);
         }
         order_by_start(&mut batch);
         batch
@@ -417,6 +432,67 @@ impl Inner {
     #[inline]
     fn shard(&self, span_id: u64) -> &Mutex<ShardState> {
         &self.shards[(span_id as usize) & (SHARDS - 1)].0
+    }
+
+    /// Whether shard `st` can take one more span: a free live slot and,
+    /// counting its live spans, room in its share of the batch.
+    #[inline]
+    fn has_room(&self, st: &ShardState) -> bool {
+        let live = st.live.len();
+        live < self.live_per_shard && live + st.live.ended_len() < self.shard_capacity
+    }
+
+    /// Marks `shard` full (call under its lock). Returns whether that makes
+    /// the count of full shards reach `spill_at`: the caller then wakes the
+    /// spiller, after releasing the lock.
+    fn mark_full(&self, shard: usize) -> bool {
+        let bit = 1 << shard;
+        let before = self.full.fetch_or(bit, Ordering::Relaxed);
+        before & bit == 0 && before.count_ones() + 1 == self.spill_at
+    }
+
+    /// The shard a new span goes to, locked: the calling thread's home
+    /// shard if it has room, else the next shard with room, which becomes
+    /// the thread's home. When none has, the home shard (whose own checks
+    /// then refuse the span or count it dropped when it ends).
+    #[inline]
+    fn claim(&self) -> (usize, MutexGuard<'_, ShardState>) {
+        let home = home::get();
+        let st = lock(&self.shards[home].0);
+        if self.has_room(&st) {
+            return (home, st);
+        }
+        self.claim_elsewhere(home, st)
+    }
+
+    #[cold]
+    fn claim_elsewhere<'a>(
+        &'a self,
+        home: usize,
+        st: MutexGuard<'a, ShardState>,
+    ) -> (usize, MutexGuard<'a, ShardState>) {
+        let mut wake = self.mark_full(home);
+        drop(st);
+        // Each round either returns or marks one more shard: at most SHARDS rounds.
+        let mut claimed = None;
+        for _ in 0..SHARDS {
+            let full = self.full.load(Ordering::Relaxed);
+            if full == u64::MAX {
+                break;
+            }
+            let next = (home + (!full).rotate_right(home as u32).trailing_zeros() as usize) % SHARDS;
+            let st = lock(&self.shards[next].0);
+            if self.has_room(&st) {
+                home::set(next);
+                claimed = Some((next, st));
+                break;
+            }
+            wake |= self.mark_full(next);
+        }
+        if wake {
+            self.wake_spiller();
+        }
+        claimed.unwrap_or_else(|| (home, lock(&self.shards[home].0)))
     }
 
     #[inline]
@@ -478,6 +554,41 @@ fn order_by_start(batch: &mut [Span]) {
             batch.swap(k, from);
             k = from;
         }
+    }
+}
+
+/// Each thread's home shard: where the spans it starts go while it has
+/// room. Homes are handed out round-robin, so up to [`SHARDS`] threads each
+/// have a shard of their own: a thread's spans then take neighbouring slots
+/// under a lock no other thread takes, and all stay in its core's cache.
+mod home {
+    use super::SHARDS;
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const UNSET: usize = usize::MAX;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: Cell<usize> = const { Cell::new(UNSET) };
+    }
+
+    /// The calling thread's home shard, handed out at its first call.
+    #[inline]
+    pub fn get() -> usize {
+        HOME.try_with(|h| match h.get() {
+            UNSET => {
+                let n = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+                h.set(n);
+                n
+            }
+            n => n,
+        })
+        .unwrap_or(0)
+    }
+
+    /// Moves the calling thread's home to `shard`.
+    pub fn set(shard: usize) {
+        let _ = HOME.try_with(|h| h.set(shard));
     }
 }
 
@@ -553,13 +664,12 @@ impl Inner {
             return SpanHandle::INVALID;
         }
         let bits = live::random_bits();
-        let shard = (bits as usize) & (SHARDS - 1);
         let start_unix_nanos = start
             .start_time_unix_nanos
             .unwrap_or_else(|| self.clock.now_unix_nanos());
         let mut dropped_attributes = 0;
         let attributes = capped(start.attributes, self.max_attributes, &mut dropped_attributes);
-        let mut st = lock(&self.shards[shard].0);
+        let (shard, mut st) = self.claim();
         // A full shard means spans are being started and never ended:
         // refuse more rather than grow without bound.
         let vacant = if st.live.len() < self.live_per_shard {
@@ -650,9 +760,9 @@ impl Inner {
                     return;
                 }
                 st.recorded += 1;
-                let crossed = st.live.ended_len() == self.spill_at;
+                let wake = st.live.ended_len() == self.shard_capacity && self.mark_full(id as usize % SHARDS);
                 drop(st);
-                if crossed {
+                if wake {
                     self.wake_spiller();
                 }
                 return;

@@ -217,11 +217,10 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     })
     .unwrap();
     // 105 bursts of 200 spans with no flush: 21,000 spans against a
-    // 6,400-span batch. The spiller, woken when a shard reaches half its
-    // share (50), moves them to disk. A burst starts only once fewer than
-    // half the batch is in memory, so even if the spiller is slow to run,
-    // a shard could fill (100) only by holding about twice the average:
-    // more than six standard deviations off.
+    // 6,400-span batch. The spiller, woken when half the shards are full
+    // (3,200 spans), moves them to disk. A burst starts only once fewer
+    // than half the batch is in memory, so even a spiller slow to run has
+    // the other half (3,200 spans, 16 bursts) to catch up in.
     for burst in 0..105 {
         record(&t, 200, "burst");
         common::wait_for(
