@@ -89,16 +89,24 @@ struct Names {
 }
 
 impl Names {
-    #[inline]
+    #[inline(always)]
     fn get(&mut self, name: &str) -> Cow<'static, str> {
         let addr = name.as_ptr() as usize;
-        let entry = &mut self.recent[(addr >> 3 ^ name.len()) % NAME_CACHE];
-        if let Some((a, interned)) = *entry
+        let slot = (addr >> 3 ^ name.len()) % NAME_CACHE;
+        if let Some((a, interned)) = self.recent[slot]
             && a == addr
             && interned == name
         {
             return Cow::Borrowed(interned);
         }
+        self.get_uncached(name, slot)
+    }
+
+    /// [`Names::get`] past a cache miss: the set, then a new name.
+    #[cold]
+    fn get_uncached(&mut self, name: &str, slot: usize) -> Cow<'static, str> {
+        let addr = name.as_ptr() as usize;
+        let entry = &mut self.recent[slot];
         if let Some(&interned) = self.set.get(name) {
             *entry = Some((addr, interned));
             return Cow::Borrowed(interned);
