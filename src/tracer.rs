@@ -768,7 +768,14 @@ impl Inner {
                     return;
                 }
                 st.recorded += 1;
-                let wake = st.live.ended_len() == self.shard_capacity && self.mark_full(id as usize % SHARDS);
+                let shard = id as usize % SHARDS;
+                let mut wake = false;
+                if st.live.ended_len() == self.shard_capacity {
+                    wake = self.mark_full(shard);
+                } else if st.live.len() + 1 == self.live_per_shard {
+                    // A live slot came free: let threads find it again.
+                    self.full.fetch_and(!(1 << shard), Ordering::Relaxed);
+                }
                 drop(st);
                 if wake {
                     self.wake_spiller();

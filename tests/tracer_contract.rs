@@ -339,17 +339,22 @@ fn spans_never_ended_are_bounded_and_refusals_counted() {
     let s = t.stats();
     assert_eq!((s.live, live.len()), (64, 64), "every shard's share is used: {s:?}");
     assert_eq!(s.refused_live_full, 1_000 - 64, "every refusal is counted: {s:?}");
+    // Ending the first span frees a slot in a shard this thread has since
+    // left: the next span finds it, with no flush in between.
+    t.end_span(live[0], None);
+    let again = start(&t, "again", None);
+    assert!(!again.is_invalid(), "a freed slot in another shard is found");
     // A refused handle is a no-op everywhere; ending the live ones frees room.
-    for h in &handles {
+    for h in handles.iter().chain([&again]) {
         t.end_span(*h, None);
     }
     let s = t.stats();
-    assert_eq!((s.live, s.recorded), (0, live.len() as u64), "{s:?}");
+    assert_eq!((s.live, s.recorded), (0, live.len() as u64 + 1), "{s:?}");
     assert!(s.is_balanced(), "{s:?}");
     let h = start(&t, "after", None);
     assert!(!h.is_invalid(), "room again once spans end");
     t.end_span(h, None);
-    assert_eq!(flushed(&t, &rec).len(), live.len() + 1);
+    assert_eq!(flushed(&t, &rec).len(), live.len() + 2);
 }
 
 #[test]
