@@ -47,7 +47,8 @@ pub struct TscClock {
 
 impl TscClock {
     /// A clock tied to the wall clock now. The first in a process
-    /// calibrates the counter against the OS clock (a few milliseconds).
+    /// calibrates the counter against the OS clock (under a millisecond on
+    /// the project's machines).
     pub fn new() -> Self {
         let clock = quanta::Clock::new();
         let clock = TscClock {
