@@ -7,7 +7,7 @@
 //! Data flows one way:
 //!
 //! ```text
-//! tracer (hot path) -> batch -> zipkin (encode) -> transport (POST) -> exporter (accounting, retry)
+//! tracer (hot path) -> ended (packed batch) -> zipkin (encode) -> transport (POST) -> exporter (accounting, retry)
 //! ```
 //!
 //! ```no_run
@@ -24,6 +24,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod ended;
 pub mod exporter;
 mod live;
 pub mod span;

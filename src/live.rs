@@ -1,6 +1,6 @@
-//! The spans of one tracer shard, from start until a flush collects them:
-//! a slab addressed by bits of the span id, so that finding a span costs an
-//! index, not a hash lookup.
+//! The live spans of one tracer shard, from start until they end: a slab
+//! addressed by bits of the span id, so that finding a span costs an index,
+//! not a hash lookup.
 //!
 //! A span id is laid out as
 //!
@@ -15,12 +15,10 @@
 //! carries the very same span and trace ids: stale, ended and foreign
 //! handles are no-ops.
 //!
-//! Ending a span does not move it: the slot is marked ended and its number
-//! queued, and [`Live::drain_ended`] moves the ended spans out, oldest
-//! first, when the flush collects the batch. A span is thus written once on
-//! the hot path (at start) instead of three times (into the slab, out of it,
-//! into the batch). A slot is free again once drained; freed slots are
-//! reused most recently freed first (warm in cache).
+//! Ending a span removes it ([`Live::remove_with`]; the tracer packs it
+//! into its shard's [`crate::ended::Ended`] buffer), so the slab holds only the
+//! spans in flight: a few per request being served, however large the
+//! batch. Freed slots are reused most recently freed first (warm in cache).
 
 use crate::span::Span;
 
@@ -55,20 +53,11 @@ pub fn random_bits() -> u64 {
     }
 }
 
-/// One slot: empty, or a span that is live or ended (awaiting the flush).
-#[derive(Default)]
-struct Slot {
-    span: Option<Span>,
-    ended: bool,
-}
-
-/// One shard's live and ended spans.
+/// One shard's live spans.
 #[derive(Default)]
 pub struct Live {
-    slots: Vec<Slot>,
+    slots: Vec<Option<Span>>,
     free: Vec<u32>,
-    /// Slots holding ended spans, in the order they ended.
-    ended: Vec<u32>,
     live: usize,
 }
 
@@ -76,11 +65,6 @@ impl Live {
     /// Live spans.
     pub fn len(&self) -> usize {
         self.live
-    }
-
-    /// Ended spans awaiting [`Live::drain_ended`].
-    pub fn ended_len(&self) -> usize {
-        self.ended.len()
     }
 
     /// The slot the next [`Live::insert`] will use, or `None` when the
@@ -98,11 +82,8 @@ impl Live {
     #[inline]
     pub fn insert(&mut self, span: Span) {
         match self.free.pop() {
-            Some(slot) => self.slots[slot as usize].span = Some(span),
-            None => self.slots.push(Slot {
-                span: Some(span),
-                ended: false,
-            }),
+            Some(slot) => self.slots[slot as usize] = Some(span),
+            None => self.slots.push(Some(span)),
         }
         self.live += 1;
     }
@@ -110,58 +91,36 @@ impl Live {
     /// The slot of the live span `id` names, if it is the one in its slot
     /// and belongs to `trace_id`.
     #[inline]
-    fn live_slot(&mut self, id: u64, trace_id: &[u8; 16]) -> Option<&mut Slot> {
+    fn live_slot(&mut self, id: u64, trace_id: &[u8; 16]) -> Option<&mut Option<Span>> {
         let is_it = |s: &Span| s.span_id == id.to_be_bytes() && s.trace_id == *trace_id;
         self.slots
             .get_mut(slot_of(id))
-            .filter(|s| !s.ended && s.span.as_ref().is_some_and(is_it))
+            .filter(|s| s.as_ref().is_some_and(is_it))
     }
 
     /// The live span `id` names, if it is the one in its slot and belongs
     /// to `trace_id`.
     #[inline]
     pub fn get_mut(&mut self, id: u64, trace_id: &[u8; 16]) -> Option<&mut Span> {
-        self.live_slot(id, trace_id)?.span.as_mut()
+        self.live_slot(id, trace_id)?.as_mut()
     }
 
     /// Ends the live span `id` names (under the same check as
-    /// [`Live::get_mut`]) at `end_unix_nanos`, leaving it in place for
-    /// [`Live::drain_ended`]. Returns whether there was such a span.
+    /// [`Live::get_mut`]): hands it to `f` where it lies, then drops it and
+    /// frees its slot. Returns whether there was such a span. The span is
+    /// never moved, so `f` reads it where start and record wrote it.
     #[inline]
-    pub fn end(&mut self, id: u64, trace_id: &[u8; 16], end_unix_nanos: u64) -> bool {
+    pub fn remove_with(&mut self, id: u64, trace_id: &[u8; 16], f: impl FnOnce(&mut Span)) -> bool {
         let Some(slot) = self.live_slot(id, trace_id) else {
             return false;
         };
-        if let Some(span) = slot.span.as_mut() {
-            span.end_unix_nanos = end_unix_nanos;
+        if let Some(span) = slot.as_mut() {
+            f(span);
         }
-        slot.ended = true;
-        self.ended.push(slot_of(id) as u32);
-        self.live -= 1;
-        true
-    }
-
-    /// Takes the live span `id` names out, under the same check as
-    /// [`Live::get_mut`].
-    #[inline]
-    pub fn remove(&mut self, id: u64, trace_id: &[u8; 16]) -> Option<Span> {
-        let span = self.live_slot(id, trace_id)?.span.take()?;
+        *slot = None;
         self.free.push(slot_of(id) as u32);
         self.live -= 1;
-        Some(span)
-    }
-
-    /// Moves the ended spans onto `batch`, in the order they ended, and
-    /// frees their slots.
-    pub fn drain_ended(&mut self, batch: &mut Vec<Span>) {
-        batch.reserve(self.ended.len());
-        for &n in &self.ended {
-            let slot = &mut self.slots[n as usize];
-            slot.ended = false;
-            batch.extend(slot.span.take());
-            self.free.push(n);
-        }
-        self.ended.clear();
+        true
     }
 }
 
@@ -170,20 +129,7 @@ mod tests {
     use super::*;
 
     fn span(id: u64, trace: u8) -> Span {
-        Span {
-            trace_id: [trace; 16],
-            span_id: id.to_be_bytes(),
-            parent_id: None,
-            name: "x".into(),
-            kind: Default::default(),
-            start_unix_nanos: 0,
-            end_unix_nanos: 0,
-            status: Default::default(),
-            attributes: vec![],
-            events: Default::default(),
-            dropped_attributes: 0,
-            dropped_events: 0,
-        }
+        Span::new([trace; 16], id.to_be_bytes(), "x")
     }
 
     #[test]
@@ -198,14 +144,13 @@ mod tests {
         assert!(live.get_mut(id, &[1; 16]).is_some());
         assert!(live.get_mut(id, &[2; 16]).is_none(), "same id, other trace");
         assert!(live.get_mut(id ^ (1 << 40), &[1; 16]).is_none(), "same slot, other id");
-        assert!(live.end(id, &[1; 16], 7));
-        assert!(!live.end(id, &[1; 16], 8), "ended once");
-        assert!(live.get_mut(id, &[1; 16]).is_none(), "an ended span is not live");
-        assert!(live.remove(id, &[1; 16]).is_none(), "nor removable");
-        assert_eq!((live.len(), live.ended_len()), (0, 1));
-        let mut batch = Vec::new();
-        live.drain_ended(&mut batch);
-        assert_eq!((batch.len(), batch[0].end_unix_nanos, live.ended_len()), (1, 7, 0));
+        let mut seen = 0;
+        assert!(live.remove_with(id, &[1; 16], |s| seen = s.span_id.len()));
+        assert_eq!(seen, 8, "the span was handed over");
+        assert!(!live.remove_with(id, &[1; 16], |_| seen = 0), "removed once");
+        assert_eq!(seen, 8);
+        assert!(live.get_mut(id, &[1; 16]).is_none(), "a removed span is not live");
+        assert_eq!(live.len(), 0);
         // The slot is reused; the old id does not reach the new span.
         let id2 = compose(random_bits(), live.vacant().unwrap(), 5);
         live.insert(span(id2, 1));

@@ -127,6 +127,32 @@ pub struct Span {
     pub dropped_events: u32,
 }
 
+impl Span {
+    /// A span with these ids and name, unset status, no parent, times at 0
+    /// and nothing recorded yet.
+    ///
+    /// ```
+    /// let span = spillway::span::Span::new([1; 16], [2; 8], "GET /");
+    /// assert!(span.parent_id.is_none() && span.attributes.is_empty());
+    /// ```
+    pub fn new(trace_id: [u8; 16], span_id: [u8; 8], name: impl Into<Cow<'static, str>>) -> Span {
+        Span {
+            trace_id,
+            span_id,
+            parent_id: None,
+            name: name.into(),
+            kind: Kind::Internal,
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+            status: Status::Unset,
+            attributes: Vec::new(),
+            events: Events::new(),
+            dropped_attributes: 0,
+            dropped_events: 0,
+        }
+    }
+}
+
 /// Events as a plain sequence. Decoding goes through `Vec`, whose serde impl
 /// caps how much a claimed length may reserve up front; smallvec's own impl
 /// reserves whatever the input claims (the spool-record fuzzer found an

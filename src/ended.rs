@@ -1,0 +1,531 @@
+//! Ended spans awaiting the flush, packed into bytes.
+//!
+//! A shard's ended spans are what the process holds in volume between two
+//! flushes (up to `max_queue_spans`), so they are kept compact. At
+//! `end_span` a span is packed into its shard's [`Ended`] buffer: its fields
+//! and the text of its attributes are copied into one growing byte vector.
+//! bext's allocations (the attribute vector, and every key and value string)
+//! are then freed on the thread that made them, right away. glibc's
+//! per-thread cache hands the same chunks back to bext's next span, so the
+//! freeing costs the hot path little. Span and event names are already
+//! interned (`&'static str`) and are kept as they are, beside the bytes.
+//!
+//! The flush unpacks the buffer into owned [`Span`]s, which the encoder,
+//! the transport and the spool then use unchanged. So the packed form never
+//! leaves this module and never reaches the disk: it may change freely
+//! between versions.
+//!
+//! Invariants:
+//! - [`Ended::drain_into`] yields exactly the spans pushed, equal field by
+//!   field (NaN payloads and `-0.0` included), in push order;
+//! - a buffer is only ever written by [`Ended::push`], so unpacking cannot
+//!   fail; if it ever did, the spans left are reported, not invented (see
+//!   [`Ended::drain_into`]);
+//! - a span is measured, then written, by one layout function, so the
+//!   buffer grows once per span and is never left torn;
+//! - packing a span never fails, whatever its sizes: a string past
+//!   `u32::MAX` bytes (which no request can carry) is cut at a character
+//!   boundary rather than corrupting the buffer.
+//!
+//! Layout of one span (little-endian; `str` is a `u32` length and UTF-8
+//! bytes; `attrs` is a `u32` count of `str` key, `u8` tag, value):
+//!
+//! ```text
+//! trace_id [16] span_id [8] parent_id [8] flags u8 kind u8
+//! start u64 end u64 dropped_attributes u32 dropped_events u32
+//! [status str, when flags say Error] attrs
+//! u32 events, each: time u64 attrs
+//! ```
+//!
+//! Names go to `names` in order: the span's, then each event's.
+//!
+//! ```
+//! use spillway::ended::Ended;
+//! use spillway::span::{Span, Value};
+//! let mut span = Span::new([1; 16], [2; 8], "GET /users/:id");
+//! span.attributes.push(("http.route".into(), Value::from("/users/:id")));
+//! let mut ended = Ended::default();
+//! ended.push(&mut span.clone());
+//! let mut batch = Vec::new();
+//! assert_eq!(ended.drain_into(&mut batch), 0);
+//! assert_eq!(batch, [span]);
+//! assert!(ended.is_empty());
+//! ```
+
+use crate::span::{Event, Events, Kind, Span, Status, Value};
+use std::borrow::Cow;
+
+const HAS_PARENT: u8 = 1;
+const STATUS_OK: u8 = 2;
+const STATUS_ERROR: u8 = 4;
+
+/// One shard's ended spans, packed (see the module docs).
+#[derive(Default)]
+pub struct Ended {
+    bytes: Vec<u8>,
+    names: Vec<Cow<'static, str>>,
+    len: usize,
+}
+
+impl Ended {
+    /// Spans held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no span is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held by the packed fields and text (names not counted).
+    pub fn packed_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Packs `span`, moving its names out (each left empty). What is left
+    /// in `span` (bext's attribute allocations) is the caller's to drop.
+    /// Returns `false`, keeping nothing, if the span could not be packed:
+    /// never, as its size is measured by the very code that writes it; a
+    /// caller counts such a span as corrupt rather than lose it silently.
+    #[inline]
+    pub fn push(&mut self, span: &mut Span) -> bool {
+        let mut size = Size(0);
+        layout(&mut size, span);
+        let at = self.bytes.len();
+        self.bytes.resize(at + size.0, 0);
+        let mut w = Writer(&mut self.bytes[at..], false);
+        layout(&mut w, span);
+        if !w.0.is_empty() || w.1 {
+            self.bytes.truncate(at);
+            return false;
+        }
+        self.names.push(std::mem::take(&mut span.name));
+        let events = span.events.len().min(u32::MAX as usize);
+        (span.events.iter_mut().take(events)).for_each(|e| self.names.push(std::mem::take(&mut e.name)));
+        self.len += 1;
+        true
+    }
+
+    /// Unpacks every span onto `batch`, in push order, and empties the
+    /// buffer. Returns how many spans could not be unpacked: always 0, as
+    /// only [`Ended::push`] writes the buffer; a caller counts any others
+    /// as corrupt rather than losing them silently.
+    pub fn drain_into(&mut self, batch: &mut Vec<Span>) -> usize {
+        batch.reserve(self.len);
+        let used = (self.bytes.len(), self.names.len());
+        let mut r = Reader {
+            bytes: &self.bytes,
+            names: self.names.drain(..),
+        };
+        let mut unpacked = 0;
+        while unpacked < self.len {
+            match r.span() {
+                Some(span) => batch.push(span),
+                None => break,
+            }
+            unpacked += 1;
+        }
+        drop(r);
+        let lost = self.len - unpacked;
+        self.len = 0;
+        // Keep what this interval used (the next one is likely alike, and
+        // growing again would fault in fresh pages on the hot path), but no
+        // more: a burst's peak is given back at the flush after it.
+        self.bytes.clear();
+        self.bytes.shrink_to(used.0);
+        self.names.shrink_to(used.1);
+        lost
+    }
+}
+
+fn kind_byte(kind: Kind) -> u8 {
+    match kind {
+        Kind::Internal => 0,
+        Kind::Server => 1,
+        Kind::Client => 2,
+        Kind::Producer => 3,
+        Kind::Consumer => 4,
+    }
+}
+
+fn kind_of(byte: u8) -> Option<Kind> {
+    Some(match byte {
+        0 => Kind::Internal,
+        1 => Kind::Server,
+        2 => Kind::Client,
+        3 => Kind::Producer,
+        4 => Kind::Consumer,
+        _ => return None,
+    })
+}
+
+/// Where [`layout`] goes: measured, or written.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+/// Counts the bytes a span packs to.
+struct Size(usize);
+
+impl Sink for Size {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+/// Writes into a slice measured by [`Size`]; the flag is set if it was
+/// too short (which [`Ended::push`] then undoes).
+struct Writer<'a>(&'a mut [u8], bool);
+
+impl Sink for Writer<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        match std::mem::take(&mut self.0).split_at_mut_checked(bytes.len()) {
+            Some((head, rest)) => {
+                head.copy_from_slice(bytes);
+                self.0 = rest;
+            }
+            None => self.1 = true,
+        }
+    }
+}
+
+/// The packed layout of a span (see the module docs), names aside.
+#[inline(always)]
+fn layout(s: &mut impl Sink, span: &Span) {
+    s.put(&span.trace_id);
+    s.put(&span.span_id);
+    s.put(&span.parent_id.unwrap_or_default());
+    let status = match span.status {
+        Status::Unset => 0,
+        Status::Ok => STATUS_OK,
+        Status::Error(_) => STATUS_ERROR,
+    };
+    let parent = if span.parent_id.is_some() { HAS_PARENT } else { 0 };
+    s.put(&[parent | status, kind_byte(span.kind)]);
+    s.put(&span.start_unix_nanos.to_le_bytes());
+    s.put(&span.end_unix_nanos.to_le_bytes());
+    s.put(&span.dropped_attributes.to_le_bytes());
+    s.put(&span.dropped_events.to_le_bytes());
+    if let Status::Error(text) = &span.status {
+        put_str(s, text);
+    }
+    put_attrs(s, &span.attributes);
+    let events = counted(&span.events);
+    put_len(s, events.len());
+    for event in events {
+        s.put(&event.time_unix_nanos.to_le_bytes());
+        put_attrs(s, &event.attributes);
+    }
+}
+
+#[inline(always)]
+fn put_len(s: &mut impl Sink, n: usize) {
+    s.put(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+#[inline(always)]
+fn put_str(s: &mut impl Sink, text: &str) {
+    let text = if text.len() > u32::MAX as usize {
+        clip(text)
+    } else {
+        text
+    };
+    put_len(s, text.len());
+    s.put(text.as_bytes());
+}
+
+/// `s` cut to at most `u32::MAX` bytes, at a character boundary.
+#[cold]
+fn clip(s: &str) -> &str {
+    let mut end = u32::MAX as usize;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A count as written: at most `u32::MAX` of the items are packed.
+#[inline(always)]
+fn counted<T>(items: &[T]) -> &[T] {
+    &items[..items.len().min(u32::MAX as usize)]
+}
+
+#[inline(always)]
+fn put_attrs(s: &mut impl Sink, attrs: &[(String, Value)]) {
+    let attrs = counted(attrs);
+    put_len(s, attrs.len());
+    for (key, value) in attrs {
+        put_str(s, key);
+        put_value(s, value);
+    }
+}
+
+#[inline(always)]
+fn put_value(s: &mut impl Sink, v: &Value) {
+    match v {
+        Value::String(text) => {
+            s.put(&[0]);
+            put_str(s, text);
+        }
+        Value::Bool(x) => s.put(&[1, u8::from(*x)]),
+        Value::I64(x) => {
+            s.put(&[2]);
+            s.put(&x.to_le_bytes());
+        }
+        Value::F64(x) => {
+            s.put(&[3]);
+            s.put(&x.to_bits().to_le_bytes());
+        }
+        Value::StringArray(a) => {
+            s.put(&[4]);
+            let a = counted(a);
+            put_len(s, a.len());
+            a.iter().for_each(|text| put_str(s, text));
+        }
+        Value::BoolArray(a) => {
+            s.put(&[5]);
+            let a = counted(a);
+            put_len(s, a.len());
+            a.iter().for_each(|&x| s.put(&[u8::from(x)]));
+        }
+        Value::I64Array(a) => {
+            s.put(&[6]);
+            let a = counted(a);
+            put_len(s, a.len());
+            a.iter().for_each(|x| s.put(&x.to_le_bytes()));
+        }
+        Value::F64Array(a) => {
+            s.put(&[7]);
+            let a = counted(a);
+            put_len(s, a.len());
+            a.iter().for_each(|x| s.put(&x.to_bits().to_le_bytes()));
+        }
+    }
+}
+
+/// Reads back what [`Ended::push`] wrote; `None` past the end or on a
+/// byte `push` never writes.
+struct Reader<'a, N> {
+    bytes: &'a [u8],
+    names: N,
+}
+
+impl<N: Iterator<Item = Cow<'static, str>>> Reader<'_, N> {
+    fn take<const K: usize>(&mut self) -> Option<[u8; K]> {
+        let (head, rest) = self.bytes.split_first_chunk::<K>()?;
+        self.bytes = rest;
+        Some(*head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|[b]| b)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        self.u32().map(|n| n as usize)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        let n = self.len()?;
+        let (text, rest) = self.bytes.split_at_checked(n)?;
+        self.bytes = rest;
+        String::from_utf8(text.to_vec()).ok()
+    }
+
+    /// `n` items of `item`, reserving no more than the bytes left can hold.
+    fn many<T>(&mut self, item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+        let n = self.len()?;
+        let mut item = item;
+        let mut out = Vec::with_capacity(n.min(self.bytes.len()));
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Some(out)
+    }
+
+    fn value(&mut self) -> Option<Value> {
+        Some(match self.u8()? {
+            0 => Value::String(self.string()?),
+            1 => Value::Bool(self.u8()? != 0),
+            2 => Value::I64(self.u64()? as i64),
+            3 => Value::F64(f64::from_bits(self.u64()?)),
+            4 => Value::StringArray(self.many(Self::string)?),
+            5 => Value::BoolArray(self.many(|r| r.u8().map(|b| b != 0))?),
+            6 => Value::I64Array(self.many(|r| r.u64().map(|x| x as i64))?),
+            7 => Value::F64Array(self.many(|r| r.u64().map(f64::from_bits))?),
+            _ => return None,
+        })
+    }
+
+    fn attrs(&mut self) -> Option<Vec<(String, Value)>> {
+        self.many(|r| Some((r.string()?, r.value()?)))
+    }
+
+    fn span(&mut self) -> Option<Span> {
+        let trace_id = self.take()?;
+        let span_id = self.take()?;
+        let parent_id = self.take()?;
+        let flags = self.u8()?;
+        let kind = kind_of(self.u8()?)?;
+        let start_unix_nanos = self.u64()?;
+        let end_unix_nanos = self.u64()?;
+        let dropped_attributes = self.u32()?;
+        let dropped_events = self.u32()?;
+        let status = if flags & STATUS_ERROR != 0 {
+            Status::Error(self.string()?)
+        } else if flags & STATUS_OK != 0 {
+            Status::Ok
+        } else {
+            Status::Unset
+        };
+        let attributes = self.attrs()?;
+        let name = self.names.next()?;
+        let events = self.many(|r| {
+            let time_unix_nanos = r.u64()?;
+            let attributes = r.attrs()?;
+            let name = r.names.next()?;
+            Some(Event {
+                name,
+                time_unix_nanos,
+                attributes,
+            })
+        })?;
+        Some(Span {
+            trace_id,
+            span_id,
+            parent_id: (flags & HAS_PARENT != 0).then_some(parent_id),
+            name,
+            kind,
+            start_unix_nanos,
+            end_unix_nanos,
+            status,
+            attributes,
+            events: Events::from_vec(events),
+            dropped_attributes,
+            dropped_events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A span with every kind of value, text that is not ASCII, an owned
+    /// name, an error status and several events with attributes.
+    fn odd_span(n: u8) -> Span {
+        let mut s = Span::new([n; 16], [n.wrapping_add(1); 8], "GET /users/:id");
+        s.parent_id = Some([0; 8]);
+        s.name = Cow::Owned(format!("ünïcode \u{0}\u{1f600} {n}"));
+        s.kind = Kind::Consumer;
+        s.start_unix_nanos = u64::MAX;
+        s.end_unix_nanos = 1;
+        s.status = Status::Error("boom: \"quoted\"\n".into());
+        s.attributes = vec![
+            ("".into(), Value::String(String::new())),
+            ("s".into(), Value::String("é".repeat(300))),
+            ("b".into(), Value::Bool(true)),
+            ("i".into(), Value::I64(i64::MIN)),
+            ("nan".into(), Value::F64(f64::from_bits(0x7ff8_dead_beef_0001))),
+            ("neg0".into(), Value::F64(-0.0)),
+            (
+                "sa".into(),
+                Value::StringArray(vec!["a".into(), String::new(), "ζ".into()]),
+            ),
+            ("ba".into(), Value::BoolArray(vec![false, true])),
+            ("ia".into(), Value::I64Array(vec![-1, 0, i64::MAX])),
+            (
+                "fa".into(),
+                Value::F64Array(vec![f64::INFINITY, f64::NEG_INFINITY, 0.5]),
+            ),
+        ];
+        s.events = (0..3)
+            .map(|k| Event {
+                name: format!("event {k}").into(),
+                time_unix_nanos: k,
+                attributes: vec![("k".into(), Value::I64(k as i64))],
+            })
+            .collect();
+        s.dropped_attributes = 7;
+        s.dropped_events = u32::MAX;
+        s
+    }
+
+    /// Equal field by field, floats to the bit (NaN payloads too): the
+    /// spool's serde form of each.
+    fn same(a: &Span, b: &Span) -> bool {
+        let bytes = |s: &Span| bincode::serde::encode_to_vec(s, bincode::config::standard()).ok();
+        bytes(a).is_some() && bytes(a) == bytes(b)
+    }
+
+    #[test]
+    fn every_field_and_value_comes_back_as_pushed_in_order() {
+        let mut plain = Span::new([9; 16], [8; 8], "plain");
+        plain.status = Status::Ok;
+        let spans = [odd_span(1), plain, odd_span(2), Span::new([3; 16], [4; 8], "")];
+        let mut ended = Ended::default();
+        for s in &spans {
+            let mut copy = s.clone();
+            assert!(ended.push(&mut copy));
+            assert_eq!(copy.name, "", "the name moved out");
+        }
+        assert_eq!(ended.len(), spans.len());
+        let mut batch = Vec::new();
+        assert_eq!(ended.drain_into(&mut batch), 0);
+        assert_eq!(batch.len(), spans.len());
+        for (got, want) in batch.iter().zip(&spans) {
+            assert!(same(got, want), "{got:?}\n!=\n{want:?}");
+        }
+        assert!(ended.is_empty());
+        assert_eq!(ended.packed_bytes(), 0);
+        // The emptied buffer is reused.
+        ended.push(&mut spans[1].clone());
+        batch.clear();
+        assert_eq!(ended.drain_into(&mut batch), 0);
+        assert!(same(&batch[0], &spans[1]));
+    }
+
+    #[test]
+    fn the_standard_span_packs_in_under_200_bytes() {
+        let mut s = Span::new([1; 16], [2; 8], "GET /users/:id");
+        s.kind = Kind::Server;
+        s.attributes = vec![
+            ("http.request.method".into(), Value::from("GET")),
+            ("http.route".into(), Value::from("/users/:id")),
+            ("http.response.status_code".into(), Value::I64(200)),
+        ];
+        s.events.push(Event {
+            name: "cache.miss".into(),
+            time_unix_nanos: 5,
+            attributes: vec![],
+        });
+        let mut ended = Ended::default();
+        ended.push(&mut s);
+        assert!(ended.packed_bytes() < 200, "{} bytes", ended.packed_bytes());
+    }
+
+    #[test]
+    fn a_truncated_buffer_reports_its_spans_instead_of_inventing_them() {
+        let mut ended = Ended::default();
+        ended.push(&mut odd_span(1));
+        ended.push(&mut odd_span(2));
+        let keep = ended.bytes.len() - 3;
+        ended.bytes.truncate(keep);
+        let mut batch = Vec::new();
+        assert_eq!(ended.drain_into(&mut batch), 1, "the cut span is reported");
+        assert_eq!(batch.len(), 1);
+        assert!(same(&batch[0], &odd_span(1)));
+        assert!(ended.is_empty() && ended.names.is_empty(), "and nothing is left behind");
+    }
+}
