@@ -1,13 +1,16 @@
-//! Arbitrary spans (built with `arbitrary`) through the Zipkin v2 encoder:
-//! the output always parses with serde_json, matches each span field by
-//! field, and keeps the constraints Zipkin's own decoder enforces beyond the
-//! spec's schema (lower-case hex ids of exact length, duration at least 1,
-//! every tag value a string).
+//! Arbitrary spans (built with `arbitrary`) through what the tracer does to
+//! an ended span: packed into the ended-span buffer and unpacked at the
+//! flush (they come back exactly as they went in), then through the Zipkin
+//! v2 encoder: the output always parses with serde_json, matches each span
+//! field by field, and keeps the constraints Zipkin's own decoder enforces
+//! beyond the spec's schema (lower-case hex ids of exact length, duration
+//! at least 1, every tag value a string).
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value as Json;
+use spillway::ended::Ended;
 use spillway::span::{Event, Kind, Span, Status, Value};
 use spillway::zipkin::{Encoder, duration_micros, hex, kind_name};
 
@@ -185,8 +188,24 @@ fn check(span: &Span, service: &str, j: &Json) {
     }
 }
 
+/// `spans` packed and unpacked as the tracer's ended batch.
+fn through_the_batch(spans: &[Span]) -> Vec<Span> {
+    let mut ended = Ended::default();
+    for s in spans {
+        assert!(ended.push(&mut s.clone()), "a span always packs");
+    }
+    assert_eq!(ended.len(), spans.len());
+    let mut out = Vec::new();
+    assert_eq!(ended.drain_into(&mut out), 0, "every span unpacks");
+    assert!(ended.is_empty());
+    // Debug is exact but for NaN payloads, which nothing downstream keeps apart.
+    assert_eq!(format!("{out:?}"), format!("{spans:?}"));
+    out
+}
+
 fuzz_target!(|input: Input| {
     let spans: Vec<Span> = input.spans.into_iter().map(span).collect();
+    let spans = through_the_batch(&spans);
     let mut encoder = Encoder::new(&input.service);
     let mut out = Vec::new();
     encoder.encode_batch(&spans, &mut out);
