@@ -59,7 +59,7 @@ use crate::exporter::{Exporter, FlushError};
 use crate::live::{self, Live};
 use crate::span::{Event, Events, Kind, Span, Status};
 use crate::spool::{Spool, SpoolError};
-use crate::stats::{ExportCounters, Stats, add};
+use crate::stats::{ExportCounters, Stats, add, sub};
 use crate::transport::{HttpTransport, Transport};
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
 use std::borrow::Cow;
@@ -249,6 +249,7 @@ impl TracerBuilder {
             full: AtomicU64::new(0),
             wake: Wake::default(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            spare: Mutex::default(),
             clock: self.clock.unwrap_or_else(default_clock),
             sample_threshold: sample_threshold(config.sample_ratio),
             adopt_remote_parent: config.adopt_remote_parent,
@@ -316,6 +317,8 @@ struct Inner {
     full: AtomicU64,
     wake: Wake,
     shards: Box<[Shard]>,
+    /// An emptied ended-span buffer, kept with its capacity between drains.
+    spare: Mutex<Ended>,
     clock: Arc<dyn Clock>,
     sample_threshold: Option<u64>,
     adopt_remote_parent: bool,
@@ -426,16 +429,30 @@ impl Inner {
 
     /// Moves the ended spans out of the shards, counting them as held, in
     /// start order (see [`order_by_start`]).
+    ///
+    /// A shard's buffer is swapped for an empty one under its lock and
+    /// unpacked outside it, so recording on the shard waits for a swap, not
+    /// for the unpacking. The emptied buffer (its capacity kept) is the one
+    /// swapped into the next shard, or at the next flush.
     fn drain(&self, exporter: &mut Exporter) -> Vec<Span> {
         let mut batch = exporter.take_buffer();
+        let mut spare = std::mem::take(&mut *lock(&self.spare));
         for (n, shard) in self.shards.iter().enumerate() {
-            let mut st = lock(&shard.0);
-            let ended = st.ended.len();
-            let lost = st.ended.drain_into(&mut batch);
-            add(&self.counters.held, ended - lost);
+            let mut taken = {
+                let mut st = lock(&shard.0);
+                self.full.fetch_and(!(1 << n), Ordering::Relaxed);
+                if st.ended.is_empty() {
+                    continue;
+                }
+                add(&self.counters.held, st.ended.len());
+                std::mem::replace(&mut st.ended, spare)
+            };
+            let lost = taken.drain_into(&mut batch);
+            sub(&self.counters.held, lost);
             add(&self.counters.corrupt, lost);
-            self.full.fetch_and(!(1 << n), Ordering::Relaxed);
+            spare = taken;
         }
+        *lock(&self.spare) = spare;
         order_by_start(&mut batch);
         batch
     }
