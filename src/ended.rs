@@ -343,15 +343,11 @@ impl<N: Iterator<Item = Cow<'static, str>>> Reader<'_, N> {
         String::from_utf8(text.to_vec()).ok()
     }
 
-    /// `n` items of `item`, reserving no more than the bytes left can hold.
-    fn many<T>(&mut self, item: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
+    /// A count, then that many items of `item` collected into `C` (none
+    /// reserved up front: the count is not trusted).
+    fn many<T, C: FromIterator<T>>(&mut self, mut item: impl FnMut(&mut Self) -> Option<T>) -> Option<C> {
         let n = self.len()?;
-        let mut item = item;
-        let mut out = Vec::with_capacity(n.min(self.bytes.len()));
-        for _ in 0..n {
-            out.push(item(self)?);
-        }
-        Some(out)
+        std::iter::repeat_with(|| item(self)).take(n).collect()
     }
 
     fn value(&mut self) -> Option<Value> {
@@ -391,7 +387,7 @@ impl<N: Iterator<Item = Cow<'static, str>>> Reader<'_, N> {
         };
         let attributes = self.attrs()?;
         let name = self.names.next()?;
-        let events = self.many(|r| {
+        let events: Events = self.many(|r| {
             let time_unix_nanos = r.u64()?;
             let attributes = r.attrs()?;
             let name = r.names.next()?;
@@ -411,7 +407,7 @@ impl<N: Iterator<Item = Cow<'static, str>>> Reader<'_, N> {
             end_unix_nanos,
             status,
             attributes,
-            events: Events::from_vec(events),
+            events,
             dropped_attributes,
             dropped_events,
         })
