@@ -1,9 +1,13 @@
 //! Zipkin v2 JSON encoding of a 512-span batch, against opentelemetry-zipkin
 //! doing the same (its conversion from `SpanData` and serde encoding, up to
-//! an HTTP client that discards), and what gzip level 1 costs.
+//! an HTTP client that discards), and what gzip level 1 costs; and what the
+//! ended-span buffer costs on each side of the same batch: packing (what
+//! `end_span` does, freeing bext's strings included) and unpacking (what
+//! the flush does before it encodes).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_sdk::trace::SpanExporter as _;
+use spillway::ended::Ended;
 use spillway::span::{Event, Kind, Span, Status, Value};
 use spillway::zipkin::Encoder;
 use std::hint::black_box;
@@ -112,5 +116,50 @@ fn encode(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, encode);
+/// `spans` packed into an ended-span buffer, as `end_span` leaves them.
+fn packed(spans: &[Span]) -> Ended {
+    let mut ended = Ended::default();
+    for mut span in spans.iter().cloned() {
+        ended.push(&mut span);
+    }
+    ended
+}
+
+fn ended_batch(c: &mut Criterion) {
+    let spans = batch();
+    let mut g = c.benchmark_group("ended_batch_512");
+    g.throughput(Throughput::Elements(spans.len() as u64));
+    // Into a buffer that has held the batch before (its capacity kept, as
+    // between flushes); each span dropped after packing, freeing its strings.
+    g.bench_function("pack", |b| {
+        b.iter_batched(
+            || {
+                let mut ended = packed(&spans);
+                ended.drain_into(&mut Vec::new());
+                (spans.clone(), ended)
+            },
+            |(batch, mut ended)| {
+                for mut span in batch {
+                    ended.push(&mut span);
+                }
+                ended
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("unpack", |b| {
+        b.iter_batched(
+            || packed(&spans),
+            |mut ended| {
+                let mut out = Vec::with_capacity(spans.len());
+                ended.drain_into(&mut out);
+                out
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, encode, ended_batch);
 criterion_main!(benches);
