@@ -95,72 +95,7 @@ fn lifecycle(c: &mut Criterion) {
             )
         })
     });
-    // What meeting the 400-byte memory goal would add to that: the same
-    // allocations, then each key swapped for an interned one and each short
-    // string value packed inline, freeing bext's strings on the hot path.
-    let packed = std::sync::Mutex::new((repack::Interned::default(), Vec::new()));
-    g.bench_function("caller_allocations_interned_and_packed/1t", |b| {
-        b.iter_custom(|iters| {
-            run(
-                &packed,
-                1,
-                iters,
-                |s| {
-                    let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
-                    let attrs = repack::repack(&s.0, common::attributes());
-                    s.1.push(attrs);
-                },
-                |s| s.lock().unwrap_or_else(|e| e.into_inner()).1.clear(),
-                FlushOn::Recorder,
-            )
-        })
-    });
     g.finish();
-}
-
-/// A compact attribute model, measured and not adopted (see BENCHMARKS.md):
-/// interned keys and short string values stored inline.
-mod repack {
-    use bext_plugin_api::tracer::AttrValue;
-    use std::borrow::Cow;
-
-    /// The standard span's keys, interned.
-    pub struct Interned(rustc_hash::FxHashSet<&'static str>);
-
-    impl Default for Interned {
-        fn default() -> Self {
-            let keys = super::common::attributes().into_iter();
-            Interned(keys.map(|(k, _)| &*Box::leak(k.into_boxed_str())).collect())
-        }
-    }
-
-    /// A value with strings of up to 22 bytes inline.
-    #[expect(dead_code, reason = "built to be measured, never read")]
-    pub enum Packed {
-        Inline { len: u8, bytes: [u8; 22] },
-        Other(AttrValue),
-    }
-
-    pub fn repack(keys: &Interned, attrs: Vec<(String, AttrValue)>) -> Vec<(Cow<'static, str>, Packed)> {
-        attrs
-            .into_iter()
-            .map(|(k, v)| {
-                let key = keys.0.get(k.as_str()).map_or(Cow::Owned(k), |&i| Cow::Borrowed(i));
-                let value = match v {
-                    AttrValue::String(s) if s.len() <= 22 => {
-                        let mut bytes = [0; 22];
-                        bytes[..s.len()].copy_from_slice(s.as_bytes());
-                        Packed::Inline {
-                            len: s.len() as u8,
-                            bytes,
-                        }
-                    }
-                    other => Packed::Other(other),
-                };
-                (key, value)
-            })
-            .collect()
-    }
 }
 
 fn spillway_flush(t: &spillway::SpillwayTracer) {
