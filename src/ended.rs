@@ -7,8 +7,9 @@
 //! bext's allocations (the attribute vector, and every key and value string)
 //! are then freed on the thread that made them, right away. glibc's
 //! per-thread cache hands the same chunks back to bext's next span, so the
-//! freeing costs the hot path little. Span and event names are already
-//! interned (`&'static str`) and are kept as they are, beside the bytes.
+//! freeing costs the hot path little. Span and event names (interned
+//! `&'static str` as a rule, see the tracer) are kept as they are, beside
+//! the bytes.
 //!
 //! The flush unpacks the buffer into owned [`Span`]s, which the encoder,
 //! the transport and the spool then use unchanged. So the packed form never
@@ -45,7 +46,7 @@
 //! let mut span = Span::new([1; 16], [2; 8], "GET /users/:id");
 //! span.attributes.push(("http.route".into(), Value::from("/users/:id")));
 //! let mut ended = Ended::default();
-//! ended.push(&mut span.clone());
+//! assert!(ended.push(&mut span.clone()));
 //! let mut batch = Vec::new();
 //! assert_eq!(ended.drain_into(&mut batch), 0);
 //! assert_eq!(batch, [span]);

@@ -9,11 +9,11 @@
 //! buffer and frees bext's allocations at once, on the thread that made
 //! them. What waits for the flush is thus compact: 224 bytes of memory in
 //! all for a span with three attributes and an event, against 564 when
-//! bext's strings were held until the flush. A call locks exactly one shard (two for `start_span`
-//! with a parent: the parent's, to check it is live, then the child's),
-//! touches no shared atomic on the common path, and performs no I/O. Shards
-//! are cache-line aligned, so two threads touching different shards never
-//! share a line.
+//! bext's strings were held until the flush. A call locks exactly one
+//! shard (two for `start_span` with a parent: the parent's, to check it is
+//! live, then the child's), touches no shared atomic on the common path,
+//! and performs no I/O. Shards are cache-line aligned, so two threads
+//! touching different shards never share a line.
 //!
 //! Each thread starts its spans in a *home* shard (handed out round-robin;
 //! see `home`), so a thread's spans take neighbouring slots under a lock and
