@@ -102,7 +102,8 @@ impl Ended {
             return false;
         }
         self.names.push(std::mem::take(&mut span.name));
-        let events = span.events.len().min(u32::MAX as usize);
+        // As many event names as `layout` packed events.
+        let events = counted(&span.events).len();
         (span.events.iter_mut().take(events)).for_each(|e| self.names.push(std::mem::take(&mut e.name)));
         self.len += 1;
         true
@@ -309,12 +310,12 @@ fn put_value(s: &mut impl Sink, v: &Value) {
 
 /// Reads back what [`Ended::push`] wrote; `None` past the end or on a
 /// byte `push` never writes.
-struct Reader<'a, N> {
+struct Reader<'a> {
     bytes: &'a [u8],
-    names: N,
+    names: std::vec::Drain<'a, Cow<'static, str>>,
 }
 
-impl<N: Iterator<Item = Cow<'static, str>>> Reader<'_, N> {
+impl Reader<'_> {
     fn take<const K: usize>(&mut self) -> Option<[u8; K]> {
         let (head, rest) = self.bytes.split_first_chunk::<K>()?;
         self.bytes = rest;
