@@ -123,12 +123,11 @@ pub fn run<T: Sync>(tracer: &T, threads: usize, iters: u64, record: fn(&T), flus
     let (flush_go, flush_done) = (&flush_barriers.0, &flush_barriers.1);
     let elapsed = std::thread::scope(|s| {
         if let FlushOn::OwnThread = on {
-            let (go, done) = (flush_go, flush_done);
             s.spawn(move || {
                 for _ in 0..rounds {
-                    go.wait();
+                    flush_go.wait();
                     flush(tracer);
-                    done.wait();
+                    flush_done.wait();
                 }
             });
         }
