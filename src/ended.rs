@@ -22,11 +22,10 @@
 //! - a buffer is only ever written by [`Ended::push`], so unpacking cannot
 //!   fail; if it ever did, the spans left are reported, not invented (see
 //!   [`Ended::drain_into`]);
-//! - a span is measured, then written, by one layout function, so the
-//!   buffer grows once per span and is never left torn;
-//! - packing a span never fails, whatever its sizes: a string past
-//!   `u32::MAX` bytes (which no request can carry) is cut at a character
-//!   boundary rather than corrupting the buffer.
+//! - packing a span never fails, whatever its sizes: it appends to a `Vec`
+//!   in one pass (a failed allocation aborts, as any would), and a string
+//!   past `u32::MAX` bytes (which no request can carry) is cut at a
+//!   character boundary rather than corrupting the buffer.
 //!
 //! Layout of one span (little-endian; `str` is a `u32` length and UTF-8
 //! bytes; `attrs` is a `u32` count of `str` key, `u8` tag, value):
@@ -46,7 +45,7 @@
 //! let mut span = Span::new([1; 16], [2; 8], "GET /users/:id");
 //! span.attributes.push(("http.route".into(), Value::from("/users/:id")));
 //! let mut ended = Ended::default();
-//! assert!(ended.push(&mut span.clone()));
+//! ended.push(&mut span.clone());
 //! let mut batch = Vec::new();
 //! assert_eq!(ended.drain_into(&mut batch), 0);
 //! assert_eq!(batch, [span]);
@@ -86,27 +85,14 @@ impl Ended {
 
     /// Packs `span`, moving its names out (each left empty). What is left
     /// in `span` (bext's attribute allocations) is the caller's to drop.
-    /// Returns `false`, keeping nothing, if the span could not be packed:
-    /// never, as its size is measured by the very code that writes it; a
-    /// caller counts such a span as corrupt rather than lose it silently.
     #[inline]
-    pub fn push(&mut self, span: &mut Span) -> bool {
-        let mut size = Size(0);
-        layout(&mut size, span);
-        let at = self.bytes.len();
-        self.bytes.resize(at + size.0, 0);
-        let mut w = Writer(&mut self.bytes[at..], false);
-        layout(&mut w, span);
-        if !w.0.is_empty() || w.1 {
-            self.bytes.truncate(at);
-            return false;
-        }
+    pub fn push(&mut self, span: &mut Span) {
+        layout(&mut self.bytes, span);
         self.names.push(std::mem::take(&mut span.name));
         // As many event names as `layout` packed events.
         let events = counted(&span.events).len();
         (span.events.iter_mut().take(events)).for_each(|e| self.names.push(std::mem::take(&mut e.name)));
         self.len += 1;
-        true
     }
 
     /// Unpacks every span onto `batch`, in push order, and empties the
@@ -162,55 +148,23 @@ fn kind_of(byte: u8) -> Option<Kind> {
     })
 }
 
-/// Where [`layout`] goes: measured, or written.
-trait Sink {
-    fn put(&mut self, bytes: &[u8]);
-}
-
-/// Counts the bytes a span packs to.
-struct Size(usize);
-
-impl Sink for Size {
-    #[inline(always)]
-    fn put(&mut self, bytes: &[u8]) {
-        self.0 += bytes.len();
-    }
-}
-
-/// Writes into a slice measured by [`Size`]; the flag is set if it was
-/// too short (which [`Ended::push`] then undoes).
-struct Writer<'a>(&'a mut [u8], bool);
-
-impl Sink for Writer<'_> {
-    #[inline(always)]
-    fn put(&mut self, bytes: &[u8]) {
-        match std::mem::take(&mut self.0).split_at_mut_checked(bytes.len()) {
-            Some((head, rest)) => {
-                head.copy_from_slice(bytes);
-                self.0 = rest;
-            }
-            None => self.1 = true,
-        }
-    }
-}
-
 /// The packed layout of a span (see the module docs), names aside.
 #[inline(always)]
-fn layout(s: &mut impl Sink, span: &Span) {
-    s.put(&span.trace_id);
-    s.put(&span.span_id);
-    s.put(&span.parent_id.unwrap_or_default());
+fn layout(s: &mut Vec<u8>, span: &Span) {
     let status = match span.status {
         Status::Unset => 0,
         Status::Ok => STATUS_OK,
         Status::Error(_) => STATUS_ERROR,
     };
     let parent = if span.parent_id.is_some() { HAS_PARENT } else { 0 };
-    s.put(&[parent | status, kind_byte(span.kind)]);
-    s.put(&span.start_unix_nanos.to_le_bytes());
-    s.put(&span.end_unix_nanos.to_le_bytes());
-    s.put(&span.dropped_attributes.to_le_bytes());
-    s.put(&span.dropped_events.to_le_bytes());
+    s.extend_from_slice(&span.trace_id);
+    s.extend_from_slice(&span.span_id);
+    s.extend_from_slice(&span.parent_id.unwrap_or_default());
+    s.extend_from_slice(&[parent | status, kind_byte(span.kind)]);
+    s.extend_from_slice(&span.start_unix_nanos.to_le_bytes());
+    s.extend_from_slice(&span.end_unix_nanos.to_le_bytes());
+    s.extend_from_slice(&span.dropped_attributes.to_le_bytes());
+    s.extend_from_slice(&span.dropped_events.to_le_bytes());
     if let Status::Error(text) = &span.status {
         put_str(s, text);
     }
@@ -218,25 +172,25 @@ fn layout(s: &mut impl Sink, span: &Span) {
     let events = counted(&span.events);
     put_len(s, events.len());
     for event in events {
-        s.put(&event.time_unix_nanos.to_le_bytes());
+        s.extend_from_slice(&event.time_unix_nanos.to_le_bytes());
         put_attrs(s, &event.attributes);
     }
 }
 
 #[inline(always)]
-fn put_len(s: &mut impl Sink, n: usize) {
-    s.put(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+fn put_len(s: &mut Vec<u8>, n: usize) {
+    s.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
 }
 
 #[inline(always)]
-fn put_str(s: &mut impl Sink, text: &str) {
+fn put_str(s: &mut Vec<u8>, text: &str) {
     let text = if text.len() > u32::MAX as usize {
         clip(text)
     } else {
         text
     };
     put_len(s, text.len());
-    s.put(text.as_bytes());
+    s.extend_from_slice(text.as_bytes());
 }
 
 /// `s` cut to at most `u32::MAX` bytes, at a character boundary.
@@ -256,7 +210,7 @@ fn counted<T>(items: &[T]) -> &[T] {
 }
 
 #[inline(always)]
-fn put_attrs(s: &mut impl Sink, attrs: &[(String, Value)]) {
+fn put_attrs(s: &mut Vec<u8>, attrs: &[(String, Value)]) {
     let attrs = counted(attrs);
     put_len(s, attrs.len());
     for (key, value) in attrs {
@@ -266,44 +220,44 @@ fn put_attrs(s: &mut impl Sink, attrs: &[(String, Value)]) {
 }
 
 #[inline(always)]
-fn put_value(s: &mut impl Sink, v: &Value) {
+fn put_value(s: &mut Vec<u8>, v: &Value) {
     match v {
         Value::String(text) => {
-            s.put(&[0]);
+            s.push(0);
             put_str(s, text);
         }
-        Value::Bool(x) => s.put(&[1, u8::from(*x)]),
+        Value::Bool(x) => s.extend_from_slice(&[1, u8::from(*x)]),
         Value::I64(x) => {
-            s.put(&[2]);
-            s.put(&x.to_le_bytes());
+            s.push(2);
+            s.extend_from_slice(&x.to_le_bytes());
         }
         Value::F64(x) => {
-            s.put(&[3]);
-            s.put(&x.to_bits().to_le_bytes());
+            s.push(3);
+            s.extend_from_slice(&x.to_bits().to_le_bytes());
         }
         Value::StringArray(a) => {
-            s.put(&[4]);
+            s.push(4);
             let a = counted(a);
             put_len(s, a.len());
             a.iter().for_each(|text| put_str(s, text));
         }
         Value::BoolArray(a) => {
-            s.put(&[5]);
+            s.push(5);
             let a = counted(a);
             put_len(s, a.len());
-            a.iter().for_each(|&x| s.put(&[u8::from(x)]));
+            a.iter().for_each(|&x| s.push(u8::from(x)));
         }
         Value::I64Array(a) => {
-            s.put(&[6]);
+            s.push(6);
             let a = counted(a);
             put_len(s, a.len());
-            a.iter().for_each(|x| s.put(&x.to_le_bytes()));
+            a.iter().for_each(|x| s.extend_from_slice(&x.to_le_bytes()));
         }
         Value::F64Array(a) => {
-            s.put(&[7]);
+            s.push(7);
             let a = counted(a);
             put_len(s, a.len());
-            a.iter().for_each(|x| s.put(&x.to_bits().to_le_bytes()));
+            a.iter().for_each(|x| s.extend_from_slice(&x.to_bits().to_le_bytes()));
         }
     }
 }
@@ -475,7 +429,7 @@ mod tests {
         let mut ended = Ended::default();
         for s in &spans {
             let mut copy = s.clone();
-            assert!(ended.push(&mut copy));
+            ended.push(&mut copy);
             assert_eq!(copy.name, "", "the name moved out");
         }
         assert_eq!(ended.len(), spans.len());

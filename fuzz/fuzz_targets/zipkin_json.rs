@@ -192,7 +192,7 @@ fn check(span: &Span, service: &str, j: &Json) {
 fn through_the_batch(spans: &[Span]) -> Vec<Span> {
     let mut ended = Ended::default();
     for s in spans {
-        assert!(ended.push(&mut s.clone()), "a span always packs");
+        ended.push(&mut s.clone());
     }
     assert_eq!(ended.len(), spans.len());
     let mut out = Vec::new();
