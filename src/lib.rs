@@ -27,6 +27,7 @@ pub mod config;
 pub mod ended;
 pub mod exporter;
 mod live;
+mod shard_lock;
 pub mod span;
 pub mod spool;
 pub mod stats;

@@ -1,19 +1,21 @@
 //! The `TracerPlugin` implementation: the hot path and the flush entry.
 //!
 //! ## Hot path
-//! Spans sit in a table of [`SHARDS`] shards, each a mutex over a slab
+//! Spans sit in a table of [`SHARDS`] shards, each a lock over a slab
 //! ([`Live`]) addressed by the span id and holding the shard's live spans,
 //! its share of the ended batch, packed ([`Ended`]), and the shard's
-//! counters. A live span keeps its attributes as bext hands them over
-//! (recording converts nothing); `end_span` packs the span into its shard's
-//! buffer and frees bext's allocations at once, on the thread that made
-//! them. What waits for the flush is thus compact: 224 bytes of memory in
-//! all for a span with three attributes and an event, against 564 when
-//! bext's strings were held until the flush. A call locks exactly one
-//! shard (two for `start_span` with a parent: the parent's, to check it is
-//! live, then the child's), touches no shared atomic on the common path,
-//! and performs no I/O. Shards are cache-line aligned, so two threads
-//! touching different shards never share a line.
+//! counters. The lock is a [`ShardLock`]: one atomic read-modify-write to
+//! take, a plain store to release, and waiters that spin briefly, then
+//! yield, then sleep. A live span keeps its attributes as bext hands them
+//! over (recording converts nothing); `end_span` packs the span into its
+//! shard's buffer and frees bext's allocations at once, on the thread that
+//! made them. What waits for the flush is thus compact: 224 bytes of memory
+//! in all for a span with three attributes and an event, against 564 when
+//! bext's strings were held until the flush. A call locks exactly one shard
+//! (two for `start_span` with a parent: the parent's, to check it is live,
+//! then the child's), touches no shared atomic on the common path, and
+//! performs no I/O. Shards are cache-line aligned, so two threads touching
+//! different shards never share a line.
 //!
 //! Each thread starts its spans in a *home* shard (handed out round-robin;
 //! see `home`), so a thread's spans take neighbouring slots under a lock and
@@ -57,6 +59,7 @@ use crate::config::{Config, ConfigError};
 use crate::ended::Ended;
 use crate::exporter::{Exporter, FlushError};
 use crate::live::{self, Live};
+use crate::shard_lock::{ShardGuard, ShardLock};
 use crate::span::{Event, Events, Kind, Span, Status};
 use crate::spool::{Spool, SpoolError};
 use crate::stats::{ExportCounters, Stats, add, sub};
@@ -141,7 +144,7 @@ struct ShardState {
 
 #[repr(align(128))]
 #[derive(Default)]
-struct Shard(Mutex<ShardState>);
+struct Shard(ShardLock<ShardState>);
 
 /// Locks, recovering from poison: a panic elsewhere must not stop tracing.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -397,7 +400,7 @@ impl Inner {
     fn stats(&self) -> Stats {
         let mut s = Stats::default();
         for shard in self.shards.iter() {
-            let st = lock(&shard.0);
+            let st = shard.0.lock();
             s.started += st.started;
             s.recorded += st.recorded;
             s.live += st.live.len() as u64;
@@ -439,7 +442,7 @@ impl Inner {
         let mut spare = std::mem::take(&mut *lock(&self.spare));
         for (n, shard) in self.shards.iter().enumerate() {
             let mut taken = {
-                let mut st = lock(&shard.0);
+                let mut st = shard.0.lock();
                 self.full.fetch_and(!(1 << n), Ordering::Relaxed);
                 if st.ended.is_empty() {
                     continue;
@@ -458,7 +461,7 @@ impl Inner {
     }
 
     #[inline]
-    fn shard(&self, span_id: u64) -> &Mutex<ShardState> {
+    fn shard(&self, span_id: u64) -> &ShardLock<ShardState> {
         &self.shards[(span_id as usize) & (SHARDS - 1)].0
     }
 
@@ -484,9 +487,9 @@ impl Inner {
     /// the thread's home. When none has, the home shard (whose own checks
     /// then refuse the span or count it dropped when it ends).
     #[inline]
-    fn claim(&self) -> (usize, MutexGuard<'_, ShardState>) {
+    fn claim(&self) -> (usize, ShardGuard<'_, ShardState>) {
         let home = home::get();
-        let st = lock(&self.shards[home].0);
+        let st = self.shards[home].0.lock();
         if self.has_room(&st) {
             return (home, st);
         }
@@ -497,8 +500,8 @@ impl Inner {
     fn claim_elsewhere<'a>(
         &'a self,
         home: usize,
-        st: MutexGuard<'a, ShardState>,
-    ) -> (usize, MutexGuard<'a, ShardState>) {
+        st: ShardGuard<'a, ShardState>,
+    ) -> (usize, ShardGuard<'a, ShardState>) {
         let mut wake = self.mark_full(home);
         drop(st);
         // Each round either returns or marks one more shard: at most SHARDS rounds.
@@ -509,7 +512,7 @@ impl Inner {
                 break;
             }
             let next = (home + (!full).rotate_right(home as u32).trailing_zeros() as usize) % SHARDS;
-            let st = lock(&self.shards[next].0);
+            let st = self.shards[next].0.lock();
             if self.has_room(&st) {
                 home::set(next);
                 claimed = Some((next, st));
@@ -520,7 +523,7 @@ impl Inner {
         if wake {
             self.wake_spiller();
         }
-        claimed.unwrap_or_else(|| (home, lock(&self.shards[home].0)))
+        claimed.unwrap_or_else(|| (home, self.shards[home].0.lock()))
     }
 
     #[inline]
@@ -533,7 +536,7 @@ impl Inner {
 
     fn is_live(&self, h: &SpanHandle) -> bool {
         let id = u64::from_be_bytes(h.span_id);
-        lock(self.shard(id)).live.get_mut(id, &h.trace_id).is_some()
+        self.shard(id).lock().live.get_mut(id, &h.trace_id).is_some()
     }
 
     /// Runs `f` on the live span `h` and its shard's names, if it is one.
@@ -543,7 +546,7 @@ impl Inner {
             return;
         }
         let id = u64::from_be_bytes(h.span_id);
-        let mut guard = lock(self.shard(id));
+        let mut guard = self.shard(id).lock();
         let st = &mut *guard;
         if let Some(span) = st.live.get_mut(id, &h.trace_id) {
             f(span, &mut st.names);
@@ -774,7 +777,7 @@ impl Inner {
         }
         let end = end_time_unix_nanos.unwrap_or_else(|| self.clock.now_unix_nanos());
         let id = u64::from_be_bytes(h.span_id);
-        let mut guard = lock(self.shard(id));
+        let mut guard = self.shard(id).lock();
         let st = &mut *guard;
         let room = st.ended.len() < self.shard_capacity;
         let ended = &mut st.ended;
