@@ -586,27 +586,48 @@ fn order_by_start(batch: &mut [Span]) {
 }
 
 /// Each thread's home shard: where the spans it starts go while it has
-/// room. Homes are handed out round-robin, so up to [`SHARDS`] threads each
-/// have a shard of their own: a thread's spans then take neighbouring slots
-/// under a lock no other thread takes, and all stay in its core's cache.
+/// room. A new thread takes the home of the thread that exited last, if
+/// one has (its shard's slab and buffers are warm: grown to what a thread
+/// uses, so the newcomer faults no fresh pages in, which matters to pools
+/// that retire and spawn threads), else the next in round-robin order. So
+/// up to [`SHARDS`] threads each have a shard of their own: a thread's
+/// spans then take neighbouring slots under a lock no other thread takes,
+/// and all stay in its core's cache.
 mod home {
     use super::SHARDS;
     use std::cell::Cell;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const UNSET: usize = usize::MAX;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    /// Homes given back by exited threads, most recent last (bounded: a
+    /// thread gives back one home, and takes one before it can).
+    static VACATED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+    /// A thread's home; given back when the thread exits.
+    struct Home(Cell<usize>);
+
+    impl Drop for Home {
+        fn drop(&mut self) {
+            let n = self.0.get();
+            if n != UNSET {
+                super::lock(&VACATED).push(n);
+            }
+        }
+    }
+
     thread_local! {
-        static HOME: Cell<usize> = const { Cell::new(UNSET) };
+        static HOME: Home = const { Home(Cell::new(UNSET)) };
     }
 
     /// The calling thread's home shard, handed out at its first call.
     #[inline]
     pub fn get() -> usize {
-        HOME.try_with(|h| match h.get() {
+        HOME.try_with(|h| match h.0.get() {
             UNSET => {
-                let n = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-                h.set(n);
+                let n = first();
+                h.0.set(n);
                 n
             }
             n => n,
@@ -614,9 +635,15 @@ mod home {
         .unwrap_or(0)
     }
 
+    #[cold]
+    fn first() -> usize {
+        let vacated = super::lock(&VACATED).pop();
+        vacated.unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS)
+    }
+
     /// Moves the calling thread's home to `shard`.
     pub fn set(shard: usize) {
-        let _ = HOME.try_with(|h| h.set(shard));
+        let _ = HOME.try_with(|h| h.0.set(shard));
     }
 }
 
