@@ -476,6 +476,29 @@ mod tests {
     }
 
     #[test]
+    fn a_drained_buffer_keeps_its_room_unless_mostly_unused_then_gives_half_back() {
+        let span = odd_span(1);
+        let mut ended = Ended::default();
+        let mut interval = |spans: usize, ended: &mut Ended| {
+            (0..spans).for_each(|_| ended.push(&mut span.clone()));
+            let mut batch = Vec::new();
+            assert_eq!(ended.drain_into(&mut batch), 0);
+            assert_eq!(batch.len(), spans);
+            (ended.bytes.capacity(), ended.names.capacity())
+        };
+        let room = interval(400, &mut ended);
+        // Spans that use a quarter of both rooms, at least.
+        let mut one = Ended::default();
+        one.push(&mut span.clone());
+        let (per_span, names_per_span) = (one.bytes.len(), one.names.len());
+        let quarter = (room.0 / 4).div_ceil(per_span).max((room.1 / 4).div_ceil(names_per_span));
+        assert_eq!(interval(quarter, &mut ended), room, "a quarter used: all kept");
+        let (bytes, names) = interval(quarter / 2, &mut ended);
+        assert!(bytes < room.0 && bytes >= room.0 / 2, "{bytes} of {}", room.0);
+        assert!(names < room.1 && names >= room.1 / 2, "{names} of {}", room.1);
+    }
+
+    #[test]
     fn a_truncated_buffer_reports_its_spans_instead_of_inventing_them() {
         let mut ended = Ended::default();
         ended.push(&mut odd_span(1));
