@@ -479,7 +479,7 @@ mod tests {
     fn a_drained_buffer_keeps_its_room_unless_mostly_unused_then_gives_half_back() {
         let span = odd_span(1);
         let mut ended = Ended::default();
-        let mut interval = |spans: usize, ended: &mut Ended| {
+        let interval = |spans: usize, ended: &mut Ended| {
             (0..spans).for_each(|_| ended.push(&mut span.clone()));
             let mut batch = Vec::new();
             assert_eq!(ended.drain_into(&mut batch), 0);
@@ -491,7 +491,9 @@ mod tests {
         let mut one = Ended::default();
         one.push(&mut span.clone());
         let (per_span, names_per_span) = (one.bytes.len(), one.names.len());
-        let quarter = (room.0 / 4).div_ceil(per_span).max((room.1 / 4).div_ceil(names_per_span));
+        let quarter = (room.0 / 4)
+            .div_ceil(per_span)
+            .max((room.1 / 4).div_ceil(names_per_span));
         assert_eq!(interval(quarter, &mut ended), room, "a quarter used: all kept");
         let (bytes, names) = interval(quarter / 2, &mut ended);
         assert!(bytes < room.0 && bytes >= room.0 / 2, "{bytes} of {}", room.0);
