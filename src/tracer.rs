@@ -17,14 +17,14 @@
 //! performs no I/O. Shards are cache-line aligned, so two threads touching
 //! different shards never share a line.
 //!
-//! Each thread starts its spans in a *home* shard (handed out round-robin;
-//! see `home`), so a thread's spans take neighbouring slots under a lock and
-//! a name cache that stay in its core's cache; any thread may then record
-//! on or end a span, whichever shard holds it. When the home shard has no
-//! room (its share of the live bound or of the batch is used up), the
-//! thread moves to the next shard with room, steered by a bitmask of full
-//! shards that the flush clears: the bounds hold for the whole table, not
-//! per thread.
+//! Each thread starts its spans in a *home* shard (an exited thread's,
+//! else the next round-robin; see `home`), so a thread's spans take
+//! neighbouring slots under a lock and a name cache that stay in its core's
+//! cache; any thread may then record on or end a span, whichever shard
+//! holds it. When the home shard has no room (its share of the live bound
+//! or of the batch is used up), the thread moves to the next shard with
+//! room, steered by a bitmask of full shards that the flush clears: the
+//! bounds hold for the whole table, not per thread.
 //!
 //! ## Contract (bext-plugin-api 0.2)
 //! - Recording calls never fail, never panic, never block on I/O; calls on
