@@ -601,8 +601,8 @@ mod home {
 
     const UNSET: usize = usize::MAX;
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    /// Homes given back by exited threads, most recent last (bounded: a
-    /// thread gives back one home, and takes one before it can).
+    /// Homes given back by exited threads, most recent last, each once (so
+    /// at most [`SHARDS`]).
     static VACATED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
     /// A thread's home; given back when the thread exits.
@@ -612,8 +612,17 @@ mod home {
         fn drop(&mut self) {
             let n = self.0.get();
             if n != UNSET {
-                super::lock(&VACATED).push(n);
+                give_back(&mut super::lock(&VACATED), n);
             }
+        }
+    }
+
+    /// Adds `n` to the vacated homes unless it is there already: threads
+    /// that moved to one shard (see `claim`) give it back once, so new
+    /// threads do not pile onto it.
+    pub(super) fn give_back(vacated: &mut Vec<usize>, n: usize) {
+        if !vacated.contains(&n) {
+            vacated.push(n);
         }
     }
 
@@ -897,6 +906,15 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{n} spans");
         }
+    }
+
+    #[test]
+    fn a_home_given_back_twice_is_vacated_once() {
+        let mut vacated = Vec::new();
+        for n in [3, 5, 3, 3, 7] {
+            home::give_back(&mut vacated, n);
+        }
+        assert_eq!(vacated, [3, 5, 7]);
     }
 
     #[test]
