@@ -27,11 +27,11 @@ fn spill(c: &mut Criterion) {
             b.iter(|| {
                 let _ = spool.append("bench", &batch, 1);
                 if synced {
-                    let _ = spool.sync();
+                    let _ = spool.commit();
                 }
             })
         });
-        let _ = spool.sync();
+        let _ = spool.commit();
         let st = spool.stats();
         let on_disk = spool.size_on_disk();
         let mut json = Vec::new();
@@ -65,7 +65,7 @@ fn replay(c: &mut Criterion) {
                     for _ in 0..SPANS / batch.len() {
                         let _ = spool.append("bench", &batch, 1);
                     }
-                    let _ = spool.sync();
+                    let _ = spool.commit();
                 }
                 let tracer = SpillwayTracer::new(Config {
                     endpoint: sink.url.clone(),

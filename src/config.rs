@@ -104,6 +104,11 @@ pub struct Config {
     /// Time replay may take per flush, 1 ms to 10 minutes (checked between
     /// records; a request in flight is bounded by `timeout_ms`).
     pub replay_budget_ms: u64,
+    /// The most a flush takes, 1 ms to 10 minutes, whatever the collector
+    /// and the disk do: every request gets at most what is left, and what
+    /// is not done by then is left, counted, for the spool's thread or the
+    /// next flush. Also the budget of `shutdown`.
+    pub flush_timeout_ms: u64,
     /// First retry delay after a failure; doubles per failure (full jitter).
     pub backoff_initial_ms: u64,
     /// Longest retry delay.
@@ -136,6 +141,7 @@ impl Default for Config {
             max_spool_bytes: 512 << 20,
             max_spool_age_ms: None,
             replay_budget_ms: 2_000,
+            flush_timeout_ms: 5_000,
             replay_budget_spans: 8192,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
@@ -236,6 +242,7 @@ impl Config {
         range("max_spool_bytes", self.max_spool_bytes, 1 << 20, 1 << 40)?;
         range("replay_budget_spans", self.replay_budget_spans as u64, 1, 10_000_000)?;
         range("replay_budget_ms", self.replay_budget_ms, 1, 600_000)?;
+        range("flush_timeout_ms", self.flush_timeout_ms, 1, 600_000)?;
         if let Some(age) = self.max_spool_age_ms {
             range("max_spool_age_ms", age, 1, 365 * 86_400_000)?;
         }
@@ -267,6 +274,11 @@ impl Config {
     /// The connect timeout.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// The most one flush (or a shutdown) takes.
+    pub fn flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.flush_timeout_ms)
     }
 }
 

@@ -25,7 +25,7 @@
 pub mod clock;
 pub mod config;
 pub mod ended;
-pub mod exporter;
+pub mod export;
 mod live;
 mod shard_lock;
 pub mod span;
@@ -36,6 +36,6 @@ pub mod transport;
 pub mod zipkin;
 
 pub use config::{Config, ConfigError};
-pub use exporter::FlushError;
+pub use export::report::{Cause, FlushError};
 pub use stats::{Dropped, Stats};
 pub use tracer::{BuildError, SpillwayTracer, TracerBuilder};

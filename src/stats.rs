@@ -16,7 +16,6 @@
 //! (started, not ended) are counted in `live`, outside the invariant.
 
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Spans that were given up, by reason. Nothing is lost without a count here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,55 +95,5 @@ impl Stats {
     pub fn is_balanced(&self) -> bool {
         self.recorded + self.recovered
             == self.delivered + self.in_memory + self.spooled + self.dead_lettered + self.dropped.total()
-    }
-}
-
-/// The flush pipeline's counters, shared with `stats()` readers.
-#[derive(Debug, Default)]
-pub struct ExportCounters {
-    pub(crate) delivered: AtomicU64,
-    /// Spans the pipeline owns: being sent, or waiting for a retry.
-    pub(crate) held: AtomicU64,
-    pub(crate) retry_full: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) oversize: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) failed_requests: AtomicU64,
-    pub(crate) spooled: AtomicU64,
-    pub(crate) recovered: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) spool_full: AtomicU64,
-    pub(crate) spool_expired: AtomicU64,
-    pub(crate) corrupt: AtomicU64,
-}
-
-pub(crate) fn add(counter: &AtomicU64, n: usize) {
-    counter.fetch_add(n as u64, Ordering::Relaxed);
-}
-
-pub(crate) fn sub(counter: &AtomicU64, n: usize) {
-    counter.fetch_sub(n as u64, Ordering::Relaxed);
-}
-
-pub(crate) fn get(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
-}
-
-impl ExportCounters {
-    /// Adds the pipeline's counters to a snapshot.
-    pub(crate) fn fill(&self, s: &mut Stats) {
-        s.delivered = get(&self.delivered);
-        s.in_memory += get(&self.held);
-        s.dropped.retry_full = get(&self.retry_full);
-        s.dropped.rejected = get(&self.rejected);
-        s.dropped.oversize = get(&self.oversize);
-        s.requests = get(&self.requests);
-        s.failed_requests = get(&self.failed_requests);
-        s.spooled = get(&self.spooled);
-        s.recovered = get(&self.recovered);
-        s.dead_lettered = get(&self.dead_lettered);
-        s.dropped.spool_full = get(&self.spool_full);
-        s.dropped.spool_expired = get(&self.spool_expired);
-        s.dropped.corrupt = get(&self.corrupt);
     }
 }

@@ -54,21 +54,25 @@
 //! shard), past which ended spans are dropped and counted as `queue_full`;
 //! with a spool, the spiller is woken when half the shards are full.
 
-use crate::clock::{Clock, TracerClock, TscClock};
+use crate::clock::{Clock, SystemClock, TracerClock, TscClock};
 use crate::config::{Config, ConfigError};
 use crate::ended::Ended;
-use crate::exporter::{Exporter, FlushError};
+use crate::export::Exporter;
+use crate::export::books::Books;
+use crate::export::disk::Disk;
+use crate::export::report::{Cause, FlushError};
 use crate::live::{self, Live};
 use crate::shard_lock::{ShardGuard, ShardLock};
 use crate::span::{Event, Events, Kind, Span, Status};
 use crate::spool::{Spool, SpoolError};
-use crate::stats::{ExportCounters, Stats, add, sub};
+use crate::stats::Stats;
 use crate::transport::{HttpTransport, Transport};
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Number of shards in the live-span table (a power of two).
 pub const SHARDS: usize = 64;
@@ -157,23 +161,62 @@ pub enum BuildError {
     /// The configuration was refused.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The spool could not be opened (in use by another process, or the
-    /// directory cannot be created or moved aside).
+    /// The spool is held by another process.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// A thread the tracer needs could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
 }
 
-/// Opens the spool; a directory sled cannot open (damaged beyond reading)
-/// is renamed `<dir>.damaged-<unix seconds>` for `spillway salvage`, and a
-/// fresh spool started, so a broken disk state never stops the host.
-fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<(Spool, Option<PathBuf>), SpoolError> {
+/// How the spool could be opened at start.
+struct Opened {
+    spool: Result<Spool, String>,
+    /// A damaged directory moved aside.
+    aside: Option<PathBuf>,
+}
+
+/// Opens the spool. Another owner is an error; a directory sled reports as
+/// corrupt is renamed `<dir>.damaged-<unix seconds>` for `spillway
+/// salvage` and a fresh spool started; any other failure (a full or
+/// read-only disk, too many open files, permissions) leaves the directory
+/// as it is, and the tracer starts without it, keeping spans in memory and
+/// trying again at every flush.
+fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<Opened, SpoolError> {
     match Spool::open(dir, max_bytes) {
-        Ok(s) => Ok((s, None)),
+        Ok(s) => Ok(Opened {
+            spool: Ok(s),
+            aside: None,
+        }),
         Err(e @ SpoolError::InUse { .. }) => Err(e),
-        Err(first) => {
-            let aside = crate::spool::move_aside(dir).map_err(|_| first)?;
-            Ok((Spool::open(dir, max_bytes)?, Some(aside)))
+        Err(e) if e.is_damage() => {
+            let reopened = crate::spool::move_aside(dir)
+                .map_err(|_| e.to_string())
+                .and_then(|aside| {
+                    Spool::open(dir, max_bytes)
+                        .map(|s| (s, aside))
+                        .map_err(|e| e.to_string())
+                });
+            Ok(match reopened {
+                Ok((spool, aside)) => Opened {
+                    spool: Ok(spool),
+                    aside: Some(aside),
+                },
+                Err(why) => Opened {
+                    spool: Err(why),
+                    aside: None,
+                },
+            })
         }
+        Err(e) => Ok(Opened {
+            spool: Err(e.to_string()),
+            aside: None,
+        }),
     }
 }
 
@@ -234,16 +277,22 @@ impl TracerBuilder {
             Some(t) => t,
             None => Box::new(HttpTransport::new(&config)?),
         };
-        let (spool, moved_aside) = match &config.spool_dir {
+        let books = Arc::new(Books::default());
+        let mut moved_aside = None;
+        let disk = match &config.spool_dir {
             Some(dir) => {
-                let (spool, aside) = open_spool(dir, config.max_spool_bytes)?;
-                (Some(spool), aside)
+                let opened = open_spool(dir, config.max_spool_bytes)?;
+                moved_aside = opened.aside.clone();
+                Some(Arc::new(start_disk(dir, opened, &config, &books)?))
             }
-            None => (None, None),
+            None => None,
         };
-        let counters = Arc::new(ExportCounters::default());
-        let has_spool = spool.is_some();
-        let exporter = Exporter::new(&config, transport, spool, Arc::clone(&counters));
+        let has_spool = disk.is_some();
+        let exporter_clock: Arc<dyn Clock> = match &self.clock {
+            Some(c) => Arc::clone(c),
+            None => Arc::new(SystemClock),
+        };
+        let exporter = Exporter::new(&config, transport, disk.clone(), Arc::clone(&books), exporter_clock);
         let shard_capacity = config.max_queue_spans.div_ceil(SHARDS);
         // A shard has 2^24 slots for live spans: the slot bits of a span id.
         let live_per_shard = config.max_live_spans.div_ceil(SHARDS).min(1 << live::SLOT_BITS);
@@ -264,9 +313,11 @@ impl TracerBuilder {
             shard_capacity,
             live_per_shard,
             sampled_out: AtomicU64::new(0),
-            counters,
+            books,
             exporter: Mutex::new(exporter),
-            moved_aside_reported: AtomicBool::new(moved_aside.is_none()),
+            disk,
+            service: config.service_name.as_str().into(),
+            flush_timeout: config.flush_timeout(),
             moved_aside,
         });
         let spiller = if has_spool {
@@ -281,6 +332,44 @@ impl TracerBuilder {
         };
         Ok(SpillwayTracer { inner, spiller })
     }
+}
+
+/// Starts the disk thread over what [`open_spool`] found, counting the
+/// spans the spool holds as recovered. A spool that could not be opened is
+/// counted from its ledger (what it held at least), so spans on disk stay
+/// `spooled` until the thread opens it and counts them exactly.
+fn start_disk(dir: &std::path::Path, opened: Opened, config: &Config, books: &Arc<Books>) -> Result<Disk, BuildError> {
+    let mut notes = Vec::new();
+    let spool = match opened.spool {
+        Ok(mut spool) => {
+            if let Some(d) = spool.take_damage().filter(|d| d.lost_spans > 0) {
+                books.lost_before_open(d.lost_spans);
+                notes.push(Cause::Damage(d.to_string()));
+            }
+            books.opened(spool.stats().spans);
+            Ok(spool)
+        }
+        Err(why) => {
+            let at_least = crate::spool::ledger::Ledger::read(dir).map_or(0, |s| s.spans_at_least);
+            books.opened(at_least);
+            Err(why)
+        }
+    };
+    if let Some(aside) = opened.aside {
+        notes.push(Cause::SetAside(aside));
+    }
+    let disk = Disk::start(
+        spool,
+        dir.to_path_buf(),
+        config.max_spool_bytes,
+        config.max_queue_spans as u64,
+        Arc::clone(books),
+    )
+    .map_err(|source| BuildError::Thread { what: "disk", source })?;
+    for note in notes {
+        disk.note(note);
+    }
+    Ok(disk)
 }
 
 /// Spans whose trace id's low 64 bits are below this are sampled;
@@ -333,13 +422,16 @@ struct Inner {
     shard_capacity: usize,
     live_per_shard: usize,
     sampled_out: AtomicU64,
-    counters: Arc<ExportCounters>,
+    books: Arc<Books>,
+    /// The flush pipeline; only flushes and shutdown take it.
     exporter: Mutex<Exporter>,
-    /// A damaged spool directory moved aside at start, reported by the
-    /// first flush.
+    /// The spool's thread, shared with the exporter; the spiller hands it
+    /// batches directly, never waiting for a flush.
+    disk: Option<Arc<Disk>>,
+    service: Arc<str>,
+    flush_timeout: Duration,
+    /// A damaged spool directory moved aside at start.
     moved_aside: Option<PathBuf>,
-    /// Whether a flush has reported `moved_aside` yet.
-    moved_aside_reported: AtomicBool,
 }
 
 impl SpillwayTracer {
@@ -369,15 +461,26 @@ impl SpillwayTracer {
     }
 
     /// Spills everything in memory to the spool without touching the
-    /// network, as bext's shutdown should (also done on drop). Without a
-    /// spool, the spans stay in memory and the error says how many.
+    /// network, as bext's shutdown should (also done on drop), within
+    /// `flush_timeout_ms`. Without a spool, the spans stay in memory and
+    /// the error says how many.
     pub fn shutdown(&self) -> Result<(), Box<FlushError>> {
-        self.inner.shutdown()
+        self.inner.shutdown(Instant::now() + self.inner.flush_timeout)
+    }
+
+    /// [`SpillwayTracer::shutdown`] within `budget`: what is not durable
+    /// by then is reported as still being written (or held in memory).
+    pub fn shutdown_within(&self, budget: Duration) -> Result<(), Box<FlushError>> {
+        self.inner.shutdown(Instant::now() + budget)
     }
 }
 
 impl Inner {
-    /// The spiller thread: waits to be woken, then spills the batch.
+    /// The spiller thread: waits to be woken, then hands the batch to the
+    /// disk thread and waits for it to be written (so the shards, not an
+    /// ever longer job queue, hold what the disk has not taken yet). It
+    /// never takes the exporter's lock: a flush waiting on the collector
+    /// does not hold it up.
     fn spiller(&self) {
         loop {
             {
@@ -390,8 +493,28 @@ impl Inner {
                 }
                 *pending = false;
             }
-            // Errors are counted and reported by the next flush.
-            let _ = self.shutdown();
+            self.spill_early();
+        }
+    }
+
+    /// Spills what the shards hold; outcomes are the disk thread's to count
+    /// (a failed spill's spans come back to the next flush).
+    fn spill_early(&self) {
+        let Some(disk) = &self.disk else { return };
+        let batch = self.drain(Vec::new());
+        if batch.is_empty() {
+            return;
+        }
+        let now_ms = SystemClock.now_unix_nanos() / 1_000_000;
+        match disk.spill(Arc::clone(&self.service), batch, now_ms) {
+            Ok(done) => {
+                while done.wait(Instant::now() + Duration::from_millis(100)).is_none() {
+                    if self.wake.stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+            Err(spans) => disk.give_back(spans),
         }
     }
 
@@ -413,24 +536,25 @@ impl Inner {
         }
         s.sampled_out = self.sampled_out.load(Ordering::Relaxed);
         s.spool_moved_aside = self.moved_aside.is_some();
-        self.counters.fill(&mut s);
+        self.books.fill(&mut s);
         s
     }
 
     fn try_flush(&self) -> Result<(), Box<FlushError>> {
+        let deadline = Instant::now() + self.flush_timeout;
         let mut exporter = lock(&self.exporter);
         self.clock.recalibrate();
-        let batch = self.drain(&mut exporter);
+        let batch = self.drain(exporter.take_buffer());
         if batch.is_empty() && !exporter.has_backlog() {
             return Ok(());
         }
-        exporter.export(batch)
+        exporter.export(batch, deadline)
     }
 
-    fn shutdown(&self) -> Result<(), Box<FlushError>> {
+    fn shutdown(&self, deadline: Instant) -> Result<(), Box<FlushError>> {
         let mut exporter = lock(&self.exporter);
-        let batch = self.drain(&mut exporter);
-        exporter.spill_all(batch)
+        let batch = self.drain(exporter.take_buffer());
+        exporter.spill_all(batch, deadline)
     }
 
     /// Moves the ended spans out of the shards, counting them as held, in
@@ -440,8 +564,7 @@ impl Inner {
     /// unpacked outside it, so recording on the shard waits for a swap, not
     /// for the unpacking. The emptied buffer (its capacity kept) is the one
     /// swapped into the next shard, or at the next flush.
-    fn drain(&self, exporter: &mut Exporter) -> Vec<Span> {
-        let mut batch = exporter.take_buffer();
+    fn drain(&self, mut batch: Vec<Span>) -> Vec<Span> {
         let mut spare = std::mem::take(&mut *lock(&self.spare));
         for (n, shard) in self.shards.iter().enumerate() {
             let mut taken = {
@@ -450,12 +573,13 @@ impl Inner {
                 if st.ended.is_empty() {
                     continue;
                 }
-                add(&self.counters.held, st.ended.len());
+                self.books.took(st.ended.len() as u64);
                 std::mem::replace(&mut st.ended, spare)
             };
             let lost = taken.drain_into(&mut batch);
-            sub(&self.counters.held, lost);
-            add(&self.counters.corrupt, lost);
+            if lost > 0 {
+                self.books.lost_in_memory(lost as u64);
+            }
             spare = taken;
         }
         *lock(&self.spare) = spare;
@@ -848,33 +972,22 @@ impl Inner {
     }
 
     fn flush(&self) -> Result<(), String> {
-        let result = self.try_flush().map_err(|e| e.to_string());
-        // Said once, by the first flush; `stats()` and `moved_aside()` keep it.
-        let first = !self.moved_aside_reported.swap(true, Ordering::Relaxed);
-        match self.moved_aside.as_ref().filter(|_| first) {
-            Some(aside) => {
-                let note = format!(
-                    "the spool could not be opened and was moved aside to {} (recover it with `spillway salvage`)",
-                    aside.display()
-                );
-                Err(match result {
-                    Ok(()) => note,
-                    Err(e) => format!("{e}; {note}"),
-                })
-            }
-            None => result,
-        }
+        self.try_flush().map_err(|e| e.to_string())
     }
 }
 
 impl Drop for SpillwayTracer {
     fn drop(&mut self) {
+        let deadline = Instant::now() + self.inner.flush_timeout;
         if let Some(spiller) = self.spiller.take() {
             self.inner.wake.stop.store(true, Ordering::SeqCst);
             self.inner.wake_spiller();
             let _ = spiller.join();
         }
-        let _ = self.inner.shutdown();
+        let _ = self.inner.shutdown(deadline);
+        if let Some(disk) = &self.inner.disk {
+            disk.stop(deadline);
+        }
     }
 }
 

@@ -4,8 +4,16 @@
 //! extra headers, and classifies each outcome ([`SendError::class`]) so the
 //! exporter can decide: delivered (2xx), [`Class::Retry`] later (connect
 //! failure, DNS failure, timeout, reset, 408, 429, 5xx; any `Retry-After`
-//! kept), [`Class::TooLarge`] (413: split and try the halves), or
-//! [`Class::Rejected`] for good (any other 4xx).
+//! kept), [`Class::Misconfigured`] (401, 403, 404, 405, 407, 410, 415: the
+//! endpoint, the credentials or the encoding are wrong, not the spans, so
+//! they are kept and retried later like an outage), [`Class::TooLarge`]
+//! (413: split and try the halves), or [`Class::Rejected`] (400 and any
+//! other 4xx: split to find the spans refused for good).
+//!
+//! Every request is bounded in time by the smaller of the configured
+//! timeout and what the caller has left (its flush deadline), covering the
+//! connection, the request and the whole response body, so a collector
+//! that trickles its answer cannot hold a flush.
 //!
 //! It knows nothing of spans, batches or the spool: bytes in, verdict out.
 //! Its requests are never traced (ureq is not instrumented and nothing here
@@ -21,9 +29,14 @@ use std::time::Duration;
 pub enum Class {
     /// Keep it and try again later.
     Retry,
+    /// The collector refuses every request whatever it holds: the endpoint,
+    /// the credentials or the encoding are wrong. Keep the spans and try
+    /// again later; fixing the configuration lets the backlog flow.
+    Misconfigured,
     /// The body was too large (413): split the batch and retry the halves.
     TooLarge,
-    /// The collector refused it for good.
+    /// The collector refused these spans (400 or another 4xx): split the
+    /// batch to find the refused ones, which are kept for good elsewhere.
     Rejected,
 }
 
@@ -40,7 +53,7 @@ pub enum SendError {
     #[error("failed mid-request ({0})")]
     Broken(String),
     /// The collector answered with a non-2xx status.
-    #[error("answered HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    #[error("answered HTTP {status}{}{}", reason(*status), if body.is_empty() { String::new() } else { format!(": {body}") })]
     Status {
         /// The HTTP status code.
         status: u16,
@@ -58,10 +71,25 @@ impl SendError {
             SendError::Status { status, .. } => match *status {
                 413 => Class::TooLarge,
                 408 | 429 => Class::Retry,
+                401 | 403 | 404 | 405 | 407 | 410 | 415 => Class::Misconfigured,
                 400..=499 => Class::Rejected,
                 _ => Class::Retry,
             },
             _ => Class::Retry,
+        }
+    }
+
+    /// What an operator should check when the collector refuses every
+    /// request ([`Class::Misconfigured`]).
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            SendError::Status { status, .. } => match *status {
+                401 | 403 | 407 => Some("check the credentials (headers)"),
+                404 | 405 | 410 => Some("check the endpoint"),
+                415 => Some("check the encoding (gzip)"),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
@@ -74,11 +102,20 @@ impl SendError {
     }
 }
 
+/// ` Not Found` for 404: the reason phrase operators know, where it is one.
+fn reason(status: u16) -> String {
+    ureq::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .map_or_else(String::new, |r| format!(" {r}"))
+}
+
 /// Sends encoded Zipkin JSON somewhere. Implemented by [`HttpTransport`];
 /// tests and the fuzzer substitute their own.
 pub trait Transport: Send {
-    /// POSTs one JSON array of spans.
-    fn send(&mut self, json: &[u8]) -> Result<(), SendError>;
+    /// POSTs one JSON array of spans, taking at most `timeout` (the
+    /// caller's remaining time; the configured timeout still applies).
+    fn send(&mut self, json: &[u8], timeout: Duration) -> Result<(), SendError>;
     /// Where it sends, for messages.
     fn endpoint(&self) -> &str;
 }
@@ -90,10 +127,14 @@ pub struct HttpTransport {
     gzip: Option<flate2::Compression>,
     headers: Vec<(String, String)>,
     gz_buf: Vec<u8>,
+    timeout: Duration,
 }
 
 /// How much of an error response body is kept for the message.
-const ERROR_BODY_BYTES: u64 = 512;
+const ERROR_BODY_BYTES: usize = 200;
+/// How much of a response body is read (and dropped) so the connection
+/// can be reused.
+const DRAIN_BODY_BYTES: u64 = 64 << 10;
 
 impl HttpTransport {
     /// A transport for `config`'s endpoint, timeouts, gzip and headers.
@@ -113,6 +154,7 @@ impl HttpTransport {
             gzip: config.gzip.then(|| flate2::Compression::new(config.gzip_level)),
             headers: config.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             gz_buf: Vec::new(),
+            timeout: config.timeout(),
         })
     }
 
@@ -127,10 +169,16 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
-    fn send(&mut self, json: &[u8]) -> Result<(), SendError> {
+    fn send(&mut self, json: &[u8], timeout: Duration) -> Result<(), SendError> {
+        if timeout.is_zero() {
+            return Err(SendError::Timeout("no time left in this flush".into()));
+        }
         let mut req = self
             .agent
             .post(&self.endpoint)
+            .config()
+            .timeout_global(Some(timeout.min(self.timeout)))
+            .build()
             .header("Content-Type", "application/json");
         for (k, v) in &self.headers {
             req = req.header(k, v);
@@ -156,22 +204,40 @@ impl Transport for HttpTransport {
         let _ = response
             .into_body()
             .into_reader()
-            .take(ERROR_BODY_BYTES)
+            .take(DRAIN_BODY_BYTES)
             .read_to_end(&mut body);
         if (200..300).contains(&status) {
             return Ok(());
         }
-        let body = String::from_utf8_lossy(&body).trim().replace(['\n', '\r'], " ");
         Err(SendError::Status {
             status,
             retry_after,
-            body,
+            body: printable(&body, ERROR_BODY_BYTES),
         })
     }
 
     fn endpoint(&self) -> &str {
         &self.endpoint
     }
+}
+
+/// The start of a response body, fit for an operator's terminal: at most
+/// `max` bytes, valid UTF-8, every control character escaped (a collector
+/// cannot move the cursor or retitle the window through an error message).
+pub fn printable(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(max)]);
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars() {
+        match c {
+            '\n' | '\r' | '\t' => out.push(' '),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    if body.len() > max {
+        out.push_str("...");
+    }
+    out
 }
 
 fn classify(e: ureq::Error) -> SendError {
@@ -226,8 +292,21 @@ mod tests {
         assert_eq!(status(429).class(), Class::Retry);
         assert_eq!(status(413).class(), Class::TooLarge);
         assert_eq!(status(400).class(), Class::Rejected);
-        assert_eq!(status(404).class(), Class::Rejected);
+        assert_eq!(status(422).class(), Class::Rejected);
+        for s in [401, 403, 404, 405, 407, 410, 415] {
+            assert_eq!(status(s).class(), Class::Misconfigured, "{s}");
+            assert!(status(s).hint().is_some());
+        }
+        assert_eq!(status(404).to_string(), "answered HTTP 404 Not Found");
         assert_eq!(SendError::Unreachable("x".into()).class(), Class::Retry);
+    }
+
+    #[test]
+    fn bodies_are_cut_and_their_control_characters_escaped() {
+        assert_eq!(printable(b" oops\n", 200), "oops");
+        assert_eq!(printable(b"\x1b]0;owned\x07 x", 200), "\\u{1b}]0;owned\\u{7} x");
+        assert_eq!(printable(&[b'a'; 300], 200).len(), 203);
+        assert_eq!(printable(b"\xff\xfe", 200), "\u{fffd}\u{fffd}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ struct Switch {
 }
 
 impl Transport for Switch {
-    fn send(&mut self, json: &[u8]) -> Result<(), SendError> {
+    fn send(&mut self, json: &[u8], _timeout: std::time::Duration) -> Result<(), SendError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(SendError::Unreachable("switched off".into()));
         }

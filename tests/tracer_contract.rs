@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 struct Recorder(Arc<Mutex<Vec<Json>>>);
 
 impl Transport for Recorder {
-    fn send(&mut self, json: &[u8]) -> Result<(), SendError> {
+    fn send(&mut self, json: &[u8], _timeout: std::time::Duration) -> Result<(), SendError> {
         let spans: Vec<Json> = serde_json::from_slice(json).expect("valid JSON");
         self.0.lock().unwrap().extend(spans);
         Ok(())

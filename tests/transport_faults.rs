@@ -42,7 +42,7 @@ fn retryable_statuses_keep_spans_until_the_collector_answers() {
         record(&t, 10, "x");
         let err = flush_err(&t);
         assert_eq!(err.kept_in_memory, 10, "{err}");
-        let cause = err.cause.clone().unwrap();
+        let cause = err.cause().cloned().unwrap();
         assert_eq!(cause.class(), Class::Retry);
         assert!(err.to_string().contains(&format!("HTTP {status}")), "{err}");
         if status == 503 {
@@ -72,7 +72,7 @@ fn connection_refused_is_reported_and_kept() {
     let t = tracer(&url, |_| {});
     record(&t, 3, "x");
     let err = flush_err(&t);
-    assert!(matches!(err.cause, Some(SendError::Unreachable(_))), "{err:?}");
+    assert!(matches!(err.cause(), Some(SendError::Unreachable(_))), "{err:?}");
     let msg = t.flush().unwrap_err();
     assert!(msg.contains(&url) && msg.contains("3 kept in memory"), "{msg}");
 }
@@ -84,7 +84,7 @@ fn reset_and_garbage_are_retryable_and_do_not_panic() {
     record(&t, 4, "x");
     for _ in 0..2 {
         let err = flush_err(&t);
-        assert_eq!(err.cause.as_ref().map(SendError::class), Some(Class::Retry), "{err}");
+        assert_eq!(err.cause().map(SendError::class), Some(Class::Retry), "{err}");
         assert_eq!(err.kept_in_memory, 4);
     }
     t.flush().unwrap();
@@ -102,7 +102,7 @@ fn a_hanging_collector_costs_one_timeout() {
     let began = Instant::now();
     let err = flush_err(&t);
     let took = began.elapsed();
-    assert!(matches!(err.cause, Some(SendError::Timeout(_))), "{err:?}");
+    assert!(matches!(err.cause(), Some(SendError::Timeout(_))), "{err:?}");
     // Bounded by the configured timeout (plus scheduling slack), not by the
     // number of requests the batch would need.
     assert!(took < Duration::from_secs(5), "flush took {took:?}");
@@ -143,15 +143,50 @@ fn payload_too_large_splits_until_it_fits() {
 
 #[test]
 fn other_client_errors_drop_and_count() {
-    let server = FaultServer::start(vec![Answer::Status(404, vec![], "no such path")]);
+    let server = FaultServer::start(vec![Answer::Status(422, vec![], "unprocessable"); 16]);
     let t = tracer(&server.url, |_| {});
     record(&t, 7, "x");
     let err = flush_err(&t);
     assert_eq!(err.rejected, 7);
-    assert!(err.to_string().contains("HTTP 404: no such path"), "{err}");
+    assert!(
+        err.to_string().contains("HTTP 422 Unprocessable Entity: unprocessable"),
+        "{err}"
+    );
     let s = t.stats();
     assert_eq!((s.dropped.rejected, s.in_memory), (7, 0));
     assert!(s.is_balanced());
+}
+
+#[test]
+fn a_wrong_endpoint_or_credentials_keep_the_spans_and_say_what_to_check() {
+    for (status, hint) in [
+        (404, "check the endpoint"),
+        (401, "check the credentials"),
+        (403, "check the credentials"),
+    ] {
+        let server = FaultServer::start(vec![Answer::Status(status, vec![], "nope"); 3]);
+        let t = tracer(&server.url, |_| {});
+        record(&t, 7, "x");
+        let err = flush_err(&t);
+        let msg = err.to_string();
+        assert!(err.misconfigured(), "{msg}");
+        assert!(
+            msg.contains("collector refuses every request") && msg.contains(hint),
+            "{msg}"
+        );
+        assert_eq!((err.rejected, err.kept_in_memory), (0, 7), "{msg}");
+        assert_eq!(server.requests().len(), 1, "one request, no bisection: {msg}");
+        let s = t.stats();
+        assert_eq!((s.dropped.total(), s.in_memory), (0, 7));
+        assert!(s.is_balanced());
+        // Fixed (the server accepts again): the backlog flows by itself.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while t.flush().is_err() {
+            assert!(Instant::now() < deadline, "{:?}", t.stats());
+        }
+        assert_eq!(t.stats().delivered, 7);
+        assert_eq!(server.span_ids().len(), 7);
+    }
 }
 
 #[test]
@@ -252,7 +287,7 @@ fn backoff_keeps_flushes_off_the_network_and_honours_retry_after() {
     record(&t, 3, "y");
     let second = flush_err(&t);
     assert!(second.next_attempt_in.is_some());
-    assert_eq!(second.cause, None, "no request was made: {second}");
+    assert_eq!(second.cause(), None, "no request was made: {second}");
     assert_eq!(server.requests().len(), 1);
     assert_eq!(second.kept_in_memory, 8);
     assert!(t.stats().is_balanced());
@@ -271,7 +306,7 @@ fn backoff_grows_with_full_jitter_within_its_cap() {
         // Wait out the (at most 4 ms) backoff so each flush reaches the network.
         let err = loop {
             let err = flush_err(&t);
-            if err.cause.is_some() || Instant::now() > deadline {
+            if err.cause().is_some() || Instant::now() > deadline {
                 break err;
             }
             std::thread::yield_now();

@@ -66,7 +66,7 @@ struct Input {
 struct Fake(Arc<Mutex<VecDeque<u8>>>);
 
 impl Transport for Fake {
-    fn send(&mut self, _json: &[u8]) -> Result<(), SendError> {
+    fn send(&mut self, _json: &[u8], _timeout: std::time::Duration) -> Result<(), SendError> {
         let answer = self.0.lock().unwrap().pop_front().unwrap_or(0);
         let status = |status| {
             Err(SendError::Status {

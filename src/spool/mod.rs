@@ -16,13 +16,20 @@
 //!   restarts. Each record also carries its sequence and service name
 //!   (see [`record`]), so [`salvage`] can rebuild the queue, in order,
 //!   from raw files.
-//! - **Durability point**: [`Spool::push`] returns only after sled's
-//!   `flush` has synced the records to disk. A `kill -9` or a power loss
-//!   after that costs nothing that was pushed; one before it costs only the
-//!   batch being pushed (which the caller has not reported as spilled).
+//! - **Durability point**: [`Spool::commit`] returns only after every
+//!   change made before it began (appends, removals, dead letters,
+//!   quarantines, cap evictions, the watermark) is on stable storage:
+//!   sled's log, blob files, `conf` and snapshots fsynced and their
+//!   directories too (see [`durable`]; sled's own `flush` does not do
+//!   that), tested by cutting power under it. [`Spool::push`] is an append
+//!   and a commit. A power cut after a commit costs nothing it covered; one
+//!   before it costs only what the caller has not yet reported as spilled.
+//!   One commit covers every writer before it, so concurrent spills share
+//!   one round (group commit).
 //! - **At-least-once**: a record leaves `queue` only through [`Spool::ack`]
 //!   (after a 2xx), [`Spool::dead_letter`], [`Spool::quarantine`] or a cap.
-//!   Each of these is synced, so a crash can repeat at most the one record
+//!   Each of these is committed before the next record is sent, so a crash
+//!   can repeat at most the one record
 //!   that was in flight: delivered, but not yet acknowledged on disk. If
 //!   the removal itself fails, the counts still include the record and the
 //!   caller learns whether it left only by reopening the spool.
@@ -45,6 +52,7 @@
 //!
 //! The spool knows nothing of HTTP or Zipkin: spans in, spans out.
 
+pub mod durable;
 pub mod ledger;
 pub mod record;
 pub mod salvage;
@@ -103,6 +111,14 @@ pub enum SpoolError {
         /// What sled said.
         source: sled::Error,
     },
+    /// sled's files could not be synced to stable storage.
+    #[error("spool {}: syncing to disk failed: {source}", dir.display())]
+    Sync {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
     /// The ledger beside sled could not be written.
     #[error("spool {}: ledger: {source}", dir.display())]
     Ledger {
@@ -119,6 +135,20 @@ pub enum SpoolError {
         /// What was wrong.
         source: RecordError,
     },
+}
+
+impl SpoolError {
+    /// Whether sled found the files damaged (as opposed to the disk or the
+    /// OS failing, or another owner): only then is a spool set aside.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            SpoolError::Storage {
+                source: sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) | sled::Error::Unsupported(_),
+                ..
+            }
+        )
+    }
 }
 
 /// A record of the queue or the dead letters, as [`Spool::entries`] reads it.
@@ -195,6 +225,16 @@ pub struct Damage {
     pub lost_spans: u64,
 }
 
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the spool's files were damaged: sled held {} of at least {} spooled spans; {} lost (counted as corrupt)",
+            self.found_spans, self.expected_spans, self.lost_spans
+        )
+    }
+}
+
 /// A tree of the spool, for [`Spool::clear`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tree {
@@ -237,7 +277,16 @@ pub struct Spool {
     /// What sled must hold; `None` if the file cannot be opened (then
     /// silent loss by sled goes unnoticed, as without a ledger).
     ledger: Option<Ledger>,
+    /// `spans_at_least` as last written to the ledger.
+    ledger_spans: u64,
     damage: Option<Damage>,
+    syncer: durable::Syncer,
+    /// `next_seq` at the last [`Spool::commit`]: queue records below it
+    /// were synced.
+    synced_below: u64,
+    /// Spans of the synced queue records still queued: what the ledger may
+    /// claim at most.
+    durable_spans: u64,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
@@ -329,7 +378,11 @@ impl Spool {
             dropped_unreported: 0,
             buf: Vec::new(),
             ledger,
+            ledger_spans: owed.map_or(0, |o| o.spans_at_least),
             damage: None,
+            syncer: durable::Syncer::new(dir),
+            synced_below: next_seq,
+            durable_spans: stats.spans,
         };
         if let Some(owed) = owed {
             spool.check(owed)?;
@@ -344,6 +397,7 @@ impl Spool {
     /// made before any open is the way to get them back.)
     fn check(&mut self, owed: ledger::State) -> Result<(), SpoolError> {
         self.next_seq = self.next_seq.max(owed.next_seq);
+        self.synced_below = self.next_seq;
         let found_spans = self.stats.spans;
         if found_spans >= owed.spans_at_least {
             return Ok(());
@@ -354,7 +408,7 @@ impl Spool {
             lost_spans: owed.spans_at_least - found_spans,
         });
         // The loss is reported once; from now on the ledger follows sled.
-        self.note(found_spans, None)
+        self.write_ledger(found_spans, None)
     }
 
     /// What [`Spool::open`] found missing from sled, once.
@@ -362,10 +416,19 @@ impl Spool {
         self.damage.take()
     }
 
+    /// Lowers the ledger before queue records leave: `spans` of them were
+    /// synced, and the oldest go through key `through` (if the oldest go).
+    /// Durable before the removal is made, so the ledger stays a lower
+    /// bound whenever sled writes the removal out.
+    fn lower_ledger(&mut self, spans: u64, through: Option<u64>) -> Result<(), SpoolError> {
+        let at_least = self.ledger_spans.min(self.durable_spans.saturating_sub(spans));
+        self.write_ledger(at_least, through)
+    }
+
     /// Writes the ledger: the queue holds at least `spans_at_least` spans,
     /// and its lowest key is above `removed_through` (the last key about to
     /// be removed, if any).
-    fn note(&mut self, spans_at_least: u64, removed_through: Option<u64>) -> Result<(), SpoolError> {
+    fn write_ledger(&mut self, spans_at_least: u64, removed_through: Option<u64>) -> Result<(), SpoolError> {
         if self.ledger.is_none() {
             return Ok(());
         }
@@ -377,13 +440,30 @@ impl Spool {
         let state = ledger::State {
             spans_at_least,
             watermark,
-            next_seq: self.next_seq,
+            next_seq: self.synced_below,
         };
         let dir = self.dir.clone();
         if let Some(l) = &mut self.ledger {
             l.write(state).map_err(|source| SpoolError::Ledger { dir, source })?;
         }
+        self.ledger_spans = spans_at_least;
         Ok(())
+    }
+
+    /// The spans of the queue records `victims` (key, spans) that were synced.
+    fn durable_of(&self, victims: impl Iterator<Item = (u64, u64)>) -> u64 {
+        victims
+            .filter(|&(key, _)| key < self.synced_below)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Bookkeeping for a queue record that left: its spans no longer
+    /// count as durable once it was synced.
+    fn forget_durable(&mut self, key: u64, spans: u64) {
+        if key < self.synced_below {
+            self.durable_spans = self.durable_spans.saturating_sub(spans);
+        }
     }
 
     /// The spool directory.
@@ -450,7 +530,7 @@ impl Spool {
     /// [`Spool::take_dropped`].
     pub fn push(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
         let written = self.append_records(service, spans, created_unix_ms)?;
-        if let Err(e) = self.sync() {
+        if let Err(e) = self.commit() {
             for (key, bytes, n) in written {
                 // Best effort: a failed sled refuses further writes. The
                 // counts are undone regardless; a record that did reach the
@@ -460,11 +540,22 @@ impl Spool {
             }
             return Err(e);
         }
-        self.note(self.stats.spans, None)?;
         Ok(self.take_dropped())
     }
 
-    /// [`Spool::push`] without the sync: not durable until [`Spool::sync`].
+    /// The durability point for everything done since the last one: syncs
+    /// sled's files (see [`durable`]), then raises the ledger to what is
+    /// now on stable storage. Appends, removals, dead letters and
+    /// quarantines are durable once this returns `Ok`; one call covers
+    /// every change made before it began (group commit).
+    pub fn commit(&mut self) -> Result<(), SpoolError> {
+        self.sync()?;
+        self.synced_below = self.next_seq;
+        self.durable_spans = self.stats.spans;
+        self.write_ledger(self.stats.spans, None)
+    }
+
+    /// [`Spool::push`] without the sync: not durable until [`Spool::commit`].
     pub fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
         self.append_records(service, spans, created_unix_ms)?;
         Ok(self.take_dropped())
@@ -559,18 +650,19 @@ impl Spool {
             spans += declared_spans(&v);
             victims.push((be(&k), v.len(), declared_spans(&v)));
         }
-        self.remove_oldest(&victims, spans)?;
+        self.remove_oldest(&victims)?;
         self.dropped_unreported += spans;
         Ok(())
     }
 
-    /// Removes `victims` (the oldest queue records: key, bytes, spans;
-    /// `spans` in all), telling the ledger first.
-    fn remove_oldest(&mut self, victims: &[(u64, usize, u64)], spans: u64) -> Result<(), SpoolError> {
+    /// Removes `victims` (the oldest queue records: key, bytes, spans),
+    /// telling the ledger first.
+    fn remove_oldest(&mut self, victims: &[(u64, usize, u64)]) -> Result<(), SpoolError> {
         let Some(&(last, _, _)) = victims.last() else {
             return Ok(());
         };
-        self.note(self.stats.spans.saturating_sub(spans), Some(last))?;
+        let durable = self.durable_of(victims.iter().map(|&(k, _, n)| (k, n)));
+        self.lower_ledger(durable, Some(last))?;
         for &(key, bytes, n) in victims {
             if self
                 .queue
@@ -579,6 +671,7 @@ impl Spool {
                 .is_some()
             {
                 self.forget(bytes, n);
+                self.forget_durable(key, n);
             }
         }
         self.advance_watermark()
@@ -602,8 +695,7 @@ impl Spool {
         if victims.is_empty() {
             return Ok(0);
         }
-        self.remove_oldest(&victims, spans)?;
-        self.sync()?;
+        self.remove_oldest(&victims)?;
         Ok(spans)
     }
 
@@ -668,7 +760,7 @@ impl Spool {
         keep: impl FnOnce(&mut Self) -> Result<(), SpoolError>,
     ) -> Result<(), SpoolError> {
         let before = self.stats;
-        let result = keep(self).and_then(|()| self.remove(entry)).and_then(|()| self.sync());
+        let result = keep(self).and_then(|()| self.remove(entry));
         if result.is_err() {
             self.stats = before;
         }
@@ -680,7 +772,8 @@ impl Spool {
         if entry.part == Part::Queue {
             let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
             let through = (oldest == Some(entry.key)).then_some(entry.key);
-            self.note(self.stats.spans.saturating_sub(entry.declared_spans), through)?;
+            let durable = self.durable_of(std::iter::once((entry.key, entry.declared_spans)));
+            self.lower_ledger(durable, through)?;
         }
         let removed = self
             .tree(entry.part)
@@ -693,6 +786,7 @@ impl Spool {
         match entry.part {
             Part::Queue => {
                 self.forget(entry.bytes, entry.declared_spans);
+                self.forget_durable(entry.key, entry.declared_spans);
                 self.advance_watermark()?;
             }
             Part::Dead => {
@@ -732,20 +826,20 @@ impl Spool {
     }
 
     /// Keeps `service`'s spans the collector refused for good in the
-    /// dead-letter tree. Synced.
+    /// dead-letter tree. Durable at the next [`Spool::commit`].
     pub fn add_dead(&mut self, service: &str, refused: &[Span], created_unix_ms: u64) -> Result<(), SpoolError> {
-        self.put_dead(service, refused, created_unix_ms)?;
-        self.sync()
+        self.put_dead(service, refused, created_unix_ms)
     }
 
     /// Removes `entry`, keeping the `refused` spans as a dead letter (the
-    /// rest were delivered). Synced; on an error as [`Spool::ack`].
+    /// rest were delivered). Durable at the next [`Spool::commit`]; on an
+    /// error as [`Spool::ack`].
     pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
         self.settle(entry, |s| s.put_dead(&entry.service, refused, now_unix_ms))
     }
 
     /// Moves a record that failed its checks to quarantine, bytes intact.
-    /// Synced; on an error as [`Spool::ack`].
+    /// Durable at the next [`Spool::commit`]; on an error as [`Spool::ack`].
     pub fn quarantine(&mut self, entry: &Entry) -> Result<(), SpoolError> {
         self.settle(entry, |s| {
             s.quarantine
@@ -756,11 +850,11 @@ impl Spool {
         })
     }
 
-    /// Empties `tree`, synced; says what went.
+    /// Empties `tree`; says what went. Durable at the next [`Spool::commit`].
     pub fn clear(&mut self, tree: Tree) -> Result<Cleared, SpoolError> {
         if tree == Tree::Queue {
             let last = self.queue.last().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
-            self.note(0, last)?;
+            self.write_ledger(0, last)?;
         }
         let t = match tree {
             Tree::Queue => &self.queue,
@@ -781,6 +875,7 @@ impl Spool {
                 self.stats.records = records.saturating_sub(c.records);
                 self.stats.spans = spans.saturating_sub(c.spans);
                 self.stats.bytes = bytes.saturating_sub(c.bytes);
+                self.durable_spans = 0;
                 self.advance_watermark()?;
             }
             Tree::Dead => {
@@ -791,13 +886,21 @@ impl Spool {
                 self.stats.quarantined_records = self.stats.quarantined_records.saturating_sub(c.records);
             }
         }
-        self.sync()?;
         Ok(c)
     }
 
-    /// Writes everything to disk now.
-    pub fn sync(&self) -> Result<(), SpoolError> {
-        self.db.flush().map(|_| ()).map_err(|e| self.storage(e))
+    /// Syncs sled's files (see [`durable`]) without touching the ledger.
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        self.syncer.sync(&self.db).map_err(|e| match e {
+            durable::SyncError::Sled(source) => SpoolError::Storage {
+                dir: self.dir.clone(),
+                source,
+            },
+            durable::SyncError::Io(source) => SpoolError::Sync {
+                dir: self.dir.clone(),
+                source,
+            },
+        })
     }
 }
 

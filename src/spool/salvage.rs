@@ -245,6 +245,7 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
             out.spans += n;
         }
     }
+    into.commit()?;
     let mut report = scan.report;
     report.records = out.records;
     report.spans = out.spans;

@@ -45,6 +45,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     for &(tree, name) in trees {
         let c = spool.clear(tree)?;
+        spool.commit()?;
         if tree == Tree::Quarantine {
             say!("purged {}: {} records, {}", name, c.records, human_bytes(c.bytes));
         } else {

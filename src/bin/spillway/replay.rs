@@ -8,10 +8,12 @@
 
 use crate::{Outcome, open, say};
 use indicatif::{ProgressBar, ProgressStyle};
+use spillway::clock::SystemClock;
 use spillway::config::Config;
-use spillway::exporter::Exporter;
+use spillway::export::Exporter;
+use spillway::export::books::Books;
+use spillway::export::disk::Disk;
 use spillway::spool::Part;
-use spillway::stats::ExportCounters;
 use spillway::transport::HttpTransport;
 use std::path::Path;
 use std::process::ExitCode;
@@ -82,8 +84,21 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         ProgressStyle::with_template("{bar:40} {pos}/{len} spans {per_sec} eta {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let counters = Arc::new(ExportCounters::default());
-    let mut exporter = Exporter::new(&config, Box::new(transport), Some(spool), counters);
+    let books = Arc::new(Books::default());
+    let disk = Arc::new(Disk::start(
+        Ok(spool),
+        dir.to_path_buf(),
+        u64::MAX,
+        u64::MAX,
+        Arc::clone(&books),
+    )?);
+    let mut exporter = Exporter::new(
+        &config,
+        Box::new(transport),
+        Some(Arc::clone(&disk)),
+        books,
+        Arc::new(SystemClock),
+    );
     let started = Instant::now();
     let mut s = Summary::default();
     let mut settled = 0u64;
@@ -102,13 +117,9 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
                 bar.set_position(settled.min(total));
             }
             Err(e) => {
-                // The cause alone: the counts are this command's to report.
-                let cause = match (&e.cause, &e.spool_error) {
-                    (Some(c), _) => format!("{} {c}", e.endpoint),
-                    (None, Some(spool)) => format!("spool failed: {spool}"),
-                    (None, None) => e.to_string(),
-                };
-                s.stopped = Some(cause);
+                // The causes alone: the counts are this command's to report.
+                let causes: Vec<String> = e.causes.iter().map(ToString::to_string).collect();
+                s.stopped = Some(format!("{} {}", e.endpoint, causes.join("; ")));
                 break;
             }
         }
@@ -122,7 +133,12 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     bar.finish_and_clear();
     s.seconds = started.elapsed().as_secs_f64();
-    s.remaining = exporter.spool().map_or(0, left);
+    drop(exporter);
+    disk.stop(Instant::now() + Duration::from_secs(10));
+    s.remaining = disk.stats().map_or(0, |st| match part {
+        Part::Queue => st.spans,
+        Part::Dead => st.dead_letter_spans,
+    });
     if args.json {
         say!("{}", serde_json::to_string(&s)?);
     } else {

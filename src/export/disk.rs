@@ -1,0 +1,764 @@
+//! The disk thread: the one place where sled is called, so that no call
+//! that can block without bound (sled waits on its IO buffers, a full or
+//! hanging disk) ever runs on bext's flush thread or the spiller.
+//!
+//! The flush and the spiller hand the thread jobs (spill these spans, read
+//! the oldest records, settle a record the collector took, quarantine,
+//! expire) and wait for each as long as their own deadline allows; a job
+//! they stopped waiting for still completes. Outcomes are recorded in the
+//! [`Books`] here, once, when the job is durable, whoever waited for it, so
+//! the accounting holds at every moment a round is not running.
+//!
+//! ## Rounds (group commit)
+//! The thread takes every job queued (up to [`ROUND_JOBS`]), performs them
+//! in order without syncing, then commits once ([`Spool::commit`]): one
+//! sync covers every spill of the round, the flush's and the spiller's
+//! alike, and no job is reported done before the sync that covers it
+//! returned. Reads complete at once.
+//!
+//! ## Failures
+//! When the spool fails (I/O error, full disk), the failed sled instance is
+//! closed on a thread of its own (sled can wait for ever while it closes on
+//! a failed disk, and this thread must stay responsive); spans of failed
+//! spills are handed back ([`Disk::take_returned`]) for the flush to hold
+//! in memory; records the collector settled but whose removal failed are
+//! kept and removed, without being sent again, once the spool reopens. The
+//! thread tries to reopen the spool at the start of every round while it
+//! is failed (so at most once per flush and per early spill) and compares
+//! what it finds with the books: more is counted as recovered (a write
+//! that did land: a possible duplicate), fewer as lost.
+//!
+//! ## Bounds
+//! Jobs queued but not done hold at most `max_queued` spans: past that,
+//! [`Disk::spill`] hands the spans back at once (the disk is not keeping
+//! up, or hangs) and the caller holds them in memory, bounded there.
+
+use super::books::Books;
+use super::report::Cause;
+use crate::span::Span;
+use crate::spool::{Entry, Part, Spool, SpoolError, SpoolStats};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The most jobs one round takes.
+pub const ROUND_JOBS: usize = 256;
+/// How long a reopen waits for a failed instance to finish closing.
+const CLOSE_WAIT: Duration = Duration::from_millis(200);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A job's result, set once by the disk thread, awaited with a deadline.
+pub struct Done<T>(Arc<(Mutex<Option<T>>, Condvar)>);
+
+impl<T> Clone for Done<T> {
+    fn clone(&self) -> Self {
+        Done(Arc::clone(&self.0))
+    }
+}
+
+impl<T> Done<T> {
+    fn new() -> Done<T> {
+        Done(Arc::new((Mutex::new(None), Condvar::new())))
+    }
+
+    fn set(&self, value: T) {
+        *lock(&self.0.0) = Some(value);
+        self.0.1.notify_all();
+    }
+
+    /// The result, waiting until `deadline` at most; `None` if the job was
+    /// not done by then (it still completes).
+    pub fn wait(&self, deadline: Instant) -> Option<T> {
+        let (slot, cond) = &*self.0;
+        let mut guard = lock(slot);
+        loop {
+            if let Some(v) = guard.take() {
+                return Some(v);
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())?;
+            guard = cond.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+}
+
+/// What a spill did, once durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spilled {
+    /// Spans written.
+    pub spans: u64,
+    /// Older spans the spool's cap dropped to make room.
+    pub evicted: u64,
+}
+
+/// Why a job did not happen; the spool's own words.
+pub type Failed = String;
+
+enum Job {
+    Spill {
+        service: Arc<str>,
+        spans: Vec<Span>,
+        created_unix_ms: u64,
+        done: Done<Result<Spilled, Failed>>,
+    },
+    Dead {
+        service: Arc<str>,
+        spans: Vec<Span>,
+        created_unix_ms: u64,
+        done: Done<Result<(), Failed>>,
+    },
+    Read {
+        part: Part,
+        max: usize,
+        done: Done<Result<Vec<Entry>, Failed>>,
+    },
+    Settle(Settle, Done<Result<(), Failed>>),
+    Quarantine {
+        entry: Entry,
+        done: Done<Result<(), Failed>>,
+    },
+    Expire {
+        now_unix_ms: u64,
+        max_age_ms: u64,
+        done: Done<Result<u64, Failed>>,
+    },
+    Stop,
+}
+
+/// A spool record the collector settled: remove it, keep `refused` as a
+/// dead letter and queue `requeue` (the unsent rest) again with its age.
+pub struct Settle {
+    /// The record.
+    pub entry: Entry,
+    /// Its spans refused for good.
+    pub refused: Vec<Span>,
+    /// Its spans not sent (sending stopped part-way).
+    pub requeue: Vec<Span>,
+    /// Its spans already counted as settled (delivered or oversize).
+    pub counted: u64,
+    /// Now, for the dead letter's age.
+    pub now_unix_ms: u64,
+}
+
+impl Settle {
+    fn books(&self, books: &Books) {
+        if self.entry.part == Part::Queue {
+            books.settled(
+                self.entry.declared_spans,
+                self.counted,
+                self.refused.len() as u64,
+                self.requeue.len() as u64,
+            );
+        }
+    }
+}
+
+/// What waits for a round's commit.
+enum Pending {
+    Spill(u64, u64, Vec<Span>, Done<Result<Spilled, Failed>>),
+    Dead(u64, Done<Result<(), Failed>>),
+    Settle(Settle, Done<Result<(), Failed>>),
+    Quarantine(u64, Done<Result<(), Failed>>),
+    Expire(u64, Done<Result<u64, Failed>>),
+}
+
+/// What the thread shares with the flush and the spiller.
+struct Shared {
+    books: Arc<Books>,
+    /// Spans of failed spills, for the flush to hold in memory.
+    returned: Mutex<Vec<Span>>,
+    status: Mutex<Status>,
+    max_queued: u64,
+}
+
+#[derive(Default)]
+struct Status {
+    /// The spool's counts after the last round.
+    stats: Option<SpoolStats>,
+    /// Why the spool is not working, while it is not.
+    problem: Option<String>,
+    /// What the next flush should report.
+    notes: Vec<Cause>,
+    /// Spans in spill jobs not done yet.
+    queued: u64,
+}
+
+/// The disk thread and its job queue; see the module docs.
+pub struct Disk {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+impl Disk {
+    /// Starts the thread over `spool` (or over none yet, when it could not
+    /// be opened: `problem` says why, and the thread keeps trying to open
+    /// the spool in `dir`). Jobs queued hold at most `max_queued` spans.
+    pub fn start(
+        spool: Result<Spool, String>,
+        dir: PathBuf,
+        max_bytes: u64,
+        max_queued: u64,
+        books: Arc<Books>,
+    ) -> std::io::Result<Disk> {
+        let (tx, rx) = mpsc::channel();
+        let mut status = Status::default();
+        let spool = match spool {
+            Ok(s) => {
+                status.stats = Some(s.stats());
+                Some(s)
+            }
+            Err(problem) => {
+                status.problem = Some(problem);
+                None
+            }
+        };
+        let shared = Arc::new(Shared {
+            books,
+            returned: Mutex::new(Vec::new()),
+            status: Mutex::new(status),
+            max_queued: max_queued.max(1),
+        });
+        let worker = Worker {
+            shared: Arc::clone(&shared),
+            spool,
+            dir: dir.clone(),
+            max_bytes,
+            settled: Vec::new(),
+            closing: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name("spillway-disk".into())
+            .spawn(move || worker.run(rx))?;
+        Ok(Disk {
+            jobs: tx,
+            shared,
+            thread: Mutex::new(Some(thread)),
+            dir,
+        })
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+
+    /// Queues `spans` to be spilled; `Err` hands them back at once when the
+    /// disk thread already holds `max_queued` spans or has stopped.
+    pub fn spill(
+        &self,
+        service: Arc<str>,
+        spans: Vec<Span>,
+        created_unix_ms: u64,
+    ) -> Result<Done<Result<Spilled, Failed>>, Vec<Span>> {
+        if spans.is_empty() {
+            let done = Done::new();
+            done.set(Ok(Spilled { spans: 0, evicted: 0 }));
+            return Ok(done);
+        }
+        let n = spans.len() as u64;
+        {
+            let mut st = lock(&self.shared.status);
+            if st.queued > 0 && st.queued + n > self.shared.max_queued {
+                return Err(spans);
+            }
+            st.queued += n;
+        }
+        let done = Done::new();
+        let job = Job::Spill {
+            service,
+            spans,
+            created_unix_ms,
+            done: done.clone(),
+        };
+        if let Err(mpsc::SendError(Job::Spill { spans, .. })) = self.jobs.send(job) {
+            lock(&self.shared.status).queued -= n;
+            return Err(spans);
+        }
+        Ok(done)
+    }
+
+    /// Queues refused `spans` to be kept as dead letters; `Err` if the
+    /// thread has stopped (the caller counts them as rejected).
+    pub fn dead(&self, service: Arc<str>, spans: Vec<Span>, created_unix_ms: u64) -> Option<Done<Result<(), Failed>>> {
+        let done = Done::new();
+        let job = Job::Dead {
+            service,
+            spans,
+            created_unix_ms,
+            done: done.clone(),
+        };
+        self.send(job).then_some(done)
+    }
+
+    /// Reads up to `max` of the oldest records of `part`.
+    pub fn read(&self, part: Part, max: usize) -> Option<Done<Result<Vec<Entry>, Failed>>> {
+        let done = Done::new();
+        self.send(Job::Read {
+            part,
+            max,
+            done: done.clone(),
+        })
+        .then_some(done)
+    }
+
+    /// Settles a record (see [`Settle`]).
+    pub fn settle(&self, settle: Settle) -> Option<Done<Result<(), Failed>>> {
+        let done = Done::new();
+        self.send(Job::Settle(settle, done.clone())).then_some(done)
+    }
+
+    /// Quarantines a record that failed its checks.
+    pub fn quarantine(&self, entry: Entry) -> Option<Done<Result<(), Failed>>> {
+        let done = Done::new();
+        self.send(Job::Quarantine {
+            entry,
+            done: done.clone(),
+        })
+        .then_some(done)
+    }
+
+    /// Drops records older than `max_age_ms`.
+    pub fn expire(&self, now_unix_ms: u64, max_age_ms: u64) -> Option<Done<Result<u64, Failed>>> {
+        let done = Done::new();
+        self.send(Job::Expire {
+            now_unix_ms,
+            max_age_ms,
+            done: done.clone(),
+        })
+        .then_some(done)
+    }
+
+    /// Hands spans back to be held in memory (a spill that could not be
+    /// queued); the next flush takes them.
+    pub fn give_back(&self, mut spans: Vec<Span>) {
+        lock(&self.shared.returned).append(&mut spans);
+    }
+
+    /// Spans handed back by failed spills, oldest first (still counted as
+    /// held).
+    pub fn take_returned(&self) -> Vec<Span> {
+        std::mem::take(&mut *lock(&self.shared.returned))
+    }
+
+    /// What happened on disk that no flush has reported yet.
+    pub fn take_notes(&self) -> Vec<Cause> {
+        std::mem::take(&mut lock(&self.shared.status).notes)
+    }
+
+    /// Why the spool is not working, if it is not (as of the last round).
+    pub fn problem(&self) -> Option<String> {
+        lock(&self.shared.status).problem.clone()
+    }
+
+    /// Adds something for the next flush to report.
+    pub fn note(&self, cause: Cause) {
+        lock(&self.shared.status).notes.push(cause);
+    }
+
+    /// The spool's counts after the last round, if it has been open.
+    pub fn stats(&self) -> Option<SpoolStats> {
+        lock(&self.shared.status).stats
+    }
+
+    /// Whether the queue holds records (as of the last round).
+    pub fn has_records(&self) -> bool {
+        lock(&self.shared.status).stats.is_some_and(|s| s.records > 0)
+    }
+
+    /// Whether the spool works (as of the last round).
+    pub fn is_working(&self) -> bool {
+        lock(&self.shared.status).problem.is_none()
+    }
+
+    /// Spans queued and not yet written.
+    pub fn queued(&self) -> u64 {
+        lock(&self.shared.status).queued
+    }
+
+    /// Stops the thread once the jobs queued are done, waiting until
+    /// `deadline` at most; returns whether it stopped in time (if not, it
+    /// stops on its own later and the spans it still holds stay counted
+    /// as in memory).
+    pub fn stop(&self, deadline: Instant) -> bool {
+        let _ = self.jobs.send(Job::Stop);
+        let Some(thread) = lock(&self.thread).take() else {
+            return true;
+        };
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                // Detached: it ends on its own.
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = thread.join();
+        true
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        let _ = self.jobs.send(Job::Stop);
+    }
+}
+
+impl Shared {
+    /// `n` spans of a spill job are done with (written or handed back).
+    fn dequeue(&self, n: u64) {
+        let mut st = lock(&self.status);
+        st.queued = st.queued.saturating_sub(n);
+    }
+
+    /// The spans of a spill that failed go back to memory.
+    fn hand_back(&self, spans: Vec<Span>) {
+        self.dequeue(spans.len() as u64);
+        lock(&self.returned).extend(spans);
+    }
+}
+
+/// The thread's own state.
+struct Worker {
+    shared: Arc<Shared>,
+    spool: Option<Spool>,
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Records settled with the collector whose removal failed with the
+    /// spool: removed, without being sent again, once it reopens.
+    settled: Vec<Settle>,
+    /// The failed instance being closed on a thread of its own, if any.
+    closing: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut round = vec![first];
+            while round.len() < ROUND_JOBS {
+                match rx.try_recv() {
+                    Ok(job) => round.push(job),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.round(round);
+            if stop {
+                break;
+            }
+        }
+        // Whatever is still queued is answered, so no waiter hangs.
+        while let Ok(job) = rx.try_recv() {
+            self.refuse(job, "the spool is closing");
+        }
+    }
+
+    /// Performs one round; returns whether a stop was asked for.
+    fn round(&mut self, round: Vec<Job>) -> bool {
+        if self.spool.is_none() {
+            self.reopen();
+        }
+        let mut pending = Vec::new();
+        let mut stop = false;
+        for job in round {
+            if matches!(job, Job::Stop) {
+                stop = true;
+                continue;
+            }
+            if self.spool.is_none() {
+                let why = self.problem();
+                self.refuse(job, &why);
+                continue;
+            }
+            if let Err(e) = self.perform(job, &mut pending) {
+                self.fail(&e);
+            }
+        }
+        if !pending.is_empty() {
+            let committed = match &mut self.spool {
+                Some(s) => s.commit(),
+                None => Err(SpoolError::Missing { dir: self.dir.clone() }),
+            };
+            match committed {
+                Ok(()) => pending.into_iter().for_each(|p| self.finish(p)),
+                Err(e) => {
+                    let why = e.to_string();
+                    self.fail(&e);
+                    pending.into_iter().for_each(|p| self.unfinish(p, &why));
+                }
+            }
+        }
+        let mut st = lock(&self.shared.status);
+        if let Some(s) = &self.spool {
+            st.stats = Some(s.stats());
+        }
+        stop
+    }
+
+    /// Performs `job` without syncing; what needs the commit goes to
+    /// `pending`. `Err` when the spool failed (the job is answered).
+    fn perform(&mut self, job: Job, pending: &mut Vec<Pending>) -> Result<(), SpoolError> {
+        let Some(spool) = &mut self.spool else { return Ok(()) };
+        let shared = &self.shared;
+        match job {
+            Job::Spill {
+                service,
+                spans,
+                created_unix_ms,
+                done,
+            } => match spool.append(&service, &spans, created_unix_ms) {
+                Ok(evicted) => pending.push(Pending::Spill(spans.len() as u64, evicted, spans, done)),
+                Err(e) => {
+                    // Room made before the failure stays made: count it.
+                    shared.books.spilled(0, spool.take_dropped());
+                    shared.hand_back(spans);
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Dead {
+                service,
+                spans,
+                created_unix_ms,
+                done,
+            } => match spool.add_dead(&service, &spans, created_unix_ms) {
+                Ok(()) => pending.push(Pending::Dead(spans.len() as u64, done)),
+                Err(e) => {
+                    shared.books.rejected(spans.len() as u64);
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Read { part, max, done } => match spool.oldest(part, max) {
+                Ok(entries) => done.set(Ok(entries)),
+                Err(e) => {
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Settle(settle, done) => {
+                let e = &settle.entry;
+                let result = spool
+                    .dead_letter(e, &settle.refused, settle.now_unix_ms)
+                    .and_then(|()| {
+                        spool
+                            .append(&e.service, &settle.requeue, e.created_unix_ms)
+                            .map(|evicted| shared.books.spilled(0, evicted))
+                    });
+                match result {
+                    Ok(()) => pending.push(Pending::Settle(settle, done)),
+                    Err(err) => {
+                        done.set(Err(err.to_string()));
+                        if settle.entry.part == Part::Queue {
+                            self.settled.push(settle);
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            Job::Quarantine { entry, done } => match spool.quarantine(&entry) {
+                Ok(()) => pending.push(Pending::Quarantine(entry.declared_spans, done)),
+                Err(e) => {
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Expire {
+                now_unix_ms,
+                max_age_ms,
+                done,
+            } => match spool.expire(now_unix_ms, max_age_ms) {
+                Ok(n) => pending.push(Pending::Expire(n, done)),
+                Err(e) => {
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Stop => {}
+        }
+        Ok(())
+    }
+
+    /// A committed job: its outcome goes into the books, then to its waiter.
+    fn finish(&mut self, p: Pending) {
+        let books = &self.shared.books;
+        match p {
+            Pending::Spill(n, evicted, _, done) => {
+                books.spilled(n, evicted);
+                self.shared.dequeue(n);
+                done.set(Ok(Spilled { spans: n, evicted }));
+            }
+            Pending::Dead(n, done) => {
+                books.dead_lettered(n);
+                done.set(Ok(()));
+            }
+            Pending::Settle(settle, done) => {
+                settle.books(books);
+                done.set(Ok(()));
+            }
+            Pending::Quarantine(n, done) => {
+                books.quarantined(n);
+                done.set(Ok(()));
+            }
+            Pending::Expire(n, done) => {
+                books.expired(n);
+                done.set(Ok(n));
+            }
+        }
+    }
+
+    /// A job whose commit failed: spans go back to memory, settled records
+    /// wait for the reopen; the books learn at the reopen what reached the
+    /// disk.
+    fn unfinish(&mut self, p: Pending, why: &str) {
+        match p {
+            Pending::Spill(_, evicted, spans, done) => {
+                self.shared.books.spilled(0, evicted);
+                self.shared.hand_back(spans);
+                done.set(Err(why.to_owned()));
+            }
+            Pending::Dead(n, done) => {
+                self.shared.books.rejected(n);
+                done.set(Err(why.to_owned()));
+            }
+            Pending::Settle(settle, done) => {
+                if settle.entry.part == Part::Queue {
+                    self.settled.push(settle);
+                }
+                done.set(Err(why.to_owned()));
+            }
+            Pending::Quarantine(_, done) => done.set(Err(why.to_owned())),
+            Pending::Expire(_, done) => done.set(Err(why.to_owned())),
+        }
+    }
+
+    /// Answers `job` without performing it.
+    fn refuse(&mut self, job: Job, why: &str) {
+        let why = why.to_owned();
+        match job {
+            Job::Spill { spans, done, .. } => {
+                self.shared.hand_back(spans);
+                done.set(Err(why));
+            }
+            Job::Dead { spans, done, .. } => {
+                self.shared.books.rejected(spans.len() as u64);
+                done.set(Err(why));
+            }
+            Job::Read { done, .. } => done.set(Err(why)),
+            Job::Settle(settle, done) => {
+                if settle.entry.part == Part::Queue {
+                    self.settled.push(settle);
+                }
+                done.set(Err(why));
+            }
+            Job::Quarantine { done, .. } => done.set(Err(why)),
+            Job::Expire { done, .. } => done.set(Err(why)),
+            Job::Stop => {}
+        }
+    }
+
+    fn problem(&self) -> String {
+        lock(&self.shared.status)
+            .problem
+            .clone()
+            .unwrap_or_else(|| "the spool is not open".to_owned())
+    }
+
+    /// The spool failed: close it off this thread and remember why.
+    fn fail(&mut self, e: &SpoolError) {
+        lock(&self.shared.status).problem = Some(e.to_string());
+        if let Some(failed) = self.spool.take() {
+            self.closing = close_elsewhere(failed);
+        }
+    }
+
+    /// Opens the spool again after a failure, once the failed instance has
+    /// let go of it (sled holds its lock until then).
+    fn reopen(&mut self) {
+        if let Some(closing) = self.closing.take() {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            while !closing.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !closing.is_finished() {
+                self.closing = Some(closing);
+                lock(&self.shared.status).problem = Some(
+                    "the failed spool is still closing (sled is waiting on the disk); restart the process if this lasts"
+                        .to_owned(),
+                );
+                return;
+            }
+        }
+        let mut spool = match Spool::open_with(&self.dir, self.max_bytes, Duration::ZERO) {
+            Ok(s) => s,
+            Err(e) => {
+                lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
+                return;
+            }
+        };
+        let mut notes = Vec::new();
+        // A loss found here shows as fewer spans than the books counted.
+        if let Some(d) = spool.take_damage().filter(|d| d.lost_spans > 0) {
+            notes.push(Cause::Damage(d.to_string()));
+        }
+        if let Err(e) = self.remove_settled(&mut spool) {
+            lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
+            self.closing = close_elsewhere(spool);
+            return;
+        }
+        let lost = self.shared.books.opened(spool.stats().spans);
+        if lost > 0 {
+            notes.push(Cause::LostOnReopen(lost));
+        }
+        let mut st = lock(&self.shared.status);
+        st.problem = None;
+        st.notes.extend(notes);
+        st.stats = Some(spool.stats());
+        drop(st);
+        self.spool = Some(spool);
+    }
+
+    /// Removes from the reopened `spool` the records settled before it
+    /// failed, without sending them again; their outcome goes into the
+    /// books whether this removes them or an earlier removal had reached
+    /// the disk after all.
+    fn remove_settled(&mut self, spool: &mut Spool) -> Result<(), SpoolError> {
+        let settled = std::mem::take(&mut self.settled);
+        let mut done = Vec::new();
+        for s in settled {
+            let e = &s.entry;
+            let found = spool.get(Part::Queue, e.key)?;
+            if found.is_some_and(|f| (f.created_unix_ms, f.declared_spans) == (e.created_unix_ms, e.declared_spans)) {
+                spool.dead_letter(e, &s.refused, s.now_unix_ms)?;
+                spool.append(&e.service, &s.requeue, e.created_unix_ms)?;
+            }
+            done.push(s);
+        }
+        spool.commit()?;
+        for s in done {
+            s.books(&self.shared.books);
+        }
+        Ok(())
+    }
+}
+
+/// Drops a failed spool on a thread of its own: sled may wait for ever to
+/// flush a failed disk while it closes, and holds its lock until it has.
+fn close_elsewhere(spool: Spool) -> Option<JoinHandle<()>> {
+    // Without a thread to spare the spool is leaked (ManuallyDrop), never
+    // dropped here.
+    let spool = std::mem::ManuallyDrop::new(spool);
+    std::thread::Builder::new()
+        .name("spillway-close".into())
+        .spawn(move || drop(std::mem::ManuallyDrop::into_inner(spool)))
+        .ok()
+}

@@ -1,0 +1,269 @@
+//! The flush report: what one flush did with its spans (counts) and why it
+//! did not deliver everything (causes), in words an operator can act on.
+//!
+//! Counts and causes are kept apart: counts are added to, causes are a list
+//! that every step appends to and nothing overwrites, so a damage note, a
+//! spool failure and the collector's answer all reach the message.
+
+use crate::transport::{Class, SendError};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a flush did not deliver everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The collector failed a request (the last such failure of the flush).
+    Collector(SendError),
+    /// No request was made: the exporter is backing off after failures.
+    BackingOff {
+        /// The failure that started the wait, if the collector reported one.
+        last: Option<SendError>,
+    },
+    /// The flush ran out of time (`flush_timeout_ms`) with spans left.
+    Deadline {
+        /// The flush's time budget.
+        budget: Duration,
+    },
+    /// The spool failed (disk full, I/O error, cannot be opened): what it said.
+    Spool(String),
+    /// The spool's files were found damaged; what that cost.
+    Damage(String),
+    /// Spans the spool should have held were missing when it was reopened.
+    LostOnReopen(u64),
+    /// A spool record failed its checks and was quarantined.
+    Quarantined {
+        /// Its key in the queue.
+        key: u64,
+        /// What was wrong with it.
+        why: String,
+    },
+    /// A damaged spool directory was set aside (its bytes kept there).
+    SetAside(PathBuf),
+}
+
+/// What a flush did when it did not deliver everything: the error
+/// [`SpillwayTracer::try_flush`](crate::SpillwayTracer::try_flush) returns
+/// (`flush` renders it with `Display`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, thiserror::Error)]
+#[non_exhaustive]
+pub struct FlushError {
+    /// The collector URL.
+    pub endpoint: String,
+    /// Why, in the order it happened.
+    pub causes: Vec<Cause>,
+    /// Spans delivered by this flush.
+    pub delivered: usize,
+    /// Spans the collector refused for good in this flush.
+    pub rejected: usize,
+    /// Whether refused spans were kept as dead letters (else dropped).
+    pub dead_lettered: bool,
+    /// Spans dropped because each alone was larger than a request may be.
+    pub oversize: usize,
+    /// Spans written to the spool durably by this flush.
+    pub spilled: usize,
+    /// Spans handed to the spool that were not yet durable when the flush
+    /// returned (its deadline came first); still counted as in memory.
+    pub spilling: usize,
+    /// Spans kept in memory for the next flush.
+    pub kept_in_memory: usize,
+    /// Spans dropped because the spool or the memory buffer was full.
+    pub dropped_full: u64,
+    /// Spooled spans dropped as older than `max_spool_age_ms`.
+    pub expired: u64,
+    /// The spool after this flush: spans, bytes, cap.
+    pub spool: Option<(u64, u64, u64)>,
+    /// When the exporter will try the collector again, if it is backing off.
+    pub next_attempt_in: Option<Duration>,
+}
+
+impl FlushError {
+    /// The last failure the collector reported in this flush, if any.
+    pub fn cause(&self) -> Option<&SendError> {
+        self.causes.iter().rev().find_map(|c| match c {
+            Cause::Collector(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// The spool records quarantined by this flush: key and reason.
+    pub fn quarantined(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.causes.iter().filter_map(|c| match c {
+            Cause::Quarantined { key, why } => Some((*key, why.as_str())),
+            _ => None,
+        })
+    }
+
+    /// Whether the spool failed or was found damaged in this flush.
+    pub fn spool_failed(&self) -> bool {
+        self.causes
+            .iter()
+            .any(|c| matches!(c, Cause::Spool(_) | Cause::Damage(_) | Cause::LostOnReopen(_)))
+    }
+
+    /// Whether the collector refuses every request whatever it holds (a
+    /// wrong endpoint or credentials): the spans wait for the fix.
+    pub fn misconfigured(&self) -> bool {
+        self.cause().is_some_and(|e| e.class() == Class::Misconfigured)
+    }
+
+    /// Adds a cause.
+    pub(crate) fn because(&mut self, cause: Cause) {
+        self.causes.push(cause);
+    }
+
+    /// Whether the flush did everything it should have: nothing failed,
+    /// nothing was dropped, nothing waits.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.causes.is_empty()
+            && self.next_attempt_in.is_none()
+            && self.oversize == 0
+            && self.dropped_full == 0
+            && self.expired == 0
+            && self.spilled == 0
+            && self.spilling == 0
+            && self.kept_in_memory == 0
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Collector(e) if e.class() == Class::Misconfigured => {
+                write!(f, "collector refuses every request: {e}")?;
+                if let Some(hint) = e.hint() {
+                    write!(f, "; {hint}")?;
+                }
+                Ok(())
+            }
+            Cause::Collector(e) => write!(f, "{e}"),
+            Cause::BackingOff { last: Some(e) } => write!(f, "backing off (last attempt: {e})"),
+            Cause::BackingOff { last: None } => write!(f, "backing off after failures"),
+            Cause::Deadline { budget } => {
+                write!(f, "flush ran out of time ({} ms, flush_timeout_ms)", budget.as_millis())
+            }
+            Cause::Spool(e) => write!(f, "spool failed: {e}"),
+            Cause::Damage(e) => write!(f, "{e}"),
+            Cause::LostOnReopen(n) => write!(
+                f,
+                "reopened the spool; {n} spooled spans were lost with the failed writes (counted as corrupt)"
+            ),
+            Cause::Quarantined { key, why } => write!(f, "spool record {key} quarantined ({why})"),
+            Cause::SetAside(dir) => write!(
+                f,
+                "the spool could not be opened and was moved aside to {} (recover it with `spillway salvage`)",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl fmt::Display for FlushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "zipkin {}", self.endpoint)?;
+        // The collector's answer first, as operators look for it there.
+        let mut causes: Vec<&Cause> = self.causes.iter().collect();
+        causes.sort_by_key(|c| !matches!(c, Cause::Collector(_) | Cause::BackingOff { .. }));
+        let mut first = true;
+        for cause in causes
+            .iter()
+            .filter(|c| matches!(c, Cause::Collector(_) | Cause::BackingOff { .. }))
+        {
+            write!(f, "{}{cause}", if first { " " } else { "; " })?;
+            first = false;
+        }
+        write!(f, "; {} spans delivered", self.delivered)?;
+        if self.spilled > 0 {
+            write!(f, ", {} spilled", self.spilled)?;
+        }
+        if self.spilling > 0 {
+            write!(f, ", {} being written to the spool", self.spilling)?;
+        }
+        if self.kept_in_memory > 0 {
+            write!(f, ", {} kept in memory for retry", self.kept_in_memory)?;
+        }
+        if self.rejected > 0 {
+            let fate = if self.dead_lettered {
+                "kept as dead letters"
+            } else {
+                "dropped"
+            };
+            write!(f, ", {} rejected by the collector and {fate}", self.rejected)?;
+        }
+        if self.oversize > 0 {
+            write!(f, ", {} dropped as larger than max_request_bytes", self.oversize)?;
+        }
+        if self.expired > 0 {
+            write!(f, ", {} dropped as older than max_spool_age_ms", self.expired)?;
+        }
+        if self.dropped_full > 0 {
+            write!(
+                f,
+                ", {} dropped because the buffer was full (oldest first)",
+                self.dropped_full
+            )?;
+        }
+        for cause in causes
+            .iter()
+            .filter(|c| !matches!(c, Cause::Collector(_) | Cause::BackingOff { .. }))
+        {
+            write!(f, "; {cause}")?;
+        }
+        if let Some((spans, bytes, cap)) = self.spool {
+            write!(f, "; spool holds {spans} spans, {} of {}", mib(bytes), mib(cap))?;
+        }
+        if let Some(d) = self.next_attempt_in {
+            write!(f, "; next attempt in {:.1}s", d.as_secs_f64())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_reaches_the_message_in_order_and_the_collector_leads() {
+        let mut e = FlushError {
+            endpoint: "http://z:9411/api/v2/spans".into(),
+            spilled: 3,
+            ..FlushError::default()
+        };
+        e.because(Cause::Damage("the spool's files were damaged".into()));
+        e.because(Cause::Spool("disk full".into()));
+        e.because(Cause::Collector(SendError::Unreachable("connection refused".into())));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(
+                "zipkin http://z:9411/api/v2/spans unreachable (connection refused); 0 spans delivered, 3 spilled"
+            ),
+            "{msg}"
+        );
+        let damage = msg.find("damaged").unwrap();
+        let spool = msg.find("spool failed: disk full").unwrap();
+        assert!(damage < spool, "{msg}");
+        assert!(!e.is_clean());
+    }
+
+    #[test]
+    fn a_refusal_of_everything_says_what_to_check() {
+        let mut e = FlushError::default();
+        e.because(Cause::Collector(SendError::Status {
+            status: 404,
+            retry_after: None,
+            body: String::new(),
+        }));
+        assert!(e.misconfigured());
+        let msg = e.to_string();
+        assert!(
+            msg.contains("collector refuses every request: answered HTTP 404 Not Found; check the endpoint"),
+            "{msg}"
+        );
+    }
+}
