@@ -6,17 +6,13 @@
 mod common;
 
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
-use common::{FaultServer, get_json, refused_url, spool_config, validator, wait_for, zipkin_url};
+use common::{FaultServer, Ids, ids_of, refused_url, spool_config, validator, zipkin_ids, zipkin_url};
 use serde_json::Value as Json;
 use spillway::SpillwayTracer;
 use spillway::spool::{Part, Spool};
 use spillway::zipkin::hex;
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
-
-type Ids = BTreeSet<(String, String)>;
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))
@@ -97,40 +93,6 @@ fn spooled_ids(dir: &Path) -> Ids {
         .flat_map(|e| e.unwrap().spans.unwrap())
         .map(|s| (hex(&s.trace_id), hex(&s.span_id)))
         .collect()
-}
-
-fn ids_of(spans: &[Json]) -> Ids {
-    spans
-        .iter()
-        .map(|s| {
-            (
-                s["traceId"].as_str().unwrap().to_owned(),
-                s["id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-/// What Zipkin holds for `service`, once it holds at least `at_least`.
-fn zipkin_ids(service: &str, at_least: usize) -> Ids {
-    let url = format!(
-        "{}/api/v2/traces?serviceName={service}&limit=1000000&lookback=3600000",
-        zipkin_url()
-    );
-    wait_for(
-        &format!("Zipkin to hold {at_least} spans of {service}"),
-        Duration::from_secs(30),
-        || {
-            let traces = get_json(&url);
-            let spans: Vec<Json> = traces
-                .as_array()?
-                .iter()
-                .flat_map(|t| t.as_array().cloned().unwrap_or_default())
-                .collect();
-            let ids = ids_of(&spans);
-            (ids.len() >= at_least).then_some(ids)
-        },
-    )
 }
 
 fn endpoint() -> String {

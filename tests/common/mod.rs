@@ -46,6 +46,53 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// (traceId, id) pairs.
+pub type Ids = std::collections::BTreeSet<(String, String)>;
+
+/// The (traceId, id) pairs of Zipkin JSON spans.
+pub fn ids_of(spans: &[serde_json::Value]) -> Ids {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s["traceId"].as_str().unwrap_or_default().to_owned(),
+                s["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What the real Zipkin holds for `service` (within the last hour).
+pub fn zipkin_now(service: &str) -> Ids {
+    let url = format!(
+        "{}/api/v2/traces?serviceName={service}&limit=1000000&lookback=3600000",
+        zipkin_url()
+    );
+    let traces = get_json(&url);
+    let spans: Vec<serde_json::Value> = traces
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .flat_map(|t| t.as_array().cloned().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default();
+    ids_of(&spans)
+}
+
+/// What Zipkin holds for `service`, once it holds at least `at_least`
+/// (it stores asynchronously after its 202).
+pub fn zipkin_ids(service: &str, at_least: usize) -> Ids {
+    wait_for(
+        &format!("Zipkin to hold {at_least} spans of {service}"),
+        Duration::from_secs(30),
+        || {
+            let ids = zipkin_now(service);
+            (ids.len() >= at_least).then_some(ids)
+        },
+    )
+}
+
 /// A validator for a request body (`ListOfSpans`) of the official Zipkin
 /// v2 spec, `../shared/spec/zipkin-api/zipkin2-api.yaml`.
 pub fn validator() -> &'static jsonschema::Validator {
@@ -174,6 +221,21 @@ impl FaultServer {
 
     pub fn requests(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Distinct `traceId:id` pairs received, over all requests.
+    pub fn trace_span_ids(&self) -> std::collections::BTreeSet<String> {
+        self.requests()
+            .iter()
+            .flat_map(|r| r.spans())
+            .map(|s| {
+                format!(
+                    "{}:{}",
+                    s["traceId"].as_str().unwrap_or_default(),
+                    s["id"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
     /// Distinct span ids received, over all requests.
