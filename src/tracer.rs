@@ -59,7 +59,7 @@ use crate::config::{Config, ConfigError};
 use crate::ended::Ended;
 use crate::export::Exporter;
 use crate::export::books::Books;
-use crate::export::disk::Disk;
+use crate::export::disk::{Disk, Done, Failed, Spilled};
 use crate::export::report::{Cause, FlushError};
 use crate::live::{self, Live};
 use crate::shard_lock::{ShardGuard, ShardLock};
@@ -362,7 +362,7 @@ fn start_disk(dir: &std::path::Path, opened: Opened, config: &Config, books: &Ar
         spool,
         dir.to_path_buf(),
         config.max_spool_bytes,
-        config.max_queue_spans as u64,
+        2 * config.max_queue_spans as u64,
         Arc::clone(books),
     )
     .map_err(|source| BuildError::Thread { what: "disk", source })?;
@@ -482,6 +482,7 @@ impl Inner {
     /// never takes the exporter's lock: a flush waiting on the collector
     /// does not hold it up.
     fn spiller(&self) {
+        let mut in_flight = None;
         loop {
             {
                 let mut pending = lock(&self.wake.pending);
@@ -493,28 +494,42 @@ impl Inner {
                 }
                 *pending = false;
             }
-            self.spill_early();
+            self.spill_early(&mut in_flight);
         }
     }
 
     /// Spills what the shards hold; outcomes are the disk thread's to count
     /// (a failed spill's spans come back to the next flush).
-    fn spill_early(&self) {
+    ///
+    /// Two batches are in flight at most: the one the disk thread writes
+    /// and the one this thread drains and encodes meanwhile, so encoding
+    /// and writing overlap and the disk still sets the pace.
+    fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, Failed>>>) {
         let Some(disk) = &self.disk else { return };
         let batch = self.drain(Vec::new());
-        if batch.is_empty() {
-            return;
-        }
-        let now_ms = SystemClock.now_unix_nanos() / 1_000_000;
-        match disk.spill(Arc::clone(&self.service), batch, now_ms) {
-            Ok(done) => {
-                while done.wait(Instant::now() + Duration::from_millis(100)).is_none() {
-                    if self.wake.stop.load(Ordering::SeqCst) {
-                        return;
+        if !batch.is_empty() {
+            let now_ms = SystemClock.now_unix_nanos() / 1_000_000;
+            match disk.spill(Arc::clone(&self.service), batch, now_ms) {
+                Ok(done) => {
+                    if let Some(previous) = in_flight.replace(done) {
+                        self.wait_for(&previous);
                     }
+                    return;
                 }
+                Err(spans) => disk.give_back(spans),
             }
-            Err(spans) => disk.give_back(spans),
+        }
+        if let Some(previous) = in_flight.take() {
+            self.wait_for(&previous);
+        }
+    }
+
+    /// Waits for a spill to be done, or for the tracer to stop.
+    fn wait_for(&self, done: &Done<Result<Spilled, Failed>>) {
+        while done.wait(Instant::now() + Duration::from_millis(100)).is_none() {
+            if self.wake.stop.load(Ordering::SeqCst) {
+                return;
+            }
         }
     }
 

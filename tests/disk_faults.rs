@@ -73,6 +73,12 @@ fn ack_child() {
     child_run(&[("spilled", 100), ("delivered", 0), ("removed", 0)]);
 }
 
+#[test]
+#[ignore = "run by a_failing_fsync_is_never_reported_as_spilled as its child process"]
+fn sync_child() {
+    child_run(&[("healthy", 100), ("failing", 100), ("recovered", 100)]);
+}
+
 /// The child process under `fiu-run`, driven phase by phase.
 struct Child {
     process: std::process::Child,
@@ -140,7 +146,12 @@ impl Child {
 
 /// Makes every write and sync of process `pid` fail (or work again).
 fn disk_fails(pid: &str, failing: bool) {
-    for (name, errno) in FAULTS {
+    faults(pid, &FAULTS, failing);
+}
+
+/// Makes the calls `which` of process `pid` fail (or work again).
+fn faults(pid: &str, which: &[(&str, i32)], failing: bool) {
+    for &(name, errno) in which {
         let cmd = if failing {
             format!("enable name={name},failinfo={errno}")
         } else {
@@ -238,4 +249,43 @@ fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() 
     let spool = spillway::spool::Spool::open_existing(dir.path(), u64::MAX).unwrap();
     let st = spool.stats();
     assert_eq!((st.records, st.spans, st.dead_letter_spans), (0, 0, 0), "{st:?}");
+}
+
+#[test]
+fn a_failing_fsync_is_never_reported_as_spilled() {
+    // Writes work, syncs do not: sled's own flush (sync_file_range)
+    // succeeds, so only the durability layer's fsyncs can notice.
+    const SYNCS: [(&str, i32); 2] = [("posix/io/sync/fsync", 5), ("posix/io/sync/fdatasync", 5)];
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Child::start("sync_child", dir.path(), &common::refused_url());
+    let (s, msg) = child.next("healthy");
+    assert_eq!((s.spooled, s.in_memory), (100, 0), "{msg}");
+
+    faults(&child.pid(), &SYNCS, true);
+    child.go();
+    let (s, msg) = child.next("failing");
+    eprintln!("failing: {msg}");
+    assert!(
+        msg.contains(&dir.path().display().to_string()),
+        "names the spool: {msg}"
+    );
+    assert!(msg.contains("syncing to disk failed"), "says why: {msg}");
+    assert!(!msg.contains("spilled"), "nothing reported spilled: {msg}");
+    assert!(msg.contains("100 kept in memory"), "{msg}");
+    assert_eq!(
+        (s.recorded, s.spooled, s.in_memory, s.dropped.total()),
+        (200, 100, 100, 0),
+        "{msg}"
+    );
+
+    faults(&child.pid(), &SYNCS, false);
+    child.go();
+    let (s, msg) = child.next("recovered");
+    eprintln!("recovered: {msg}");
+    // The unsynced round may have reached the disk after all: then it is
+    // found on reopen (recovered) and the held copy spilled again.
+    assert_eq!(s.in_memory, 0, "{msg}");
+    assert_eq!(s.spooled, 300 + s.recovered, "{s:?} {msg}");
+    assert_eq!(s.dropped.total(), 0, "{msg}");
+    child.finish();
 }

@@ -36,7 +36,7 @@
 use super::books::Books;
 use super::report::Cause;
 use crate::span::Span;
-use crate::spool::{Entry, Part, Spool, SpoolError, SpoolStats};
+use crate::spool::{Entry, Part, Prepared, Spool, SpoolError, SpoolStats};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -104,6 +104,9 @@ enum Job {
     Spill {
         service: Arc<str>,
         spans: Vec<Span>,
+        /// The spans encoded on the caller's thread (`None` if that failed:
+        /// the append then fails the same way, and says why).
+        prepared: Option<Prepared>,
         created_unix_ms: u64,
         done: Done<Result<Spilled, Failed>>,
     },
@@ -255,7 +258,9 @@ impl Disk {
     }
 
     /// Queues `spans` to be spilled; `Err` hands them back at once when the
-    /// disk thread already holds `max_queued` spans or has stopped.
+    /// disk thread already holds `max_queued` spans or has stopped. The
+    /// spans are encoded as records here, on the caller's thread, so the
+    /// disk thread only writes.
     pub fn spill(
         &self,
         service: Arc<str>,
@@ -275,10 +280,12 @@ impl Disk {
             }
             st.queued += n;
         }
+        let prepared = crate::spool::prepare(&service, &spans, created_unix_ms).ok();
         let done = Done::new();
         let job = Job::Spill {
             service,
             spans,
+            prepared,
             created_unix_ms,
             done: done.clone(),
         };
@@ -513,9 +520,13 @@ impl Worker {
             Job::Spill {
                 service,
                 spans,
+                prepared,
                 created_unix_ms,
                 done,
-            } => match spool.append(&service, &spans, created_unix_ms) {
+            } => match match prepared {
+                Some(p) => spool.append_prepared(p),
+                None => spool.append(&service, &spans, created_unix_ms),
+            } {
                 Ok(evicted) => pending.push(Pending::Spill(spans.len() as u64, evicted, spans, done)),
                 Err(e) => {
                     // Room made before the failure stays made: count it.

@@ -60,6 +60,7 @@ pub mod salvage;
 use crate::span::Span;
 use ledger::Ledger;
 pub use record::Part;
+
 use record::{Meta, RecordError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -255,6 +256,51 @@ pub struct Cleared {
     pub spans: u64,
     /// Their bytes.
     pub bytes: u64,
+}
+
+/// A batch encoded as queue records, not yet numbered: what [`prepare`]
+/// makes and [`Spool::append_prepared`] takes.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Each record's bytes and span count.
+    records: Vec<(Vec<u8>, u32)>,
+}
+
+impl Prepared {
+    /// The spans its records hold.
+    pub fn spans(&self) -> u64 {
+        self.records.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+}
+
+/// Encodes `service`'s `spans` as queue records of at most
+/// [`RECORD_TARGET`] payload bytes (where the spans allow) and
+/// [`RECORD_MAX_SPANS`] spans, first spilled at `created_unix_ms`; the
+/// spool numbers them when they are appended.
+pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Prepared, RecordError> {
+    let mut records = Vec::new();
+    let mut rest = spans;
+    let mut per_record = spans.len().min(RECORD_MAX_SPANS);
+    let mut buf = Vec::new();
+    while !rest.is_empty() {
+        let n = per_record.min(rest.len());
+        buf.clear();
+        let meta = Meta {
+            seq: 0,
+            part: Part::Queue,
+            created_unix_ms,
+        };
+        record::encode(service, &rest[..n], meta, &mut buf)?;
+        let payload = buf.len() - record::HEADER_LEN;
+        if payload > RECORD_TARGET && n > 1 {
+            // Aim for the target from the size seen, with some margin.
+            per_record = (n * RECORD_TARGET / payload * 9 / 10).clamp(1, n - 1);
+            continue;
+        }
+        records.push((buf.clone(), n as u32));
+        rest = &rest[n..];
+    }
+    Ok(Prepared { records })
 }
 
 /// The durable queue. See the module docs for its guarantees.
@@ -582,52 +628,44 @@ impl Spool {
         spans: &[Span],
         created_unix_ms: u64,
     ) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
-        if spans.is_empty() {
+        let prepared = prepare(service, spans, created_unix_ms).map_err(|e| self.record_error(e))?;
+        self.insert_prepared(prepared)
+    }
+
+    /// [`Spool::append`] of records [`prepare`]d elsewhere (the encoding is
+    /// most of an append's work, and need not run where the spool is).
+    pub fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, SpoolError> {
+        self.insert_prepared(prepared)?;
+        Ok(self.take_dropped())
+    }
+
+    /// Numbers `prepared`'s records, makes room under the cap and inserts
+    /// them (unsynced); returns each record's key, size and span count.
+    fn insert_prepared(&mut self, prepared: Prepared) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
+        if prepared.records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut records: Vec<(u64, Vec<u8>, u32)> = Vec::new();
-        let mut rest = spans;
-        let mut per_record = spans.len().min(RECORD_MAX_SPANS);
-        while !rest.is_empty() {
-            let n = per_record.min(rest.len());
-            self.buf.clear();
-            let meta = Meta {
-                seq: self.next_seq,
-                part: Part::Queue,
-                created_unix_ms,
-            };
-            if let Err(e) = record::encode(service, &rest[..n], meta, &mut self.buf) {
-                return Err(self.record_error(e));
-            }
-            let payload = self.buf.len() - record::HEADER_LEN;
-            if payload > RECORD_TARGET && n > 1 {
-                // Aim for the target from the size seen, with some margin.
-                per_record = (n * RECORD_TARGET / payload * 9 / 10).clamp(1, n - 1);
-                continue;
-            }
-            records.push((self.next_seq, self.buf.clone(), n as u32));
-            self.next_seq += 1;
-            rest = &rest[n..];
-        }
-        let incoming: u64 = records.iter().map(|(_, r, _)| r.len() as u64).sum();
+        let incoming: u64 = prepared.records.iter().map(|(r, _)| r.len() as u64).sum();
         self.make_room(incoming)?;
         let mut batch = sled::Batch::default();
-        for (key, bytes, _) in &records {
-            batch.insert(&key.to_be_bytes(), bytes.as_slice());
+        let mut written = Vec::with_capacity(prepared.records.len());
+        for (mut bytes, n) in prepared.records {
+            let key = self.next_seq;
+            self.next_seq += 1;
+            record::set_seq(&mut bytes, key);
+            written.push((key, bytes.len(), n));
+            batch.insert(&key.to_be_bytes(), bytes);
         }
         self.queue.apply_batch(batch).map_err(|e| self.storage(e))?;
         self.meta
             .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
             .map_err(|e| self.storage(e))?;
-        for (_, bytes, n) in &records {
+        for &(_, bytes, n) in &written {
             self.stats.records += 1;
-            self.stats.bytes += bytes.len() as u64;
-            self.stats.spans += u64::from(*n);
+            self.stats.bytes += bytes as u64;
+            self.stats.spans += u64::from(n);
         }
-        Ok(records
-            .into_iter()
-            .map(|(key, bytes, n)| (key, bytes.len(), n))
-            .collect())
+        Ok(written)
     }
 
     /// Drops the oldest records until `incoming` more bytes fit the cap,

@@ -209,6 +209,17 @@ pub fn frame(version: u8, payload: &[u8], flags: u8, spans: u32, meta: Meta, out
     record[16..20].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// Gives a version 2 record (framed by [`encode`]) the sequence `seq` and
+/// its CRC anew: records are encoded before the spool numbers them.
+pub fn set_seq(record: &mut [u8], seq: u64) {
+    if record.len() < HEADER_LEN || record[4] < 2 {
+        return;
+    }
+    record[28..36].copy_from_slice(&seq.to_le_bytes());
+    let crc = checksum(record);
+    record[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// CRC32 of everything in the record but the CRC field itself.
 fn checksum(record: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
