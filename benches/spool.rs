@@ -1,6 +1,7 @@
-//! The spool: spilling a 512-span batch (with and without the sync that
-//! makes it durable), replaying a spool to a loopback receiver, and the
-//! size on disk per spilled span.
+//! The spool: spilling a 512-span batch (with and without the commit that
+//! makes it durable: sled's flush and the fsyncs), replaying a spool to a
+//! loopback receiver, the size on disk per spilled span, and this
+//! machine's fsync latency, so the figures scale to another disk.
 
 use bext_plugin_api::tracer::TracerPlugin;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -22,7 +23,7 @@ fn spill(c: &mut Criterion) {
     for synced in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut spool = Spool::open(dir.path(), u64::MAX).expect("spool");
-        let name = if synced { "append+sync" } else { "append" };
+        let name = if synced { "durable" } else { "append" };
         g.bench_function(name, |b| {
             b.iter(|| {
                 let _ = spool.append("bench", &batch, 1);
@@ -86,5 +87,36 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, spill, replay);
+/// What one durable write costs on this machine's disk: 4 KiB written in
+/// place, then `fdatasync`; and a directory `fsync`.
+fn fsync(c: &mut Criterion) {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.path().join("f"))
+        .expect("file");
+    file.set_len(1 << 20).expect("size");
+    let page = [7u8; 4096];
+    let mut g = c.benchmark_group("disk");
+    let mut at = 0u64;
+    g.bench_function("write_4KiB+fdatasync", |b| {
+        b.iter(|| {
+            at = (at + 4096) % (1 << 20);
+            let _ = file.write_all_at(&page, at);
+            let _ = file.sync_data();
+        })
+    });
+    g.bench_function("fsync_directory", |b| {
+        b.iter(|| {
+            let _ = std::fs::File::open(dir.path()).and_then(|d| d.sync_all());
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, spill, replay, fsync);
 criterion_main!(benches);

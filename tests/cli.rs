@@ -13,6 +13,7 @@ use spillway::spool::{Part, Spool};
 use spillway::zipkin::hex;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))
@@ -269,7 +270,18 @@ fn rejected_spans_become_dead_letters_that_replay_and_purge_can_handle() {
     // A collector that refuses everything for good (a 400 on every span).
     let refusing = FaultServer::start(vec![common::Answer::Status(400, vec![], "bad span"); 2000]);
     let out = spillway(dir.path(), &["replay", "--endpoint", &refusing.url, "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // Delivering nothing because everything was refused is a failure, said so.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused every span") && stderr(&out).contains("HTTP 400"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        refusing.requests().len() <= 16,
+        "{} requests for 300 spans",
+        refusing.requests().len()
+    );
     let summary = json(&out);
     assert_eq!(
         (summary["dead_lettered"].as_u64(), summary["remaining"].as_u64()),
@@ -390,4 +402,77 @@ fn usage_errors_exit_2_and_missing_spools_exit_1() {
     let out = spillway(dir.path(), &["replay", "--endpoint", "ftp://example"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("endpoint"), "{}", stderr(&out));
+}
+
+/// Sends `sig` to `child` (by the `kill` command: no unsafe here).
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[test]
+fn replay_stops_cleanly_on_sigint_and_says_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = unique("cli-sigint");
+    let spooled = spool_spans(dir.path(), &service, 6000);
+    let first_record = {
+        let spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        spool.entries(Part::Queue).next().unwrap().unwrap().spans.unwrap().len()
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("--spool")
+        .arg(dir.path())
+        .args(["replay", "--json", "--endpoint", &endpoint(), "--rate", "1500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    zipkin_ids(&service, first_record + 1);
+    signal(&child, "-INT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    let summary = json(&out);
+    let left = spooled_ids(dir.path());
+    assert!(!left.is_empty() && left.len() < 6000, "stopped mid-way: {summary}");
+    assert_eq!(summary["remaining"].as_u64(), Some(left.len() as u64), "{summary}");
+    // Nothing lost: what left the spool is at Zipkin.
+    let at_zipkin = zipkin_ids(&service, 6000 - left.len());
+    assert_eq!(at_zipkin.union(&left).count(), spooled.len());
+}
+
+#[test]
+fn generate_spills_and_reports_on_sigint_and_sigterm() {
+    for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .arg("--spool")
+            .arg(dir.path())
+            .args(["generate", "--json", "--duration", "60s", "--rate", "20000"])
+            .args(["--endpoint", &refused_url()])
+            .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // At work once its first flush has spilled (the ledger is written).
+        let ledger = dir.path().join(spillway::spool::ledger::FILE);
+        common::wait_for("a first spill", Duration::from_secs(20), || {
+            (std::fs::metadata(&ledger).is_ok_and(|m| m.len() > 0)).then_some(())
+        });
+        signal(&child, sig);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(code), "{sig}: {}", stderr(&out));
+        let s = json(&out);
+        let (recorded, spooled) = (s["recorded"].as_u64().unwrap(), s["spooled"].as_u64().unwrap());
+        assert!(recorded > 0, "{s}");
+        assert_eq!(s["pending"], 0, "{sig}: everything in memory was spilled: {s}");
+        assert_eq!(spooled, recorded, "{sig}: {s}");
+        let on_disk = Spool::open(dir.path(), u64::MAX).unwrap().stats().spans;
+        assert_eq!(on_disk, spooled, "{sig}");
+    }
 }

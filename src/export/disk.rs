@@ -523,10 +523,18 @@ impl Worker {
                 prepared,
                 created_unix_ms,
                 done,
-            } => match match prepared {
-                Some(p) => spool.append_prepared(p),
-                None => spool.append(&service, &spans, created_unix_ms),
-            } {
+            } => match spool
+                .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
+                .and_then(|()| match prepared {
+                    Some(p) => spool.append_prepared(p),
+                    None => spool.append(&service, &spans, created_unix_ms),
+                }) {
+                Err(e @ SpoolError::DiskFull { .. }) => {
+                    // Refused before sled saw it: the spool is fine.
+                    shared.hand_back(spans);
+                    lock(&shared.status).notes.push(Cause::Spool(e.to_string()));
+                    done.set(Err(e.to_string()));
+                }
                 Ok(evicted) => pending.push(Pending::Spill(spans.len() as u64, evicted, spans, done)),
                 Err(e) => {
                     // Room made before the failure stays made: count it.
@@ -541,8 +549,15 @@ impl Worker {
                 spans,
                 created_unix_ms,
                 done,
-            } => match spool.add_dead(&service, &spans, created_unix_ms) {
+            } => match spool
+                .room_for(spans.len() as u64 * 512)
+                .and_then(|()| spool.add_dead(&service, &spans, created_unix_ms))
+            {
                 Ok(()) => pending.push(Pending::Dead(spans.len() as u64, done)),
+                Err(e @ SpoolError::DiskFull { .. }) => {
+                    shared.books.rejected(spans.len() as u64);
+                    done.set(Err(e.to_string()));
+                }
                 Err(e) => {
                     shared.books.rejected(spans.len() as u64);
                     done.set(Err(e.to_string()));

@@ -72,6 +72,8 @@ pub struct Replayed {
     pub refused: usize,
     /// Why the record was quarantined instead, if it failed its checks.
     pub quarantined: Option<String>,
+    /// The collector's refusal, if it refused spans.
+    pub refusal: Option<crate::transport::SendError>,
 }
 
 /// Sends batches, spills what could not be sent, replays it later, and keeps
@@ -495,6 +497,7 @@ impl Exporter {
             delivered: r.delivered,
             refused: r.rejected,
             quarantined,
+            refusal: r.cause().cloned(),
         }))
     }
 

@@ -105,12 +105,21 @@ impl FlushError {
     /// Whether the collector refuses every request whatever it holds (a
     /// wrong endpoint or credentials): the spans wait for the fix.
     pub fn misconfigured(&self) -> bool {
-        self.cause().is_some_and(|e| e.class() == Class::Misconfigured)
+        self.causes.iter().any(|c| match c {
+            Cause::Collector(e) | Cause::BackingOff { last: Some(e) } => e.class() == Class::Misconfigured,
+            _ => false,
+        })
     }
 
-    /// Adds a cause.
+    /// Adds a cause, once; a full disk is said once, with its latest figures.
     pub(crate) fn because(&mut self, cause: Cause) {
-        self.causes.push(cause);
+        let disk_full = |c: &Cause| matches!(c, Cause::Spool(s) if s.contains(": disk full: "));
+        if disk_full(&cause) {
+            self.causes.retain(|c| !disk_full(c));
+        }
+        if !self.causes.contains(&cause) {
+            self.causes.push(cause);
+        }
     }
 
     /// Whether the flush did everything it should have: nothing failed,
@@ -142,7 +151,9 @@ impl fmt::Display for Cause {
                 Ok(())
             }
             Cause::Collector(e) => write!(f, "{e}"),
-            Cause::BackingOff { last: Some(e) } => write!(f, "backing off (last attempt: {e})"),
+            Cause::BackingOff { last: Some(e) } => {
+                write!(f, "backing off (last attempt: {})", Cause::Collector(e.clone()))
+            }
             Cause::BackingOff { last: None } => write!(f, "backing off after failures"),
             Cause::Deadline { budget } => {
                 write!(f, "flush ran out of time ({} ms, flush_timeout_ms)", budget.as_millis())

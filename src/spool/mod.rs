@@ -74,6 +74,11 @@ pub const RECORD_TARGET: usize = 64 << 10;
 /// time) and its requests stay fine-grained however well records compress.
 pub const RECORD_MAX_SPANS: usize = 1024;
 
+/// Free space a spill leaves on the spool's filesystem at least: room for
+/// sled to write a new log segment and rewrite a full leaf as a blob file
+/// (16 records of 64 KiB) while it removes records, and for its snapshot.
+pub const DISK_RESERVE: u64 = 3 << 20;
+
 /// sled's amplification assumed until it is measured (1.36 to 1.7 was
 /// measured with 64 KiB records).
 const AMPLIFICATION_GUESS: f64 = 1.7;
@@ -111,6 +116,22 @@ pub enum SpoolError {
         dir: PathBuf,
         /// What sled said.
         source: sled::Error,
+    },
+    /// The spool's filesystem has too little room for a spill: refused
+    /// before sled saw it, so the spool stays as it was.
+    #[error(
+        "spool {}: disk full: {} free on its filesystem, a spill needs {} (with room to spare for removals)",
+        dir.display(),
+        human(*free),
+        human(*needed)
+    )]
+    DiskFull {
+        /// The spool directory.
+        dir: PathBuf,
+        /// Bytes free.
+        free: u64,
+        /// Bytes the spill needs.
+        needed: u64,
     },
     /// sled's files could not be synced to stable storage.
     #[error("spool {}: syncing to disk failed: {source}", dir.display())]
@@ -150,6 +171,10 @@ impl SpoolError {
             }
         )
     }
+}
+
+fn human(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
 /// A record of the queue or the dead letters, as [`Spool::entries`] reads it.
@@ -270,6 +295,11 @@ impl Prepared {
     /// The spans its records hold.
     pub fn spans(&self) -> u64 {
         self.records.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// The bytes of its records.
+    pub fn bytes(&self) -> u64 {
+        self.records.iter().map(|(r, _)| r.len() as u64).sum()
     }
 }
 
@@ -540,6 +570,29 @@ impl Spool {
     /// blob directory, so it is for reports, not for every flush.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Whether the spool's filesystem has room for `incoming` more bytes of
+    /// records, as sled will store them (its amplification) and with
+    /// [`DISK_RESERVE`] to spare; `Err` says how much is free and needed.
+    ///
+    /// sled fails for good on a full disk (and can hang while closing after
+    /// it), so a spill is refused before sled sees it; removals, which the
+    /// reserve leaves room for, still go ahead and make room.
+    pub fn room_for(&self, incoming: u64) -> Result<(), SpoolError> {
+        let Ok(st) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let needed = (incoming as f64 * self.amplification) as u64 + DISK_RESERVE;
+        if free >= needed {
+            return Ok(());
+        }
+        Err(SpoolError::DiskFull {
+            dir: self.dir.clone(),
+            free,
+            needed,
+        })
     }
 
     /// Bytes on disk per byte of record, as last measured (a conservative

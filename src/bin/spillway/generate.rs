@@ -2,7 +2,10 @@
 //! OpenTelemetry Collector's telemetrygen. It drives the real tracer exactly
 //! as bext would (SERVER request spans with a DB CLIENT child, attributes,
 //! events, some errors) from several threads, flushes on an interval like
-//! bext's timer, and ends with the accounting.
+//! bext's timer, and ends with the accounting. `--rate` paces the load
+//! evenly (total over all threads); SIGINT or SIGTERM stops it cleanly:
+//! what is in memory is spilled, the accounting printed, and the exit code
+//! is 130 or 143.
 
 use crate::say;
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
@@ -24,6 +27,10 @@ pub struct Args {
     /// Record for this long instead (e.g. 30s, 2m, 500ms).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Record this many spans per second in all, paced evenly over the
+    /// threads (without it, as fast as they can).
+    #[arg(long, value_name = "SPANS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Flush interval in milliseconds, as bext's timer would.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     flush_every: u64,
@@ -41,21 +48,29 @@ pub struct Args {
     json: bool,
 }
 
+/// The longest run `--duration` accepts: a year.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}`: expected a number and a unit, like 30s"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}`: unit must be ms, s, m or h")),
-    }
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("`{s}`: unit must be ms, s, m or h")),
+    };
+    n.checked_mul(ms_per)
+        .map(Duration::from_millis)
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(|| format!("`{s}`: longer than a year"))
 }
 
 pub fn run(args: Args, spool: &Path) -> Result<ExitCode, String> {
+    let signals = crate::Signals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
     let config = Config {
         service_name: args.service.clone(),
         endpoint: args.endpoint.clone(),
@@ -69,26 +84,41 @@ pub fn run(args: Args, spool: &Path) -> Result<ExitCode, String> {
     let deadline = args.duration.map(|d| Instant::now() + d);
     let bar = progress_bar(args.duration.is_none().then_some(requests * 2));
     let started = Instant::now();
+    // Requests (two spans each) per second per thread.
+    let pace = args.rate.map(|r| r as f64 / 2.0 / f64::from(args.threads));
+    let stopping = || signals.caught().is_some() || deadline.is_some_and(|d| Instant::now() >= d);
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..args.threads)
             .map(|_| {
                 s.spawn(|| {
                     let mut rng = fastrand::Rng::new();
+                    let begin = Instant::now();
+                    let mut mine = 0u64;
                     loop {
-                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                        if stopping() {
                             break;
+                        }
+                        if let Some(per_s) = pace {
+                            // Whatever is due is recorded at once, then the
+                            // thread sleeps: timers are coarser than a span.
+                            let due = (begin.elapsed().as_secs_f64() * per_s) as u64;
+                            if mine >= due {
+                                std::thread::sleep(Duration::from_micros(200));
+                                continue;
+                            }
                         }
                         let n = issued.fetch_add(1, Ordering::Relaxed);
                         if deadline.is_none() && n >= requests {
                             break;
                         }
                         request(&tracer, &mut rng, n, args.error_ratio);
+                        mine += 1;
                     }
                 })
             })
             .collect();
         s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && signals.caught().is_none() {
                 // Sleep in small steps so the end of the run is noticed at once.
                 let until = Instant::now() + Duration::from_millis(args.flush_every);
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
@@ -107,19 +137,25 @@ pub fn run(args: Args, spool: &Path) -> Result<ExitCode, String> {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    // The final flush, as bext's shutdown does.
-    let final_flush = tracer.flush();
+    // Stopped by a signal: spill what is held, without the network. Else
+    // the final flush, as bext's shutdown does.
+    let interrupted = signals.exit_code();
+    let last = match interrupted {
+        Some(_) => tracer.shutdown().map_err(|e| format!("spilling at the signal: {e}")),
+        None => tracer.flush().map_err(|e| format!("final flush: {e}")),
+    };
     let elapsed = started.elapsed();
     let stats = tracer.stats();
     bar.finish_and_clear();
     report(&stats, elapsed, args.json).map_err(|e| e.to_string())?;
-    match final_flush {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => {
-            eprintln!("spillway: final flush: {e}");
-            Ok(ExitCode::FAILURE)
-        }
+    if let Err(e) = &last {
+        eprintln!("spillway: {e}");
     }
+    Ok(match (interrupted, last) {
+        (Some(code), _) => code,
+        (None, Ok(())) => ExitCode::SUCCESS,
+        (None, Err(_)) => ExitCode::FAILURE,
+    })
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {

@@ -65,6 +65,36 @@ pub(crate) use say;
 /// What a subcommand returns: an exit code, or an error rendered by `main`.
 type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
 
+/// SIGINT and SIGTERM, for the commands that stop cleanly on them
+/// (`generate`, `replay`): they finish the step in hand, spill or settle
+/// what they hold, print their accounting and exit 128 + the signal.
+pub(crate) struct Signals(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Signals {
+    /// Catches SIGINT and SIGTERM from now on.
+    pub(crate) fn catch() -> std::io::Result<Signals> {
+        let caught = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(sig, std::sync::Arc::clone(&caught), sig as usize)?;
+        }
+        Ok(Signals(caught))
+    }
+
+    /// The signal caught, if one was.
+    pub(crate) fn caught(&self) -> Option<i32> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            sig => Some(sig as i32),
+        }
+    }
+
+    /// The exit code for a run stopped by the signal caught (130 for
+    /// SIGINT, 143 for SIGTERM), if one was.
+    pub(crate) fn exit_code(&self) -> Option<ExitCode> {
+        self.caught().map(|sig| ExitCode::from((128 + sig) as u8))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let spool = cli.spool.as_path();

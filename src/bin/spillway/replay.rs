@@ -4,7 +4,10 @@
 //!
 //! Safe to interrupt: a record is removed (synced) only after the collector
 //! settled it, so a rerun sends the rest and at most the record in flight
-//! twice.
+//! twice. SIGINT or SIGTERM stops it after the record in hand, with the
+//! summary printed and exit code 130 or 143. Exit 1 when it stopped early
+//! (the collector failed) or delivered nothing because the collector
+//! refused everything.
 
 use crate::{Outcome, open, say};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,6 +62,7 @@ struct Summary {
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
+    let signals = crate::Signals::catch()?;
     let config = Config {
         endpoint: args.endpoint.clone(),
         timeout_ms: args.timeout_ms,
@@ -102,13 +106,17 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let started = Instant::now();
     let mut s = Summary::default();
     let mut settled = 0u64;
-    while s.batches < max_batches {
+    let mut refusal = None;
+    while s.batches < max_batches && signals.caught().is_none() {
         match exporter.replay_next(part) {
             Ok(None) => break,
             Ok(Some(r)) => {
                 s.batches += 1;
                 s.delivered += r.delivered as u64;
                 s.dead_lettered += r.refused as u64;
+                if let Some(e) = r.refusal {
+                    refusal = Some(e);
+                }
                 if let Some(why) = r.quarantined {
                     s.quarantined += 1;
                     bar.suspend(|| eprintln!("spillway: record {} quarantined: {why}", r.key));
@@ -156,10 +164,25 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
             }
         );
     }
+    if let Some(code) = signals.exit_code() {
+        eprintln!(
+            "spillway: replay interrupted, {} spans remain; rerun to send them",
+            s.remaining
+        );
+        return Ok(code);
+    }
     if let Some(why) = &s.stopped {
         eprintln!(
             "spillway: replay stopped, {} spans remain; rerun when the collector is back: {why}",
             s.remaining
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if s.delivered == 0 && s.dead_lettered > 0 {
+        let why = refusal.map_or_else(String::new, |e| format!(": {e}"));
+        eprintln!(
+            "spillway: the collector refused every span ({} now dead letters){why}; check what it expects, then `spillway replay --dead-letters`",
+            s.dead_lettered
         );
         return Ok(ExitCode::FAILURE);
     }
