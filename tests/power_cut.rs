@@ -307,7 +307,10 @@ fn spills_survive(kind: &'static str, rounds: usize) -> usize {
         // count it from now on, as it was found.
         all = spool_ids(&dir).0;
     }
-    eprintln!("power cuts: {rounds} on {kind} under a spilling child, {} spans checked", all.len());
+    eprintln!(
+        "power cuts: {rounds} on {kind} under a spilling child, {} spans checked",
+        all.len()
+    );
     all.len()
 }
 
