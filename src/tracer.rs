@@ -174,49 +174,17 @@ pub enum BuildError {
     },
 }
 
-/// How the spool could be opened at start.
-struct Opened {
-    spool: Result<Spool, String>,
-    /// A damaged directory moved aside.
-    aside: Option<PathBuf>,
-}
-
-/// Opens the spool. Another owner is an error; a directory sled reports as
-/// corrupt is renamed `<dir>.damaged-<unix seconds>` for `spillway
-/// salvage` and a fresh spool started; any other failure (a full or
+/// Opens the spool. Another owner, or a path that is not a spool
+/// directory, is an error. A damaged spool is set aside and salvaged by
+/// the open itself (see `Spool::open_with`). Any other failure (a full or
 /// read-only disk, too many open files, permissions) leaves the directory
 /// as it is, and the tracer starts without it, keeping spans in memory and
 /// trying again at every flush.
-fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<Opened, SpoolError> {
+fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<Result<Spool, String>, SpoolError> {
     match Spool::open(dir, max_bytes) {
-        Ok(s) => Ok(Opened {
-            spool: Ok(s),
-            aside: None,
-        }),
-        Err(e @ SpoolError::InUse { .. }) => Err(e),
-        Err(e) if e.is_damage() => {
-            let reopened = crate::spool::move_aside(dir)
-                .map_err(|_| e.to_string())
-                .and_then(|aside| {
-                    Spool::open(dir, max_bytes)
-                        .map(|s| (s, aside))
-                        .map_err(|e| e.to_string())
-                });
-            Ok(match reopened {
-                Ok((spool, aside)) => Opened {
-                    spool: Ok(spool),
-                    aside: Some(aside),
-                },
-                Err(why) => Opened {
-                    spool: Err(why),
-                    aside: None,
-                },
-            })
-        }
-        Err(e) => Ok(Opened {
-            spool: Err(e.to_string()),
-            aside: None,
-        }),
+        Ok(s) => Ok(Ok(s)),
+        Err(e @ (SpoolError::InUse { .. } | SpoolError::NotASpool { .. })) => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
     }
 }
 
@@ -282,8 +250,7 @@ impl TracerBuilder {
         let disk = match &config.spool_dir {
             Some(dir) => {
                 let opened = open_spool(dir, config.max_spool_bytes)?;
-                moved_aside = opened.aside.clone();
-                Some(Arc::new(start_disk(dir, opened, &config, &books)?))
+                Some(Arc::new(start_disk(dir, opened, &config, &books, &mut moved_aside)?))
             }
             None => None,
         };
@@ -338,13 +305,27 @@ impl TracerBuilder {
 /// spans the spool holds as recovered. A spool that could not be opened is
 /// counted from its ledger (what it held at least), so spans on disk stay
 /// `spooled` until the thread opens it and counts them exactly.
-fn start_disk(dir: &std::path::Path, opened: Opened, config: &Config, books: &Arc<Books>) -> Result<Disk, BuildError> {
+fn start_disk(
+    dir: &std::path::Path,
+    opened: Result<Spool, String>,
+    config: &Config,
+    books: &Arc<Books>,
+    moved_aside: &mut Option<PathBuf>,
+) -> Result<Disk, BuildError> {
     let mut notes = Vec::new();
-    let spool = match opened.spool {
+    let spool = match opened {
         Ok(mut spool) => {
-            if let Some(d) = spool.take_damage().filter(|d| d.lost_spans > 0) {
-                books.lost_before_open(d.lost_spans);
-                notes.push(Cause::Damage(d.to_string()));
+            if let Some(d) = spool.take_damage() {
+                if d.lost_spans > 0 {
+                    books.lost_before_open(d.lost_spans);
+                }
+                if d.lost_spans > 0 || d.set_aside.is_some() {
+                    notes.push(Cause::Damage(d.to_string()));
+                }
+                if let Some(aside) = d.set_aside {
+                    notes.push(Cause::SetAside(aside.clone()));
+                    *moved_aside = Some(aside);
+                }
             }
             books.opened(spool.stats().spans);
             Ok(spool)
@@ -355,9 +336,6 @@ fn start_disk(dir: &std::path::Path, opened: Opened, config: &Config, books: &Ar
             Err(why)
         }
     };
-    if let Some(aside) = opened.aside {
-        notes.push(Cause::SetAside(aside));
-    }
     let disk = Disk::start(
         spool,
         dir.to_path_buf(),

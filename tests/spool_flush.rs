@@ -179,7 +179,7 @@ fn a_corrupt_record_is_quarantined_by_key_and_the_rest_delivered() {
 }
 
 #[test]
-fn an_unopenable_spool_is_moved_aside_and_a_fresh_one_started() {
+fn an_unopenable_spool_is_set_aside_and_a_fresh_one_started() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("spool");
     std::fs::create_dir(&dir).unwrap();
@@ -188,22 +188,54 @@ fn an_unopenable_spool_is_moved_aside_and_a_fresh_one_started() {
     std::fs::write(dir.join("db"), b"garbage").unwrap();
     let server = FaultServer::start(vec![]);
     let t = tracer(&server.url, &dir);
-    let aside = t.moved_aside().expect("moved aside");
+    let aside = t.moved_aside().expect("set aside");
     assert!(t.stats().spool_moved_aside);
-    assert!(
-        aside.exists() && aside.to_string_lossy().contains("spool.damaged-"),
-        "{aside:?}"
-    );
+    assert!(aside.starts_with(dir.join("set-aside")), "{aside:?}");
+    // Its bytes are kept.
+    assert_eq!(std::fs::read(aside.join("db")).unwrap(), b"garbage");
     record(&t, 3, "x");
     let err = t.flush().unwrap_err();
     assert!(
-        err.contains("moved aside") && err.contains(&aside.display().to_string()),
+        err.contains("set aside") && err.contains(&aside.display().to_string()),
         "{err}"
     );
     assert_eq!(balanced(&t).delivered, 3, "the spans still went out");
     t.flush().unwrap();
     assert_eq!(t.moved_aside(), Some(aside), "still known after the flush said it");
     assert!(t.stats().spool_moved_aside);
+}
+
+#[test]
+fn a_path_that_is_not_a_spool_directory_is_refused_and_left_alone() {
+    let parent = tempfile::tempdir().unwrap();
+    let file = parent.path().join("notes.txt");
+    std::fs::write(&file, b"mine").unwrap();
+    let other = parent.path().join("photos");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("cat.jpg"), b"meow").unwrap();
+    for path in [&file, &other] {
+        let err = SpillwayTracer::new(common::spool_config(&common::refused_url(), path))
+            .err()
+            .expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not a spool directory") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    assert_eq!(std::fs::read(other.join("cat.jpg")).unwrap(), b"meow");
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1, "nothing added");
+    let names: Vec<_> = std::fs::read_dir(parent.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "nothing renamed: {names:?}");
+    // A trailing slash and `.` are the same directory.
+    let dir = parent.path().join("spool");
+    let with_slash = format!("{}/", dir.display());
+    drop(SpillwayTracer::new(common::spool_config(&common::refused_url(), Path::new(&with_slash))).unwrap());
+    assert!(dir.join("db").exists());
 }
 
 #[test]

@@ -733,8 +733,13 @@ impl Worker {
         };
         let mut notes = Vec::new();
         // A loss found here shows as fewer spans than the books counted.
-        if let Some(d) = spool.take_damage().filter(|d| d.lost_spans > 0) {
-            notes.push(Cause::Damage(d.to_string()));
+        if let Some(d) = spool.take_damage() {
+            if d.lost_spans > 0 || d.set_aside.is_some() {
+                notes.push(Cause::Damage(d.to_string()));
+            }
+            if let Some(aside) = d.set_aside {
+                notes.push(Cause::SetAside(aside));
+            }
         }
         if let Err(e) = self.remove_settled(&mut spool) {
             lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));

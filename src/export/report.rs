@@ -167,7 +167,7 @@ impl fmt::Display for Cause {
             Cause::Quarantined { key, why } => write!(f, "spool record {key} quarantined ({why})"),
             Cause::SetAside(dir) => write!(
                 f,
-                "the spool could not be opened and was moved aside to {} (recover it with `spillway salvage`)",
+                "the damaged files were set aside in {} (kept for inspection; `spillway purge --set-aside` removes them)",
                 dir.display()
             ),
         }

@@ -13,12 +13,16 @@
 //!   many spans, unless sled lost some.
 //! - `watermark` and `next_seq`: queue records with a sequence in
 //!   `watermark..next_seq` may be owed; anything below was settled.
+//! - `round`: the last commit made durable (see the spool's state frame):
+//!   everything in sled's log up to that commit's state frame was synced,
+//!   so recovery must not lose anything before it.
 //!
-//! Format: two slots of [`SLOT`] bytes, written alternately, each
-//! `b"SPLG"`, a generation (u32 LE), `spans_at_least`, `watermark`,
-//! `next_seq` (u64 LE each) and a CRC32 of the rest; the slot with the
-//! highest generation whose CRC holds wins, so a torn write leaves the other
-//! standing. Every write is followed by `fdatasync`.
+//! Format 2 (written): two slots of [`SLOT`] bytes, written alternately,
+//! each `b"SPL2"`, a generation (u32 LE), `spans_at_least`, `watermark`,
+//! `next_seq`, `round` (u64 LE each) and a CRC32 of the rest; the slot with
+//! the highest generation whose CRC holds wins, so a torn write leaves the
+//! other standing. Every write is followed by `fdatasync`. Format 1 (read)
+//! is the same without `round`, in 36-byte slots headed `b"SPLG"`.
 
 use std::fs::File;
 use std::io;
@@ -27,10 +31,13 @@ use std::path::Path;
 
 /// The ledger's file name inside the spool directory.
 pub const FILE: &str = "spillway.ledger";
-const MAGIC: [u8; 4] = *b"SPLG";
+const MAGIC: [u8; 4] = *b"SPL2";
+const MAGIC_V1: [u8; 4] = *b"SPLG";
 /// Slot layout: magic 4, generation 4, spans_at_least 8, watermark 8,
-/// next_seq 8, CRC32 of the preceding 32 bytes 4: 36 bytes.
-const SLOT: usize = 36;
+/// next_seq 8, round 8, CRC32 of the preceding 40 bytes 4: 44 bytes.
+const SLOT: usize = 44;
+/// Format 1's slot: no round, 36 bytes.
+const SLOT_V1: usize = 36;
 
 /// What sled must hold (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +48,8 @@ pub struct State {
     pub watermark: u64,
     /// No queue record has this sequence or a higher one.
     pub next_seq: u64,
+    /// The last commit that was durable (0: none recorded, or format 1).
+    pub round: u64,
 }
 
 /// The open ledger file.
@@ -69,11 +78,7 @@ impl Ledger {
                 read => n += read,
             }
         }
-        let best = buf[..n]
-            .chunks_exact(SLOT)
-            .filter_map(parse)
-            .max_by_key(|(generation, _)| *generation);
-        let (generation, state) = best.map_or((0, None), |(g, s)| (g, Some(s)));
+        let (generation, state) = best(&buf[..n]).map_or((0, None), |(g, s)| (g, Some(s)));
         Ok((
             Ledger {
                 file,
@@ -86,13 +91,10 @@ impl Ledger {
 
     /// The last state written in `dir`'s ledger, without creating one.
     pub fn read(dir: &Path) -> Option<State> {
-        let bytes = std::fs::read(dir.join(FILE)).ok()?;
-        bytes
-            .chunks_exact(SLOT)
-            .take(2)
-            .filter_map(parse)
-            .max_by_key(|(generation, _)| *generation)
-            .map(|(_, s)| s)
+        let mut bytes = Vec::new();
+        let file = std::fs::File::open(dir.join(FILE)).ok()?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, 2 * SLOT as u64), &mut bytes).ok()?;
+        best(&bytes).map(|(_, s)| s)
     }
 
     /// Records `state`, durably, unless it is what was last recorded.
@@ -107,8 +109,9 @@ impl Ledger {
         slot[8..16].copy_from_slice(&state.spans_at_least.to_le_bytes());
         slot[16..24].copy_from_slice(&state.watermark.to_le_bytes());
         slot[24..32].copy_from_slice(&state.next_seq.to_le_bytes());
-        let crc = crc32fast::hash(&slot[..32]);
-        slot[32..36].copy_from_slice(&crc.to_le_bytes());
+        slot[32..40].copy_from_slice(&state.round.to_le_bytes());
+        let crc = crc32fast::hash(&slot[..40]);
+        slot[40..44].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all_at(&slot, u64::from(generation % 2) * SLOT as u64)?;
         self.file.sync_data()?;
         self.generation = generation;
@@ -117,10 +120,20 @@ impl Ledger {
     }
 }
 
-fn parse(slot: &[u8]) -> Option<(u32, State)> {
+/// The sound slot with the highest generation in a ledger's bytes, of
+/// either format (a format 1 file rewritten in format 2 holds both).
+fn best(bytes: &[u8]) -> Option<(u32, State)> {
+    let v2 = (0..2).filter_map(|i| parse(bytes.get(i * SLOT..(i + 1) * SLOT)?, SLOT));
+    let v1 = (0..2).filter_map(|i| parse(bytes.get(i * SLOT_V1..(i + 1) * SLOT_V1)?, SLOT_V1));
+    v2.chain(v1).max_by_key(|(generation, _)| *generation)
+}
+
+/// One slot of `len` bytes (format 2 at [`SLOT`], 1 at [`SLOT_V1`]).
+fn parse(slot: &[u8], len: usize) -> Option<(u32, State)> {
     let u64_at = |at: usize| u64::from_le_bytes(slot[at..at + 8].try_into().unwrap_or_default());
-    let crc = u32::from_le_bytes(slot[32..36].try_into().ok()?);
-    if slot[0..4] != MAGIC || crc32fast::hash(&slot[..32]) != crc {
+    let (magic, body) = if len == SLOT { (MAGIC, 40) } else { (MAGIC_V1, 32) };
+    let crc = u32::from_le_bytes(slot[body..body + 4].try_into().ok()?);
+    if slot[0..4] != magic || crc32fast::hash(&slot[..body]) != crc {
         return None;
     }
     let generation = u32::from_le_bytes(slot[4..8].try_into().ok()?);
@@ -130,6 +143,7 @@ fn parse(slot: &[u8]) -> Option<(u32, State)> {
             spans_at_least: u64_at(8),
             watermark: u64_at(16),
             next_seq: u64_at(24),
+            round: if len == SLOT { u64_at(32) } else { 0 },
         },
     ))
 }
@@ -147,6 +161,7 @@ mod tests {
             spans_at_least: 5,
             watermark: 1,
             next_seq: 9,
+            round: 3,
         };
         let b = State { spans_at_least: 7, ..a };
         l.write(a).unwrap();
@@ -159,5 +174,30 @@ mod tests {
         bytes[10] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(Ledger::open(dir.path()).unwrap().1, Some(a));
+    }
+
+    #[test]
+    fn a_format_1_ledger_is_read_and_then_rewritten_in_format_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v1 = [0u8; SLOT_V1];
+        v1[0..4].copy_from_slice(&MAGIC_V1);
+        v1[4..8].copy_from_slice(&7u32.to_le_bytes());
+        v1[8..16].copy_from_slice(&40u64.to_le_bytes());
+        v1[16..24].copy_from_slice(&2u64.to_le_bytes());
+        v1[24..32].copy_from_slice(&9u64.to_le_bytes());
+        let crc = crc32fast::hash(&v1[..32]);
+        v1[32..36].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(dir.path().join(FILE), v1).unwrap();
+        let old = State {
+            spans_at_least: 40,
+            watermark: 2,
+            next_seq: 9,
+            round: 0,
+        };
+        let (mut l, found) = Ledger::open(dir.path()).unwrap();
+        assert_eq!(found, Some(old));
+        let new = State { round: 1, ..old };
+        l.write(new).unwrap();
+        assert_eq!(Ledger::read(dir.path()), Some(new));
     }
 }

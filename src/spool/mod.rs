@@ -52,10 +52,16 @@
 //!
 //! The spool knows nothing of HTTP or Zipkin: spans in, spans out.
 
+pub mod check;
+pub mod dir;
 pub mod durable;
 pub mod ledger;
 pub mod record;
 pub mod salvage;
+pub mod scan;
+pub mod sled_log;
+pub mod state;
+pub mod view;
 
 use crate::span::Span;
 use ledger::Ledger;
@@ -64,6 +70,10 @@ pub use record::Part;
 use record::{Meta, RecordError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The lock file spillway holds while it owns the spool (sled takes its
+/// own lock on `db` once it opens; this one covers the checks before).
+pub const LOCK_FILE: &str = "spillway.lock";
 
 /// How long [`Spool::open`] waits for a lock another owner is releasing.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
@@ -138,6 +148,32 @@ pub enum SpoolError {
     Sync {
         /// The spool directory.
         dir: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// Salvaging damaged files failed.
+    #[error("spool {}: {why}", dir.display())]
+    Failed {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// The path cannot hold a spool: nothing there is touched.
+    #[error("{} is not a spool directory: {why}; give spillway a directory of its own", dir.display())]
+    NotASpool {
+        /// The path.
+        dir: PathBuf,
+        /// What is there instead.
+        why: String,
+    },
+    /// The file system refused an operation on the spool directory.
+    #[error("{what} spool {}: {source}", dir.display())]
+    Io {
+        /// The spool directory.
+        dir: PathBuf,
+        /// What was being done.
+        what: &'static str,
         /// What the file system said.
         source: std::io::Error,
     },
@@ -241,23 +277,47 @@ pub struct SpoolStats {
 
 /// What [`Spool::open`] found when sled held less than the ledger says it
 /// must (see [`ledger`]): spans sled lost without an error.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Damage {
     /// Spans the ledger says the queue held at least.
     pub expected_spans: u64,
-    /// Spans sled's view of the queue held.
+    /// Spans the queue holds now.
     pub found_spans: u64,
     /// Spans owed that could not be recovered.
     pub lost_spans: u64,
+    /// What the check before sled opened the files found wrong.
+    pub findings: Vec<check::Finding>,
+    /// Where the damaged files were set aside, bytes kept, if they were
+    /// (their sound records were salvaged back into the queue).
+    pub set_aside: Option<PathBuf>,
+    /// What salvaging them did.
+    pub salvage: Option<Box<salvage::Report>>,
 }
 
 impl std::fmt::Display for Damage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the spool's files were damaged: sled held {} of at least {} spooled spans; {} lost (counted as corrupt)",
-            self.found_spans, self.expected_spans, self.lost_spans
-        )
+        write!(f, "the spool's files were damaged")?;
+        if let Some(first) = self.findings.first() {
+            write!(f, " ({first}")?;
+            if self.findings.len() > 1 {
+                write!(f, "; {} more", self.findings.len() - 1)?;
+            }
+            write!(f, ")")?;
+        }
+        match &self.set_aside {
+            Some(aside) => write!(
+                f,
+                ": set aside in {}, {} spans salvaged back into the queue, {} lost (counted as corrupt)",
+                aside.display(),
+                self.found_spans,
+                self.lost_spans
+            ),
+            None => write!(
+                f,
+                ": sled held {} of at least {} spooled spans; {} lost (counted as corrupt)",
+                self.found_spans, self.expected_spans, self.lost_spans
+            ),
+        }
     }
 }
 
@@ -360,13 +420,19 @@ pub struct Spool {
     /// `next_seq` at the last [`Spool::commit`]: queue records below it
     /// were synced.
     synced_below: u64,
+    /// The number of the last commit begun.
+    round: u64,
+    /// The number of the last commit made durable.
+    synced_round: u64,
     /// Spans of the synced queue records still queued: what the ledger may
     /// claim at most.
     durable_spans: u64,
+    /// The writer's lock on the directory, held while the spool is open.
+    _lock: dir::Lock,
 }
 
 const NEXT_SEQ: &[u8] = b"next_seq";
-const ACKED_BELOW: &[u8] = b"acked_below";
+const STATE: &[u8] = b"state";
 
 fn be(key: &[u8]) -> u64 {
     let mut a = [0u8; 8];
@@ -392,38 +458,151 @@ impl Spool {
         Spool::open_with(dir, max_bytes, Duration::ZERO)
     }
 
-    /// Whether `dir` looks like a spool (sled's `conf` file is there).
+    /// Whether `dir` holds a spool's files.
     pub fn exists(dir: &Path) -> bool {
-        dir.join("conf").is_file()
+        dir::holds_spool(dir)
     }
 
     /// [`Spool::open`] with a chosen lock wait.
+    ///
+    /// Before sled sees the files, the spool is checked ([`check`]): a
+    /// damaged one is set aside (its bytes kept, see [`dir`]) and its sound
+    /// records salvaged back into a fresh spool in its place, so opening
+    /// never destroys what can be saved; [`Spool::take_damage`] says what
+    /// was found and what it cost. A salvage that was interrupted is
+    /// resumed. A path that is not a spool directory is refused.
     pub fn open_with(dir: &Path, max_bytes: u64, lock_wait: Duration) -> Result<Spool, SpoolError> {
+        let existed = dir::check_path(dir)?;
+        if !existed {
+            dir::create(dir)?;
+        }
+        let lock = dir::Lock::exclusive(dir, lock_wait)?;
+        let io = |what: &'static str| {
+            let dir = dir.to_path_buf();
+            move |source| SpoolError::Io { dir, what, source }
+        };
+        let mut damaged = None;
+        if existed && dir::holds_spool(dir) {
+            let check = check::Check::run(dir).map_err(io("cannot read"))?;
+            if check.damaged() {
+                damaged = Some(check);
+            }
+        }
+        if damaged.is_some() {
+            let aside = dir::set_aside(dir).map_err(io("cannot set aside the damaged files of"))?;
+            let check = damaged.take().map(|c| (c, aside));
+            return Spool::open_salvaging(dir, max_bytes, lock, check);
+        }
+        match open_sled(dir, lock_wait) {
+            Ok(db) => {
+                let mut spool = Spool::assemble(dir, db, max_bytes, lock)?;
+                spool.resume_salvages()?;
+                Ok(spool)
+            }
+            // sled found damage the check did not (or panicked over it):
+            // set aside all the same, before anything else opens it.
+            Err(e) if e.is_damage() => {
+                let found = check::Finding {
+                    file: dir.to_path_buf(),
+                    offset: 0,
+                    what: format!("sled could not open the files: {e}"),
+                };
+                let aside = dir::set_aside(dir).map_err(io("cannot set aside the damaged files of"))?;
+                let view = view::View::read(&aside).map_err(io("cannot read"))?;
+                let check = check::Check {
+                    plan: sled_log::Recovery::default(),
+                    view,
+                    synced_end: None,
+                    findings: vec![found],
+                };
+                Spool::open_salvaging(dir, max_bytes, lock, Some((check, aside)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens a fresh spool in `dir` (its damaged files just set aside) and
+    /// salvages them into it, keeping their keys.
+    fn open_salvaging(
+        dir: &Path,
+        max_bytes: u64,
+        lock: dir::Lock,
+        damaged: Option<(check::Check, PathBuf)>,
+    ) -> Result<Spool, SpoolError> {
+        let db = open_sled(dir, Duration::ZERO)?;
+        let mut spool = Spool::assemble(dir, db, max_bytes, lock)?;
+        let Some((check, aside)) = damaged else {
+            return Ok(spool);
+        };
+        let report = match salvage::salvage(&aside, &mut spool) {
+            Ok(report) => report,
+            Err(salvage::SalvageError::Spool(e)) => return Err(e),
+            Err(e) => {
+                return Err(SpoolError::Failed {
+                    dir: dir.to_path_buf(),
+                    why: e.to_string(),
+                });
+            }
+        };
+        let salvaged = report.spans;
+        let expected = check
+            .view
+            .ledger
+            .map_or(0, |l| l.spans_at_least)
+            .max(check.view.queue_spans());
+        spool.damage = Some(Damage {
+            expected_spans: expected,
+            found_spans: salvaged,
+            lost_spans: expected.saturating_sub(salvaged),
+            findings: check.findings,
+            set_aside: Some(aside),
+            salvage: Some(Box::new(report)),
+        });
+        Ok(spool)
+    }
+
+    /// Continues every salvage into this spool that did not finish (the
+    /// process stopped part-way): the keys it used are committed, so the
+    /// records land where they did.
+    fn resume_salvages(&mut self) -> Result<(), SpoolError> {
+        let mut unfinished = Vec::new();
+        for item in self.meta.scan_prefix(b"salvage:") {
+            let (k, v) = item.map_err(|e| self.storage(e))?;
+            if salvage::Marker::decode(&v).is_some_and(|m| !m.done) {
+                let path = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                    &k[b"salvage:".len()..],
+                ));
+                unfinished.push(path);
+            }
+        }
+        for from in unfinished.into_iter().filter(|p| p.is_dir()) {
+            let expected_before = self.stats.spans;
+            match salvage::salvage(&from, self) {
+                Ok(report) => {
+                    if self.damage.is_none() && from.starts_with(self.dir.join(dir::SET_ASIDE)) {
+                        let _ = expected_before;
+                        self.damage = Some(Damage {
+                            expected_spans: report.spans,
+                            found_spans: report.spans,
+                            lost_spans: 0,
+                            findings: Vec::new(),
+                            set_aside: Some(from.clone()),
+                            salvage: Some(Box::new(report)),
+                        });
+                    }
+                }
+                Err(salvage::SalvageError::Spool(e)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A spool over the sled database `db` just opened in `dir`.
+    fn assemble(dir: &Path, db: sled::Db, max_bytes: u64, lock: dir::Lock) -> Result<Spool, SpoolError> {
         let storage = |source| SpoolError::Storage {
             dir: dir.to_path_buf(),
             source,
-        };
-        // sled releases its lock when its last reference goes, which can be
-        // a moment after the previous owner in this process dropped it (its
-        // I/O threads finish their writes first); wait a bounded while
-        // before calling the directory taken.
-        let deadline = Instant::now() + lock_wait;
-        let db = loop {
-            let opened = sled::Config::new()
-                .path(dir)
-                .cache_capacity(32 << 20)
-                .flush_every_ms(Some(1000))
-                .open();
-            match opened {
-                Ok(db) => break db,
-                Err(sled::Error::Io(io)) if is_lock_error(&io) => {
-                    if Instant::now() >= deadline {
-                        return Err(SpoolError::InUse { dir: dir.to_path_buf() });
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(other) => return Err(storage(other)),
-            }
         };
         let tree = |name: &str| db.open_tree(name).map_err(storage);
         let (queue, dead, quarantine, meta) = (tree("queue")?, tree("dead")?, tree("quarantine")?, tree("meta")?);
@@ -438,6 +617,8 @@ impl Spool {
             Ok((ledger, state)) => (Some(ledger), state),
             Err(_) => (None, None),
         };
+        let framed = meta.get(STATE).map_err(storage)?.and_then(|v| state::State::decode(&v));
+        let round = framed.map_or(0, |f| f.round).max(owed.map_or(0, |o| o.round));
         let mut spool = Spool {
             dir: dir.to_path_buf(),
             db,
@@ -458,7 +639,10 @@ impl Spool {
             damage: None,
             syncer: durable::Syncer::new(dir),
             synced_below: next_seq,
+            round,
+            synced_round: round,
             durable_spans: stats.spans,
+            _lock: lock,
         };
         if let Some(owed) = owed {
             spool.check(owed)?;
@@ -482,9 +666,96 @@ impl Spool {
             expected_spans: owed.spans_at_least,
             found_spans,
             lost_spans: owed.spans_at_least - found_spans,
+            ..Damage::default()
         });
         // The loss is reported once; from now on the ledger follows sled.
         self.write_ledger(found_spans, None)
+    }
+
+    /// The next sequence number the spool will give.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Never gives a sequence below `seq` (a salvaged spool's own).
+    pub(crate) fn reserve_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
+    /// A salvage's marker in this spool (see [`salvage`]).
+    pub(crate) fn marker(&self, key: &[u8]) -> Result<Option<salvage::Marker>, SpoolError> {
+        let v = self.meta.get(key).map_err(|e| self.storage(e))?;
+        Ok(v.and_then(|v| salvage::Marker::decode(&v)))
+    }
+
+    /// Records a salvage's marker (durable at the next commit).
+    pub(crate) fn set_marker(&mut self, key: &[u8], m: salvage::Marker) -> Result<(), SpoolError> {
+        self.meta.insert(key, &m.encode()[..]).map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+
+    /// Puts a salvaged record back, bytes as they were, under `key` (its
+    /// own sequence, shifted), or under a fresh sequence if it carries none
+    /// (format 1). Putting the same record back twice holds it once.
+    /// Durable at the next commit.
+    pub(crate) fn restore(&mut self, part: Part, key: Option<u64>, mut bytes: Vec<u8>) -> Result<(), SpoolError> {
+        let key = match key {
+            Some(k) => {
+                record::set_seq(&mut bytes, k);
+                k
+            }
+            None => self.next_seq,
+        };
+        let spans = declared_spans(&bytes);
+        let len = bytes.len() as u64;
+        let previous = self
+            .tree(part)
+            .insert(key.to_be_bytes(), bytes)
+            .map_err(|e| self.storage(e))?;
+        self.next_seq = self.next_seq.max(key + 1);
+        self.meta
+            .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
+        if let Some(old) = previous {
+            // The same record again (a resumed salvage): counted once.
+            let old_spans = declared_spans(&old);
+            match part {
+                Part::Queue => {
+                    self.stats.spans = self.stats.spans.saturating_sub(old_spans);
+                    self.stats.bytes = self.stats.bytes.saturating_sub(old.len() as u64);
+                    self.stats.records = self.stats.records.saturating_sub(1);
+                }
+                Part::Dead => {
+                    self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(old_spans);
+                    self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
+                }
+            }
+        }
+        match part {
+            Part::Queue => {
+                self.stats.records += 1;
+                self.stats.bytes += len;
+                self.stats.spans += spans;
+            }
+            Part::Dead => {
+                self.stats.dead_letter_records += 1;
+                self.stats.dead_letter_spans += spans;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a salvaged quarantined record back under `key`.
+    pub(crate) fn restore_quarantined(&mut self, key: u64, queue_key: u64, raw: &[u8]) -> Result<(), SpoolError> {
+        let previous = self
+            .quarantine
+            .insert(key.to_be_bytes(), state::quarantine_frame(key, queue_key, raw))
+            .map_err(|e| self.storage(e))?;
+        if previous.is_none() {
+            self.stats.quarantined_records += 1;
+        }
+        self.next_seq = self.next_seq.max(key + 1);
+        Ok(())
     }
 
     /// What [`Spool::open`] found missing from sled, once.
@@ -517,6 +788,7 @@ impl Spool {
             spans_at_least,
             watermark,
             next_seq: self.synced_below,
+            round: self.synced_round,
         };
         let dir = self.dir.clone();
         if let Some(l) = &mut self.ledger {
@@ -648,10 +920,35 @@ impl Spool {
     /// quarantines are durable once this returns `Ok`; one call covers
     /// every change made before it began (group commit).
     pub fn commit(&mut self) -> Result<(), SpoolError> {
+        self.round += 1;
+        let frame = self.state()?.encode();
+        self.meta.insert(STATE, &frame[..]).map_err(|e| self.storage(e))?;
         self.sync()?;
         self.synced_below = self.next_seq;
+        self.synced_round = self.round;
         self.durable_spans = self.stats.spans;
         self.write_ledger(self.stats.spans, None)
+    }
+
+    /// What the spool holds now, as its state frame records it.
+    fn state(&self) -> Result<state::State, SpoolError> {
+        let first = |t: &sled::Tree| -> Result<u64, SpoolError> {
+            Ok(t.first()
+                .map_err(|e| self.storage(e))?
+                .map_or(self.next_seq, |(k, _)| be(&k)))
+        };
+        Ok(state::State {
+            round: self.round,
+            next_seq: self.next_seq,
+            queue_below: first(&self.queue)?,
+            dead_below: first(&self.dead)?,
+            quarantine_below: first(&self.quarantine)?,
+            queue_records: self.stats.records,
+            queue_spans: self.stats.spans,
+            dead_records: self.stats.dead_letter_records,
+            dead_spans: self.stats.dead_letter_spans,
+            quarantined: self.stats.quarantined_records,
+        })
     }
 
     /// [`Spool::push`] without the sync: not durable until [`Spool::commit`].
@@ -765,7 +1062,7 @@ impl Spool {
                 self.forget_durable(key, n);
             }
         }
-        self.advance_watermark()
+        Ok(())
     }
 
     /// Drops records created more than `max_age_ms` before `now_unix_ms`,
@@ -796,18 +1093,6 @@ impl Spool {
         self.stats.spans = self.stats.spans.saturating_sub(spans);
     }
 
-    /// Records the lowest key still queued (or the next to be written).
-    fn advance_watermark(&mut self) -> Result<(), SpoolError> {
-        let low = match self.queue.first().map_err(|e| self.storage(e))? {
-            Some((k, _)) => be(&k),
-            None => self.next_seq,
-        };
-        self.meta
-            .insert(ACKED_BELOW, &salvage::watermark(low)[..])
-            .map_err(|e| self.storage(e))?;
-        Ok(())
-    }
-
     /// Every record of `part`, oldest first, read lazily.
     pub fn entries(&self, part: Part) -> impl Iterator<Item = Result<Entry, SpoolError>> + '_ {
         self.tree(part)
@@ -826,11 +1111,17 @@ impl Spool {
         self.entries(part).take(max_records).collect()
     }
 
-    /// The quarantined records, by key, bytes as they were found.
+    /// The quarantined records, by the key they had in the queue, bytes as
+    /// they were found.
     pub fn quarantined(&self) -> impl Iterator<Item = Result<(u64, Vec<u8>), SpoolError>> + '_ {
-        self.quarantine
-            .iter()
-            .map(move |item| item.map(|(k, v)| (be(&k), v.to_vec())).map_err(|e| self.storage(e)))
+        self.quarantine.iter().map(move |item| {
+            item.map(|(k, v)| match state::unquarantine(&v) {
+                Some((q, raw)) => (q.queue_key, raw.to_vec()),
+                // Written before quarantined records were framed.
+                None => (be(&k), v.to_vec()),
+            })
+            .map_err(|e| self.storage(e))
+        })
     }
 
     /// Removes a delivered record, synced: see the module docs.
@@ -878,7 +1169,6 @@ impl Spool {
             Part::Queue => {
                 self.forget(entry.bytes, entry.declared_spans);
                 self.forget_durable(entry.key, entry.declared_spans);
-                self.advance_watermark()?;
             }
             Part::Dead => {
                 self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
@@ -933,8 +1223,13 @@ impl Spool {
     /// Durable at the next [`Spool::commit`]; on an error as [`Spool::ack`].
     pub fn quarantine(&mut self, entry: &Entry) -> Result<(), SpoolError> {
         self.settle(entry, |s| {
+            let key = s.next_seq;
+            s.next_seq += 1;
             s.quarantine
-                .insert(entry.key.to_be_bytes(), entry.raw.clone())
+                .insert(key.to_be_bytes(), state::quarantine_frame(key, entry.key, &entry.raw))
+                .map_err(|e| s.storage(e))?;
+            s.meta
+                .insert(NEXT_SEQ, &s.next_seq.to_be_bytes())
                 .map_err(|e| s.storage(e))?;
             s.stats.quarantined_records += 1;
             Ok(())
@@ -967,7 +1262,6 @@ impl Spool {
                 self.stats.spans = spans.saturating_sub(c.spans);
                 self.stats.bytes = bytes.saturating_sub(c.bytes);
                 self.durable_spans = 0;
-                self.advance_watermark()?;
             }
             Tree::Dead => {
                 self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(c.records);
@@ -1029,6 +1323,47 @@ fn count(queue: &sled::Tree, dead: &sled::Tree, quarantine: &sled::Tree) -> Resu
 /// The span count a record's header declares; 0 when it is unreadable.
 fn declared_spans(record: &[u8]) -> u64 {
     record::header(record).map_or(0, |h| u64::from(h.spans))
+}
+
+/// Opens sled over `dir`, waiting up to `lock_wait` for its lock (sled
+/// lets go of it a moment after the last owner in this process dropped it,
+/// once its I/O threads are done). A panic inside sled (it panics over some
+/// damaged files) is caught and reported as damage.
+fn open_sled(dir: &Path, lock_wait: Duration) -> Result<sled::Db, SpoolError> {
+    let deadline = Instant::now() + lock_wait;
+    loop {
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(32 << 20)
+            .flush_every_ms(Some(1000));
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+        match opened {
+            Ok(Ok(db)) => return Ok(db),
+            Ok(Err(sled::Error::Io(io))) if is_lock_error(&io) => {
+                if Instant::now() >= deadline {
+                    return Err(SpoolError::InUse { dir: dir.to_path_buf() });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(Err(source)) => {
+                return Err(SpoolError::Storage {
+                    dir: dir.to_path_buf(),
+                    source,
+                });
+            }
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                return Err(SpoolError::Storage {
+                    dir: dir.to_path_buf(),
+                    source: sled::Error::ReportableBug(format!("sled panicked opening the files: {why}")),
+                });
+            }
+        }
+    }
 }
 
 fn is_lock_error(e: &std::io::Error) -> bool {
@@ -1123,6 +1458,7 @@ pub(super) mod tests {
             expected_spans: 20,
             found_spans: 10,
             lost_spans: 10,
+            ..Damage::default()
         };
         assert_eq!(s.take_damage(), Some(damage));
         assert_eq!(s.take_damage(), None);

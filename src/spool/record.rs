@@ -289,6 +289,51 @@ pub fn header(bytes: &[u8]) -> Result<Header, RecordError> {
     Ok(h)
 }
 
+/// Reads a header at the start of `bytes`, which may run on past the
+/// record (a scan of raw files); the payload length is only checked
+/// against [`MAX_PAYLOAD`].
+pub fn peek_header(bytes: &[u8]) -> Result<Header, RecordError> {
+    let h = parse_header(bytes)?;
+    if h.payload_len as usize > MAX_PAYLOAD {
+        return Err(RecordError::TooLarge(h.payload_len as usize));
+    }
+    Ok(h)
+}
+
+/// Checks a whole record's header and CRC without decoding its payload.
+pub fn check(bytes: &[u8]) -> Result<Header, RecordError> {
+    let h = header(bytes)?;
+    let expected = u32_at(bytes, 16);
+    let actual = checksum(bytes);
+    if expected != actual {
+        return Err(RecordError::Crc { expected, actual });
+    }
+    Ok(h)
+}
+
+/// The service name of a whole, checked record, inflating no more of the
+/// payload than it takes ([`UNKNOWN_SERVICE`] for version 1).
+pub fn service(bytes: &[u8]) -> Result<String, RecordError> {
+    let h = check(bytes)?;
+    if h.version == 1 {
+        return Ok(UNKNOWN_SERVICE.to_owned());
+    }
+    let payload = &bytes[header_len(h.version)..];
+    let mut head = Vec::with_capacity(300);
+    if bytes[5] & FLAG_DEFLATE != 0 {
+        let reader = flate2::read::DeflateDecoder::new(payload);
+        // A varint length (at most 9 bytes) and the name, capped.
+        std::io::Read::read_to_end(&mut std::io::Read::take(reader, 9 + 4096), &mut head)
+            .map_err(|e| RecordError::Decode(format!("inflate: {e}")))?;
+    } else {
+        head.extend_from_slice(&payload[..payload.len().min(9 + 4096)]);
+    }
+    let config = bincode::config::standard().with_limit::<4096>();
+    let (name, _): (String, usize) =
+        bincode::serde::decode_from_slice(&head, config).map_err(|e| RecordError::Decode(e.to_string()))?;
+    Ok(name)
+}
+
 /// Decodes a record, checking everything.
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     let h = header(bytes)?;

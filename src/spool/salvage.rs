@@ -1,68 +1,45 @@
-//! Salvage: rebuilding a queue from the raw files of a spool sled cannot
-//! open (or a directory the tracer moved aside), without trusting sled.
+//! Salvage: every sound record of a spool's raw files, without trusting
+//! sled, into a spool that works.
 //!
-//! sled writes every value into its log (`db`) or, when large, into a file
-//! under `blobs/`, byte for byte, and rewrites pages as they change, so a
-//! spool's files hold each live record at least once and stale copies of
-//! records long delivered. Every record carries its sequence, part and
-//! service (see [`super::record`]), and every removal from the queue
-//! persists a framed watermark ([`watermark`]) below which no queue record
-//! is owed. Salvage therefore:
+//! The source is only read ([`super::view`]: a streaming scan, so memory
+//! stays bounded whatever the files' sizes), under a shared lock, so no
+//! tracer opens it meanwhile. What it holds goes into the target oldest
+//! first, bytes unchanged, each under its own sequence number shifted by
+//! one offset (zero into a fresh spool, as when the spool's own damaged
+//! files are set aside; past the target's sequences otherwise): queue
+//! records to the queue, dead letters to the dead letters, quarantined
+//! records to the quarantine.
 //!
-//! 1. takes the directory's lock (so no tracer opens it meanwhile) and never
-//!    writes to it;
-//! 2. scans every file for record candidates and watermarks, keeping only
-//!    where each sound record lies (memory stays small whatever the size);
-//! 3. keeps one copy per (part, sequence, CRC), drops queue records below
-//!    the highest watermark found (already delivered, dead-lettered,
-//!    expired or dropped by the cap);
-//! 4. pushes the rest into the target spool, oldest first, with their
-//!    service names and creation times; dead letters stay dead letters.
+//! **Resumable**: the offset is committed in the target, under the
+//! source's path, before the first record; a salvage killed at any point
+//! and run again finds it, so every record lands under the same key again
+//! (written twice at worst, never held twice), and the target ends with
+//! every recoverable record exactly once. A finished salvage is marked
+//! done: running it again is refused, so records delivered since are not
+//! brought back.
 //!
 //! What it cannot know: version 1 records carry no sequence, so all their
-//! distinct copies are recovered (possible duplicates, never a loss); dead
-//! letters already purged or replayed may come back as dead letters.
+//! distinct copies are recovered (possible duplicates, never a loss).
 
 use super::record::{self, Part};
+use super::scan::Unreadable;
+use super::view::{Missing, View};
 use super::{Spool, SpoolError};
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-const WATERMARK_MAGIC: [u8; 4] = *b"SPWM";
-
-/// The framed watermark stored under `meta/acked_below`: magic, the lowest
-/// key still owed (u64 LE), CRC32 of the first 12 bytes.
-pub(crate) fn watermark(low: u64) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[0..4].copy_from_slice(&WATERMARK_MAGIC);
-    out[4..12].copy_from_slice(&low.to_le_bytes());
-    let crc = crc32fast::hash(&out[0..12]);
-    out[12..16].copy_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// The highest sound watermark in `bytes`.
-fn highest_watermark(bytes: &[u8]) -> Option<u64> {
-    memchr::memmem::find_iter(bytes, &WATERMARK_MAGIC)
-        .filter_map(|at| {
-            let w = bytes.get(at..at + 16)?;
-            let low = u64::from_le_bytes(w[4..12].try_into().ok()?);
-            (watermark(low) == *w).then_some(low)
-        })
-        .max()
-}
+/// Records written between two commits of a salvage, at most.
+const COMMIT_EVERY_BYTES: u64 = 8 << 20;
 
 /// Why salvage could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SalvageError {
-    /// A tracer or another tool holds the directory.
-    #[error("{} is in use by another process", dir.display())]
+    /// A tracer or another tool holds the source.
+    #[error("spool {} is in use by another process", dir.display())]
     InUse {
         /// The directory.
         dir: PathBuf,
     },
-    /// The directory cannot be listed.
+    /// The source cannot be read.
     #[error("cannot read {}: {source}", dir.display())]
     Read {
         /// The directory.
@@ -70,13 +47,25 @@ pub enum SalvageError {
         /// What the file system said.
         source: std::io::Error,
     },
+    /// This source was salvaged into this spool before.
+    #[error(
+        "{} was already salvaged into {} (its records since sent would come back); nothing done",
+        from.display(),
+        into.display()
+    )]
+    AlreadyDone {
+        /// The source.
+        from: PathBuf,
+        /// The target.
+        into: PathBuf,
+    },
     /// Writing to the target spool failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
 
 /// What [`salvage`] found and did.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Report {
     /// Files scanned.
     pub files: usize,
@@ -90,219 +79,202 @@ pub struct Report {
     pub dead_letter_records: u64,
     /// Their spans.
     pub dead_letter_spans: u64,
-    /// The highest watermark found: queue records below it were already
-    /// settled and are skipped.
+    /// Quarantined records kept in the target's quarantine.
+    pub quarantined_records: u64,
+    /// The queue's watermark: records below it were already settled.
     pub watermark: Option<u64>,
-    /// Distinct queue records skipped as below the watermark.
+    /// Distinct records skipped as below their watermark.
     pub settled_records: u64,
     /// Extra copies of recovered records (sled's stale page versions).
     pub copies: u64,
-    /// Candidates that were not sound records: file, offset, why.
+    /// What the source's last durable commit counted that its files no
+    /// longer hold.
+    pub missing: Missing,
+    /// Damaged records: file, offset, why.
     pub unreadable: Vec<Unreadable>,
     /// Files that could not be read: path and why.
     pub unreadable_files: Vec<(PathBuf, String)>,
+    /// Whether an interrupted salvage of the same source was resumed.
+    pub resumed: bool,
 }
 
-/// A record candidate that could not be read.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Unreadable {
-    /// The file.
-    pub file: PathBuf,
-    /// Byte offset of the candidate.
+/// The target's record of a salvage from one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Marker {
+    /// Added to every sequence of the source.
     pub offset: u64,
-    /// Why it is not a sound record.
-    pub reason: String,
+    /// Whether it ran to the end.
+    pub done: bool,
 }
 
-/// Where a sound record lies.
-#[derive(Clone)]
-struct Location {
-    file: usize,
-    offset: u64,
-    len: usize,
-    version: u8,
-}
-
-/// What a scan of a directory's raw files found.
-struct Scan {
-    files: Vec<PathBuf>,
-    /// One location per (part, sequence, CRC), in sequence order.
-    found: BTreeMap<(u8, u64, u32), Location>,
-    /// Counts and problems so far (`records`, `spans` and the like are
-    /// filled by whoever uses the records).
-    report: Report,
-}
-
-impl Scan {
-    /// Scans every file under `dir` for records and watermarks.
-    fn dir(dir: &Path) -> std::io::Result<Scan> {
-        let mut files = Vec::new();
-        collect_files(dir, &mut files)?;
-        files.sort();
-        let mut report = Report::default();
-        let mut found = BTreeMap::new();
-        for (i, path) in files.iter().enumerate() {
-            let bytes = match std::fs::read(path) {
-                Ok(b) => b,
-                Err(e) => {
-                    report.unreadable_files.push((path.clone(), e.to_string()));
-                    continue;
-                }
-            };
-            report.files += 1;
-            report.bytes_scanned += bytes.len() as u64;
-            report.watermark = report.watermark.max(highest_watermark(&bytes));
-            for f in record::scan(&bytes) {
-                match f.record {
-                    Ok(r) => {
-                        let crc = crc32fast::hash(&bytes[f.offset..f.offset + f.len]);
-                        let key = (r.meta.part as u8, r.meta.seq, crc);
-                        let loc = Location {
-                            file: i,
-                            offset: f.offset as u64,
-                            len: f.len,
-                            version: bytes[f.offset + 4],
-                        };
-                        if found.insert(key, loc).is_some() {
-                            report.copies += 1;
-                        }
-                    }
-                    Err(e) => report.unreadable.push(Unreadable {
-                        file: path.clone(),
-                        offset: f.offset as u64,
-                        reason: e.to_string(),
-                    }),
-                }
-            }
-        }
-        Ok(Scan { files, found, report })
+impl Marker {
+    pub(crate) fn encode(&self) -> [u8; 9] {
+        let mut out = [0u8; 9];
+        out[..8].copy_from_slice(&self.offset.to_le_bytes());
+        out[8] = u8::from(self.done);
+        out
     }
 
-    /// The sound records found, oldest first: part, whether the record
-    /// carries its sequence (version 2 and later), where it is, and its raw
-    /// bytes (a record that cannot be read again is added to the report).
-    fn records(&mut self) -> impl Iterator<Item = (Part, bool, Unreadable, Vec<u8>)> + '_ {
-        let found = std::mem::take(&mut self.found);
-        let (files, report) = (&self.files, &mut self.report);
-        found.into_iter().filter_map(move |((part, _, _), loc)| {
-            let path = &files[loc.file];
-            match read_at(path, loc.offset, loc.len) {
-                Ok(bytes) => {
-                    let part = if part == Part::Dead as u8 {
-                        Part::Dead
-                    } else {
-                        Part::Queue
-                    };
-                    let at = Unreadable {
-                        file: path.clone(),
-                        offset: loc.offset,
-                        reason: String::new(),
-                    };
-                    Some((part, loc.version >= 2, at, bytes))
-                }
-                Err(e) => {
-                    report.unreadable_files.push((path.clone(), e.to_string()));
-                    None
-                }
-            }
+    pub(crate) fn decode(b: &[u8]) -> Option<Marker> {
+        Some(Marker {
+            offset: u64::from_le_bytes(b.get(..8)?.try_into().ok()?),
+            done: *b.get(8)? == 1,
         })
     }
 }
 
-/// Recovers every sound, unsettled record in the files under `from` into
-/// `into` (see the module docs). `from` is only read.
+/// The key of a salvage's marker in the target.
+pub(crate) fn marker_key(from: &Path) -> Vec<u8> {
+    let canonical = from.canonicalize().unwrap_or_else(|_| from.to_path_buf());
+    let mut key = b"salvage:".to_vec();
+    key.extend_from_slice(canonical.as_os_str().as_encoded_bytes());
+    key
+}
+
+/// Recovers every sound record of the spool files in `from` into `into`
+/// (see the module docs). `from` is only read.
 pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
-    let _lock = lock(from)?;
-    let mut scan = Scan::dir(from).map_err(|source| SalvageError::Read {
+    let _lock = super::dir::ReadLock::shared(from).map_err(|e| match e {
+        SpoolError::InUse { dir } => SalvageError::InUse { dir },
+        other => SalvageError::Spool(other),
+    })?;
+    let view = View::read(from).map_err(|source| SalvageError::Read {
         dir: from.to_path_buf(),
         source,
     })?;
-    let ledger = super::ledger::Ledger::read(from).map(|s| s.watermark);
-    scan.report.watermark = scan.report.watermark.max(ledger);
-    let low = scan.report.watermark.unwrap_or(0);
-    let mut out = Report::default();
-    for (part, has_seq, at, bytes) in scan.records() {
-        let record = match record::decode(&bytes) {
-            Ok(r) => r,
+    let key = marker_key(from);
+    let (marker, resumed) = match into.marker(&key)? {
+        Some(m) if m.done => {
+            return Err(SalvageError::AlreadyDone {
+                from: from.to_path_buf(),
+                into: into.dir().to_path_buf(),
+            });
+        }
+        Some(m) => (m, true),
+        None => {
+            let lowest = view
+                .queue
+                .iter()
+                .chain(&view.dead)
+                .map(|f| f.meta.seq)
+                .chain(view.quarantined.iter().map(|q| q.frame.key))
+                .min()
+                .unwrap_or(0);
+            let m = Marker {
+                offset: into.next_seq().saturating_sub(lowest),
+                done: false,
+            };
+            into.set_marker(&key, m)?;
+            into.commit()?;
+            (m, false)
+        }
+    };
+    let mut report = Report {
+        files: view.scan.files.len(),
+        bytes_scanned: view.scan.bytes,
+        watermark: view.state.map(|s| s.queue_below).or(view.scan.watermark),
+        settled_records: view.settled,
+        copies: view.copies,
+        missing: view.missing,
+        unreadable: view.unreadable.clone(),
+        unreadable_files: view.scan.unreadable_files.clone(),
+        resumed,
+        ..Report::default()
+    };
+    let mut written = 0u64;
+    for (part, found) in view
+        .queue
+        .iter()
+        .map(|f| (Part::Queue, f))
+        .chain(view.dead.iter().map(|f| (Part::Dead, f)))
+    {
+        let at = found.at;
+        let bytes = match view.scan.read(at) {
+            Ok(b) => b,
             Err(e) => {
-                out.unreadable.push(Unreadable {
-                    reason: format!("changed while salvaging: {e}"),
-                    ..at
-                });
+                report
+                    .unreadable_files
+                    .push((view.scan.files[at.file].clone(), e.to_string()));
                 continue;
             }
         };
-        let n = record.spans.len() as u64;
-        if part == Part::Dead {
-            into.add_dead(&record.service, &record.spans, record.meta.created_unix_ms)?;
-            out.dead_letter_records += 1;
-            out.dead_letter_spans += n;
-        } else if has_seq && record.meta.seq < low {
-            out.settled_records += 1;
-        } else {
-            into.push(&record.service, &record.spans, record.meta.created_unix_ms)?;
-            out.records += 1;
-            out.spans += n;
+        // Sound by its CRC; a payload that does not decode is damaged too.
+        if let Err(e) = record::decode(&bytes) {
+            report.unreadable.push(Unreadable {
+                file: view.scan.files[at.file].clone(),
+                offset: at.offset,
+                reason: e.to_string(),
+                seq: Some((part, found.meta.seq)),
+            });
+            continue;
+        }
+        let key = (found.version >= 2).then(|| found.meta.seq + marker.offset);
+        into.restore(part, key, bytes)?;
+        let spans = u64::from(found.spans);
+        match part {
+            Part::Queue => {
+                report.records += 1;
+                report.spans += spans;
+            }
+            Part::Dead => {
+                report.dead_letter_records += 1;
+                report.dead_letter_spans += spans;
+            }
+        }
+        written += u64::from(at.len);
+        if written >= COMMIT_EVERY_BYTES {
+            into.commit()?;
+            written = 0;
         }
     }
+    for q in &view.quarantined {
+        match view.scan.read(q.at) {
+            Ok(bytes) => {
+                if let Some((frame, raw)) = super::state::unquarantine(&bytes) {
+                    into.restore_quarantined(frame.key + marker.offset, frame.queue_key, raw)?;
+                    report.quarantined_records += 1;
+                }
+            }
+            Err(e) => report
+                .unreadable_files
+                .push((view.scan.files[q.at.file].clone(), e.to_string())),
+        }
+    }
+    if let Some(s) = view.state {
+        into.reserve_seq(s.next_seq + marker.offset);
+    }
+    into.set_marker(&key, Marker { done: true, ..marker })?;
     into.commit()?;
-    let mut report = scan.report;
-    report.records = out.records;
-    report.spans = out.spans;
-    report.dead_letter_records = out.dead_letter_records;
-    report.dead_letter_spans = out.dead_letter_spans;
-    report.settled_records = out.settled_records;
-    report.unreadable.extend(out.unreadable);
     Ok(report)
-}
-
-/// Takes sled's lock on `dir/db` (if there is a `db` file), so no tracer
-/// opens the spool while it is held; [`SalvageError::InUse`] if one has it.
-pub fn lock(dir: &Path) -> Result<Option<std::fs::File>, SalvageError> {
-    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("db")) else {
-        return Ok(None);
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(SalvageError::InUse { dir: dir.to_path_buf() }),
-        Err(std::fs::TryLockError::Error(_)) => Ok(None),
-    }
-}
-
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            collect_files(&entry.path(), out)?;
-        } else if kind.is_file() {
-            out.push(entry.path());
-        }
-    }
-    Ok(())
-}
-
-fn read_at(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(offset))?;
-    let mut buf = vec![0; len];
-    f.read_exact(&mut buf)?;
-    Ok(buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spool::tests::spans;
 
     #[test]
-    fn watermarks_are_found_and_damaged_ones_ignored() {
-        let mut bytes = b"junk".to_vec();
-        bytes.extend_from_slice(&watermark(7));
-        bytes.extend_from_slice(&watermark(12));
-        let mut bad = watermark(99);
-        bad[6] ^= 1;
-        bytes.extend_from_slice(&bad);
-        assert_eq!(highest_watermark(&bytes), Some(12));
-        assert_eq!(highest_watermark(b"SPWM"), None);
+    fn salvage_preserves_order_and_keys_into_a_fresh_spool_and_refuses_to_repeat() {
+        let src = tempfile::tempdir().unwrap();
+        {
+            let mut s = Spool::open(src.path(), u64::MAX).unwrap();
+            for i in 0..5 {
+                s.push("svc", &spans(30, &format!("r{i}")), 1).unwrap();
+            }
+            let first = s.oldest(Part::Queue, 1).unwrap();
+            s.ack(&first[0]).unwrap();
+            s.commit().unwrap();
+        }
+        let dst = tempfile::tempdir().unwrap();
+        let mut into = Spool::open(dst.path(), u64::MAX).unwrap();
+        let report = salvage(src.path(), &mut into).unwrap();
+        assert_eq!((report.records, report.spans, report.settled_records), (4, 120, 1));
+        let keys: Vec<u64> = into.entries(Part::Queue).map(|e| e.unwrap().key).collect();
+        assert_eq!(keys, [1, 2, 3, 4], "keys kept into a fresh spool");
+        assert!(matches!(
+            salvage(src.path(), &mut into),
+            Err(SalvageError::AlreadyDone { .. })
+        ));
+        assert_eq!(into.stats().spans, 120);
     }
 }

@@ -1,8 +1,9 @@
-//! `spillway export`: writes spooled spans as Zipkin v2 JSON, leaving the
-//! spool as it was, so they can be loaded wherever a collector runs.
+//! `spillway export`: writes spooled spans as Zipkin v2 JSON, read from the
+//! spool's raw files without sled, leaving every byte of the spool as it
+//! was, so they can be loaded wherever a collector runs.
 
-use crate::{Outcome, open};
-use spillway::spool::Part;
+use crate::{Outcome, read};
+use spillway::spool::record;
 use spillway::zipkin::Encoder;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
-    let spool = open(dir)?;
-    let part = if args.dead_letters { Part::Dead } else { Part::Queue };
+    let (_lock, check) = read(dir)?;
+    let view = &check.view;
+    let found = if args.dead_letters { &view.dead } else { &view.queue };
     let to_stdout = args.output.as_os_str() == "-";
     let sink: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout().lock())
@@ -40,17 +42,22 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     if !args.ndjson {
         out.write_all(b"[")?;
     }
-    for entry in spool.entries(part) {
-        let entry = entry?;
-        let batch = match &entry.spans {
-            Ok(b) => b,
+    for f in found {
+        let decoded = view
+            .scan
+            .read(f.at)
+            .map_err(|e| e.to_string())
+            .and_then(|b| record::decode(&b).map_err(|e| e.to_string()));
+        let rec = match decoded {
+            Ok(r) => r,
             Err(why) => {
-                eprintln!("spillway: skipped record {}: {why}", entry.key);
+                eprintln!("spillway: skipped record {}: {why}", f.meta.seq);
                 skipped += 1;
                 continue;
             }
         };
-        encoder.set_service(&entry.service);
+        let batch = &rec.spans;
+        encoder.set_service(&rec.service);
         buf.clear();
         if args.ndjson {
             encoder.encode_batch(batch, &mut buf);
@@ -77,8 +84,11 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
             args.output.display()
         );
     }
-    if skipped > 0 {
-        eprintln!("spillway: {skipped} unreadable records skipped (see `spillway verify`)");
+    skipped += view.unreadable.len() as u64;
+    if skipped > 0 || check.damaged() {
+        eprintln!(
+            "spillway: {skipped} unreadable records skipped; the spool's files are damaged (see `spillway verify`)"
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -1,27 +1,30 @@
-//! `spillway inspect`: what a spool holds, without changing it.
+//! `spillway inspect`: what a spool holds, read from its raw files without
+//! sled and without changing a byte; exit 1 if the files are damaged.
 
-use crate::{Outcome, human_bytes, human_time, open, say};
-use spillway::spool::{Part, record};
+use crate::{Outcome, human_bytes, human_time, read, say};
+use spillway::spool::check::Finding;
+use spillway::spool::record;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Print one JSON object (fields: batches, spans, bytes, record_bytes,
-    /// oldest_unix_ms, newest_unix_ms, dead_letter_batches, dead_letter_spans,
-    /// quarantined_records, unreadable_records, format_versions, services).
+    /// Print one JSON object (fields: spool, batches, spans, bytes,
+    /// record_bytes, oldest_unix_ms, newest_unix_ms, dead_letter_batches,
+    /// dead_letter_spans, quarantined_records, unreadable_records,
+    /// format_versions, services, damaged, damage, set_aside).
     #[arg(long)]
     json: bool,
 }
 
-/// What `inspect` reports; its JSON form is stable.
+/// What `inspect` reports; its JSON form is stable (fields are only added).
 #[derive(Debug, Default, serde::Serialize)]
 struct Summary {
     spool: String,
     batches: u64,
     spans: u64,
-    /// sled's size on disk.
+    /// The spool's files on disk.
     bytes: u64,
     /// Bytes of the queue's records.
     record_bytes: u64,
@@ -30,52 +33,66 @@ struct Summary {
     dead_letter_batches: u64,
     dead_letter_spans: u64,
     quarantined_records: u64,
-    /// Queue and dead-letter records that fail their checks (see `verify`).
+    /// Records whose bytes are damaged (see `verify`).
     unreadable_records: u64,
     /// Records by format version.
     format_versions: BTreeMap<u8, u64>,
     /// Queued spans by service name.
     services: BTreeMap<String, u64>,
+    /// Whether opening the spool would set its files aside and salvage them.
+    damaged: bool,
+    /// What is wrong: file, offset, what it would cost.
+    damage: Vec<Finding>,
+    /// Damaged files set aside earlier, kept in these directories.
+    set_aside: Vec<String>,
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
-    let spool = open(dir)?;
+    let (_lock, check) = read(dir)?;
+    let view = &check.view;
     let mut s = Summary {
         spool: dir.display().to_string(),
-        bytes: spool.size_on_disk(),
-        quarantined_records: spool.stats().quarantined_records,
+        bytes: view.scan.bytes,
+        quarantined_records: view.quarantined.len() as u64,
+        unreadable_records: view.unreadable.len() as u64,
+        damaged: check.damaged(),
+        damage: check.findings.clone(),
+        set_aside: spillway::spool::dir::set_asides(dir)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         ..Summary::default()
     };
-    for part in [Part::Queue, Part::Dead] {
-        for entry in spool.entries(part) {
-            let entry = entry?;
-            if let Ok(h) = record::header(entry.raw()) {
-                *s.format_versions.entry(h.version).or_default() += 1;
-            }
-            if entry.spans.is_err() {
-                s.unreadable_records += 1;
-            }
-            if part == Part::Dead {
-                s.dead_letter_batches += 1;
-                s.dead_letter_spans += entry.declared_spans;
-                continue;
-            }
-            s.batches += 1;
-            s.spans += entry.declared_spans;
-            s.record_bytes += entry.bytes as u64;
-            if entry.created_unix_ms > 0 {
-                let t = Some(entry.created_unix_ms);
-                s.oldest_unix_ms = s.oldest_unix_ms.min(t).or(t);
-                s.newest_unix_ms = s.newest_unix_ms.max(t);
-            }
-            if let Ok(spans) = &entry.spans {
-                *s.services.entry(entry.service.clone()).or_default() += spans.len() as u64;
-            }
+    for f in &view.queue {
+        s.batches += 1;
+        s.spans += u64::from(f.spans);
+        s.record_bytes += u64::from(f.at.len);
+        *s.format_versions.entry(f.version).or_default() += 1;
+        if let Some(t) = Some(f.meta.created_unix_ms).filter(|&t| t > 0) {
+            s.oldest_unix_ms = Some(s.oldest_unix_ms.map_or(t, |o| o.min(t)));
+            s.newest_unix_ms = Some(s.newest_unix_ms.map_or(t, |n| n.max(t)));
         }
+        let service = view
+            .scan
+            .read(f.at)
+            .ok()
+            .and_then(|b| record::service(&b).ok())
+            .unwrap_or_else(|| "<unreadable>".to_owned());
+        *s.services.entry(service).or_default() += u64::from(f.spans);
     }
+    for f in &view.dead {
+        s.dead_letter_batches += 1;
+        s.dead_letter_spans += u64::from(f.spans);
+        *s.format_versions.entry(f.version).or_default() += 1;
+    }
+    let code = if s.damaged || s.unreadable_records > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
     if args.json {
         say!("{}", serde_json::to_string(&s)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(code);
     }
     say!("spool        {}", s.spool);
     say!(
@@ -98,7 +115,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     say!("quarantined  {} records", s.quarantined_records);
     if s.unreadable_records > 0 {
         say!(
-            "unreadable   {} records (run `spillway verify` for keys and reasons)",
+            "unreadable   {} records (run `spillway verify` for where and why)",
             s.unreadable_records
         );
     }
@@ -114,5 +131,16 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     for (service, spans) in &s.services {
         say!("service      {service}: {spans} spans");
     }
-    Ok(ExitCode::SUCCESS)
+    for d in &s.damage {
+        say!("damaged      {d}");
+    }
+    if s.damaged {
+        say!(
+            "             opening the spool (the tracer, replay, purge, salvage) sets these files aside and salvages every sound record back; nothing sound is lost"
+        );
+    }
+    for a in &s.set_aside {
+        say!("set aside    {a}");
+    }
+    Ok(code)
 }

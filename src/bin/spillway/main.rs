@@ -123,10 +123,28 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the existing spool in `dir` for a tool: no waiting, no creating,
-/// no cap (tools never drop spans to make room).
+/// Opens the existing spool in `dir` for a tool that writes (replay, purge,
+/// salvage): no waiting, no creating, no cap (tools never drop spans to
+/// make room). A damaged spool is set aside and salvaged by the open, and
+/// says so on stderr.
 fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolError> {
     spillway::spool::Spool::open_existing(dir, u64::MAX)
+}
+
+/// Reads the spool in `dir` for a read-only tool (inspect, verify, export,
+/// a dry run): its raw files, under a shared lock, without sled; nothing is
+/// created or written, so it works on a read-only mount.
+fn read(
+    dir: &Path,
+) -> Result<(spillway::spool::dir::ReadLock, spillway::spool::check::Check), Box<dyn std::error::Error>> {
+    use spillway::spool::{Spool, SpoolError, dir::ReadLock};
+    if !Spool::exists(dir) {
+        return Err(SpoolError::Missing { dir: dir.to_path_buf() }.into());
+    }
+    let lock = ReadLock::shared(dir)?;
+    let check =
+        spillway::spool::check::Check::run(dir).map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;
+    Ok((lock, check))
 }
 
 /// Bytes for people: `1.2 MiB`.

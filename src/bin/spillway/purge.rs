@@ -17,12 +17,18 @@ pub struct Args {
     /// The quarantine only.
     #[arg(long, group = "what")]
     quarantine: bool,
+    /// The damaged files set aside in the spool's `set-aside/` directory.
+    #[arg(long, group = "what")]
+    set_aside: bool,
     /// Really delete (without it, nothing is deleted and the exit code is 2).
     #[arg(long)]
     yes: bool,
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
+    if args.set_aside {
+        return purge_set_aside(dir, args.yes);
+    }
     let trees: &[(Tree, &str)] = if args.all {
         &[
             (Tree::Queue, "queue"),
@@ -59,4 +65,47 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes the set-aside directories (damaged files kept for inspection).
+fn purge_set_aside(dir: &Path, yes: bool) -> Outcome {
+    let asides = spillway::spool::dir::set_asides(dir);
+    let size = |p: &Path| -> u64 {
+        walk(p)
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let total: u64 = asides.iter().map(|a| size(a)).sum();
+    if !yes {
+        eprintln!(
+            "spillway: purge deletes for good ({} set-aside directories, {}); add --yes to confirm",
+            asides.len(),
+            human_bytes(total)
+        );
+        return Ok(ExitCode::from(2));
+    }
+    // Not while a tracer holds the spool.
+    let _lock = spillway::spool::dir::Lock::exclusive(dir, std::time::Duration::ZERO)?;
+    for a in &asides {
+        std::fs::remove_dir_all(a).map_err(|e| format!("cannot delete {}: {e}", a.display()))?;
+    }
+    say!("purged set-aside: {} directories, {}", asides.len(), human_bytes(total));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(p) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
 }

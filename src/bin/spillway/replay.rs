@@ -38,7 +38,8 @@ pub struct Args {
     /// the collector refuse them); spans refused again stay dead letters.
     #[arg(long)]
     dead_letters: bool,
-    /// Say what would be sent; send nothing, change nothing.
+    /// Say what would be sent; send nothing, change nothing (the spool's
+    /// files are read without sled; not a byte of them changes).
     #[arg(long)]
     dry_run: bool,
     /// Request timeout in milliseconds.
@@ -72,17 +73,20 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     };
     // Refuses a bad URL before the spool is touched.
     let transport = HttpTransport::new(&config)?;
-    let spool = open(dir)?;
     let part = if args.dead_letters { Part::Dead } else { Part::Queue };
+    let max_batches = args.max_batches.unwrap_or(u64::MAX);
+    if args.dry_run {
+        return dry_run(dir, part, max_batches, args.json);
+    }
+    let mut spool = open(dir)?;
+    if let Some(d) = spool.take_damage() {
+        eprintln!("spillway: {d}");
+    }
     let left = |s: &spillway::spool::Spool| match part {
         Part::Queue => s.stats().spans,
         Part::Dead => s.stats().dead_letter_spans,
     };
     let total = left(&spool);
-    let max_batches = args.max_batches.unwrap_or(u64::MAX);
-    if args.dry_run {
-        return dry_run(&spool, part, max_batches, args.json);
-    }
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} spans {per_sec} eta {eta} {msg}")
@@ -189,17 +193,27 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dry_run(spool: &spillway::spool::Spool, part: Part, max_batches: u64, json: bool) -> Outcome {
+/// What a replay would send, read from the raw files: nothing is opened
+/// for writing, nothing changes.
+fn dry_run(dir: &Path, part: Part, max_batches: u64, json: bool) -> Outcome {
+    let (_lock, check) = crate::read(dir)?;
+    let view = &check.view;
+    let found = match part {
+        Part::Queue => &view.queue,
+        Part::Dead => &view.dead,
+    };
     let (mut batches, mut spans, mut unreadable) = (0u64, 0u64, 0u64);
-    for entry in spool
-        .entries(part)
-        .take(usize::try_from(max_batches).unwrap_or(usize::MAX))
-    {
-        let entry = entry?;
+    for f in found.iter().take(usize::try_from(max_batches).unwrap_or(usize::MAX)) {
         batches += 1;
-        spans += entry.declared_spans;
-        unreadable += u64::from(entry.spans.is_err());
+        spans += u64::from(f.spans);
+        let sound = view
+            .scan
+            .read(f.at)
+            .ok()
+            .is_some_and(|b| spillway::spool::record::decode(&b).is_ok());
+        unreadable += u64::from(!sound);
     }
+    unreadable += view.unreadable.len() as u64;
     if json {
         let out = serde_json::json!({"dry_run": true, "batches": batches, "spans": spans, "unreadable": unreadable});
         say!("{out}");

@@ -1,88 +1,146 @@
-//! `spillway salvage`: recovers every readable record of a damaged spool
-//! (or one the tracer moved aside) into a fresh spool, reading the raw
-//! files without trusting sled. See `spillway::spool::salvage`.
+//! `spillway salvage`: every sound record of damaged spool files, read raw
+//! without trusting sled, into a spool that works. See
+//! `spillway::spool::salvage`.
+//!
+//! - `salvage FROM`: adds what the spool files in FROM hold (a copy made
+//!   before anything opened a damaged spool, another machine's spool) to
+//!   this spool. FROM is only read. Resumable; refused once done.
+//! - `salvage` alone: opens this spool (which sets damaged files aside and
+//!   salvages them, or resumes a salvage cut short), then salvages each of
+//!   its set-aside directories not salvaged yet.
 
-use crate::{Outcome, human_bytes, say};
-use spillway::spool::{Spool, move_aside, salvage};
+use crate::{Outcome, human_bytes, open, say};
+use spillway::spool::dir::set_asides;
+use spillway::spool::salvage::{Report, SalvageError, salvage};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The damaged directory to read (only read, never changed). Without
-    /// it, the spool itself is moved aside to `<spool>.damaged-<secs>` and
-    /// salvaged from there into a fresh spool.
+    /// Spool files to recover from (only read). Without it, this spool's
+    /// own damaged files: set aside now if the spool is damaged, or earlier.
     from: Option<PathBuf>,
-    /// Print the report as one JSON object.
+    /// Print the report as one JSON object (one per source salvaged, in
+    /// `salvaged`; `set_aside`: where damaged files were moved).
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
-    // Salvaging a directory into itself is salvaging it in place.
-    let same = |from: &PathBuf| {
-        from.canonicalize()
-            .ok()
-            .is_some_and(|f| dir.canonicalize().ok() == Some(f))
-    };
-    let from = match args.from.filter(|f| !same(f)) {
-        Some(from) => from,
-        None => {
-            if !dir.exists() {
-                return Err(format!("no spool at {}", dir.display()).into());
-            }
-            // Refuse before moving anything if a tracer holds it; hold its
-            // lock while moving it.
-            let lock = salvage::lock(dir)?;
-            let aside = move_aside(dir).map_err(|e| format!("cannot move {} aside: {e}", dir.display()))?;
-            drop(lock);
-            eprintln!("moved {} to {}", dir.display(), aside.display());
-            aside
-        }
-    };
-    if !from.is_dir() {
+    let from = args.from.filter(|f| f.canonicalize().ok() != dir.canonicalize().ok());
+    if let Some(from) = &from
+        && !from.is_dir()
+    {
         return Err(format!("{} is not a directory", from.display()).into());
     }
-    let mut into = Spool::open_with(dir, u64::MAX, std::time::Duration::ZERO)?;
-    let report = salvage::salvage(&from, &mut into)?;
-    if args.json {
-        say!("{}", serde_json::to_string(&report)?);
-    } else {
-        say!(
-            "scanned {} files ({}) in {}",
-            report.files,
-            human_bytes(report.bytes_scanned),
-            from.display()
-        );
-        say!(
-            "recovered {} spans in {} batches into the queue of {}",
-            report.spans,
-            report.records,
-            dir.display()
-        );
-        if report.dead_letter_records > 0 {
-            say!(
-                "recovered {} dead-letter spans in {} batches",
-                report.dead_letter_spans,
-                report.dead_letter_records
-            );
+    let mut spool = match &from {
+        // The target may be new: created, private, as the tracer would.
+        Some(_) => spillway::spool::Spool::open_with(dir, u64::MAX, std::time::Duration::ZERO)?,
+        None => open(dir)?,
+    };
+    let mut set_aside = None;
+    let mut reports: Vec<(PathBuf, Report)> = Vec::new();
+    if let Some(mut d) = spool.take_damage()
+        && let Some(aside) = d.set_aside.clone()
+    {
+        eprintln!("spillway: {d}");
+        if let Some(report) = d.salvage.take() {
+            reports.push((aside.clone(), *report));
         }
-        say!(
-            "skipped {} batches already delivered or dropped (below watermark {}), {} stale copies",
-            report.settled_records,
-            report.watermark.map_or("-".into(), |w| w.to_string()),
-            report.copies
-        );
-        for u in &report.unreadable {
-            say!("unreadable {} at byte {}: {}", u.file.display(), u.offset, u.reason);
-        }
-        for (file, why) in &report.unreadable_files {
-            say!("unreadable file {}: {why}", file.display());
+        set_aside = Some(aside);
+    }
+    let sources: Vec<PathBuf> = match &from {
+        Some(f) => vec![f.clone()],
+        None => set_asides(dir),
+    };
+    let mut failed = false;
+    for source in sources {
+        match salvage(&source, &mut spool) {
+            Ok(r) => reports.push((source, r)),
+            // Salvaged before (by the open just now, or an earlier run).
+            Err(SalvageError::AlreadyDone { .. }) if from.is_none() => {}
+            Err(e) => {
+                eprintln!("spillway: {e}");
+                failed = true;
+            }
         }
     }
-    Ok(if report.unreadable_files.is_empty() {
-        ExitCode::SUCCESS
+    if args.json {
+        let salvaged: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(from, r)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["from"] = from.display().to_string().into();
+                v
+            })
+            .collect();
+        let mut out = serde_json::json!({
+            "spool": dir.display().to_string(),
+            "set_aside": set_aside.as_ref().map(|p| p.display().to_string()),
+            "salvaged": salvaged,
+        });
+        // The first report's fields at the top level too, as before.
+        if let Some((_, r)) = reports.first()
+            && let (Some(o), Ok(serde_json::Value::Object(first))) = (out.as_object_mut(), serde_json::to_value(r))
+        {
+            for (k, v) in first {
+                o.entry(k).or_insert(v);
+            }
+        }
+        say!("{out}");
     } else {
+        if reports.is_empty() && set_aside.is_none() && !failed {
+            say!(
+                "the spool at {} is sound and every set-aside directory was salvaged: nothing to do",
+                dir.display()
+            );
+        }
+        for (from, r) in &reports {
+            say!(
+                "scanned {} files ({}) in {}",
+                r.files,
+                human_bytes(r.bytes_scanned),
+                from.display()
+            );
+            say!(
+                "recovered {} spans in {} batches into the queue of {}{}",
+                r.spans,
+                r.records,
+                dir.display(),
+                if r.resumed { " (resumed where it stopped)" } else { "" }
+            );
+            if r.dead_letter_records > 0 {
+                say!(
+                    "recovered {} dead-letter spans in {} batches",
+                    r.dead_letter_spans,
+                    r.dead_letter_records
+                );
+            }
+            say!(
+                "skipped {} batches already delivered or dropped (below watermark {}), {} stale copies",
+                r.settled_records,
+                r.watermark.map_or("-".into(), |w| w.to_string()),
+                r.copies
+            );
+            if r.missing.records > 0 || r.missing.spans > 0 {
+                say!(
+                    "lost {} batches ({} spans) whose bytes are damaged",
+                    r.missing.records,
+                    r.missing.spans
+                );
+            }
+            for u in &r.unreadable {
+                say!("unreadable {} at byte {}: {}", u.file.display(), u.offset, u.reason);
+            }
+            for (file, why) in &r.unreadable_files {
+                say!("unreadable file {}: {why}", file.display());
+            }
+        }
+    }
+    let unreadable_files = reports.iter().any(|(_, r)| !r.unreadable_files.is_empty());
+    Ok(if failed || unreadable_files {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -1,0 +1,208 @@
+//! The spool directory itself: what may be opened as a spool, who holds
+//! it, and where damaged files are set aside.
+//!
+//! - **What is a spool**: a directory that is empty, or holds one of the
+//!   files a spool has (`conf`, `db`, the ledger, the lock, `blobs/`). A
+//!   path that is a file, or a directory of other things, is refused,
+//!   naming it: nothing of the user's is ever moved or written over.
+//! - **Who holds it**: a writer (the tracer, replay, purge, salvage) holds
+//!   an exclusive lock on [`super::LOCK_FILE`] from before it checks the
+//!   files until it closes (sled then takes its own on `db`). A reader
+//!   (inspect, verify, export, a dry run) takes shared locks on both files
+//!   if they exist, opened read-only, and creates nothing. Either fails at
+//!   once, or after a bounded wait, when the other holds it.
+//! - **Set aside**: damaged files are moved, by rename within the
+//!   directory, into `set-aside/<unix ms>-<pid>-<n>/`, a name that cannot
+//!   collide, and both directories are synced; nothing is deleted.
+
+use super::SpoolError;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where set-aside files go, inside the spool directory.
+pub const SET_ASIDE: &str = "set-aside";
+
+/// Entries a spool directory may hold.
+const SPOOL_ENTRIES: [&str; 5] = ["conf", "db", "blobs", super::ledger::FILE, super::LOCK_FILE];
+
+/// Whether `dir` holds a spool's files.
+pub fn holds_spool(dir: &Path) -> bool {
+    SPOOL_ENTRIES[..4].iter().any(|e| dir.join(e).exists())
+}
+
+/// Refuses a path that cannot be a spool directory (see the module docs);
+/// `Ok(false)` if nothing is there yet.
+pub fn check_path(dir: &Path) -> Result<bool, SpoolError> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(SpoolError::Io {
+                dir: dir.to_path_buf(),
+                what: "cannot read",
+                source,
+            });
+        }
+    };
+    if !meta.is_dir() {
+        return Err(SpoolError::NotASpool {
+            dir: dir.to_path_buf(),
+            why: "it is not a directory".into(),
+        });
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| SpoolError::Io {
+        dir: dir.to_path_buf(),
+        what: "cannot list",
+        source,
+    })?;
+    let mut names = Vec::new();
+    for entry in entries.flatten() {
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    if names.is_empty() {
+        return Ok(false);
+    }
+    let ours = |n: &str| SPOOL_ENTRIES.contains(&n) || n == SET_ASIDE || n.starts_with("snap.");
+    if !names.iter().any(|n| SPOOL_ENTRIES[..4].contains(&n.as_str())) {
+        let other: Vec<&String> = names.iter().filter(|n| !ours(n)).take(3).collect();
+        return Err(SpoolError::NotASpool {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "it holds other files ({})",
+                other.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    Ok(true)
+}
+
+/// Creates the spool directory, private (0700), with any missing parents.
+pub fn create(dir: &Path) -> Result<(), SpoolError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| SpoolError::Io {
+            dir: dir.to_path_buf(),
+            what: "cannot create",
+            source,
+        })
+}
+
+/// The writer's lock on `dir`, held until dropped.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] File);
+
+impl Lock {
+    /// Takes the exclusive lock, waiting up to `wait` for an owner letting
+    /// go; [`SpoolError::InUse`] after that.
+    pub fn exclusive(dir: &Path, wait: Duration) -> Result<Lock, SpoolError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(dir.join(super::LOCK_FILE))
+            .map_err(|source| SpoolError::Io {
+                dir: dir.to_path_buf(),
+                what: "cannot open the lock file of",
+                source,
+            })?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock(file)),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse { dir: dir.to_path_buf() }),
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(SpoolError::Io {
+                        dir: dir.to_path_buf(),
+                        what: "cannot lock",
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A reader's shared locks on `dir` (the lock file and sled's `db`, those
+/// that exist), taken at once; opens nothing for writing, creates nothing.
+#[derive(Debug)]
+pub struct ReadLock(#[allow(dead_code)] Vec<File>);
+
+impl ReadLock {
+    /// Takes the shared locks, or says who holds the spool.
+    pub fn shared(dir: &Path) -> Result<ReadLock, SpoolError> {
+        let mut held = Vec::new();
+        for name in [super::LOCK_FILE, "db"] {
+            let file = match File::open(dir.join(name)) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(SpoolError::Io {
+                        dir: dir.to_path_buf(),
+                        what: "cannot open",
+                        source,
+                    });
+                }
+            };
+            match file.try_lock_shared() {
+                Ok(()) => held.push(file),
+                Err(std::fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse { dir: dir.to_path_buf() }),
+                // A filesystem without locks: read anyway.
+                Err(std::fs::TryLockError::Error(_)) => {}
+            }
+        }
+        Ok(ReadLock(held))
+    }
+}
+
+/// Moves every spool file of `dir` into a fresh `set-aside/<name>/`, by
+/// rename, and syncs both directories; returns where.
+pub fn set_aside(dir: &Path) -> io::Result<PathBuf> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let parent = dir.join(SET_ASIDE);
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&parent)?;
+    let name = format!("{ms}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let to = parent.join(name);
+    std::fs::DirBuilder::new().mode(0o700).create(&to)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == SET_ASIDE || name == super::LOCK_FILE {
+            continue;
+        }
+        std::fs::rename(entry.path(), to.join(&name))?;
+    }
+    super::durable::sync_dir(&to)?;
+    super::durable::sync_dir(&parent)?;
+    super::durable::sync_dir(dir)?;
+    Ok(to)
+}
+
+/// The set-aside directories of `dir`, oldest first.
+pub fn set_asides(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir.join(SET_ASIDE))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

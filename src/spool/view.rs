@@ -1,0 +1,179 @@
+//! What a spool holds, read from its raw files ([`super::scan`]) without
+//! sled and without writing a byte: the read-only commands' view, and what
+//! salvage recovers.
+//!
+//! The newest state frame says which records are still held (each tree's
+//! watermark); the frame of the commit the ledger confirms says how many
+//! there must be, so a record whose bytes are gone is counted, not missed.
+//! Spools written before state frames fall back to their framed watermark
+//! and the ledger's lower bound of spans.
+
+use super::ledger;
+use super::record::Part;
+use super::scan::{Found, FoundQuarantined, Scan, Unreadable};
+use super::state::State;
+use std::io;
+use std::path::Path;
+
+/// Records the confirmed commit counted that are not in the files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Missing {
+    /// Records.
+    pub records: u64,
+    /// Their spans.
+    pub spans: u64,
+}
+
+/// A spool's contents as its raw files hold them (see the module docs).
+#[derive(Debug)]
+pub struct View {
+    /// What the scan found.
+    pub scan: Scan,
+    /// The ledger, if it could be read.
+    pub ledger: Option<ledger::State>,
+    /// The newest state frame: its watermarks decide what is held.
+    pub state: Option<State>,
+    /// The frame of the commit the ledger records as durable, if found.
+    pub confirmed: Option<State>,
+    /// The queue, oldest first.
+    pub queue: Vec<Found>,
+    /// The dead letters, oldest first.
+    pub dead: Vec<Found>,
+    /// The quarantined records, oldest first.
+    pub quarantined: Vec<FoundQuarantined>,
+    /// Distinct records below their watermark (settled, or sled's stale
+    /// copies).
+    pub settled: u64,
+    /// Extra copies of held records (sled's page versions).
+    pub copies: u64,
+    /// What the confirmed commit counted that the files no longer hold.
+    pub missing: Missing,
+    /// Candidates for held records that fail their checks, with no sound
+    /// copy anywhere: damaged records.
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl View {
+    /// Reads the spool in `dir` (only reads).
+    pub fn read(dir: &Path) -> io::Result<View> {
+        let scan = Scan::dir(dir)?;
+        Ok(View::of(scan, ledger::Ledger::read(dir)))
+    }
+
+    /// Interprets a scan, given the ledger.
+    pub fn of(mut scan: Scan, ledger: Option<ledger::State>) -> View {
+        let state = scan.newest_state();
+        let confirmed = ledger.and_then(|l| scan.states.get(&l.round).map(|(s, _)| *s));
+        let queue_below = match state {
+            Some(s) => s.queue_below,
+            None => scan.watermark.max(ledger.map(|l| l.watermark)).unwrap_or(0),
+        };
+        let (dead_below, quarantine_below) = state.map_or((0, 0), |s| (s.dead_below, s.quarantine_below));
+        let (mut queue, mut dead) = (Vec::new(), Vec::new());
+        let (mut settled, mut copies) = (0u64, 0u64);
+        let mut last: Option<(u8, u64)> = None;
+        for (&(part, seq, _), found) in &scan.records {
+            // One copy per (part, sequence); version 1 records carry no
+            // sequence, so each distinct one is kept.
+            if found.version >= 2 && last == Some((part, seq)) {
+                copies += u64::from(found.copies);
+                continue;
+            }
+            last = Some((part, seq));
+            copies += u64::from(found.copies.saturating_sub(1));
+            let (below, list) = if part == Part::Dead as u8 {
+                (dead_below, &mut dead)
+            } else {
+                (queue_below, &mut queue)
+            };
+            if found.version >= 2 && seq < below {
+                settled += 1;
+            } else {
+                list.push(*found);
+            }
+        }
+        let quarantined: Vec<FoundQuarantined> = scan
+            .quarantined
+            .values()
+            .filter(|q| q.frame.key >= quarantine_below)
+            .copied()
+            .collect();
+        let missing = match (confirmed, ledger) {
+            (Some(c), _) => {
+                let held: Vec<&Found> = scan
+                    .records
+                    .values()
+                    .filter(|f| f.meta.part == Part::Queue && f.meta.seq >= c.queue_below && f.meta.seq < c.next_seq)
+                    .collect();
+                let mut seqs: Vec<u64> = held.iter().map(|f| f.meta.seq).collect();
+                seqs.dedup();
+                let spans: u64 = dedup_spans(&held);
+                Missing {
+                    records: c.queue_records.saturating_sub(seqs.len() as u64),
+                    spans: c.queue_spans.saturating_sub(spans),
+                }
+            }
+            (None, Some(l)) if state.is_none() => {
+                let spans: u64 = queue.iter().map(|f| u64::from(f.spans)).sum();
+                Missing {
+                    records: 0,
+                    spans: l.spans_at_least.saturating_sub(spans),
+                }
+            }
+            _ => Missing::default(),
+        };
+        let sound: std::collections::BTreeSet<(u8, u64)> =
+            scan.records.keys().map(|&(part, seq, _)| (part, seq)).collect();
+        let unreadable: Vec<Unreadable> = std::mem::take(&mut scan.unreadable)
+            .into_iter()
+            .filter(|u| match u.seq {
+                Some((part, seq)) => {
+                    let below = if part == Part::Dead { dead_below } else { queue_below };
+                    seq >= below && !sound.contains(&(part as u8, seq))
+                }
+                None => false,
+            })
+            .collect();
+        View {
+            scan,
+            ledger,
+            state,
+            confirmed,
+            queue,
+            dead,
+            quarantined,
+            settled,
+            copies,
+            missing,
+            unreadable,
+        }
+    }
+
+    /// Spans in the queue (as the records' headers declare).
+    pub fn queue_spans(&self) -> u64 {
+        self.queue.iter().map(|f| u64::from(f.spans)).sum()
+    }
+
+    /// Spans in the dead letters.
+    pub fn dead_spans(&self) -> u64 {
+        self.dead.iter().map(|f| u64::from(f.spans)).sum()
+    }
+
+    /// Whether the files are missing anything they should hold.
+    pub fn is_damaged(&self) -> bool {
+        self.missing != Missing::default() || !self.unreadable.is_empty() || !self.scan.unreadable_files.is_empty()
+    }
+}
+
+/// Spans of records counted once per sequence.
+fn dedup_spans(found: &[&Found]) -> u64 {
+    let mut last = None;
+    let mut spans = 0;
+    for f in found {
+        if last != Some(f.meta.seq) {
+            spans += u64::from(f.spans);
+            last = Some(f.meta.seq);
+        }
+    }
+    spans
+}
