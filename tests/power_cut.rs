@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::fs::{Fs, sh};
+
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use spillway::clock::SystemClock;
 use spillway::export::Exporter;
@@ -43,93 +45,6 @@ fn cuts(default: usize) -> usize {
 
 /// The tests in this file that cut power (for sharing `POWER_CUTS`).
 const TESTS: usize = 6;
-
-fn sh(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is it installed?)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A filesystem image in a temporary directory, mounted on demand; the
-/// mount is undone when it goes out of scope, whatever happened.
-struct Fs {
-    img: PathBuf,
-    mnt: PathBuf,
-    mounted: bool,
-    _dir: tempfile::TempDir,
-}
-
-impl Fs {
-    fn new(kind: &'static str) -> Fs {
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join(format!("{kind}.img"));
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        // XFS wants 300 MB at least; the file is sparse.
-        sh(Command::new("truncate").args(["-s", "320M"]).arg(&img));
-        match kind {
-            "xfs" => sh(Command::new("mkfs.xfs").arg("-q").arg(&img)),
-            _ => sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img)),
-        }
-        let mut fs = Fs {
-            img,
-            mnt,
-            mounted: false,
-            _dir: dir,
-        };
-        fs.mount();
-        fs
-    }
-
-    fn mount(&mut self) {
-        sh(Command::new("mount").args(["-o", "loop"]).arg(&self.img).arg(&self.mnt));
-        self.mounted = true;
-    }
-
-    fn unmount(&mut self) {
-        sh(Command::new("umount").arg(&self.mnt));
-        self.mounted = false;
-    }
-
-    /// The power cut: the filesystem stops, its log not flushed.
-    fn cut(&self) {
-        sh(Command::new("xfs_io").args(["-x", "-c", "shutdown"]).arg(&self.mnt));
-    }
-
-    /// Cut, kill `child`, and come back up: unmount, mount (log recovery).
-    fn cut_and_restart(&mut self, child: &mut Child) {
-        self.cut();
-        let _ = child.kill();
-        let _ = child.wait();
-        self.unmount();
-        self.mount();
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.mnt.join(name)
-    }
-}
-
-impl Drop for Fs {
-    fn drop(&mut self) {
-        if self.mounted {
-            let ok = Command::new("umount")
-                .arg(&self.mnt)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                // A process still holds it (the test failed mid-way): detach.
-                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            }
-        }
-    }
-}
 
 /// A child process of this test binary, its report lines collected on a
 /// thread so that none is lost when it is killed.

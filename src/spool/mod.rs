@@ -758,6 +758,11 @@ impl Spool {
         Ok(())
     }
 
+    /// What [`Spool::open`] found damaged, without taking it.
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
+    }
+
     /// What [`Spool::open`] found missing from sled, once.
     pub fn take_damage(&mut self) -> Option<Damage> {
         self.damage.take()

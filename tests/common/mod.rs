@@ -3,6 +3,8 @@
 //! for faults that must be injected on purpose.
 #![allow(dead_code)]
 
+pub mod fs;
+
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -128,7 +128,11 @@ fn main() -> ExitCode {
 /// make room). A damaged spool is set aside and salvaged by the open, and
 /// says so on stderr.
 fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolError> {
-    spillway::spool::Spool::open_existing(dir, u64::MAX)
+    let spool = spillway::spool::Spool::open_existing(dir, u64::MAX)?;
+    if let Some(d) = spool.damage() {
+        eprintln!("spillway: {d}");
+    }
+    Ok(spool)
 }
 
 /// Reads the spool in `dir` for a read-only tool (inspect, verify, export,

@@ -60,6 +60,8 @@ struct Summary {
     batches: u64,
     seconds: f64,
     stopped: Option<String>,
+    /// Where opening the spool set its damaged files aside, if it did.
+    set_aside: Option<String>,
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
@@ -79,9 +81,10 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         return dry_run(dir, part, max_batches, args.json);
     }
     let mut spool = open(dir)?;
-    if let Some(d) = spool.take_damage() {
-        eprintln!("spillway: {d}");
-    }
+    let set_aside = spool
+        .take_damage()
+        .and_then(|d| d.set_aside)
+        .map(|p| p.display().to_string());
     let left = |s: &spillway::spool::Spool| match part {
         Part::Queue => s.stats().spans,
         Part::Dead => s.stats().dead_letter_spans,
@@ -108,7 +111,10 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         Arc::new(SystemClock),
     );
     let started = Instant::now();
-    let mut s = Summary::default();
+    let mut s = Summary {
+        set_aside,
+        ..Summary::default()
+    };
     let mut settled = 0u64;
     let mut refusal = None;
     while s.batches < max_batches && signals.caught().is_none() {

@@ -35,7 +35,13 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     let mut spool = match &from {
         // The target may be new: created, private, as the tracer would.
-        Some(_) => spillway::spool::Spool::open_with(dir, u64::MAX, std::time::Duration::ZERO)?,
+        Some(_) => {
+            let spool = spillway::spool::Spool::open_with(dir, u64::MAX, std::time::Duration::ZERO)?;
+            if let Some(d) = spool.damage() {
+                eprintln!("spillway: {d}");
+            }
+            spool
+        }
         None => open(dir)?,
     };
     let mut set_aside = None;
@@ -43,7 +49,6 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     if let Some(mut d) = spool.take_damage()
         && let Some(aside) = d.set_aside.clone()
     {
-        eprintln!("spillway: {d}");
         if let Some(report) = d.salvage.take() {
             reports.push((aside.clone(), *report));
         }
