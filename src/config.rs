@@ -11,7 +11,9 @@
 //! Invariant: a `Config` that passed [`Config::validate`] has an `http` or
 //! `https` endpoint with a host, non-zero timeouts and limits within the
 //! bounds documented on each field. Every error names the field and the
-//! value that was refused.
+//! value that was refused, except where the value may be a secret: header
+//! values ([`Secret`]) are never printed, in errors or in `Debug`, and a
+//! JSON error says where (line, column), never quoting the config.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -31,13 +33,63 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, value: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         ConfigError {
             field: field.to_owned(),
             value: value.to_string(),
             reason: reason.into(),
         }
     }
+}
+
+/// A value that must not be printed (a header value: a bearer token, a
+/// key). `Debug` and errors show its length only; serde reads and writes
+/// it as the plain string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for sending.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(v: &str) -> Self {
+        Secret(v.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(v: String) -> Self {
+        Secret(v)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"<redacted, {} bytes>\"", self.0.len())
+    }
+}
+
+/// TLS for an `https` endpoint, named after the OpenTelemetry Collector's
+/// client settings. Without `ca_file`, the platform's trust store is used
+/// (a CA installed in the OS works as it does for curl). There is no way
+/// to skip verification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// A PEM bundle of CA certificates: trust exactly these.
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain) for mutual TLS; with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// The name to verify the server's certificate against (and send as
+    /// SNI), when it is not the endpoint's host (an endpoint given by IP).
+    pub server_name: Option<String>,
 }
 
 /// Everything spillway can be told. Durations are in milliseconds.
@@ -63,8 +115,11 @@ pub struct Config {
     pub gzip: bool,
     /// gzip level, 0 to 9; 1 is fast and already shrinks JSON ~20x.
     pub gzip_level: u32,
-    /// Extra request headers, for example for an authenticating proxy.
-    pub headers: BTreeMap<String, String>,
+    /// Extra request headers, for example `Authorization` for a collector
+    /// that authenticates. Their values are never printed.
+    pub headers: BTreeMap<String, Secret>,
+    /// TLS settings for an `https` endpoint.
+    pub tls: Tls,
     /// Fraction of new traces recorded, 0.0 to 1.0 (decided on the trace id).
     pub sample_ratio: f64,
     /// Adopt a valid parent handle this tracer did not create as a remote
@@ -128,6 +183,7 @@ impl Default for Config {
             gzip: true,
             gzip_level: 1,
             headers: BTreeMap::new(),
+            tls: Tls::default(),
             sample_ratio: 1.0,
             adopt_remote_parent: false,
             max_batch_spans: 512,
@@ -259,9 +315,26 @@ impl Config {
         for (name, value) in &self.headers {
             let field = format!("headers.{name}");
             ureq::http::HeaderName::try_from(name.as_str())
-                .map_err(|_| ConfigError::new(&field, name, "not a valid HTTP header name"))?;
-            ureq::http::HeaderValue::try_from(value.as_str())
-                .map_err(|_| ConfigError::new(&field, format!("{value:?}"), "not a valid HTTP header value"))?;
+                .map_err(|_| ConfigError::new(&field, format!("{name:?}"), "not a valid HTTP header name"))?;
+            let bad = value.0.bytes().position(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
+            if let Some(at) = bad.or_else(|| ureq::http::HeaderValue::try_from(value.0.as_str()).err().map(|_| 0)) {
+                return Err(ConfigError::new(
+                    &field,
+                    format!("<redacted, {} bytes>", value.0.len()),
+                    format!("not a valid HTTP header value (a control character at byte {at})"),
+                ));
+            }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            let (field, missing) = if self.tls.cert_file.is_some() {
+                ("tls.key_file", "tls.cert_file is set")
+            } else {
+                ("tls.cert_file", "tls.key_file is set")
+            };
+            return Err(ConfigError::new(field, "none", format!("must be set when {missing}")));
+        }
+        if self.tls.server_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(ConfigError::new("tls.server_name", "\"\"", "must not be empty"));
         }
         Ok(())
     }
@@ -309,9 +382,11 @@ fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Turns serde's message into a field-naming error. serde_json reports
-/// unknown fields and type mismatches with the field's name in backticks.
-fn json_error(e: &serde_json::Error, json: &str) -> ConfigError {
+/// Turns serde's message into a field-naming error that quotes nothing of
+/// the config (it may hold a token): serde_json reports unknown fields and
+/// type mismatches with the field's name in backticks; string values it
+/// quotes are replaced, and the place is given as line and column.
+fn json_error(e: &serde_json::Error, _json: &str) -> ConfigError {
     let msg = e.to_string();
     let field = msg
         .split('`')
@@ -319,11 +394,17 @@ fn json_error(e: &serde_json::Error, json: &str) -> ConfigError {
         .filter(|f| !f.is_empty() && msg.contains("field"))
         .unwrap_or("<config>")
         .to_owned();
-    let snippet: String = json.chars().take(80).collect();
+    // Drop what serde appends itself (" at line L column C") and any
+    // quoted value.
+    let text = msg.split(" at line ").next().unwrap_or_default();
+    let mut reason = String::new();
+    for (i, part) in text.split('"').enumerate() {
+        reason.push_str(if i % 2 == 1 { "<value>" } else { part });
+    }
     ConfigError {
         field,
-        value: snippet,
-        reason: msg,
+        value: format!("(line {}, column {})", e.line(), e.column()),
+        reason,
     }
 }
 

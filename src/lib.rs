@@ -35,7 +35,7 @@ pub mod tracer;
 pub mod transport;
 pub mod zipkin;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Secret, Tls};
 pub use export::report::{Cause, FlushError};
 pub use stats::{Dropped, Stats};
 pub use tracer::{BuildError, SpillwayTracer, TracerBuilder};

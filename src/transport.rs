@@ -52,6 +52,10 @@ pub enum SendError {
     /// The connection broke or the answer was not HTTP.
     #[error("failed mid-request ({0})")]
     Broken(String),
+    /// The TLS handshake failed: an unknown CA, a name that does not match,
+    /// a missing or refused client certificate.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The collector answered with a non-2xx status.
     #[error("answered HTTP {status}{}{}", reason(*status), if body.is_empty() { String::new() } else { format!(": {body}") })]
     Status {
@@ -75,6 +79,7 @@ impl SendError {
                 400..=499 => Class::Rejected,
                 _ => Class::Retry,
             },
+            SendError::Tls(_) => Class::Misconfigured,
             _ => Class::Retry,
         }
     }
@@ -89,6 +94,9 @@ impl SendError {
                 415 => Some("check the encoding (gzip)"),
                 _ => None,
             },
+            SendError::Tls(_) => Some(
+                "check tls.ca_file (the CA that signed the collector's certificate), tls.server_name, and tls.cert_file and tls.key_file if it asks for a client certificate",
+            ),
             _ => None,
         }
     }
@@ -123,6 +131,9 @@ pub trait Transport: Send {
 /// The ureq-backed transport.
 pub struct HttpTransport {
     agent: ureq::Agent,
+    /// Where requests go (the endpoint, with `tls.server_name` as host).
+    target: String,
+    /// The endpoint as configured, for messages.
     endpoint: String,
     gzip: Option<flate2::Compression>,
     headers: Vec<(String, String)>,
@@ -136,26 +147,160 @@ const ERROR_BODY_BYTES: usize = 200;
 /// can be reused.
 const DRAIN_BODY_BYTES: u64 = 64 << 10;
 
+/// Reads a PEM file named by the config field `field`.
+fn pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|e| ConfigError::new(field, path.display(), format!("cannot be read ({e})")))
+}
+
+/// The TLS settings of `config` for ureq: the platform's trust store, or
+/// exactly the CAs of `tls.ca_file`; the client certificate of
+/// `tls.cert_file` and `tls.key_file`. Verification is never skipped.
+fn tls_config(config: &Config) -> Result<ureq::tls::TlsConfig, ConfigError> {
+    use ureq::tls::{Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig};
+    let mut tls = TlsConfig::builder().root_certs(RootCerts::PlatformVerifier);
+    if let Some(path) = &config.tls.ca_file {
+        let bytes = pem("tls.ca_file", path)?;
+        let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&bytes)
+            .filter_map(|item| match item {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(ConfigError::new(
+                "tls.ca_file",
+                path.display(),
+                "holds no PEM certificate",
+            ));
+        }
+        tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        let bytes = pem("tls.cert_file", cert)?;
+        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&bytes)
+            .filter_map(|item| match item {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if chain.is_empty() {
+            return Err(ConfigError::new(
+                "tls.cert_file",
+                cert.display(),
+                "holds no PEM certificate",
+            ));
+        }
+        let key_bytes = pem("tls.key_file", key)?;
+        let key_pem = PrivateKey::from_pem(&key_bytes)
+            .map_err(|_| ConfigError::new("tls.key_file", key.display(), "holds no PEM private key"))?;
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key_pem)));
+    }
+    Ok(tls.build())
+}
+
+/// Sends to `tls.server_name` instead of the endpoint's host (so the
+/// certificate is checked against that name, and it goes as SNI), while
+/// connecting to the endpoint's host: ureq's resolver, asked for the
+/// server name, resolves the real host instead.
+#[derive(Debug)]
+struct ConnectTo {
+    name: String,
+    host: String,
+    inner: ureq::unversioned::resolver::DefaultResolver,
+}
+
+impl ureq::unversioned::resolver::Resolver for ConnectTo {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if uri.host() != Some(self.name.as_str()) {
+            return self.inner.resolve(uri, config, timeout);
+        }
+        let port = uri.port_u16().map_or_else(String::new, |p| format!(":{p}"));
+        let real: ureq::http::Uri = format!("https://{}{port}/", self.host)
+            .parse()
+            .map_err(|_| ureq::Error::HostNotFound)?;
+        self.inner.resolve(&real, config, timeout)
+    }
+}
+
 impl HttpTransport {
-    /// A transport for `config`'s endpoint, timeouts, gzip and headers.
+    /// A transport for `config`'s endpoint, timeouts, gzip, headers and TLS.
     pub fn new(config: &Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let agent_config = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout()))
             .timeout_connect(Some(config.connect_timeout()))
             .http_status_as_error(false)
             .max_redirects(0)
+            .tls_config(tls_config(config)?)
             .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let mut endpoint = config.endpoint.clone();
+        let agent = match &config.tls.server_name {
+            Some(name) => {
+                let mut url = url::Url::parse(&config.endpoint)
+                    .map_err(|e| ConfigError::new("endpoint", &config.endpoint, e.to_string()))?;
+                let host = url.host_str().unwrap_or_default().to_owned();
+                url.set_host(Some(name))
+                    .map_err(|e| ConfigError::new("tls.server_name", name, e.to_string()))?;
+                endpoint = url.to_string();
+                let resolver = ConnectTo {
+                    name: name.clone(),
+                    host,
+                    inner: ureq::unversioned::resolver::DefaultResolver::default(),
+                };
+                ureq::Agent::with_parts(
+                    agent_config,
+                    ureq::unversioned::transport::DefaultConnector::default(),
+                    resolver,
+                )
+            }
+            None => agent_config.into(),
+        };
         Ok(HttpTransport {
             agent,
             endpoint: config.endpoint.clone(),
+            target: endpoint,
             gzip: config.gzip.then(|| flate2::Compression::new(config.gzip_level)),
-            headers: config.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: config
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                .collect(),
             gz_buf: Vec::new(),
             timeout: config.timeout(),
         })
+    }
+
+    /// A response body with every header value sent (a token the
+    /// collector may echo back) blotted out, before any of it is shown.
+    fn redact(&self, mut body: Vec<u8>) -> Vec<u8> {
+        // The whole value, and each long word of it (the token of
+        // `Bearer <token>`, echoed alone).
+        let secrets = self
+            .headers
+            .iter()
+            .flat_map(|(_, v)| std::iter::once(v.as_str()).chain(v.split_whitespace().filter(|w| w.len() >= 8)));
+        for secret in secrets {
+            let secret = secret.as_bytes();
+            if secret.len() < 4 {
+                continue;
+            }
+            let mut out = Vec::with_capacity(body.len());
+            let mut rest = &body[..];
+            while let Some(at) = memchr::memmem::find(rest, secret) {
+                out.extend_from_slice(&rest[..at]);
+                out.extend_from_slice(b"<redacted>");
+                rest = &rest[at + secret.len()..];
+            }
+            out.extend_from_slice(rest);
+            body = out;
+        }
+        body
     }
 
     fn compress(&mut self, json: &[u8], level: flate2::Compression) -> std::io::Result<()> {
@@ -175,7 +320,7 @@ impl Transport for HttpTransport {
         }
         let mut req = self
             .agent
-            .post(&self.endpoint)
+            .post(&self.target)
             .config()
             .timeout_global(Some(timeout.min(self.timeout)))
             .build()
@@ -191,7 +336,7 @@ impl Transport for HttpTransport {
             }
             None => req.send(json),
         };
-        let response = result.map_err(classify)?;
+        let response = result.map_err(|e| classify(e, &self.endpoint))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -212,7 +357,7 @@ impl Transport for HttpTransport {
         Err(SendError::Status {
             status,
             retry_after,
-            body: printable(&body, ERROR_BODY_BYTES),
+            body: printable(&self.redact(body), ERROR_BODY_BYTES),
         })
     }
 
@@ -240,9 +385,44 @@ pub fn printable(body: &[u8], max: usize) -> String {
     out
 }
 
-fn classify(e: ureq::Error) -> SendError {
-    use std::io::ErrorKind;
+/// Whether an error is the TLS layer's (rustls reports through I/O errors
+/// during the handshake, and ureq through its own variants).
+fn is_tls(e: &ureq::Error) -> bool {
     match e {
+        ureq::Error::Tls(_) | ureq::Error::Rustls(_) | ureq::Error::Pem(_) | ureq::Error::TlsRequired => true,
+        ureq::Error::Io(io) => {
+            let text = io.to_string().to_ascii_lowercase();
+            io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+                || ["certificate", "handshake", "tls", "alert"]
+                    .iter()
+                    .any(|w| text.contains(w))
+        }
+        _ => false,
+    }
+}
+
+fn classify(e: ureq::Error, endpoint: &str) -> SendError {
+    use std::io::ErrorKind;
+    if is_tls(&e) {
+        let host = url::Url::parse(endpoint)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        let reason = match &e {
+            ureq::Error::Io(io) => io.to_string(),
+            other => other.to_string(),
+        };
+        return SendError::Tls(format!("{reason} for {host}"));
+    }
+    let https = endpoint.starts_with("https://");
+    match e {
+        // Over TLS 1.3 a collector refuses a missing client certificate
+        // after the handshake, so the client sees its request cut off.
+        ureq::Error::Io(io) if https && matches!(io.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+            SendError::Broken(format!(
+                "{io}; over TLS this is also how a collector refuses a client certificate it wants: check tls.cert_file and tls.key_file"
+            ))
+        }
         ureq::Error::Timeout(t) => SendError::Timeout(t.to_string()),
         ureq::Error::HostNotFound => SendError::Unreachable("host not found".into()),
         ureq::Error::ConnectionFailed => SendError::Unreachable("connection failed".into()),

@@ -400,8 +400,9 @@ fn usage_errors_exit_2_and_missing_spools_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no spool at"), "{}", stderr(&out));
     assert!(!dir.path().join("nope").exists(), "inspect creates nothing");
+    // A bad configuration is a usage error: exit 2, naming the field.
     let out = spillway(dir.path(), &["replay", "--endpoint", "ftp://example"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("endpoint"), "{}", stderr(&out));
 }
 

@@ -53,7 +53,7 @@ fn read_only_commands_work_on_a_read_only_mount_and_change_nothing() {
     let commands: [Vec<&str>; 4] = [
         vec!["inspect", "--json"],
         vec!["verify"],
-        vec!["export", "-o", exported.to_str().unwrap()],
+        vec!["export", "--force", "-o", exported.to_str().unwrap()],
         vec![
             "replay",
             "--dry-run",

@@ -14,6 +14,15 @@
 //! - **Set aside**: damaged files are moved, by rename within the
 //!   directory, into `set-aside/<unix ms>-<pid>-<n>/`, a name that cannot
 //!   collide, and both directories are synced; nothing is deleted.
+//! - **Private, and not planted**: spans are user data. The directory is
+//!   created 0700 and every file in it 0600, whatever the umask; sled's own
+//!   files are tightened right after it creates them, and a spool found
+//!   with looser modes is tightened on open. Before anything opens a spool
+//!   for writing, the directory must be owned by this process's user (or
+//!   root) and not writable by group or others (OpenSSH's StrictModes
+//!   rule), and none of the entries a spool has may be a symbolic link:
+//!   otherwise it is refused, naming the path, the owner and the mode. The
+//!   spool path itself may be a symbolic link to a directory that passes.
 
 use super::SpoolError;
 use std::fs::{File, OpenOptions};
@@ -78,6 +87,105 @@ pub fn check_path(dir: &Path) -> Result<bool, SpoolError> {
         });
     }
     Ok(true)
+}
+
+/// The spool's entries that spillway or sled create, by kind.
+fn expected_entries(dir: &Path) -> Vec<(PathBuf, bool)> {
+    let mut out: Vec<(PathBuf, bool)> = ["conf", "db", super::ledger::FILE, super::LOCK_FILE]
+        .iter()
+        .map(|n| (dir.join(n), false))
+        .collect();
+    out.push((dir.join("blobs"), true));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("snap.") {
+                out.push((e.path(), false));
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir.join("blobs")) {
+        for e in entries.flatten() {
+            out.push((e.path(), false));
+        }
+    }
+    out
+}
+
+/// Refuses a spool directory that could have been planted (see the module
+/// docs): owned by another user, writable by group or others, or an entry
+/// that is a symbolic link or of the wrong kind. `writer`: the owner and
+/// mode rules apply (a reader only refuses links).
+pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let insecure = |path: &Path, why: String| SpoolError::Insecure {
+        path: path.to_path_buf(),
+        why,
+    };
+    let meta = std::fs::metadata(dir).map_err(|source| SpoolError::Io {
+        dir: dir.to_path_buf(),
+        what: "cannot read",
+        source,
+    })?;
+    if writer {
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(insecure(
+                dir,
+                format!(
+                    "it is owned by uid {}, not by this process's user (uid {me}) or root",
+                    meta.uid()
+                ),
+            ));
+        }
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(insecure(
+                dir,
+                format!("its mode is {mode:04o}: writable by group or others"),
+            ));
+        }
+    }
+    for (path, is_dir) in expected_entries(dir) {
+        let Ok(m) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if m.file_type().is_symlink() {
+            return Err(insecure(&path, "it is a symbolic link".into()));
+        }
+        if is_dir && !m.is_dir() {
+            return Err(insecure(&path, "it is not a directory".into()));
+        }
+        if !is_dir && !m.is_file() {
+            return Err(insecure(&path, "it is not a regular file".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Makes the spool private: the directory and `blobs/` 0700, every file
+/// 0600 (sled creates its files with the umask's modes). Returns the
+/// entries that were wider.
+pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut widened = Vec::new();
+    let mut fix = |path: &Path, want: u32| -> io::Result<()> {
+        let Ok(m) = std::fs::symlink_metadata(path) else {
+            return Ok(());
+        };
+        if m.file_type().is_symlink() {
+            return Ok(());
+        }
+        if m.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
+            widened.push(path.to_path_buf());
+        }
+        Ok(())
+    };
+    fix(dir, 0o700)?;
+    for (path, is_dir) in expected_entries(dir) {
+        fix(&path, if is_dir { 0o700 } else { 0o600 })?;
+    }
+    Ok(widened)
 }
 
 /// Creates the spool directory, private (0700), with any missing parents.

@@ -78,6 +78,7 @@ impl Syncer {
         let blobs = regular_files(&blob_dir)?;
         if blobs != self.blobs {
             for name in blobs.difference(&self.blobs) {
+                private(&blob_dir.join(name));
                 sync_file(&blob_dir.join(name))?;
             }
             sync_dir(&blob_dir)?;
@@ -86,6 +87,7 @@ impl Syncer {
         let files = regular_files(&self.dir)?;
         if files != self.files {
             for name in files.difference(&self.files) {
+                private(&self.dir.join(name));
                 if name != "db" {
                     sync_file(&self.dir.join(name))?;
                 }
@@ -123,6 +125,18 @@ fn regular_files(dir: &Path) -> io::Result<BTreeSet<OsString>> {
         }
     }
     Ok(out)
+}
+
+/// Makes a file sled created private (0600), before its bytes are made
+/// durable; a file that went meanwhile, or a link, is left alone.
+fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && m.is_file()
+        && m.permissions().mode() & 0o077 != 0
+    {
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
 }
 
 /// `fdatasync` of one file; a file that went meanwhile (sled removes old

@@ -159,6 +159,16 @@ pub enum SpoolError {
         /// What went wrong.
         why: String,
     },
+    /// The spool could have been planted or tampered with (another user's
+    /// directory, one others can write to, a symbolic link where a file
+    /// belongs): refused before anything is opened.
+    #[error("refusing the spool at {}: {why}", path.display())]
+    Insecure {
+        /// The directory or entry.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The path cannot hold a spool: nothing there is touched.
     #[error("{} is not a spool directory: {why}; give spillway a directory of its own", dir.display())]
     NotASpool {
@@ -427,6 +437,8 @@ pub struct Spool {
     /// Spans of the synced queue records still queued: what the ledger may
     /// claim at most.
     durable_spans: u64,
+    /// Entries found readable by others at open, and made private.
+    tightened: Vec<PathBuf>,
     /// The writer's lock on the directory, held while the spool is open.
     _lock: dir::Lock,
 }
@@ -476,6 +488,7 @@ impl Spool {
         if !existed {
             dir::create(dir)?;
         }
+        dir::check_trust(dir, true)?;
         let lock = dir::Lock::exclusive(dir, lock_wait)?;
         let io = |what: &'static str| {
             let dir = dir.to_path_buf();
@@ -604,6 +617,13 @@ impl Spool {
             dir: dir.to_path_buf(),
             source,
         };
+        // sled created its files with the umask's modes: private, before
+        // any span is written.
+        let tightened = dir::tighten(dir).map_err(|source| SpoolError::Io {
+            dir: dir.to_path_buf(),
+            what: "cannot make private the files of",
+            source,
+        })?;
         let tree = |name: &str| db.open_tree(name).map_err(storage);
         let (queue, dead, quarantine, meta) = (tree("queue")?, tree("dead")?, tree("quarantine")?, tree("meta")?);
         let mut next_seq = meta.get(NEXT_SEQ).map_err(storage)?.map_or(0, |v| be(&v));
@@ -642,6 +662,7 @@ impl Spool {
             round,
             synced_round: round,
             durable_spans: stats.spans,
+            tightened,
             _lock: lock,
         };
         if let Some(owed) = owed {
@@ -756,6 +777,12 @@ impl Spool {
         }
         self.next_seq = self.next_seq.max(key + 1);
         Ok(())
+    }
+
+    /// The entries [`Spool::open`] found readable by others and made
+    /// private (0600 files, 0700 directories), once.
+    pub fn take_tightened(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.tightened)
     }
 
     /// What [`Spool::open`] found damaged, without taking it.

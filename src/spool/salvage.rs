@@ -134,6 +134,7 @@ pub(crate) fn marker_key(from: &Path) -> Vec<u8> {
 /// Recovers every sound record of the spool files in `from` into `into`
 /// (see the module docs). `from` is only read.
 pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
+    super::dir::check_trust(from, false)?;
     let _lock = super::dir::ReadLock::shared(from).map_err(|e| match e {
         SpoolError::InUse { dir } => SalvageError::InUse { dir },
         other => SalvageError::Spool(other),

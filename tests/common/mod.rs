@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fs;
+pub mod otelcol;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -11,9 +11,15 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Where to write: a file, or - for standard output.
+    /// Where to write: a file (created 0600, written through a temporary
+    /// file beside it and renamed into place; an existing one is refused
+    /// without --force, and a symbolic link there is replaced, never
+    /// followed), or - for standard output.
     #[arg(short, long, default_value = "-")]
     output: PathBuf,
+    /// Replace an existing output file.
+    #[arg(long)]
+    force: bool,
     /// Export the dead letters instead of the queue.
     #[arg(long)]
     dead_letters: bool,
@@ -28,11 +34,19 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let view = &check.view;
     let found = if args.dead_letters { &view.dead } else { &view.queue };
     let to_stdout = args.output.as_os_str() == "-";
+    let mut temp = None;
     let sink: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout().lock())
     } else {
-        let file =
-            std::fs::File::create(&args.output).map_err(|e| format!("cannot create {}: {e}", args.output.display()))?;
+        if std::fs::symlink_metadata(&args.output).is_ok() && !args.force {
+            return Err(crate::collector::Usage(format!(
+                "{} exists; add --force to replace it",
+                args.output.display()
+            ))
+            .into());
+        }
+        let (path, file) = temp_beside(&args.output)?;
+        temp = Some(Temp(path));
         Box::new(file)
     };
     let mut out = std::io::BufWriter::new(sink);
@@ -78,6 +92,15 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         out.write_all(b"]\n")?;
     }
     out.flush()?;
+    drop(out);
+    if let Some(temp) = temp.take() {
+        // Durable, then in place: a reader sees the old file or the whole
+        // new one, and a link at the target is replaced, not followed.
+        std::fs::File::open(&temp.0).and_then(|f| f.sync_all())?;
+        std::fs::rename(&temp.0, &args.output)
+            .map_err(|e| format!("cannot move the export into place at {}: {e}", args.output.display()))?;
+        std::mem::forget(temp);
+    }
     if !to_stdout {
         eprintln!(
             "exported {spans} spans from {batches} batches to {}",
@@ -92,4 +115,46 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A temporary file, removed unless it was moved into place.
+struct Temp(PathBuf);
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A new private (0600) file beside `target`, opened without following
+/// links and refusing to reuse an existing name.
+fn temp_beside(target: &std::path::Path) -> Result<(PathBuf, std::fs::File), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for n in 0..100u32 {
+        let path = dir.join(format!(".{name}.spillway-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc_nofollow())
+            .open(&path)
+        {
+            Ok(f) => return Ok((path, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot create a file beside {}: {e}", target.display())),
+        }
+    }
+    Err(format!("cannot create a file beside {}", target.display()))
+}
+
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }

@@ -34,14 +34,14 @@ pub struct Args {
     /// Flush interval in milliseconds, as bext's timer would.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     flush_every: u64,
-    /// Zipkin v2 collector URL.
-    #[arg(long, default_value = spillway::config::DEFAULT_ENDPOINT)]
-    endpoint: String,
-    /// Service name on every span.
-    #[arg(long, default_value = "spillway-generate")]
-    service: String,
-    /// Fraction of requests that fail (error status, exception event).
-    #[arg(long, default_value_t = 0.1)]
+    #[command(flatten)]
+    collector: crate::collector::Collector,
+    /// Service name on every span (else OTEL_SERVICE_NAME, else
+    /// spillway-generate).
+    #[arg(long)]
+    service: Option<String>,
+    /// Fraction of requests that fail (error status, exception event), 0 to 1.
+    #[arg(long, default_value_t = 0.1, value_parser = ratio)]
     error_ratio: f64,
     /// Print one JSON object with the accounting instead of text.
     #[arg(long)]
@@ -69,15 +69,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}`: longer than a year"))
 }
 
-pub fn run(args: Args, spool: &Path) -> Result<ExitCode, String> {
+/// A fraction from 0 to 1 (NaN refused).
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}`: expected a number from 0 to 1")),
+    }
+}
+
+pub fn run(args: Args, spool: &Path) -> crate::Outcome {
     let signals = crate::Signals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
-    let config = Config {
-        service_name: args.service.clone(),
-        endpoint: args.endpoint.clone(),
+    let mut config = args.collector.config(Config {
+        service_name: "spillway-generate".to_owned(),
         spool_dir: Some(spool.to_path_buf()),
         ..Config::default()
-    };
-    let tracer = SpillwayTracer::new(config).map_err(|e| e.to_string())?;
+    })?;
+    if let Some(service) = &args.service {
+        config.service_name = service.clone();
+        config.validate().map_err(crate::collector::Usage::from)?;
+    }
+    let tracer = SpillwayTracer::new(config).map_err(|e| match e {
+        spillway::BuildError::Config(c) => Box::new(crate::collector::Usage::from(c)) as Box<dyn std::error::Error>,
+        other => other.to_string().into(),
+    })?;
     let requests = args.spans.div_ceil(2);
     let issued = AtomicU64::new(0);
     let stop = AtomicBool::new(false);

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod collector;
 mod export;
 mod generate;
 mod inspect;
@@ -105,7 +106,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(args, spool),
         Command::Purge(args) => purge::run(args, spool),
         Command::Salvage(args) => salvage::run(args, spool),
-        Command::Generate(args) => generate::run(args, spool).map_err(Into::into),
+        Command::Generate(args) => generate::run(args, spool),
     };
     match result {
         Ok(code) => code,
@@ -118,6 +119,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("spillway: {e}");
+            // A usage or configuration error: as clap's own.
+            if e.downcast_ref::<collector::Usage>().is_some() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
@@ -145,6 +150,8 @@ fn read(
     if !Spool::exists(dir) {
         return Err(SpoolError::Missing { dir: dir.to_path_buf() }.into());
     }
+    // No link where a spool's file belongs: a reader does not follow one.
+    spillway::spool::dir::check_trust(dir, false)?;
     let lock = ReadLock::shared(dir)?;
     let check =
         spillway::spool::check::Check::run(dir).map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;

@@ -25,9 +25,8 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Zipkin v2 collector URL, e.g. http://127.0.0.1:9411/api/v2/spans.
-    #[arg(long, env = "OTEL_EXPORTER_ZIPKIN_ENDPOINT")]
-    endpoint: String,
+    #[command(flatten)]
+    collector: crate::collector::Collector,
     /// Send at most this many spans per second.
     #[arg(long, value_name = "SPANS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
@@ -42,9 +41,6 @@ pub struct Args {
     /// files are read without sled; not a byte of them changes).
     #[arg(long)]
     dry_run: bool,
-    /// Request timeout in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    timeout_ms: u64,
     /// Print one JSON object: delivered, remaining, dead_lettered,
     /// quarantined, batches, seconds, stopped (the error, or null).
     #[arg(long)]
@@ -66,15 +62,21 @@ struct Summary {
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
     let signals = crate::Signals::catch()?;
-    let config = Config {
-        endpoint: args.endpoint.clone(),
-        timeout_ms: args.timeout_ms,
-        connect_timeout_ms: args.timeout_ms.min(Config::default().connect_timeout_ms),
+    let given = args.collector.endpoint.is_some()
+        || args.collector.config.is_some()
+        || std::env::var_os("OTEL_EXPORTER_ZIPKIN_ENDPOINT").is_some_and(|v| !v.is_empty());
+    if !given {
+        return Err(crate::collector::Usage(
+            "replay needs a collector: --endpoint URL (or OTEL_EXPORTER_ZIPKIN_ENDPOINT, or --config FILE)".into(),
+        )
+        .into());
+    }
+    let config = args.collector.config(Config {
         max_spool_bytes: 1 << 40,
         ..Config::default()
-    };
-    // Refuses a bad URL before the spool is touched.
-    let transport = HttpTransport::new(&config)?;
+    })?;
+    // Refuses a bad URL or TLS file before the spool is touched.
+    let transport = HttpTransport::new(&config).map_err(crate::collector::Usage::from)?;
     let part = if args.dead_letters { Part::Dead } else { Part::Queue };
     let max_batches = args.max_batches.unwrap_or(u64::MAX);
     if args.dry_run {
