@@ -495,6 +495,8 @@ impl Worker {
                 Some(s) => s.commit(),
                 None => Err(SpoolError::Missing { dir: self.dir.clone() }),
             };
+            // The counts first, so whoever a job's answer wakes sees them.
+            self.publish_stats();
             match committed {
                 Ok(()) => pending.into_iter().for_each(|p| self.finish(p)),
                 Err(e) => {
@@ -504,11 +506,15 @@ impl Worker {
                 }
             }
         }
-        let mut st = lock(&self.shared.status);
-        if let Some(s) = &self.spool {
-            st.stats = Some(s.stats());
-        }
+        self.publish_stats();
         stop
+    }
+
+    /// Shows the spool's counts to the other threads.
+    fn publish_stats(&self) {
+        if let Some(s) = &self.spool {
+            lock(&self.shared.status).stats = Some(s.stats());
+        }
     }
 
     /// Performs `job` without syncing; what needs the commit goes to
