@@ -61,7 +61,7 @@ use crate::export::Exporter;
 use crate::export::books::Books;
 use crate::export::disk::{Disk, Done, Failed, Spilled};
 use crate::export::report::{Cause, FlushError};
-use crate::live::{self, Live};
+use crate::live::{self, Address, Ids, Live};
 use crate::shard_lock::{ShardGuard, ShardLock};
 use crate::span::{Event, Events, Kind, Span, Status};
 use crate::spool::{Spool, SpoolError};
@@ -138,6 +138,8 @@ impl Names {
 #[derive(Default)]
 struct ShardState {
     live: Live,
+    /// Spans this shard started, for their ids (see [`crate::live`]).
+    generation: u64,
     ended: Ended,
     names: Names,
     started: u64,
@@ -268,6 +270,7 @@ impl TracerBuilder {
             full: AtomicU64::new(0),
             wake: Wake::default(),
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            ids: Ids::new(),
             spare: Mutex::default(),
             clock: match self.clock {
                 Some(given) => TracerClock::Given(given),
@@ -390,6 +393,8 @@ struct Inner {
     full: AtomicU64,
     wake: Wake,
     shards: Box<[Shard]>,
+    /// Turns span addresses into the ids handed out, and back.
+    ids: Ids,
     /// An emptied ended-span buffer, kept with its capacity between drains.
     spare: Mutex<Ended>,
     clock: TracerClock,
@@ -580,9 +585,16 @@ impl Inner {
         batch
     }
 
+    /// The span id `h` carries, and where that span would lie.
     #[inline]
-    fn shard(&self, span_id: u64) -> &ShardLock<ShardState> {
-        &self.shards[(span_id as usize) & (SHARDS - 1)].0
+    fn locate(&self, h: &SpanHandle) -> (u64, Address) {
+        let id = u64::from_be_bytes(h.span_id);
+        (id, self.ids.address(id))
+    }
+
+    #[inline]
+    fn shard(&self, a: Address) -> &ShardLock<ShardState> {
+        &self.shards[a.shard].0
     }
 
     /// Whether shard `st` can take one more span: a free live slot and,
@@ -655,8 +667,8 @@ impl Inner {
     }
 
     fn is_live(&self, h: &SpanHandle) -> bool {
-        let id = u64::from_be_bytes(h.span_id);
-        self.shard(id).lock().live.get_mut(id, &h.trace_id).is_some()
+        let (id, a) = self.locate(h);
+        self.shard(a).lock().live.get_mut(a.slot, id, &h.trace_id).is_some()
     }
 
     /// Runs `f` on the live span `h` and its shard's names, if it is one.
@@ -665,10 +677,10 @@ impl Inner {
         if h.is_invalid() {
             return;
         }
-        let id = u64::from_be_bytes(h.span_id);
-        let mut guard = self.shard(id).lock();
+        let (id, a) = self.locate(h);
+        let mut guard = self.shard(a).lock();
         let st = &mut *guard;
-        if let Some(span) = st.live.get_mut(id, &h.trace_id) {
+        if let Some(span) = st.live.get_mut(a.slot, id, &h.trace_id) {
             f(span, &mut st.names);
         }
     }
@@ -844,7 +856,6 @@ impl Inner {
             self.sampled_out.fetch_add(1, Ordering::Relaxed);
             return SpanHandle::INVALID;
         }
-        let bits = live::random_bits();
         let start_unix_nanos = start
             .start_time_unix_nanos
             .unwrap_or_else(|| self.clock.now_unix_nanos());
@@ -862,7 +873,14 @@ impl Inner {
             st.refused_live_full += 1;
             return SpanHandle::INVALID;
         };
-        let id = live::compose(bits, slot, shard);
+        // At most two rounds: one address of all maps to the zero id.
+        let id = loop {
+            let generation = st.generation;
+            st.generation = st.generation.wrapping_add(1) & live::GENERATION_MASK;
+            if let Some(id) = self.ids.span_id(generation, slot, shard) {
+                break id;
+            }
+        };
         let span = Span {
             trace_id,
             span_id: id.to_be_bytes(),
@@ -932,13 +950,13 @@ impl Inner {
             return;
         }
         let end = end_time_unix_nanos.unwrap_or_else(|| self.clock.now_unix_nanos());
-        let id = u64::from_be_bytes(h.span_id);
-        let mut guard = self.shard(id).lock();
+        let (id, a) = self.locate(&h);
+        let mut guard = self.shard(a).lock();
         let st = &mut *guard;
         let room = st.ended.len() < self.shard_capacity;
         let ended = &mut st.ended;
         // bext's allocations are freed here, on the thread that made them.
-        let found = st.live.remove_with(id, &h.trace_id, |span| {
+        let found = st.live.remove_with(a.slot, id, &h.trace_id, |span| {
             if room {
                 span.end_unix_nanos = end;
                 ended.push(span);
@@ -948,7 +966,7 @@ impl Inner {
             return;
         }
         st.recorded += 1;
-        let shard = id as usize % SHARDS;
+        let shard = a.shard;
         let mut wake = false;
         if !room {
             st.queue_full += 1;
