@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test suite: starts a real Zipkin and a real OpenTelemetry Collector on
-# 127.0.0.1 (unless they are already up; the collector is built once, see
-# scripts/otelcol.sh), runs every test against them, and stops what it
-# started. Extra arguments go to `cargo test`.
+# 127.0.0.1 (unless they are already up; the collector and Toxiproxy are
+# built once, see scripts/otelcol.sh and scripts/toxiproxy.sh), runs every
+# test against them, and stops what it started. Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port=${ZIPKIN_PORT:-9411}
@@ -23,6 +24,9 @@ export SPILLWAY_OTELCOL_URL=http://127.0.0.1:$otel_port
 SPILLWAY_OTELCOL_OUT=$(scripts/otelcol.sh out)
 SPILLWAY_OTELCOL_BIN=$(scripts/otelcol.sh bin)
 export SPILLWAY_OTELCOL_OUT SPILLWAY_OTELCOL_BIN
+# For tests that put a faulty link (Toxiproxy) in front of a receiver.
+SPILLWAY_TOXIPROXY_BIN=$(scripts/toxiproxy.sh bin)
+export SPILLWAY_TOXIPROXY_BIN
 # For tests that run a Zipkin of their own (to stop and start it).
 SPILLWAY_ZIPKIN_JAR=$(scripts/zipkin.sh jar)
 export SPILLWAY_ZIPKIN_JAR

@@ -5,6 +5,7 @@
 
 pub mod fs;
 pub mod otelcol;
+pub mod toxiproxy;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
