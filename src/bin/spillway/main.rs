@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod collector;
+mod docs;
 mod export;
 mod generate;
 mod inspect;
@@ -52,6 +53,10 @@ enum Command {
     Salvage(salvage::Args),
     /// Drive the real tracer as bext would and export to a collector.
     Generate(generate::Args),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(docs::CompletionsArgs),
+    /// Print the man page, or write one per command into a directory.
+    Man(docs::ManArgs),
 }
 
 /// `println!` that returns an error instead of panicking when stdout is
@@ -107,6 +112,8 @@ fn main() -> ExitCode {
         Command::Purge(args) => purge::run(args, spool),
         Command::Salvage(args) => salvage::run(args, spool),
         Command::Generate(args) => generate::run(args, spool),
+        Command::Completions(args) => docs::completions(args),
+        Command::Man(args) => docs::man(args),
     };
     match result {
         Ok(code) => code,
@@ -171,6 +178,23 @@ fn human_bytes(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration for people: `850 ms`, `42 s`, `4m 10s`, `2h 03m`, `3d 04h`.
+fn human_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "-".to_owned();
+    }
+    if secs < 1.0 {
+        return format!("{} ms", (secs * 1000.0).round() as u64);
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {:02}h", s / 86_400, s % 86_400 / 3600),
     }
 }
 
