@@ -27,6 +27,7 @@ pub mod config;
 pub mod ended;
 pub mod export;
 mod live;
+pub mod metrics;
 mod shard_lock;
 pub mod span;
 pub mod spool;

@@ -83,6 +83,15 @@ pub struct Stats {
     /// The spool could not be opened at start and was moved aside (see
     /// `SpillwayTracer::moved_aside` for where; `spillway salvage` recovers it).
     pub spool_moved_aside: bool,
+    /// How long ago the oldest record in the spool was spilled, in ms: the
+    /// backlog's age, by when it was spilled (so a wrong clock in span
+    /// timestamps does not matter). `None` when the spool is empty.
+    pub oldest_spooled_age_ms: Option<u64>,
+    /// Spans per second the last replay of this spool delivered while it
+    /// was sending (waits between flushes not counted); `None` until one
+    /// was measured. `spooled / replay_spans_per_s` is the soonest the
+    /// backlog can be gone.
+    pub replay_spans_per_s: Option<u64>,
 }
 
 impl Stats {

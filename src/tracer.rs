@@ -288,6 +288,8 @@ impl TracerBuilder {
             disk,
             service: config.service_name.as_str().into(),
             flush_timeout: config.flush_timeout(),
+            max_queue_spans: config.max_queue_spans as u64,
+            max_spool_bytes: config.max_spool_bytes,
             moved_aside,
         });
         let spiller = if has_spool {
@@ -413,6 +415,9 @@ struct Inner {
     disk: Option<Arc<Disk>>,
     service: Arc<str>,
     flush_timeout: Duration,
+    /// `max_queue_spans` and `max_spool_bytes`, for the metrics.
+    max_queue_spans: u64,
+    max_spool_bytes: u64,
     /// A damaged spool directory moved aside at start.
     moved_aside: Option<PathBuf>,
 }
@@ -431,6 +436,39 @@ impl SpillwayTracer {
     /// A snapshot of every counter.
     pub fn stats(&self) -> Stats {
         self.inner.stats()
+    }
+
+    /// The counters and gauges in the OpenMetrics text format (see
+    /// [`crate::metrics`]), for an endpoint that bext or a sidecar serves.
+    pub fn openmetrics(&self) -> String {
+        let stats = self.stats();
+        let spool = self
+            .inner
+            .disk
+            .as_ref()
+            .and_then(|d| d.stats())
+            .map(|sp| crate::metrics::SpoolGauges {
+                spans: stats.spooled,
+                bytes: sp.bytes,
+                capacity_bytes: Some(self.inner.max_spool_bytes),
+                dead_letter_spans: sp.dead_letter_spans,
+                quarantined_records: sp.quarantined_records,
+                oldest_age_seconds: stats.oldest_spooled_age_ms.map(|ms| ms as f64 / 1000.0),
+                replay_spans_per_s: stats.replay_spans_per_s,
+            });
+        crate::metrics::render(&crate::metrics::Snapshot {
+            stats: Some(stats),
+            memory_capacity_spans: Some(self.inner.max_queue_spans),
+            spool,
+        })
+    }
+
+    /// The shard the span `h` names was started in (whether or not it is
+    /// still live): for tests of how threads share shards. Span ids do not
+    /// show it; they are a keyed permutation of it (see `live`).
+    #[doc(hidden)]
+    pub fn shard_of(&self, h: &SpanHandle) -> usize {
+        self.inner.locate(h).1.shard
     }
 
     /// The damaged spool directory moved aside at start, if any.
@@ -491,7 +529,7 @@ impl Inner {
         let Some(disk) = &self.disk else { return };
         let batch = self.drain(Vec::new());
         if !batch.is_empty() {
-            let now_ms = SystemClock.now_unix_nanos() / 1_000_000;
+            let now_ms = self.clock.now_unix_nanos() / 1_000_000;
             match disk.spill(Arc::clone(&self.service), batch, now_ms) {
                 Ok(done) => {
                     if let Some(previous) = in_flight.replace(done) {
@@ -535,6 +573,11 @@ impl Inner {
         s.sampled_out = self.sampled_out.load(Ordering::Relaxed);
         s.spool_moved_aside = self.moved_aside.is_some();
         self.books.fill(&mut s);
+        if let Some(spool) = self.disk.as_ref().and_then(|d| d.stats()) {
+            let now_ms = self.clock.now_unix_nanos() / 1_000_000;
+            s.oldest_spooled_age_ms = spool.oldest_spilled_unix_ms.map(|t| now_ms.saturating_sub(t));
+            s.replay_spans_per_s = spool.replay.map(|r| r.spans_per_s);
+        }
         s
     }
 

@@ -4,15 +4,9 @@
 //! own. One test in a binary of its own, since any thread of the process
 //! that records takes or gives back a home.
 
-use bext_plugin_api::tracer::{SpanHandle, SpanStart, TracerPlugin};
-use spillway::tracer::SHARDS;
+use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use spillway::{Config, SpillwayTracer};
 use std::sync::Barrier;
-
-/// The shard a span was started in: the low bits of its id.
-fn shard_of(h: SpanHandle) -> usize {
-    u64::from_be_bytes(h.span_id) as usize % SHARDS
-}
 
 /// Starts and ends a span on the calling thread; the shard it went to.
 fn record(t: &SpillwayTracer) -> usize {
@@ -22,7 +16,7 @@ fn record(t: &SpillwayTracer) -> usize {
     });
     assert!(!h.is_invalid());
     t.end_span(h, None);
-    shard_of(h)
+    t.shard_of(&h)
 }
 
 #[test]

@@ -36,6 +36,7 @@
 use super::books::Books;
 use super::report::Cause;
 use crate::span::Span;
+use crate::spool::state::ReplayRate;
 use crate::spool::{Entry, Part, Prepared, Spool, SpoolError, SpoolStats};
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -147,6 +148,8 @@ pub struct Settle {
     pub counted: u64,
     /// Now, for the dead letter's age.
     pub now_unix_ms: u64,
+    /// The replay rate measured so far, to keep with the commit.
+    pub rate: Option<ReplayRate>,
 }
 
 impl Settle {
@@ -578,6 +581,9 @@ impl Worker {
                 }
             },
             Job::Settle(settle, done) => {
+                if let Some(rate) = settle.rate {
+                    spool.note_replay_rate(rate);
+                }
                 let e = &settle.entry;
                 let result = spool
                     .dead_letter(e, &settle.refused, settle.now_unix_ms)

@@ -43,12 +43,14 @@
 pub mod backoff;
 pub mod books;
 pub mod disk;
+pub mod rate;
 pub mod report;
 pub mod send;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::span::Span;
+use crate::spool::state::ReplayRate;
 use crate::spool::{Entry, Part};
 use crate::transport::Transport;
 use backoff::Backoff;
@@ -95,6 +97,8 @@ pub struct Exporter {
     replay_budget_time: Duration,
     flush_timeout: Duration,
     books: Arc<Books>,
+    /// The pace of replay, kept in the spool with each settled record.
+    meter: rate::Meter,
 }
 
 impl Exporter {
@@ -131,6 +135,7 @@ impl Exporter {
             replay_budget_time: Duration::from_millis(config.replay_budget_ms),
             flush_timeout: config.flush_timeout(),
             books,
+            meter: rate::Meter::default(),
         }
     }
 
@@ -418,6 +423,7 @@ impl Exporter {
                 };
             }
         };
+        let began = Instant::now();
         let sent = self.sender.send(spans, &entry.service, deadline, &self.books);
         if entry.part == Part::Queue {
             self.books
@@ -433,15 +439,26 @@ impl Exporter {
             // Nothing settled: the record stays first in line, with its age.
             return sent.stopped;
         }
+        let now_unix_ms = self.now_ms();
+        let rate = self.meter.spans_per_s().map(|spans_per_s| ReplayRate {
+            spans_per_s,
+            measured_unix_ms: now_unix_ms,
+        });
         let settle = Settle {
             refused: sent.refused_of(spans),
             requeue: spans[sent.settled..].to_vec(),
             counted: (sent.delivered + sent.oversize) as u64,
-            now_unix_ms: self.now_ms(),
+            now_unix_ms,
+            rate,
             entry,
         };
         match disk.settle(settle).and_then(|d| d.wait(deadline)) {
-            Some(Ok(())) => sent.stopped,
+            Some(Ok(())) => {
+                if sent.delivered > 0 {
+                    self.meter.record(sent.delivered, began.elapsed());
+                }
+                sent.stopped
+            }
             Some(Err(e)) => {
                 r.because(Cause::Spool(e));
                 Some(sent.stopped.unwrap_or(Stop::Deadline))

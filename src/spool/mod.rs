@@ -52,6 +52,7 @@
 //!
 //! The spool knows nothing of HTTP or Zipkin: spans in, spans out.
 
+mod ages;
 pub mod check;
 pub mod dir;
 pub mod durable;
@@ -283,6 +284,11 @@ pub struct SpoolStats {
     pub dead_letter_spans: u64,
     /// Records in quarantine.
     pub quarantined_records: u64,
+    /// When the oldest record in the queue was spilled (Unix ms, by this
+    /// machine's clock; records spilled again keep their first time).
+    pub oldest_spilled_unix_ms: Option<u64>,
+    /// The last replay rate measured on this spool, if any.
+    pub replay: Option<state::ReplayRate>,
 }
 
 /// What [`Spool::open`] found when sled held less than the ledger says it
@@ -359,6 +365,8 @@ pub struct Cleared {
 pub struct Prepared {
     /// Each record's bytes and span count.
     records: Vec<(Vec<u8>, u32)>,
+    /// When they were spilled (Unix ms).
+    created_unix_ms: u64,
 }
 
 impl Prepared {
@@ -400,7 +408,10 @@ pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Pr
         records.push((buf.clone(), n as u32));
         rest = &rest[n..];
     }
-    Ok(Prepared { records })
+    Ok(Prepared {
+        records,
+        created_unix_ms,
+    })
 }
 
 /// The durable queue. See the module docs for its guarantees.
@@ -417,6 +428,10 @@ pub struct Spool {
     measured_at: Option<Instant>,
     written_since_measure: u64,
     stats: SpoolStats,
+    /// When each queue record was spilled.
+    ages: ages::Ages,
+    /// The last replay rate measured, kept in every state frame.
+    replay: Option<state::ReplayRate>,
     /// Spans dropped to make room that no caller has been told of yet.
     dropped_unreported: u64,
     buf: Vec<u8>,
@@ -632,7 +647,7 @@ impl Spool {
                 next_seq = next_seq.max(be(&k).saturating_add(1));
             }
         }
-        let stats = count(&queue, &dead, &quarantine).map_err(storage)?;
+        let (stats, ages) = count(&queue, &dead, &quarantine).map_err(storage)?;
         let (ledger, owed) = match Ledger::open(dir) {
             Ok((ledger, state)) => (Some(ledger), state),
             Err(_) => (None, None),
@@ -652,6 +667,8 @@ impl Spool {
             measured_at: None,
             written_since_measure: 0,
             stats,
+            ages,
+            replay: framed.and_then(|f| f.replay),
             dropped_unreported: 0,
             buf: Vec::new(),
             ledger,
@@ -728,6 +745,7 @@ impl Spool {
             None => self.next_seq,
         };
         let spans = declared_spans(&bytes);
+        let created = record::header(&bytes).ok().map(|h| h.meta.created_unix_ms);
         let len = bytes.len() as u64;
         let previous = self
             .tree(part)
@@ -754,6 +772,9 @@ impl Spool {
         }
         match part {
             Part::Queue => {
+                if let Some(t) = created {
+                    self.ages.insert(key, t);
+                }
                 self.stats.records += 1;
                 self.stats.bytes += len;
                 self.stats.spans += spans;
@@ -867,7 +888,17 @@ impl Spool {
 
     /// Current counts, kept in memory: free to call on every flush.
     pub fn stats(&self) -> SpoolStats {
-        self.stats
+        SpoolStats {
+            oldest_spilled_unix_ms: self.ages.oldest(),
+            replay: self.replay,
+            ..self.stats
+        }
+    }
+
+    /// Keeps `rate` as the last replay rate measured; durable with the
+    /// next commit's state frame.
+    pub fn note_replay_rate(&mut self, rate: state::ReplayRate) {
+        self.replay = Some(rate);
     }
 
     /// sled's own size on disk. It reads file metadata and scans sled's
@@ -939,7 +970,7 @@ impl Spool {
                 // counts are undone regardless; a record that did reach the
                 // disk is found and counted when the spool is reopened.
                 let _ = self.queue.remove(key.to_be_bytes());
-                self.forget(bytes, u64::from(n));
+                self.forget(key, bytes, u64::from(n));
             }
             return Err(e);
         }
@@ -980,6 +1011,7 @@ impl Spool {
             dead_records: self.stats.dead_letter_records,
             dead_spans: self.stats.dead_letter_spans,
             quarantined: self.stats.quarantined_records,
+            replay: self.replay,
         })
     }
 
@@ -1042,7 +1074,8 @@ impl Spool {
         self.meta
             .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
             .map_err(|e| self.storage(e))?;
-        for &(_, bytes, n) in &written {
+        for &(key, bytes, n) in &written {
+            self.ages.insert(key, prepared.created_unix_ms);
             self.stats.records += 1;
             self.stats.bytes += bytes as u64;
             self.stats.spans += u64::from(n);
@@ -1090,7 +1123,7 @@ impl Spool {
                 .map_err(|e| self.storage(e))?
                 .is_some()
             {
-                self.forget(bytes, n);
+                self.forget(key, bytes, n);
                 self.forget_durable(key, n);
             }
         }
@@ -1119,7 +1152,8 @@ impl Spool {
         Ok(spans)
     }
 
-    fn forget(&mut self, bytes: usize, spans: u64) {
+    fn forget(&mut self, key: u64, bytes: usize, spans: u64) {
+        self.ages.remove(key);
         self.stats.records = self.stats.records.saturating_sub(1);
         self.stats.bytes = self.stats.bytes.saturating_sub(bytes as u64);
         self.stats.spans = self.stats.spans.saturating_sub(spans);
@@ -1199,7 +1233,7 @@ impl Spool {
         }
         match entry.part {
             Part::Queue => {
-                self.forget(entry.bytes, entry.declared_spans);
+                self.forget(entry.key, entry.bytes, entry.declared_spans);
                 self.forget_durable(entry.key, entry.declared_spans);
             }
             Part::Dead => {
@@ -1289,6 +1323,7 @@ impl Spool {
         }
         match tree {
             Tree::Queue => {
+                self.ages.clear();
                 let (records, spans, bytes) = (self.stats.records, self.stats.spans, self.stats.bytes);
                 self.stats.records = records.saturating_sub(c.records);
                 self.stats.spans = spans.saturating_sub(c.spans);
@@ -1335,10 +1370,18 @@ pub fn move_aside(dir: &Path) -> std::io::Result<PathBuf> {
 }
 
 /// Counts what the trees hold.
-fn count(queue: &sled::Tree, dead: &sled::Tree, quarantine: &sled::Tree) -> Result<SpoolStats, sled::Error> {
+fn count(
+    queue: &sled::Tree,
+    dead: &sled::Tree,
+    quarantine: &sled::Tree,
+) -> Result<(SpoolStats, ages::Ages), sled::Error> {
     let mut stats = SpoolStats::default();
+    let mut ages = ages::Ages::default();
     for item in queue.iter() {
-        let (_, v) = item?;
+        let (k, v) = item?;
+        if let Ok(h) = record::header(&v) {
+            ages.insert(be(&k), h.meta.created_unix_ms);
+        }
         stats.records += 1;
         stats.bytes += v.len() as u64;
         stats.spans += declared_spans(&v);
@@ -1349,7 +1392,7 @@ fn count(queue: &sled::Tree, dead: &sled::Tree, quarantine: &sled::Tree) -> Resu
         stats.dead_letter_spans += declared_spans(&v);
     }
     stats.quarantined_records = quarantine.len() as u64;
-    Ok(stats)
+    Ok((stats, ages))
 }
 
 /// The span count a record's header declares; 0 when it is unreadable.

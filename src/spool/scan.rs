@@ -155,11 +155,11 @@ impl Scan {
             match tag {
                 b"WL" => self.record(i, f, len, offset, &bytes[at..]),
                 b"ST" => {
-                    if let Some(s) = State::decode(&bytes[at..]) {
+                    if let Some((s, len)) = State::decode_framed(&bytes[at..]) {
                         let place = At {
                             file: i,
                             offset,
-                            len: state::LEN as u32,
+                            len: len as u32,
                         };
                         self.states.entry(s.round).or_insert((s, Vec::new())).1.push(place);
                     }

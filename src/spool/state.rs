@@ -13,17 +13,25 @@
 //! last one made durable, whose frame marks how far sled's log must be
 //! intact (see `check`).
 //!
-//! Layout (92 bytes, little endian): `b"SPST"`, version 1, three zero
-//! bytes, then `round`, `next_seq`, `queue_below`, `dead_below`,
+//! The frame also carries the last replay rate measured (spans per second
+//! while replay was sending, and when), so a tool reading a spool at rest
+//! can say when its backlog would be gone.
+//!
+//! Layout, version 2 (108 bytes, little endian): `b"SPST"`, version 2,
+//! three zero bytes, then `round`, `next_seq`, `queue_below`, `dead_below`,
 //! `quarantine_below`, `queue_records`, `queue_spans`, `dead_records`,
-//! `dead_spans`, `quarantined` (u64 each), then a CRC32 of the 88 bytes
-//! before it.
+//! `dead_spans`, `quarantined`, `replay_spans_per_s`, `replay_measured_unix_ms`
+//! (u64 each; the last two 0 when nothing was measured), then a CRC32 of
+//! the bytes before it. Version 1 (read) is the same without the replay
+//! rate: 92 bytes.
 
 /// The frame's first bytes.
 pub const MAGIC: [u8; 4] = *b"SPST";
-/// Its length.
-pub const LEN: usize = 92;
-const VERSION: u8 = 1;
+/// The length of the frames written (version 2).
+pub const LEN: usize = 108;
+/// The length of version 1 frames.
+const LEN_V1: usize = 92;
+const VERSION: u8 = 2;
 
 /// What the spool held at a commit (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,10 +56,23 @@ pub struct State {
     pub dead_spans: u64,
     /// Quarantined records.
     pub quarantined: u64,
+    /// The last replay rate measured, if any.
+    pub replay: Option<ReplayRate>,
+}
+
+/// A replay rate as measured: spans per second while replay was sending
+/// (waits between flushes not counted), and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ReplayRate {
+    /// Spans per second.
+    pub spans_per_s: u64,
+    /// When it was measured (Unix ms).
+    pub measured_unix_ms: u64,
 }
 
 impl State {
-    fn fields(&self) -> [u64; 10] {
+    fn fields(&self) -> [u64; 12] {
+        let replay = self.replay.unwrap_or_default();
         [
             self.round,
             self.next_seq,
@@ -63,6 +84,8 @@ impl State {
             self.dead_records,
             self.dead_spans,
             self.quarantined,
+            replay.spans_per_s,
+            replay.measured_unix_ms,
         ]
     }
 
@@ -79,18 +102,28 @@ impl State {
         out
     }
 
-    /// The frame at the start of `bytes`, if a sound one is there.
-    pub fn decode(bytes: &[u8]) -> Option<State> {
-        let b = bytes.get(..LEN)?;
-        if b[0..4] != MAGIC || b[4] != VERSION || b[5..8] != [0, 0, 0] {
+    /// The frame at the start of `bytes`, if a sound one is there, with
+    /// its length (either version).
+    pub fn decode_framed(bytes: &[u8]) -> Option<(State, usize)> {
+        if bytes.get(0..4)? != MAGIC || bytes.get(5..8)? != [0, 0, 0] {
             return None;
         }
-        let crc = u32::from_le_bytes(b[LEN - 4..].try_into().ok()?);
-        if crc32fast::hash(&b[..LEN - 4]) != crc {
+        let len = match bytes[4] {
+            1 => LEN_V1,
+            VERSION => LEN,
+            _ => return None,
+        };
+        let b = bytes.get(..len)?;
+        let crc = u32::from_le_bytes(b[len - 4..].try_into().ok()?);
+        if crc32fast::hash(&b[..len - 4]) != crc {
             return None;
         }
         let f = |i: usize| u64::from_le_bytes(b[8 + i * 8..16 + i * 8].try_into().unwrap_or_default());
-        Some(State {
+        let replay = (len == LEN && f(10) > 0).then(|| ReplayRate {
+            spans_per_s: f(10),
+            measured_unix_ms: f(11),
+        });
+        let state = State {
             round: f(0),
             next_seq: f(1),
             queue_below: f(2),
@@ -101,7 +134,14 @@ impl State {
             dead_records: f(7),
             dead_spans: f(8),
             quarantined: f(9),
-        })
+            replay,
+        };
+        Some((state, len))
+    }
+
+    /// The frame at the start of `bytes`, if a sound one is there.
+    pub fn decode(bytes: &[u8]) -> Option<State> {
+        State::decode_framed(bytes).map(|(s, _)| s)
     }
 }
 
@@ -182,6 +222,21 @@ mod tests {
         assert_eq!(State::decode(&bytes), Some(s));
         bytes[20] ^= 1;
         assert_eq!(State::decode(&bytes), None);
+        let measured = State {
+            replay: Some(ReplayRate {
+                spans_per_s: 41_000,
+                measured_unix_ms: 1_700_000_000_000,
+            }),
+            ..s
+        };
+        assert_eq!(State::decode_framed(&measured.encode()), Some((measured, LEN)));
+        // A version 1 frame (written before the replay rate) still reads.
+        let mut v1 = [0u8; LEN_V1];
+        v1[..LEN_V1 - 4].copy_from_slice(&s.encode()[..LEN_V1 - 4]);
+        v1[4] = 1;
+        let crc = crc32fast::hash(&v1[..LEN_V1 - 4]);
+        v1[LEN_V1 - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(State::decode_framed(&v1), Some((s, LEN_V1)));
         let q = quarantine_frame(12, 7, b"bad record");
         let want = Quarantined {
             key: 12,

@@ -1,10 +1,11 @@
 //! `spillway inspect`: what a spool holds, read from its raw files without
 //! sled and without changing a byte; exit 1 if the files are damaged.
 
-use crate::{Outcome, human_bytes, human_time, read, say};
+use crate::{Outcome, human_bytes, human_duration, human_time, read, say};
 use spillway::spool::check::Finding;
 use spillway::spool::record;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,9 +14,19 @@ pub struct Args {
     /// Print one JSON object (fields: spool, batches, spans, bytes,
     /// record_bytes, oldest_unix_ms, newest_unix_ms, dead_letter_batches,
     /// dead_letter_spans, quarantined_records, unreadable_records,
-    /// format_versions, services, damaged, damage, set_aside).
-    #[arg(long)]
+    /// format_versions, services, damaged, damage, set_aside,
+    /// oldest_age_ms, replay_spans_per_s, replay_measured_unix_ms,
+    /// drain_spans_per_s, drain_rate, drain_eta_s).
+    #[arg(long, conflicts_with = "openmetrics")]
     json: bool,
+    /// Print the spool's gauges in the OpenMetrics text format (the names
+    /// the library's metrics use).
+    #[arg(long)]
+    openmetrics: bool,
+    /// Estimate the time to drain at this many spans per second instead of
+    /// the replay rate last measured on this spool.
+    #[arg(long, value_name = "SPANS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
 }
 
 /// What `inspect` reports; its JSON form is stable (fields are only added).
@@ -45,6 +56,16 @@ struct Summary {
     damage: Vec<Finding>,
     /// Damaged files set aside earlier, kept in these directories.
     set_aside: Vec<String>,
+    /// How long ago the oldest queued record was spilled.
+    oldest_age_ms: Option<u64>,
+    /// The last replay rate measured on this spool, and when.
+    replay_spans_per_s: Option<u64>,
+    replay_measured_unix_ms: Option<u64>,
+    /// The rate the estimate uses, and whether it was `given` or `measured`.
+    drain_spans_per_s: Option<u64>,
+    drain_rate: Option<&'static str>,
+    /// Seconds to send the queue at that rate.
+    drain_eta_s: Option<f64>,
 }
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
@@ -85,6 +106,19 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         s.dead_letter_spans += u64::from(f.spans);
         *s.format_versions.entry(f.version).or_default() += 1;
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    s.oldest_age_ms = s.oldest_unix_ms.map(|t| now_ms.saturating_sub(t));
+    let measured = view.state.and_then(|st| st.replay);
+    s.replay_spans_per_s = measured.map(|r| r.spans_per_s);
+    s.replay_measured_unix_ms = measured.map(|r| r.measured_unix_ms);
+    (s.drain_spans_per_s, s.drain_rate) = match (args.rate, s.replay_spans_per_s) {
+        (Some(r), _) => (Some(r), Some("given")),
+        (None, Some(r)) => (Some(r), Some("measured")),
+        (None, None) => (None, None),
+    };
+    s.drain_eta_s = s.drain_spans_per_s.map(|r| s.spans as f64 / r as f64);
     let code = if s.damaged || s.unreadable_records > 0 {
         ExitCode::FAILURE
     } else {
@@ -92,6 +126,21 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     };
     if args.json {
         say!("{}", serde_json::to_string(&s)?);
+        return Ok(code);
+    }
+    if args.openmetrics {
+        let gauges = spillway::metrics::SpoolGauges {
+            dead_letter_spans: s.dead_letter_spans,
+            quarantined_records: s.quarantined_records,
+            oldest_age_seconds: s.oldest_age_ms.map(|ms| ms as f64 / 1000.0),
+            replay_spans_per_s: s.replay_spans_per_s,
+            ..spillway::metrics::SpoolGauges::new(s.spans, s.record_bytes)
+        };
+        let snapshot = spillway::metrics::Snapshot {
+            spool: Some(gauges),
+            ..Default::default()
+        };
+        write!(std::io::stdout(), "{}", spillway::metrics::render(&snapshot))?;
         return Ok(code);
     }
     say!("spool        {}", s.spool);
@@ -102,11 +151,29 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         human_bytes(s.record_bytes),
         human_bytes(s.bytes)
     );
+    let ago = s.oldest_age_ms.map_or_else(String::new, |ms| {
+        format!(" ({} ago)", human_duration(ms as f64 / 1000.0))
+    });
     say!(
-        "oldest       {}\nnewest       {}",
+        "oldest       {}{ago}\nnewest       {}",
         human_time(s.oldest_unix_ms),
         human_time(s.newest_unix_ms)
     );
+    match measured {
+        Some(r) => say!(
+            "replay rate  {} spans/s, measured {}",
+            r.spans_per_s,
+            human_time(Some(r.measured_unix_ms))
+        ),
+        None => say!("replay rate  not measured yet"),
+    }
+    match (s.drain_eta_s, s.drain_spans_per_s, s.drain_rate) {
+        (Some(eta), Some(rate), Some(how)) if s.spans > 0 => {
+            say!("drains in    ~{} at {rate} spans/s ({how})", human_duration(eta))
+        }
+        _ if s.spans > 0 => say!("drains in    ? (give --rate SPANS_PER_S for an estimate)"),
+        _ => {}
+    }
     say!(
         "dead letters {} spans in {} batches",
         s.dead_letter_spans,
