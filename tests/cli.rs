@@ -372,11 +372,16 @@ fn every_command_refuses_a_spool_a_tracer_holds_and_changes_nothing() {
         &["salvage"],
         &["salvage", &name],
     ];
+    // One wording everywhere, naming the holder by pid and lock file.
+    let said = format!(
+        "spool {name} is in use by another process (pid {} holds {name}/spillway.lock)",
+        std::process::id()
+    );
     for args in commands {
         let out = spillway(dir.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
-        assert!(err.contains("in use") && err.contains(&name), "{args:?}: {err}");
+        assert!(err.contains(&said), "{args:?}: {err}");
     }
     drop(holder);
     assert_eq!(spooled_ids(dir.path()), spooled, "nothing changed");

@@ -81,7 +81,8 @@ fn ran(out: &Output) -> String {
     )
 }
 
-/// A command that must not crash: exit 0 or 1 (never 101, a panic).
+/// A command that must not crash: exit 0 or 1 (never 101, a panic), and
+/// whatever it says is for people: no debug dump of a sled error.
 fn no_crash(dir: &Path, args: &[&str]) -> Output {
     let out = spillway(dir, args);
     assert!(
@@ -89,6 +90,10 @@ fn no_crash(dir: &Path, args: &[&str]) -> Output {
         "{args:?} crashed: {}",
         ran(&out)
     );
+    let said = ran(&out);
+    for debug in ["backtrace", "Corruption", "ReportableBug", "Os {", "kind: "] {
+        assert!(!said.contains(debug), "{args:?} printed {debug:?}: {said}");
+    }
     out
 }
 

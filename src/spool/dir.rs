@@ -27,7 +27,7 @@
 use super::SpoolError;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -201,7 +201,19 @@ pub fn create(dir: &Path) -> Result<(), SpoolError> {
         })
 }
 
-/// The writer's lock on `dir`, held until dropped.
+/// ` (pid N holds DIR/spillway.lock)` when the lock file names a process
+/// that is running, else nothing: for [`SpoolError::InUse`].
+pub fn holder_note(dir: &Path) -> String {
+    let lock = dir.join(super::LOCK_FILE);
+    let pid = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists());
+    pid.map_or_else(String::new, |pid| format!(" (pid {pid} holds {})", lock.display()))
+}
+
+/// The writer's lock on `dir`, held until dropped; the lock file names the
+/// holder's pid.
 #[derive(Debug)]
 pub struct Lock(#[allow(dead_code)] File);
 
@@ -225,7 +237,12 @@ impl Lock {
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(Lock(file)),
+                Ok(()) => {
+                    // Who holds it, for whoever is refused (best effort).
+                    let me = format!("{}\n", std::process::id());
+                    let _ = file.set_len(0).and_then(|()| file.write_all_at(me.as_bytes(), 0));
+                    return Ok(Lock(file));
+                }
                 Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }

@@ -109,7 +109,7 @@ const AMPLIFICATION_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// Another process holds the directory.
-    #[error("spool {} is in use by another process", dir.display())]
+    #[error("spool {} is in use by another process{}", dir.display(), dir::holder_note(dir))]
     InUse {
         /// The spool directory.
         dir: PathBuf,
@@ -121,7 +121,7 @@ pub enum SpoolError {
         dir: PathBuf,
     },
     /// sled or the file system failed.
-    #[error("spool {}: {source}", dir.display())]
+    #[error("spool {}: {}", dir.display(), describe(source))]
     Storage {
         /// The spool directory.
         dir: PathBuf,
@@ -217,6 +217,34 @@ impl SpoolError {
                 ..
             }
         )
+    }
+}
+
+/// What a sled error means, for people (sled's own text for some is a
+/// debug dump: "Read corrupted data at file offset None backtrace ()").
+fn describe(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => format!("the file system failed: {io}{}", io_hint(io)),
+        sled::Error::Corruption { at, .. } => format!(
+            "sled found its files damaged{}; `spillway verify` says where, and opening the spool again sets the files aside and salvages every sound record",
+            at.map_or_else(String::new, |at| format!(" ({at})"))
+        ),
+        sled::Error::ReportableBug(why) => {
+            format!("sled failed inside ({why}); its files are left as they are: run `spillway verify`")
+        }
+        sled::Error::Unsupported(why) => format!("sled refused the operation ({why})"),
+        sled::Error::CollectionNotFound(_) => "a tree of the spool is missing from sled".to_owned(),
+    }
+}
+
+/// What to do about an I/O error, where that is clear.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        PermissionDenied => " (check the owner and mode of the spool directory and its files)",
+        StorageFull => " (free space on the spool's filesystem)",
+        ReadOnlyFilesystem => " (the spool's filesystem is mounted read-only)",
+        _ => "",
     }
 }
 
@@ -1449,6 +1477,29 @@ fn is_lock_error(e: &std::io::Error) -> bool {
 pub(super) mod tests {
     use super::*;
     use crate::span::{Kind, Status, Value};
+
+    #[test]
+    fn sled_errors_are_said_for_people() {
+        let dir = PathBuf::from("/srv/spool");
+        let said = |source| {
+            SpoolError::Storage {
+                dir: dir.clone(),
+                source,
+            }
+            .to_string()
+        };
+        let corrupt = said(sled::Error::Corruption { at: None, bt: () });
+        assert!(
+            corrupt.starts_with("spool /srv/spool: sled found its files damaged;"),
+            "{corrupt}"
+        );
+        assert!(!corrupt.contains("backtrace") && !corrupt.contains("None"), "{corrupt}");
+        let denied = said(sled::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied,
+        )));
+        assert!(denied.contains("check the owner and mode"), "{denied}");
+        assert!(!denied.contains("kind:"), "{denied}");
+    }
 
     pub(super) fn spans(n: usize, tag: &str) -> Vec<Span> {
         (0..n)

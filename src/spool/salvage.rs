@@ -33,12 +33,6 @@ const COMMIT_EVERY_BYTES: u64 = 8 << 20;
 /// Why salvage could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SalvageError {
-    /// A tracer or another tool holds the source.
-    #[error("spool {} is in use by another process", dir.display())]
-    InUse {
-        /// The directory.
-        dir: PathBuf,
-    },
     /// The source cannot be read.
     #[error("cannot read {}: {source}", dir.display())]
     Read {
@@ -135,10 +129,7 @@ pub(crate) fn marker_key(from: &Path) -> Vec<u8> {
 /// (see the module docs). `from` is only read.
 pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
     super::dir::check_trust(from, false)?;
-    let _lock = super::dir::ReadLock::shared(from).map_err(|e| match e {
-        SpoolError::InUse { dir } => SalvageError::InUse { dir },
-        other => SalvageError::Spool(other),
-    })?;
+    let _lock = super::dir::ReadLock::shared(from)?;
     let view = View::read(from).map_err(|source| SalvageError::Read {
         dir: from.to_path_buf(),
         source,
