@@ -67,7 +67,9 @@ fn generate_sends_where_and_as_the_variables_say() {
 fn bad_values_from_variables_or_flags_are_usage_errors_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let ep = format!("{}/api/v2/spans", zipkin_url());
-    let cases: &[(&[(&str, &str)], &[&str], &str)] = &[
+    // (variables, arguments, what the error must name)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: &[Case] = &[
         (
             &[("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "10s")],
             &["generate", "--spans", "2"],
