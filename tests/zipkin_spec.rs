@@ -1,5 +1,5 @@
 //! Every encoding is valid against the official Zipkin v2 spec
-//! (`../shared/spec/zipkin-api/zipkin2-api.yaml`, `ListOfSpans`), parses
+//! (vendored in `tests/vendor/zipkin-api/zipkin2-api.yaml`, `ListOfSpans`), parses
 //! with an independent Zipkin model (`zipkin-types`), and meets what
 //! Zipkin's own decoder demands beyond the spec's (unanchored) patterns:
 //! exact-length lower-case hex ids, no zero duration, string tags, no
