@@ -22,17 +22,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod clock;
 pub mod config;
-pub mod ended;
 pub mod export;
-mod live;
 pub mod metrics;
-mod shard_lock;
 pub mod span;
 pub mod spool;
 pub mod stats;
 pub mod tracer;
+pub use tracer::{clock, ended};
 pub mod transport;
 pub mod zipkin;
 

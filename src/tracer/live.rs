@@ -23,7 +23,7 @@
 //! no-ops.
 //!
 //! Ending a span removes it ([`Live::remove_with`]; the tracer packs it
-//! into its shard's [`crate::ended::Ended`] buffer), so the slab holds only the
+//! into its shard's [`crate::tracer::ended::Ended`] buffer), so the slab holds only the
 //! spans in flight: a few per request being served, however large the
 //! batch. Freed slots are reused most recently freed first (warm in cache).
 

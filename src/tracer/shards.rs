@@ -1,0 +1,187 @@
+//! The shard table: each shard's state under its lock, claiming a shard
+//! with room for a new span (the thread's home first), finding the live
+//! span a handle names, and the names each shard interns.
+
+use super::*;
+use crate::span::Span;
+use live::{Address, Live};
+use shard_lock::{ShardGuard, ShardLock};
+use std::borrow::Cow;
+
+/// A bounded set of leaked names (see the module docs), fronted by a small
+/// cache keyed by the caller's string address: bext's names are mostly
+/// literals, so the same address comes back with the same text, and a hit
+/// costs a comparison instead of a hash and a probe. The text is always
+/// compared, so a reused address with other text is a miss, never a wrong
+/// name.
+#[derive(Default)]
+pub(super) struct Names {
+    pub(super) set: rustc_hash::FxHashSet<&'static str>,
+    pub(super) recent: [Option<(usize, &'static str)>; NAME_CACHE],
+}
+
+impl Names {
+    #[inline(always)]
+    pub(super) fn get(&mut self, name: &str) -> Cow<'static, str> {
+        let addr = name.as_ptr() as usize;
+        let slot = (addr >> 3 ^ name.len()) % NAME_CACHE;
+        if let Some((a, interned)) = self.recent[slot]
+            && a == addr
+            && interned == name
+        {
+            return Cow::Borrowed(interned);
+        }
+        self.get_uncached(name, slot)
+    }
+
+    /// [`Names::get`] past a cache miss: the set, then a new name.
+    #[cold]
+    fn get_uncached(&mut self, name: &str, slot: usize) -> Cow<'static, str> {
+        let addr = name.as_ptr() as usize;
+        let entry = &mut self.recent[slot];
+        if let Some(&interned) = self.set.get(name) {
+            *entry = Some((addr, interned));
+            return Cow::Borrowed(interned);
+        }
+        if self.set.len() < MAX_NAMES_PER_SHARD && name.len() <= MAX_INTERNED_LEN {
+            let leaked: &'static str = Box::leak(Box::from(name));
+            self.set.insert(leaked);
+            *entry = Some((addr, leaked));
+            return Cow::Borrowed(leaked);
+        }
+        Cow::Owned(name.to_owned())
+    }
+}
+
+/// What one shard holds: its live spans, its part of the ended batch, and
+/// its counters (kept here so the hot path updates them under the lock it
+/// already holds).
+#[derive(Default)]
+pub(super) struct ShardState {
+    pub(super) live: Live,
+    /// Spans this shard started, for their ids (see [`crate::tracer::live`]).
+    pub(super) generation: u64,
+    pub(super) ended: Ended,
+    pub(super) names: Names,
+    pub(super) started: u64,
+    pub(super) recorded: u64,
+    pub(super) queue_full: u64,
+    pub(super) refused_live_full: u64,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+pub(super) struct Shard(pub(super) ShardLock<ShardState>);
+
+impl Inner {
+    /// The span id `h` carries, and where that span would lie.
+    #[inline]
+    pub(super) fn locate(&self, h: &SpanHandle) -> (u64, Address) {
+        let id = u64::from_be_bytes(h.span_id);
+        (id, self.ids.address(id))
+    }
+
+    #[inline]
+    pub(super) fn shard(&self, a: Address) -> &ShardLock<ShardState> {
+        &self.shards[a.shard].0
+    }
+
+    /// Whether shard `st` can take one more span: a free live slot and,
+    /// counting its live spans, room in its share of the batch.
+    #[inline]
+    pub(super) fn has_room(&self, st: &ShardState) -> bool {
+        let live = st.live.len();
+        live < self.live_per_shard && live + st.ended.len() < self.shard_capacity
+    }
+
+    /// Marks `shard` full (call under its lock). Returns whether that makes
+    /// the count of full shards reach `spill_at`: the caller then wakes the
+    /// spiller, after releasing the lock.
+    pub(super) fn mark_full(&self, shard: usize) -> bool {
+        let bit = 1 << shard;
+        let before = self.full.fetch_or(bit, Ordering::Relaxed);
+        before & bit == 0 && before.count_ones() + 1 == self.spill_at
+    }
+
+    /// The shard a new span goes to, locked: the calling thread's home
+    /// shard if it has room, else the next shard with room, which becomes
+    /// the thread's home. When none has, the home shard (whose own checks
+    /// then refuse the span or count it dropped when it ends).
+    #[inline]
+    pub(super) fn claim(&self) -> (usize, ShardGuard<'_, ShardState>) {
+        let home = home::get();
+        let st = self.shards[home].0.lock();
+        if self.has_room(&st) {
+            return (home, st);
+        }
+        self.claim_elsewhere(home, st)
+    }
+
+    #[cold]
+    pub(super) fn claim_elsewhere<'a>(
+        &'a self,
+        home: usize,
+        st: ShardGuard<'a, ShardState>,
+    ) -> (usize, ShardGuard<'a, ShardState>) {
+        let mut wake = self.mark_full(home);
+        drop(st);
+        // Each round either returns or marks one more shard: at most SHARDS rounds.
+        let mut claimed = None;
+        for _ in 0..SHARDS {
+            let full = self.full.load(Ordering::Relaxed);
+            if full == u64::MAX {
+                break;
+            }
+            let next = (home + (!full).rotate_right(home as u32).trailing_zeros() as usize) % SHARDS;
+            let st = self.shards[next].0.lock();
+            if self.has_room(&st) {
+                home::set(next);
+                claimed = Some((next, st));
+                break;
+            }
+            wake |= self.mark_full(next);
+        }
+        if wake {
+            self.wake_spiller();
+        }
+        claimed.unwrap_or_else(|| (home, self.shards[home].0.lock()))
+    }
+
+    pub(super) fn is_live(&self, h: &SpanHandle) -> bool {
+        let (id, a) = self.locate(h);
+        self.shard(a).lock().live.get_mut(a.slot, id, &h.trace_id).is_some()
+    }
+
+    /// Runs `f` on the live span `h` and its shard's names, if it is one.
+    #[inline]
+    pub(super) fn with_live(&self, h: &SpanHandle, f: impl FnOnce(&mut Span, &mut Names)) {
+        if h.is_invalid() {
+            return;
+        }
+        let (id, a) = self.locate(h);
+        let mut guard = self.shard(a).lock();
+        let st = &mut *guard;
+        if let Some(span) = st.live.get_mut(a.slot, id, &h.trace_id) {
+            f(span, &mut st.names);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_interned_and_a_reused_address_with_other_text_is_not_mistaken() {
+        let mut names = Names::default();
+        let mut buf = String::from("GET /a");
+        let first = names.get(&buf);
+        assert!(matches!(first, Cow::Borrowed("GET /a")));
+        assert!(matches!(names.get("GET /a"), Cow::Borrowed(s) if std::ptr::eq(s, &*first)));
+        // Same address and length, other text: a cache hit would be wrong.
+        buf.replace_range(.., "GET /b");
+        assert_eq!(names.get(&buf), "GET /b");
+        assert_eq!(names.get(&buf), "GET /b");
+        assert_eq!(names.set.len(), 2);
+    }
+}

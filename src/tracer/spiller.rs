@@ -1,0 +1,80 @@
+//! The spiller: a background thread that moves a filling batch to the
+//! disk thread between flushes, so a burst is spilled, not dropped. The hot
+//! path only signals it ([`Inner::wake_spiller`]), after releasing its lock;
+//! it never takes the exporter's lock, so a flush waiting on the collector
+//! does not hold it up.
+
+use super::*;
+use crate::export::disk::{Done, Failed, Spilled};
+
+/// Wakes the spiller: a pending flag and its condition variable.
+#[derive(Default)]
+pub(super) struct Wake {
+    pub(super) pending: Mutex<bool>,
+    pub(super) cond: std::sync::Condvar,
+    pub(super) stop: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    /// The spiller thread: waits to be woken, then hands the batch to the
+    /// disk thread and waits for it to be written (so the shards, not an
+    /// ever longer job queue, hold what the disk has not taken yet). It
+    /// never takes the exporter's lock: a flush waiting on the collector
+    /// does not hold it up.
+    pub(super) fn spiller(&self) {
+        let mut in_flight = None;
+        loop {
+            {
+                let mut pending = lock(&self.wake.pending);
+                while !*pending && !self.wake.stop.load(Ordering::SeqCst) {
+                    pending = self.wake.cond.wait(pending).unwrap_or_else(|e| e.into_inner());
+                }
+                if self.wake.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                *pending = false;
+            }
+            self.spill_early(&mut in_flight);
+        }
+    }
+
+    /// Spills what the shards hold; outcomes are the disk thread's to count
+    /// (a failed spill's spans come back to the next flush).
+    ///
+    /// Two batches are in flight at most: the one the disk thread writes
+    /// and the one this thread drains and encodes meanwhile, so encoding
+    /// and writing overlap and the disk still sets the pace.
+    pub(super) fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, Failed>>>) {
+        let Some(disk) = &self.disk else { return };
+        let batch = self.drain(Vec::new());
+        if !batch.is_empty() {
+            let now_ms = self.clock.now_unix_nanos() / 1_000_000;
+            match disk.spill(Arc::clone(&self.service), batch, now_ms) {
+                Ok(done) => {
+                    if let Some(previous) = in_flight.replace(done) {
+                        self.wait_for(&previous);
+                    }
+                    return;
+                }
+                Err(spans) => disk.give_back(spans),
+            }
+        }
+        if let Some(previous) = in_flight.take() {
+            self.wait_for(&previous);
+        }
+    }
+
+    /// Waits for a spill to be done, or for the tracer to stop.
+    pub(super) fn wait_for(&self, done: &Done<Result<Spilled, Failed>>) {
+        while done.wait(Instant::now() + Duration::from_millis(100)).is_none() {
+            if self.wake.stop.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn wake_spiller(&self) {
+        *lock(&self.wake.pending) = true;
+        self.wake.cond.notify_one();
+    }
+}
