@@ -1,0 +1,167 @@
+//! Records leaving: delivered ([`Spool::ack`]), refused for good (a dead
+//! letter), damaged (quarantined), or purged. Every removal lowers the
+//! ledger first (see `commit`) and is durable at the next commit; the
+//! trees leave oldest first, which is what lets the state frame's
+//! watermarks tell held records from sled's stale copies.
+
+use super::*;
+
+impl Spool {
+    /// Removes a delivered record, synced: see the module docs.
+    ///
+    /// On an error the counts still include the record: whether its removal
+    /// reached the disk is known only once the spool is reopened (sled stays
+    /// failed after an I/O error), so the caller must look again there.
+    pub fn ack(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+        self.settle(entry, |_| Ok(()))
+    }
+
+    /// Runs `keep` (what the record leaves behind, if anything), removes
+    /// `entry` and syncs; on an error puts the counts back as they were
+    /// (see [`Spool::ack`]).
+    pub(super) fn settle(
+        &mut self,
+        entry: &Entry,
+        keep: impl FnOnce(&mut Self) -> Result<(), SpoolError>,
+    ) -> Result<(), SpoolError> {
+        let before = self.stats;
+        let result = keep(self).and_then(|()| self.remove(entry));
+        if result.is_err() {
+            self.stats = before;
+        }
+        result
+    }
+
+    /// Removes `entry` from its tree (unsynced) and updates the counts.
+    pub(super) fn remove(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+        if entry.part == Part::Queue {
+            let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
+            let through = (oldest == Some(entry.key)).then_some(entry.key);
+            let durable = self.durable_of(std::iter::once((entry.key, entry.declared_spans)));
+            self.lower_ledger(durable, through)?;
+        }
+        let removed = self
+            .tree(entry.part)
+            .remove(entry.key.to_be_bytes())
+            .map_err(|e| self.storage(e))?
+            .is_some();
+        if !removed {
+            return Ok(());
+        }
+        match entry.part {
+            Part::Queue => {
+                self.forget(entry.key, entry.bytes, entry.declared_spans);
+                self.forget_durable(entry.key, entry.declared_spans);
+            }
+            Part::Dead => {
+                self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
+                self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(entry.declared_spans);
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `service`'s spans the collector refused for good in the
+    /// dead-letter tree, under a fresh sequence number (unsynced).
+    pub(super) fn put_dead(&mut self, service: &str, refused: &[Span], created_unix_ms: u64) -> Result<(), SpoolError> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        self.buf.clear();
+        let meta = Meta {
+            seq: self.next_seq,
+            part: Part::Dead,
+            created_unix_ms,
+        };
+        if let Err(e) = record::encode(service, refused, meta, &mut self.buf) {
+            return Err(self.record_error(e));
+        }
+        let key = self.next_seq;
+        self.next_seq += 1;
+        self.dead
+            .insert(key.to_be_bytes(), self.buf.as_slice())
+            .map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
+        self.stats.dead_letter_records += 1;
+        self.stats.dead_letter_spans += refused.len() as u64;
+        Ok(())
+    }
+
+    /// Keeps `service`'s spans the collector refused for good in the
+    /// dead-letter tree. Durable at the next [`Spool::commit`].
+    pub fn add_dead(&mut self, service: &str, refused: &[Span], created_unix_ms: u64) -> Result<(), SpoolError> {
+        self.put_dead(service, refused, created_unix_ms)
+    }
+
+    /// Removes `entry`, keeping the `refused` spans as a dead letter (the
+    /// rest were delivered). Durable at the next [`Spool::commit`]; on an
+    /// error as [`Spool::ack`].
+    pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+        self.settle(entry, |s| s.put_dead(&entry.service, refused, now_unix_ms))
+    }
+
+    /// Moves a record that failed its checks to quarantine, bytes intact.
+    /// Durable at the next [`Spool::commit`]; on an error as [`Spool::ack`].
+    pub fn quarantine(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+        self.settle(entry, |s| {
+            let key = s.next_seq;
+            s.next_seq += 1;
+            s.quarantine
+                .insert(key.to_be_bytes(), state::quarantine_frame(key, entry.key, &entry.raw))
+                .map_err(|e| s.storage(e))?;
+            s.meta
+                .insert(NEXT_SEQ, &s.next_seq.to_be_bytes())
+                .map_err(|e| s.storage(e))?;
+            s.stats.quarantined_records += 1;
+            Ok(())
+        })
+    }
+
+    /// Empties `tree`; says what went. Durable at the next [`Spool::commit`].
+    pub fn clear(&mut self, tree: Tree) -> Result<Cleared, SpoolError> {
+        if tree == Tree::Queue {
+            let last = self.queue.last().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
+            self.write_ledger(0, last)?;
+        }
+        let t = match tree {
+            Tree::Queue => &self.queue,
+            Tree::Dead => &self.dead,
+            Tree::Quarantine => &self.quarantine,
+        };
+        let mut c = Cleared::default();
+        while let Some((_, v)) = t.pop_min().map_err(|e| self.storage(e))? {
+            c.records += 1;
+            c.bytes += v.len() as u64;
+            if tree != Tree::Quarantine {
+                c.spans += declared_spans(&v);
+            }
+        }
+        match tree {
+            Tree::Queue => {
+                self.ages.clear();
+                let (records, spans, bytes) = (self.stats.records, self.stats.spans, self.stats.bytes);
+                self.stats.records = records.saturating_sub(c.records);
+                self.stats.spans = spans.saturating_sub(c.spans);
+                self.stats.bytes = bytes.saturating_sub(c.bytes);
+                self.durable_spans = 0;
+            }
+            Tree::Dead => {
+                self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(c.records);
+                self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(c.spans);
+            }
+            Tree::Quarantine => {
+                self.stats.quarantined_records = self.stats.quarantined_records.saturating_sub(c.records);
+            }
+        }
+        Ok(c)
+    }
+
+    pub(super) fn forget(&mut self, key: u64, bytes: usize, spans: u64) {
+        self.ages.remove(key);
+        self.stats.records = self.stats.records.saturating_sub(1);
+        self.stats.bytes = self.stats.bytes.saturating_sub(bytes as u64);
+        self.stats.spans = self.stats.spans.saturating_sub(spans);
+    }
+}

@@ -1,0 +1,185 @@
+//! The spool's unit tests (shared helpers are used by its other files' tests).
+use super::*;
+use crate::span::{Kind, Status, Value};
+
+pub(super) fn spans(n: usize, tag: &str) -> Vec<Span> {
+    (0..n)
+        .map(|i| Span {
+            trace_id: [1; 16],
+            span_id: (i as u64 + 1).to_be_bytes(),
+            parent_id: None,
+            name: format!("{tag}-{i}").into(),
+            kind: Kind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            status: Status::Ok,
+            // Random, so records cannot deflate below the split size.
+            attributes: vec![(
+                "k".into(),
+                Value::String((0..100).map(|_| fastrand::alphanumeric()).collect()),
+            )],
+            events: Default::default(),
+            dropped_attributes: 0,
+            dropped_events: 0,
+        })
+        .collect()
+}
+
+fn names(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .flat_map(|e| e.spans.as_ref().unwrap().iter().map(|s| s.name.to_string()))
+        .collect()
+}
+
+#[test]
+fn fifo_across_reopen_and_records_stay_small() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+        s.push("svc", &spans(2000, "a"), 1).unwrap();
+        s.push("svc", &spans(3, "b"), 2).unwrap();
+        assert_eq!(s.stats().spans, 2003);
+    }
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(s.stats().spans, 2003);
+    let all = s.oldest(Part::Queue, usize::MAX).unwrap();
+    assert!(all.len() > 2, "2000 spans of ~150 bytes must be split");
+    assert!(all.iter().all(|e| e.bytes <= RECORD_TARGET + record::HEADER_LEN));
+    let got = names(&all);
+    assert_eq!(got.first().map(String::as_str), Some("a-0"));
+    assert_eq!(got.last().map(String::as_str), Some("b-2"));
+    assert_eq!(got.len(), 2003);
+    for e in &all[..all.len() - 1] {
+        s.ack(e).unwrap();
+    }
+    s.push("svc", &spans(1, "c"), 3).unwrap();
+    let rest = names(&s.oldest(Part::Queue, 10).unwrap());
+    assert_eq!(rest, ["b-0", "b-1", "b-2", "c-0"]);
+}
+
+#[test]
+fn records_sled_loses_behind_the_spools_back_are_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+        for i in 0..3 {
+            s.push("svc", &spans(10, &format!("r{i}")), 1).unwrap();
+        }
+        // Removals through the spool keep the ledger in step.
+        let first = s.oldest(Part::Queue, 1).unwrap();
+        s.ack(&first[0]).unwrap();
+    }
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(s.take_damage(), None, "acknowledged records are not a loss");
+    drop(s);
+    {
+        // What sled does to a damaged log: a record vanishes, no error.
+        let db = sled::open(dir.path()).unwrap();
+        let queue = db.open_tree("queue").unwrap();
+        queue.pop_max().unwrap().unwrap();
+        db.flush().unwrap();
+    }
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    let damage = Damage {
+        expected_spans: 20,
+        found_spans: 10,
+        lost_spans: 10,
+        ..Damage::default()
+    };
+    assert_eq!(s.take_damage(), Some(damage));
+    assert_eq!(s.take_damage(), None);
+    drop(s);
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(s.take_damage(), None, "reported once, not at every start");
+}
+
+#[test]
+fn second_opener_is_told_the_directory_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Spool::open(dir.path(), u64::MAX).unwrap();
+    let err = Spool::open(dir.path(), u64::MAX).err().expect("second open must fail");
+    assert!(matches!(err, SpoolError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains(&dir.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn cap_drops_oldest_and_reports_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), 20_000).unwrap();
+    let mut dropped = 0;
+    for i in 0..10 {
+        dropped += s.push("svc", &spans(50, &format!("r{i}")), i).unwrap();
+    }
+    let st = s.stats();
+    assert!(st.bytes <= 20_000, "{st:?}");
+    assert_eq!(st.spans + dropped, 500);
+    let names = names(&s.oldest(Part::Queue, usize::MAX).unwrap());
+    assert_eq!(names.last().map(String::as_str), Some("r9-49"), "newest kept");
+    assert!(!names.iter().any(|n| n.starts_with("r0-")), "oldest dropped");
+}
+
+#[test]
+fn expire_drops_only_records_past_the_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    s.push("svc", &spans(3, "old"), 1_000).unwrap();
+    s.push("svc", &spans(4, "older-but-kept"), 2_600).unwrap();
+    s.push("svc", &spans(5, "new"), 3_000).unwrap();
+    assert_eq!(s.expire(3_500, 1_000).unwrap(), 3);
+    assert_eq!(s.stats().spans, 9);
+    assert_eq!(names(&s.oldest(Part::Queue, 1).unwrap())[0], "older-but-kept-0");
+    assert_eq!(s.expire(3_500, 1_000).unwrap(), 0);
+}
+
+#[test]
+fn dead_letters_and_quarantine_leave_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    s.push("svc", &spans(2, "x"), 1).unwrap();
+    s.push("svc", &spans(2, "y"), 1).unwrap();
+    let entries = s.oldest(Part::Queue, 2).unwrap();
+    let refused = &entries[0].spans.as_ref().unwrap()[..1];
+    s.dead_letter(&entries[0], refused, 5).unwrap();
+    s.quarantine(&entries[1]).unwrap();
+    let st = s.stats();
+    assert_eq!(
+        (st.records, st.spans, st.dead_letter_spans, st.quarantined_records),
+        (0, 0, 1, 1)
+    );
+    drop(s);
+    let s = Spool::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(s.stats().dead_letter_spans, 1);
+    assert_eq!(s.stats().quarantined_records, 1);
+    // Sequence numbers are never reused, even with the queue empty.
+    let mut s = s;
+    s.push("svc", &spans(1, "z"), 1).unwrap();
+    assert!(s.oldest(Part::Queue, 1).unwrap()[0].key >= 2);
+}
+
+mod disk_cap {
+    use super::*;
+
+    /// The cap bounds sled's size on disk, not just the record bytes: 60 MB
+    /// of incompressible records pushed through a 16 MiB cap.
+    #[test]
+    fn the_cap_bounds_the_size_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 16u64 << 20;
+        let mut s = Spool::open(dir.path(), cap).unwrap();
+        let batch = tests::spans(400, "x");
+        let (mut dropped, mut peak) = (0, 0);
+        for i in 0..1000 {
+            dropped += s.push("svc", &batch, i).unwrap();
+            peak = peak.max(s.size_on_disk());
+        }
+        assert_eq!(s.stats().spans + dropped, 400 * 1000, "every span spooled or counted");
+        assert!(dropped > 0);
+        // sled grows in 512 KiB segments: allow one.
+        assert!(
+            peak <= cap + (512 << 10),
+            "peak {peak} bytes on disk over a cap of {cap}"
+        );
+        assert!(s.amplification() > 1.0, "measured: {}", s.amplification());
+    }
+}

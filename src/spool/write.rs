@@ -1,0 +1,240 @@
+//! Writing records: a batch encoded into records of at most
+//! [`RECORD_TARGET`] bytes ([`prepare`], on any thread), numbered and
+//! inserted (unsynced until [`Spool::commit`]); salvage's restores and its
+//! resume markers.
+
+use super::*;
+
+/// A batch encoded as queue records, not yet numbered: what [`prepare`]
+/// makes and [`Spool::append_prepared`] takes.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Each record's bytes and span count.
+    pub(super) records: Vec<(Vec<u8>, u32)>,
+    /// When they were spilled (Unix ms).
+    pub(super) created_unix_ms: u64,
+}
+
+impl Prepared {
+    /// The spans its records hold.
+    pub fn spans(&self) -> u64 {
+        self.records.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// The bytes of its records.
+    pub fn bytes(&self) -> u64 {
+        self.records.iter().map(|(r, _)| r.len() as u64).sum()
+    }
+}
+
+/// Encodes `service`'s `spans` as queue records of at most
+/// [`RECORD_TARGET`] payload bytes (where the spans allow) and
+/// [`RECORD_MAX_SPANS`] spans, first spilled at `created_unix_ms`; the
+/// spool numbers them when they are appended.
+pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Prepared, RecordError> {
+    let mut records = Vec::new();
+    let mut rest = spans;
+    let mut per_record = spans.len().min(RECORD_MAX_SPANS);
+    let mut buf = Vec::new();
+    while !rest.is_empty() {
+        let n = per_record.min(rest.len());
+        buf.clear();
+        let meta = Meta {
+            seq: 0,
+            part: Part::Queue,
+            created_unix_ms,
+        };
+        record::encode(service, &rest[..n], meta, &mut buf)?;
+        let payload = buf.len() - record::HEADER_LEN;
+        if payload > RECORD_TARGET && n > 1 {
+            // Aim for the target from the size seen, with some margin.
+            per_record = (n * RECORD_TARGET / payload * 9 / 10).clamp(1, n - 1);
+            continue;
+        }
+        records.push((buf.clone(), n as u32));
+        rest = &rest[n..];
+    }
+    Ok(Prepared {
+        records,
+        created_unix_ms,
+    })
+}
+
+impl Spool {
+    /// Appends `service`'s `spans` as one or more records and syncs them to
+    /// disk (the durability point). If the spool would exceed its cap, the
+    /// oldest records are dropped first; returns how many spans that
+    /// dropped.
+    ///
+    /// If the sync fails, the records are taken out again (as far as a
+    /// failed sled allows), so the spool counts only what it reported as
+    /// spilled; spans dropped to make room stay dropped and are reported by
+    /// [`Spool::take_dropped`].
+    pub fn push(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+        let written = self.append_records(service, spans, created_unix_ms)?;
+        if let Err(e) = self.commit() {
+            for (key, bytes, n) in written {
+                // Best effort: a failed sled refuses further writes. The
+                // counts are undone regardless; a record that did reach the
+                // disk is found and counted when the spool is reopened.
+                let _ = self.queue.remove(key.to_be_bytes());
+                self.forget(key, bytes, u64::from(n));
+            }
+            return Err(e);
+        }
+        Ok(self.take_dropped())
+    }
+
+    /// [`Spool::push`] without the sync: not durable until [`Spool::commit`].
+    pub fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+        self.append_records(service, spans, created_unix_ms)?;
+        Ok(self.take_dropped())
+    }
+
+    /// Writes `spans` as queue records (unsynced); returns each record's
+    /// key, size and span count.
+    pub(super) fn append_records(
+        &mut self,
+        service: &str,
+        spans: &[Span],
+        created_unix_ms: u64,
+    ) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
+        let prepared = prepare(service, spans, created_unix_ms).map_err(|e| self.record_error(e))?;
+        self.insert_prepared(prepared)
+    }
+
+    /// [`Spool::append`] of records [`prepare`]d elsewhere (the encoding is
+    /// most of an append's work, and need not run where the spool is).
+    pub fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, SpoolError> {
+        self.insert_prepared(prepared)?;
+        Ok(self.take_dropped())
+    }
+
+    /// Numbers `prepared`'s records, makes room under the cap and inserts
+    /// them (unsynced); returns each record's key, size and span count.
+    pub(super) fn insert_prepared(&mut self, prepared: Prepared) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
+        if prepared.records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let incoming: u64 = prepared.records.iter().map(|(r, _)| r.len() as u64).sum();
+        self.make_room(incoming)?;
+        let mut batch = sled::Batch::default();
+        let mut written = Vec::with_capacity(prepared.records.len());
+        for (mut bytes, n) in prepared.records {
+            let key = self.next_seq;
+            self.next_seq += 1;
+            record::set_seq(&mut bytes, key);
+            written.push((key, bytes.len(), n));
+            batch.insert(&key.to_be_bytes(), bytes);
+        }
+        self.queue.apply_batch(batch).map_err(|e| self.storage(e))?;
+        self.meta
+            .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
+        for &(key, bytes, n) in &written {
+            self.ages.insert(key, prepared.created_unix_ms);
+            self.stats.records += 1;
+            self.stats.bytes += bytes as u64;
+            self.stats.spans += u64::from(n);
+        }
+        Ok(written)
+    }
+
+    pub(super) fn record_error(&self, source: RecordError) -> SpoolError {
+        SpoolError::Record {
+            dir: self.dir.clone(),
+            source,
+        }
+    }
+
+    /// Spans dropped to make room since the last call (also after a failed
+    /// push, whose drops were still made).
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped_unreported)
+    }
+
+    /// Puts a salvaged record back, bytes as they were, under `key` (its
+    /// own sequence, shifted), or under a fresh sequence if it carries none
+    /// (format 1). Putting the same record back twice holds it once.
+    /// Durable at the next commit.
+    pub(crate) fn restore(&mut self, part: Part, key: Option<u64>, mut bytes: Vec<u8>) -> Result<(), SpoolError> {
+        let key = match key {
+            Some(k) => {
+                record::set_seq(&mut bytes, k);
+                k
+            }
+            None => self.next_seq,
+        };
+        let spans = declared_spans(&bytes);
+        let created = record::header(&bytes).ok().map(|h| h.meta.created_unix_ms);
+        let len = bytes.len() as u64;
+        let previous = self
+            .tree(part)
+            .insert(key.to_be_bytes(), bytes)
+            .map_err(|e| self.storage(e))?;
+        self.next_seq = self.next_seq.max(key + 1);
+        self.meta
+            .insert(NEXT_SEQ, &self.next_seq.to_be_bytes())
+            .map_err(|e| self.storage(e))?;
+        if let Some(old) = previous {
+            // The same record again (a resumed salvage): counted once.
+            let old_spans = declared_spans(&old);
+            match part {
+                Part::Queue => {
+                    self.stats.spans = self.stats.spans.saturating_sub(old_spans);
+                    self.stats.bytes = self.stats.bytes.saturating_sub(old.len() as u64);
+                    self.stats.records = self.stats.records.saturating_sub(1);
+                }
+                Part::Dead => {
+                    self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(old_spans);
+                    self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
+                }
+            }
+        }
+        match part {
+            Part::Queue => {
+                if let Some(t) = created {
+                    self.ages.insert(key, t);
+                }
+                self.stats.records += 1;
+                self.stats.bytes += len;
+                self.stats.spans += spans;
+            }
+            Part::Dead => {
+                self.stats.dead_letter_records += 1;
+                self.stats.dead_letter_spans += spans;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a salvaged quarantined record back under `key`.
+    pub(crate) fn restore_quarantined(&mut self, key: u64, queue_key: u64, raw: &[u8]) -> Result<(), SpoolError> {
+        let previous = self
+            .quarantine
+            .insert(key.to_be_bytes(), state::quarantine_frame(key, queue_key, raw))
+            .map_err(|e| self.storage(e))?;
+        if previous.is_none() {
+            self.stats.quarantined_records += 1;
+        }
+        self.next_seq = self.next_seq.max(key + 1);
+        Ok(())
+    }
+
+    /// Never gives a sequence below `seq` (a salvaged spool's own).
+    pub(crate) fn reserve_seq(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+
+    /// A salvage's marker in this spool (see [`salvage`]).
+    pub(crate) fn marker(&self, key: &[u8]) -> Result<Option<salvage::Marker>, SpoolError> {
+        let v = self.meta.get(key).map_err(|e| self.storage(e))?;
+        Ok(v.and_then(|v| salvage::Marker::decode(&v)))
+    }
+
+    /// Records a salvage's marker (durable at the next commit).
+    pub(crate) fn set_marker(&mut self, key: &[u8], m: salvage::Marker) -> Result<(), SpoolError> {
+        self.meta.insert(key, &m.encode()[..]).map_err(|e| self.storage(e))?;
+        Ok(())
+    }
+}
