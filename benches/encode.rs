@@ -7,9 +7,9 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_sdk::trace::SpanExporter as _;
-use spillway::ended::Ended;
-use spillway::span::{Event, Kind, Span, Status, Value};
-use spillway::zipkin::Encoder;
+use spillway::unstable::ended::Ended;
+use spillway::unstable::span::{Event, Kind, Span, Status, Value};
+use spillway::unstable::zipkin::Encoder;
 use std::hint::black_box;
 use std::io::Write;
 

@@ -36,7 +36,7 @@ fn spill(c: &mut Criterion) {
         let st = spool.stats();
         let on_disk = spool.size_on_disk();
         let mut json = Vec::new();
-        spillway::zipkin::Encoder::new("bext-site").encode_batch(&batch, &mut json);
+        spillway::unstable::zipkin::Encoder::new("bext-site").encode_batch(&batch, &mut json);
         let per_span_json = json.len() as f64 / batch.len() as f64;
         eprintln!(
             "{name}: {} spans spooled, {:.0} record bytes/span, {:.0} bytes on disk/span, JSON {per_span_json:.0} bytes/span (disk/JSON {:.2}x)",

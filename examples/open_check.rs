@@ -12,10 +12,10 @@
 #[allow(dead_code)]
 mod bench;
 
-use spillway::span::Span;
 use spillway::spool::check::Check;
 use spillway::spool::view::View;
 use spillway::spool::{Spool, record};
+use spillway::unstable::span::Span;
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {

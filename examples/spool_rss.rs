@@ -3,8 +3,8 @@
 //!
 //! `cargo run --release --example spool_rss [MB]`
 
-use spillway::span::{Kind, Span, Status, Value};
 use spillway::spool::Spool;
+use spillway::unstable::span::{Kind, Span, Status, Value};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -2,13 +2,35 @@
 //!
 //! A durable Zipkin exporter for the bext web runtime: it implements
 //! [`bext_plugin_api::tracer::TracerPlugin`], records spans on the request
-//! path without I/O, and exports them as Zipkin v2 JSON on `flush`.
+//! path without I/O, and exports them as Zipkin v2 JSON on `flush`; what
+//! the collector cannot take is spilled to a spool on disk and replayed,
+//! oldest first, once it answers again. Every span ends up delivered, in
+//! the spool, or in a named drop counter ([`Stats`]).
 //!
-//! Data flows one way:
+//! Data flows one way, and the modules are named for its stages:
 //!
 //! ```text
-//! tracer (hot path) -> ended (packed batch) -> zipkin (encode) -> transport (POST) -> exporter (accounting, retry)
+//!  bext ──► tracer ───────────► export ──────────► zipkin ──► transport ──► collector
+//!           record, shards,     flush: send,        encode     POST (ureq)
+//!           spiller, drain      keep, replay, books  v2 JSON    classify
+//!                                  │      ▲
+//!                                  ▼      │ oldest first
+//!                                 disk thread ──► spool (sled + ledger, fsynced)
 //! ```
+//!
+//! - `tracer`: the hot path (sharded, no I/O, never panics) and the
+//!   spiller that moves a filling batch to disk between flushes.
+//! - `export`: one flush, bounded by `flush_timeout_ms`: the batch to the
+//!   collector, what it cannot take to the spool, the backlog back; every
+//!   outcome recorded once in the books that [`Stats`] reads.
+//! - `zipkin`: the OpenTelemetry-to-Zipkin v2 JSON mapping.
+//! - [`transport`]: HTTP (ureq): gzip, timeouts, TLS, and the
+//!   classification of every answer (retry, refuse, misconfigured).
+//! - [`spool`]: the durable queue, its formats, its checks and salvage;
+//!   also the operator's API (the `spillway` command is built on it).
+//!
+//! The spool knows nothing of HTTP and the transport nothing of sled: the
+//! exporter composes them.
 //!
 //! ```no_run
 //! use bext_plugin_api::tracer::{SpanKind, SpanStart, TracerPlugin};
@@ -19,21 +41,32 @@
 //! tracer.set_attribute(span, "http.request.method", "GET".into());
 //! tracer.end_span(span, None);
 //! tracer.flush()?;
+//! println!("{:?}", tracer.stats());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! What spillway's own command line, benchmarks and fuzz targets need
+//! beyond this API is in [`unstable`], which may change in any release.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod tracer;
+
+mod export;
+mod zipkin;
+
+pub mod transport;
+
+pub mod spool;
 
 pub mod config;
-pub mod export;
 pub mod metrics;
-pub mod span;
-pub mod spool;
-pub mod stats;
-pub mod tracer;
-pub use tracer::{clock, ended};
-pub mod transport;
-pub mod zipkin;
+mod span;
+mod stats;
+pub mod unstable;
 
 pub use config::{Config, ConfigError, Secret, Tls};
 pub use export::report::{Cause, FlushError};
 pub use stats::{Dropped, Stats};
+pub use tracer::clock::{self, Clock, ManualClock, SystemClock};
 pub use tracer::{BuildError, SpillwayTracer, TracerBuilder};

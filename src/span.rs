@@ -132,7 +132,7 @@ impl Span {
     /// and nothing recorded yet.
     ///
     /// ```
-    /// let span = spillway::span::Span::new([1; 16], [2; 8], "GET /");
+    /// let span = spillway::unstable::span::Span::new([1; 16], [2; 8], "GET /");
     /// assert!(span.parent_id.is_none() && span.attributes.is_empty());
     /// ```
     pub fn new(trace_id: [u8; 16], span_id: [u8; 8], name: impl Into<Cow<'static, str>>) -> Span {

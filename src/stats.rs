@@ -2,7 +2,7 @@
 //!
 //! The hot path keeps its counters inside each table shard (updated under
 //! the shard's lock it already holds, so no shared cache line bounces
-//! between cores); the flush pipeline keeps its own in [`ExportCounters`].
+//! between cores); the flush pipeline keeps its own in the export side's books (`export::books`).
 //! [`Stats`] is the sum, a plain snapshot.
 //!
 //! The accounting invariant, exact whenever no flush is running:
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Spans that were given up, by reason. Nothing is lost without a count here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Dropped {
     /// The in-memory batch was full when the span ended.
     pub queue_full: u64,
@@ -52,6 +53,7 @@ impl Dropped {
 
 /// A snapshot of every counter; serializes to and from one JSON object.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Stats {
     /// Sampled spans started.
     pub started: u64,
@@ -98,8 +100,14 @@ impl Stats {
     /// Whether every recorded span is accounted for.
     ///
     /// ```
-    /// let s = spillway::Stats { recorded: 3, delivered: 2, in_memory: 1, ..Default::default() };
+    /// use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
+    /// let tracer = spillway::SpillwayTracer::new(spillway::Config::default())?;
+    /// let span = tracer.start_span(SpanStart { name: "GET /", ..Default::default() });
+    /// tracer.end_span(span, None);
+    /// let s = tracer.stats();
+    /// assert_eq!((s.recorded, s.in_memory), (1, 1));
     /// assert!(s.is_balanced());
+    /// # Ok::<(), spillway::BuildError>(())
     /// ```
     pub fn is_balanced(&self) -> bool {
         self.recorded + self.recovered

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 /// What the exporter should do with a batch that was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Class {
     /// Keep it and try again later.
     Retry,
@@ -42,6 +43,7 @@ pub enum Class {
 
 /// Why a batch was not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// No connection could be made (refused, DNS failure, no route).
     #[error("unreachable ({0})")]

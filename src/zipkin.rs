@@ -32,7 +32,7 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Encodes spans as Zipkin v2 JSON.
 ///
 /// ```
-/// use spillway::{span::{Span, Kind, Status}, zipkin::Encoder};
+/// use spillway::unstable::{span::{Span, Kind, Status}, zipkin::Encoder};
 /// let span = Span {
 ///     trace_id: [1; 16], span_id: [2; 8], parent_id: None, name: "GET /".into(),
 ///     kind: Kind::Server, start_unix_nanos: 1_700_000_000_000_000_000,
@@ -261,7 +261,7 @@ pub fn duration_micros(span: &Span) -> u64 {
 /// Lower-case hex of an id, as Zipkin wants it.
 ///
 /// ```
-/// assert_eq!(spillway::zipkin::hex(&[0xab, 0x01]), "ab01");
+/// assert_eq!(spillway::unstable::zipkin::hex(&[0xab, 0x01]), "ab01");
 /// ```
 pub fn hex(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len() * 2);

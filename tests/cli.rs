@@ -10,7 +10,7 @@ use common::{FaultServer, Ids, ids_of, refused_url, spool_config, validator, zip
 use serde_json::Value as Json;
 use spillway::SpillwayTracer;
 use spillway::spool::{Part, Spool};
-use spillway::zipkin::hex;
+use spillway::unstable::zipkin::hex;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

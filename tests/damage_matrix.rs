@@ -217,7 +217,10 @@ fn held_ids(dir: &Path) -> Ids {
     for f in &view.queue {
         let bytes = view.scan.read(f.at).unwrap();
         for s in spillway::spool::record::decode(&bytes).unwrap().spans {
-            ids.insert((spillway::zipkin::hex(&s.trace_id), spillway::zipkin::hex(&s.span_id)));
+            ids.insert((
+                spillway::unstable::zipkin::hex(&s.trace_id),
+                spillway::unstable::zipkin::hex(&s.span_id),
+            ));
         }
     }
     ids

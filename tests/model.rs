@@ -83,7 +83,7 @@ proptest! {
                 Op::Record(n) => {
                     for _ in 0..*n {
                         let h = tracer.start_span(SpanStart { name: "m", ..Default::default() });
-                        recorded.push(spillway::zipkin::hex(&h.span_id));
+                        recorded.push(spillway::unstable::zipkin::hex(&h.span_id));
                         tracer.end_span(h, None);
                     }
                 }

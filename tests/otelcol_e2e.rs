@@ -23,7 +23,7 @@ use common::{wait_for, zipkin_url};
 use serde_json::{Value as Json, json};
 use spillway::clock::{Clock, ManualClock, SystemClock};
 use spillway::transport::{HttpTransport, SendError, Transport};
-use spillway::zipkin::hex;
+use spillway::unstable::zipkin::hex;
 use spillway::{Config, SpillwayTracer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};

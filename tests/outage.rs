@@ -71,7 +71,7 @@ fn an_outage_loses_nothing_and_the_spool_drains_when_zipkin_returns() {
                 name: "during-outage",
                 ..Default::default()
             });
-            ids.insert(spillway::zipkin::hex(&h.span_id));
+            ids.insert(spillway::unstable::zipkin::hex(&h.span_id));
             t.end_span(h, None);
         }
         let err = t.flush().expect_err("Zipkin is down");

@@ -18,11 +18,11 @@ use common::fs::{Fs, sh};
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use spillway::clock::SystemClock;
-use spillway::export::Exporter;
-use spillway::export::books::Books;
-use spillway::export::disk::Disk;
-use spillway::span::Span;
 use spillway::spool::{Part, Spool};
+use spillway::unstable::export::Exporter;
+use spillway::unstable::export::books::Books;
+use spillway::unstable::export::disk::Disk;
+use spillway::unstable::span::Span;
 use spillway::{Config, SpillwayTracer};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -108,7 +108,11 @@ fn say(line: String) {
 /// A span's identity: its trace id and span id, in hex (span ids alone
 /// are unique only within a trace).
 fn id_of(trace_id: &[u8], span_id: &[u8]) -> String {
-    format!("{}:{}", spillway::zipkin::hex(trace_id), spillway::zipkin::hex(span_id))
+    format!(
+        "{}:{}",
+        spillway::unstable::zipkin::hex(trace_id),
+        spillway::unstable::zipkin::hex(span_id)
+    )
 }
 
 fn span_key(s: &Span) -> String {

@@ -41,7 +41,7 @@ fn salvage_killed_at_any_point_and_run_again_holds_every_record_exactly_once() {
         // Incompressible spans, so there are many records to write.
         let spans: Vec<_> = (0..2_000u64)
             .map(|i| {
-                let mut span = spillway::span::Span::new([3; 16], (i + 1).to_be_bytes(), "GET /salvaged");
+                let mut span = spillway::unstable::span::Span::new([3; 16], (i + 1).to_be_bytes(), "GET /salvaged");
                 let text: String = (0..1000).map(|_| fastrand::alphanumeric()).collect();
                 span.attributes.push(("payload".into(), text.into()));
                 span
@@ -99,7 +99,7 @@ fn salvage_memory_is_bounded_whatever_the_file_sizes() {
     let log = std::fs::File::create(from.join("db")).unwrap();
     log.set_len(1 << 30).unwrap();
     let spans: Vec<_> = (0..200u64)
-        .map(|i| spillway::span::Span::new([4; 16], (i + 1).to_be_bytes(), "GET /sparse"))
+        .map(|i| spillway::unstable::span::Span::new([4; 16], (i + 1).to_be_bytes(), "GET /sparse"))
         .collect();
     use std::os::unix::fs::FileExt;
     for i in 0..64u64 {

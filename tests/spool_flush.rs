@@ -242,7 +242,7 @@ fn a_path_that_is_not_a_spool_directory_is_refused_and_left_alone() {
 fn a_full_batch_spills_early_instead_of_dropping() {
     let dead = FaultServer::start(vec![]);
     let dir = tempfile::tempdir().unwrap();
-    let cap = spillway::tracer::SHARDS * 100;
+    let cap = spillway::unstable::SHARDS * 100;
     let t = SpillwayTracer::new(Config {
         max_queue_spans: cap,
         ..common::spool_config(&dead.url, dir.path())

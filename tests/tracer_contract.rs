@@ -104,8 +104,8 @@ fn child_of_live_parent_joins_its_trace() {
     t.end_span(parent, None);
     let spans = flushed(&t, &rec);
     let child_json = spans.iter().find(|s| s["name"] == "child").unwrap();
-    assert_eq!(child_json["parentId"], spillway::zipkin::hex(&parent.span_id));
-    assert_eq!(child_json["traceId"], spillway::zipkin::hex(&parent.trace_id));
+    assert_eq!(child_json["parentId"], spillway::unstable::zipkin::hex(&parent.span_id));
+    assert_eq!(child_json["traceId"], spillway::unstable::zipkin::hex(&parent.trace_id));
 }
 
 #[test]
@@ -416,14 +416,14 @@ fn high_cardinality_names_survive_past_the_interner_bound() {
         max_queue_spans: 100_000,
         ..Config::default()
     });
-    let n = spillway::tracer::SHARDS * spillway::tracer::MAX_NAMES_PER_SHARD * 2;
+    let n = spillway::unstable::SHARDS * spillway::unstable::MAX_NAMES_PER_SHARD * 2;
     for i in 0..n {
         let name = format!("GET /users/{i}");
         let h = start(&t, &name, None);
         event(&t, h, &format!("event-{i}"));
         t.end_span(h, None);
     }
-    let long = "n".repeat(spillway::tracer::MAX_INTERNED_LEN + 1);
+    let long = "n".repeat(spillway::unstable::MAX_INTERNED_LEN + 1);
     let h = start(&t, &long, None);
     t.end_span(h, None);
     let spans = flushed(&t, &rec);

@@ -9,7 +9,7 @@ use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanSta
 use common::{get_json, wait_for, zipkin_url};
 use serde_json::{Value as Json, json};
 use spillway::clock::{Clock, ManualClock, SystemClock};
-use spillway::zipkin::hex;
+use spillway::unstable::zipkin::hex;
 use spillway::{Config, SpillwayTracer};
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -11,8 +11,8 @@ mod common;
 use common::validator;
 use proptest::prelude::*;
 use serde_json::Value as Json;
-use spillway::span::{Event, Kind, Span, Status, Value};
-use spillway::zipkin::Encoder;
+use spillway::unstable::span::{Event, Kind, Span, Status, Value};
+use spillway::unstable::zipkin::Encoder;
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -206,7 +206,7 @@ fn span() -> impl Strategy<Value = Span> {
             any::<u64>(),
             status,
             attrs,
-            prop::collection::vec(event, 0..3).prop_map(spillway::span::Events::from_vec),
+            prop::collection::vec(event, 0..3).prop_map(spillway::unstable::span::Events::from_vec),
             any::<u32>(),
             any::<u32>(),
         ),

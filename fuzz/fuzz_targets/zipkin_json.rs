@@ -10,9 +10,9 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value as Json;
-use spillway::ended::Ended;
-use spillway::span::{Event, Kind, Span, Status, Value};
-use spillway::zipkin::{Encoder, duration_micros, hex, kind_name};
+use spillway::unstable::ended::Ended;
+use spillway::unstable::span::{Event, Kind, Span, Status, Value};
+use spillway::unstable::zipkin::{Encoder, duration_micros, hex, kind_name};
 
 #[derive(Arbitrary, Debug)]
 enum FValue {

@@ -43,11 +43,6 @@ impl Backoff {
         self.last.as_ref()
     }
 
-    /// Failures in a row so far.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
     /// Records a failure at `now_ms` with `jitter` in `0..1`; returns the
     /// wait before the next attempt.
     pub fn failed(&mut self, cause: Option<SendError>, now_ms: u64, jitter: f64) -> Duration {
@@ -89,7 +84,7 @@ mod tests {
         assert_eq!(b.remaining(5_400), Some(Duration::from_millis(600)));
         assert_eq!(b.remaining(6_000), None, "over at the deadline");
         b.succeeded();
-        assert_eq!((b.failures(), b.remaining(5_400)), (0, None));
+        assert_eq!((b.failures, b.remaining(5_400)), (0, None));
         assert_eq!(b.failed(None, 0, 0.0), Duration::ZERO);
     }
 

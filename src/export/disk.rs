@@ -323,7 +323,7 @@ impl Disk {
         .then_some(done)
     }
 
-    /// Settles a record (see [`Settle`]).
+    /// Settles a record (see `Settle`).
     pub fn settle(&self, settle: Settle) -> Option<Done<Result<(), Failed>>> {
         let done = Done::new();
         self.send(Job::Settle(settle, done.clone())).then_some(done)

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 /// Why the spool could not do what was asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpoolError {
     /// Another process holds the directory.
     #[error("spool {} is in use by another process{}", dir.display(), dir::holder_note(dir))]

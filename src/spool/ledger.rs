@@ -17,7 +17,7 @@
 //!   everything in sled's log up to that commit's state frame was synced,
 //!   so recovery must not lose anything before it.
 //!
-//! Format 2 (written): two slots of [`SLOT`] bytes, written alternately,
+//! Format 2 (written): two slots of 44 bytes, written alternately,
 //! each `b"SPL2"`, a generation (u32 LE), `spans_at_least`, `watermark`,
 //! `next_seq`, `round` (u64 LE each) and a CRC32 of the rest; the slot with
 //! the highest generation whose CRC holds wins, so a torn write leaves the

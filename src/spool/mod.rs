@@ -60,23 +60,23 @@
 //!   [`DISK_RESERVE`] to spare) is refused before sled sees it.
 //!
 //! ## A walk through
-//! **Spill** ([`write`], then [`commit`]): [`prepare`] encodes a batch into
+//! **Spill** (`write`, then `commit`): [`prepare`] encodes a batch into
 //! records on the caller's thread; [`Spool::append_prepared`] numbers them,
-//! makes room under the cap ([`cap`]: the oldest go, the ledger lowered
+//! makes room under the cap (`cap`: the oldest go, the ledger lowered
 //! first) and inserts them, unsynced. [`Spool::commit`] then writes a state
 //! frame, syncs ([`durable`]: sled's flush, `fdatasync` of its files, the
 //! directory when entries changed) and raises the ledger to what is now
 //! durable. One commit covers every write before it began, so concurrent
 //! spills share one round (group commit).
 //!
-//! **Replay** ([`read`], [`settle`]): the exporter reads the oldest records
+//! **Replay** (`read`, `settle`): the exporter reads the oldest records
 //! ([`Spool::oldest`]), sends one, and settles it: on a 2xx,
 //! [`Spool::ack`]; refused spans become a dead letter; an unsent rest is
 //! queued again with the record's age. Each removal lowers the ledger
 //! before it and is durable at the next commit, which the exporter waits
 //! for before it sends the next record.
 //!
-//! **Open** ([`open`]): the path is checked (a directory of its own, owned
+//! **Open** (`open`): the path is checked (a directory of its own, owned
 //! by this user, not writable by others, no links where files belong), the
 //! lock taken, and [`check`] decides, reading only, whether sled would lose
 //! anything written before the last durable commit. If so, the files are
@@ -212,6 +212,7 @@ impl Entry {
 
 /// Counts kept for stats, as of now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SpoolStats {
     /// Records in the queue.
     pub records: u64,
@@ -235,6 +236,7 @@ pub struct SpoolStats {
 /// What [`Spool::open`] found when sled held less than the ledger says it
 /// must (see [`ledger`]): spans sled lost without an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Damage {
     /// Spans the ledger says the queue held at least.
     pub expected_spans: u64,
@@ -291,6 +293,7 @@ pub enum Tree {
 
 /// What [`Spool::clear`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Cleared {
     /// Records removed.
     pub records: u64,

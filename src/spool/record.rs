@@ -54,6 +54,7 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
 /// Why a record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// Shorter than a header.
     #[error("truncated: {0} bytes, shorter than a header")]

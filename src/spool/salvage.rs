@@ -32,6 +32,7 @@ const COMMIT_EVERY_BYTES: u64 = 8 << 20;
 
 /// Why salvage could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SalvageError {
     /// The source cannot be read.
     #[error("cannot read {}: {source}", dir.display())]
@@ -60,6 +61,7 @@ pub enum SalvageError {
 
 /// What [`salvage`] found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Report {
     /// Files scanned.
     pub files: usize,

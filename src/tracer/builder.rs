@@ -11,6 +11,7 @@ use clock::{Clock, SystemClock, TscClock};
 
 /// Errors from building a tracer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BuildError {
     /// The configuration was refused.
     #[error(transparent)]

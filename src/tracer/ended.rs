@@ -40,8 +40,8 @@
 //! Names go to `names` in order: the span's, then each event's.
 //!
 //! ```
-//! use spillway::ended::Ended;
-//! use spillway::span::{Span, Value};
+//! use spillway::unstable::ended::Ended;
+//! use spillway::unstable::span::{Span, Value};
 //! let mut span = Span::new([1; 16], [2; 8], "GET /users/:id");
 //! span.attributes.push(("http.route".into(), Value::from("/users/:id")));
 //! let mut ended = Ended::default();

@@ -16,9 +16,9 @@
 //!
 //! ## Hot path
 //! Spans sit in a table of [`SHARDS`] shards, each a lock over a slab
-//! ([`Live`]) addressed by the span id and holding the shard's live spans,
-//! its share of the ended batch, packed ([`Ended`]), and the shard's
-//! counters. The lock is a [`ShardLock`]: one atomic read-modify-write to
+//! (`live::Live`) addressed by the span id and holding the shard's live spans,
+//! its share of the ended batch, packed ([`ended::Ended`]), and the shard's
+//! counters. The lock is a `ShardLock`: one atomic read-modify-write to
 //! take, a plain store to release, and waiters that spin briefly, then
 //! yield, then sleep. A live span keeps its attributes as bext hands them
 //! over (recording converts nothing); `end_span` packs the span into its
@@ -88,7 +88,7 @@ use std::time::{Duration, Instant};
 mod builder;
 pub mod clock;
 mod drain;
-pub mod ended;
+pub(crate) mod ended;
 mod home;
 pub(crate) mod live;
 mod record;

@@ -4,7 +4,7 @@
 
 use crate::{Outcome, read};
 use spillway::spool::record;
-use spillway::zipkin::Encoder;
+use spillway::unstable::zipkin::Encoder;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,0 +1,36 @@
+//! **Not part of the stable API.** What spillway's own command line,
+//! benchmarks and fuzz targets reach beyond the public API: internals that
+//! may change in any release, without notice in the changelog. Do not
+//! depend on them.
+
+/// The span model the tracer records and the spool stores.
+pub mod span {
+    pub use crate::span::{Event, Events, Kind, Span, Status, Value};
+}
+
+/// The Zipkin v2 JSON encoder.
+pub mod zipkin {
+    pub use crate::zipkin::{Encoder, duration_micros, hex, kind_name};
+}
+
+/// The packed buffer of ended spans.
+pub mod ended {
+    pub use crate::tracer::ended::Ended;
+}
+
+/// The flush pipeline, for tools that drive replay themselves.
+pub mod export {
+    pub use crate::export::{Exporter, Replayed};
+
+    /// The books every outcome is recorded in.
+    pub mod books {
+        pub use crate::export::books::Books;
+    }
+
+    /// The spool's own thread.
+    pub mod disk {
+        pub use crate::export::disk::Disk;
+    }
+}
+
+pub use crate::tracer::{MAX_INTERNED_LEN, MAX_NAMES_PER_SHARD, SHARDS};
