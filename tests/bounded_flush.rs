@@ -58,7 +58,9 @@ fn run(url: &str, rate: u64, secs: u64, tweak: impl FnOnce(&mut Config)) -> (Spi
         timeout_ms: 10_000,
         backoff_initial_ms: 100,
         backoff_max_ms: 400,
-        max_queue_spans: 8_192,
+        // Room for a few spill rounds between flushes, so a busy machine
+        // delaying the spiller thread is not taken for a full disk.
+        max_queue_spans: 32_768,
         ..common::spool_config(url, dir.path())
     };
     config.timeout_ms = 10_000;
