@@ -1,0 +1,374 @@
+//! The disk thread itself: it takes jobs in rounds, performs them on the
+//! spool unsynced, commits once per round, then answers every job of the
+//! round; on a failure it closes the failed sled off this thread and
+//! reopens the spool at the next round.
+
+use super::*;
+
+/// The thread's own state.
+pub(super) struct Worker {
+    pub(super) shared: Arc<Shared>,
+    pub(super) spool: Option<Spool>,
+    pub(super) dir: PathBuf,
+    pub(super) max_bytes: u64,
+    /// Records settled with the collector whose removal failed with the
+    /// spool: removed, without being sent again, once it reopens.
+    pub(super) settled: Vec<Settle>,
+    /// The failed instance being closed on a thread of its own, if any.
+    pub(super) closing: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut round = vec![first];
+            while round.len() < ROUND_JOBS {
+                match rx.try_recv() {
+                    Ok(job) => round.push(job),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.round(round);
+            if stop {
+                break;
+            }
+        }
+        // Whatever is still queued is answered, so no waiter hangs.
+        while let Ok(job) = rx.try_recv() {
+            self.refuse(job, "the spool is closing");
+        }
+    }
+
+    /// Performs one round; returns whether a stop was asked for.
+    fn round(&mut self, round: Vec<Job>) -> bool {
+        if self.spool.is_none() {
+            self.reopen();
+        }
+        let mut pending = Vec::new();
+        let mut stop = false;
+        for job in round {
+            if matches!(job, Job::Stop) {
+                stop = true;
+                continue;
+            }
+            if self.spool.is_none() {
+                let why = self.problem();
+                self.refuse(job, &why);
+                continue;
+            }
+            if let Err(e) = self.perform(job, &mut pending) {
+                self.fail(&e);
+            }
+        }
+        if !pending.is_empty() {
+            let committed = match &mut self.spool {
+                Some(s) => s.commit(),
+                None => Err(SpoolError::Missing { dir: self.dir.clone() }),
+            };
+            // The counts first, so whoever a job's answer wakes sees them.
+            self.publish_stats();
+            match committed {
+                Ok(()) => pending.into_iter().for_each(|p| self.finish(p)),
+                Err(e) => {
+                    let why = e.to_string();
+                    self.fail(&e);
+                    pending.into_iter().for_each(|p| self.unfinish(p, &why));
+                }
+            }
+        }
+        self.publish_stats();
+        stop
+    }
+
+    /// Shows the spool's counts to the other threads.
+    fn publish_stats(&self) {
+        if let Some(s) = &self.spool {
+            lock(&self.shared.status).stats = Some(s.stats());
+        }
+    }
+
+    /// Performs `job` without syncing; what needs the commit goes to
+    /// `pending`. `Err` when the spool failed (the job is answered).
+    fn perform(&mut self, job: Job, pending: &mut Vec<Pending>) -> Result<(), SpoolError> {
+        let Some(spool) = &mut self.spool else { return Ok(()) };
+        let shared = &self.shared;
+        match job {
+            Job::Spill {
+                service,
+                spans,
+                prepared,
+                created_unix_ms,
+                done,
+            } => match spool
+                .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
+                .and_then(|()| match prepared {
+                    Some(p) => spool.append_prepared(p),
+                    None => spool.append(&service, &spans, created_unix_ms),
+                }) {
+                Err(e @ SpoolError::DiskFull { .. }) => {
+                    // Refused before sled saw it: the spool is fine.
+                    shared.hand_back(spans);
+                    lock(&shared.status).notes.push(Cause::Spool(e.to_string()));
+                    done.set(Err(e.to_string()));
+                }
+                Ok(evicted) => pending.push(Pending::Spill(spans.len() as u64, evicted, spans, done)),
+                Err(e) => {
+                    // Room made before the failure stays made: count it.
+                    shared.books.spilled(0, spool.take_dropped());
+                    shared.hand_back(spans);
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Dead {
+                service,
+                spans,
+                created_unix_ms,
+                done,
+            } => match spool
+                .room_for(spans.len() as u64 * 512)
+                .and_then(|()| spool.add_dead(&service, &spans, created_unix_ms))
+            {
+                Ok(()) => pending.push(Pending::Dead(spans.len() as u64, done)),
+                Err(e @ SpoolError::DiskFull { .. }) => {
+                    shared.books.rejected(spans.len() as u64);
+                    done.set(Err(e.to_string()));
+                }
+                Err(e) => {
+                    shared.books.rejected(spans.len() as u64);
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Read { part, max, done } => match spool.oldest(part, max) {
+                Ok(entries) => done.set(Ok(entries)),
+                Err(e) => {
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Settle(settle, done) => {
+                if let Some(rate) = settle.rate {
+                    spool.note_replay_rate(rate);
+                }
+                let e = &settle.entry;
+                let result = spool
+                    .dead_letter(e, &settle.refused, settle.now_unix_ms)
+                    .and_then(|()| {
+                        spool
+                            .append(&e.service, &settle.requeue, e.created_unix_ms)
+                            .map(|evicted| shared.books.spilled(0, evicted))
+                    });
+                match result {
+                    Ok(()) => pending.push(Pending::Settle(settle, done)),
+                    Err(err) => {
+                        done.set(Err(err.to_string()));
+                        if settle.entry.part == Part::Queue {
+                            self.settled.push(settle);
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+            Job::Quarantine { entry, done } => match spool.quarantine(&entry) {
+                Ok(()) => pending.push(Pending::Quarantine(entry.declared_spans, done)),
+                Err(e) => {
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Expire {
+                now_unix_ms,
+                max_age_ms,
+                done,
+            } => match spool.expire(now_unix_ms, max_age_ms) {
+                Ok(n) => pending.push(Pending::Expire(n, done)),
+                Err(e) => {
+                    done.set(Err(e.to_string()));
+                    return Err(e);
+                }
+            },
+            Job::Stop => {}
+        }
+        Ok(())
+    }
+
+    /// A committed job: its outcome goes into the books, then to its waiter.
+    fn finish(&mut self, p: Pending) {
+        let books = &self.shared.books;
+        match p {
+            Pending::Spill(n, evicted, _, done) => {
+                books.spilled(n, evicted);
+                self.shared.dequeue(n);
+                done.set(Ok(Spilled { spans: n, evicted }));
+            }
+            Pending::Dead(n, done) => {
+                books.dead_lettered(n);
+                done.set(Ok(()));
+            }
+            Pending::Settle(settle, done) => {
+                settle.books(books);
+                done.set(Ok(()));
+            }
+            Pending::Quarantine(n, done) => {
+                books.quarantined(n);
+                done.set(Ok(()));
+            }
+            Pending::Expire(n, done) => {
+                books.expired(n);
+                done.set(Ok(n));
+            }
+        }
+    }
+
+    /// A job whose commit failed: spans go back to memory, settled records
+    /// wait for the reopen; the books learn at the reopen what reached the
+    /// disk.
+    fn unfinish(&mut self, p: Pending, why: &str) {
+        match p {
+            Pending::Spill(_, evicted, spans, done) => {
+                self.shared.books.spilled(0, evicted);
+                self.shared.hand_back(spans);
+                done.set(Err(why.to_owned()));
+            }
+            Pending::Dead(n, done) => {
+                self.shared.books.rejected(n);
+                done.set(Err(why.to_owned()));
+            }
+            Pending::Settle(settle, done) => {
+                if settle.entry.part == Part::Queue {
+                    self.settled.push(settle);
+                }
+                done.set(Err(why.to_owned()));
+            }
+            Pending::Quarantine(_, done) => done.set(Err(why.to_owned())),
+            Pending::Expire(_, done) => done.set(Err(why.to_owned())),
+        }
+    }
+
+    /// Answers `job` without performing it.
+    fn refuse(&mut self, job: Job, why: &str) {
+        let why = why.to_owned();
+        match job {
+            Job::Spill { spans, done, .. } => {
+                self.shared.hand_back(spans);
+                done.set(Err(why));
+            }
+            Job::Dead { spans, done, .. } => {
+                self.shared.books.rejected(spans.len() as u64);
+                done.set(Err(why));
+            }
+            Job::Read { done, .. } => done.set(Err(why)),
+            Job::Settle(settle, done) => {
+                if settle.entry.part == Part::Queue {
+                    self.settled.push(settle);
+                }
+                done.set(Err(why));
+            }
+            Job::Quarantine { done, .. } => done.set(Err(why)),
+            Job::Expire { done, .. } => done.set(Err(why)),
+            Job::Stop => {}
+        }
+    }
+
+    fn problem(&self) -> String {
+        lock(&self.shared.status)
+            .problem
+            .clone()
+            .unwrap_or_else(|| "the spool is not open".to_owned())
+    }
+
+    /// The spool failed: close it off this thread and remember why.
+    fn fail(&mut self, e: &SpoolError) {
+        lock(&self.shared.status).problem = Some(e.to_string());
+        if let Some(failed) = self.spool.take() {
+            self.closing = close_elsewhere(failed);
+        }
+    }
+
+    /// Opens the spool again after a failure, once the failed instance has
+    /// let go of it (sled holds its lock until then).
+    fn reopen(&mut self) {
+        if let Some(closing) = self.closing.take() {
+            let deadline = Instant::now() + CLOSE_WAIT;
+            while !closing.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !closing.is_finished() {
+                self.closing = Some(closing);
+                lock(&self.shared.status).problem = Some(
+                    "the failed spool is still closing (sled is waiting on the disk); restart the process if this lasts"
+                        .to_owned(),
+                );
+                return;
+            }
+        }
+        let mut spool = match Spool::open_with(&self.dir, self.max_bytes, Duration::ZERO) {
+            Ok(s) => s,
+            Err(e) => {
+                lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
+                return;
+            }
+        };
+        let mut notes = Vec::new();
+        // A loss found here shows as fewer spans than the books counted.
+        if let Some(d) = spool.take_damage() {
+            if d.lost_spans > 0 || d.set_aside.is_some() {
+                notes.push(Cause::Damage(d.to_string()));
+            }
+            if let Some(aside) = d.set_aside {
+                notes.push(Cause::SetAside(aside));
+            }
+        }
+        if let Err(e) = self.remove_settled(&mut spool) {
+            lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
+            self.closing = close_elsewhere(spool);
+            return;
+        }
+        let lost = self.shared.books.opened(spool.stats().spans);
+        if lost > 0 {
+            notes.push(Cause::LostOnReopen(lost));
+        }
+        let mut st = lock(&self.shared.status);
+        st.problem = None;
+        st.notes.extend(notes);
+        st.stats = Some(spool.stats());
+        drop(st);
+        self.spool = Some(spool);
+    }
+
+    /// Removes from the reopened `spool` the records settled before it
+    /// failed, without sending them again; their outcome goes into the
+    /// books whether this removes them or an earlier removal had reached
+    /// the disk after all.
+    fn remove_settled(&mut self, spool: &mut Spool) -> Result<(), SpoolError> {
+        let settled = std::mem::take(&mut self.settled);
+        let mut done = Vec::new();
+        for s in settled {
+            let e = &s.entry;
+            let found = spool.get(Part::Queue, e.key)?;
+            if found.is_some_and(|f| (f.created_unix_ms, f.declared_spans) == (e.created_unix_ms, e.declared_spans)) {
+                spool.dead_letter(e, &s.refused, s.now_unix_ms)?;
+                spool.append(&e.service, &s.requeue, e.created_unix_ms)?;
+            }
+            done.push(s);
+        }
+        spool.commit()?;
+        for s in done {
+            s.books(&self.shared.books);
+        }
+        Ok(())
+    }
+}
+
+/// Drops a failed spool on a thread of its own: sled may wait for ever to
+/// flush a failed disk while it closes, and holds its lock until it has.
+pub(super) fn close_elsewhere(spool: Spool) -> Option<JoinHandle<()>> {
+    // Without a thread to spare the spool is leaked (ManuallyDrop), never
+    // dropped here.
+    let spool = std::mem::ManuallyDrop::new(spool);
+    std::thread::Builder::new()
+        .name("spillway-close".into())
+        .spawn(move || drop(std::mem::ManuallyDrop::into_inner(spool)))
+        .ok()
+}

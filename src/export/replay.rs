@@ -1,0 +1,200 @@
+//! Replay: the backlog back to the collector, oldest first. The memory
+//! buffer goes first, then the spool, a record at a time within the
+//! flush's budgets; a record leaves the spool only once settled (delivered,
+//! or refused for good and kept as a dead letter), and that removal is
+//! durable before the next record is sent, so a crash repeats at most the
+//! record in flight. Each settled record's pace feeds the replay rate.
+
+use super::*;
+
+/// What [`Exporter::replay_next`] did with one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// The record's key.
+    pub key: u64,
+    /// Spans its header declared.
+    pub spans: u64,
+    /// Spans the collector took.
+    pub delivered: usize,
+    /// Spans the collector refused for good (now dead letters).
+    pub refused: usize,
+    /// Why the record was quarantined instead, if it failed its checks.
+    pub quarantined: Option<String>,
+    /// The collector's refusal, if it refused spans.
+    pub refusal: Option<crate::transport::SendError>,
+}
+
+impl Exporter {
+    /// Replays the memory buffer, then the spool, oldest first, within the
+    /// per-flush budgets and the deadline; returns why it stopped early.
+    pub(super) fn replay(&mut self, deadline: Instant, r: &mut FlushError) -> Option<Stop> {
+        let mut budget = self.replay_budget;
+        // Checked between records; a request in flight has the flush's.
+        let budget_ends = deadline.min(Instant::now() + self.replay_budget_time);
+        if !self.retry.is_empty() {
+            let n = self.retry.len().min(budget);
+            let head: Vec<Span> = self.retry.drain(..n).collect();
+            budget -= n;
+            let service = Arc::clone(&self.service);
+            let sent = self.send_held(&head, &service, deadline, r);
+            if let Some(stop) = sent.stopped {
+                // The unsent rest, then what was behind it, go to disk where
+                // there is one (else back to the memory buffer, in order).
+                let mut rest = head;
+                rest.drain(..sent.settled);
+                rest.append(&mut self.retry);
+                self.keep(rest, deadline, r);
+                return Some(stop);
+            }
+        }
+        // At least one record per flush, however slow, so replay progresses.
+        let mut replayed_any = false;
+        while budget > 0 {
+            let disk = self.disk.clone()?;
+            if !disk.has_records() {
+                return None;
+            }
+            let entries = match disk.read(Part::Queue, 4).and_then(|d| d.wait(deadline)) {
+                Some(Ok(entries)) if entries.is_empty() => return None,
+                Some(Ok(entries)) => entries,
+                Some(Err(e)) => {
+                    r.because(Cause::Spool(e));
+                    return None;
+                }
+                None => return Some(Stop::Deadline),
+            };
+            for entry in entries {
+                if budget == 0 || (replayed_any && Instant::now() >= budget_ends) {
+                    return None;
+                }
+                replayed_any = true;
+                budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
+                if let Some(stop) = self.replay_entry(&disk, entry, deadline, r) {
+                    return Some(stop);
+                }
+            }
+        }
+        None
+    }
+
+    /// Sends one spool record and settles it on disk, waiting for that
+    /// (so the next record goes only once this one's removal is durable).
+    pub(super) fn replay_entry(
+        &mut self,
+        disk: &Disk,
+        entry: Entry,
+        deadline: Instant,
+        r: &mut FlushError,
+    ) -> Option<Stop> {
+        let spans = match &entry.spans {
+            Ok(spans) => spans,
+            Err(why) => {
+                r.because(Cause::Quarantined {
+                    key: entry.key,
+                    why: why.to_string(),
+                });
+                return match disk.quarantine(entry).and_then(|d| d.wait(deadline)) {
+                    Some(Ok(())) => None,
+                    Some(Err(e)) => {
+                        r.because(Cause::Spool(e));
+                        None
+                    }
+                    None => Some(Stop::Deadline),
+                };
+            }
+        };
+        let began = Instant::now();
+        let sent = self.sender.send(spans, &entry.service, deadline, &self.books);
+        if entry.part == Part::Queue {
+            self.books
+                .settled_from_spool(sent.delivered as u64, sent.oversize as u64);
+        }
+        r.delivered += sent.delivered;
+        r.oversize += sent.oversize;
+        r.rejected += sent.refused_spans();
+        if let Some(e) = &sent.last_refusal {
+            r.because(Cause::Collector(e.clone()));
+        }
+        if sent.settled == 0 {
+            // Nothing settled: the record stays first in line, with its age.
+            return sent.stopped;
+        }
+        let now_unix_ms = self.now_ms();
+        let rate = self.meter.spans_per_s().map(|spans_per_s| ReplayRate {
+            spans_per_s,
+            measured_unix_ms: now_unix_ms,
+        });
+        let settle = Settle {
+            refused: sent.refused_of(spans),
+            requeue: spans[sent.settled..].to_vec(),
+            counted: (sent.delivered + sent.oversize) as u64,
+            now_unix_ms,
+            rate,
+            entry,
+        };
+        match disk.settle(settle).and_then(|d| d.wait(deadline)) {
+            Some(Ok(())) => {
+                if sent.delivered > 0 {
+                    self.meter.record(sent.delivered, began.elapsed());
+                }
+                sent.stopped
+            }
+            Some(Err(e)) => {
+                r.because(Cause::Spool(e));
+                Some(sent.stopped.unwrap_or(Stop::Deadline))
+            }
+            None => Some(sent.stopped.unwrap_or(Stop::Deadline)),
+        }
+    }
+
+    /// Replays the oldest record of `part`, for tools that drive replay
+    /// themselves (the CLI): the queue, or the dead letters for another
+    /// chance. `Ok(None)` when there is none. A record leaves only once
+    /// settled (delivered or refused for good; refused spans become a new
+    /// dead letter); if sending stops part-way, the unsent rest is queued
+    /// again with the record's age. `Err` when the collector could not take
+    /// it or the spool failed: the record stays first in line.
+    pub fn replay_next(&mut self, part: Part) -> Result<Option<Replayed>, Box<FlushError>> {
+        let mut r = FlushError::default();
+        let deadline = Instant::now() + self.flush_timeout;
+        let Some(disk) = self.disk.clone() else { return Ok(None) };
+        let entry = match disk.read(part, 1).and_then(|d| d.wait(deadline)) {
+            Some(Ok(mut entries)) => match entries.pop() {
+                Some(e) => e,
+                None => return Ok(None),
+            },
+            Some(Err(e)) => {
+                r.because(Cause::Spool(e));
+                return Err(Box::new(self.report(r)));
+            }
+            None => {
+                r.because(Cause::Deadline {
+                    budget: self.flush_timeout,
+                });
+                return Err(Box::new(self.report(r)));
+            }
+        };
+        let (key, spans) = (entry.key, entry.declared_spans);
+        let stopped = self.replay_entry(&disk, entry, deadline, &mut r);
+        if let Some(stop) = &stopped {
+            match stop.clone() {
+                Stop::Failed(e) => r.because(Cause::Collector(e)),
+                Stop::Deadline => r.because(Cause::Deadline {
+                    budget: self.flush_timeout,
+                }),
+            }
+        }
+        if stopped.is_some() || r.spool_failed() {
+            return Err(Box::new(self.report(r)));
+        }
+        let quarantined = r.quarantined().next().map(|(_, why)| why.to_owned());
+        Ok(Some(Replayed {
+            key,
+            spans,
+            delivered: r.delivered,
+            refused: r.rejected,
+            quarantined,
+            refusal: r.cause().cloned(),
+        }))
+    }
+}

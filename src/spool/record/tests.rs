@@ -1,0 +1,131 @@
+//! Unit tests of `record`.
+
+use super::*;
+use crate::span::{Event, Kind, Status, Value};
+
+pub(super) fn sample() -> Vec<Span> {
+    vec![Span {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_id: Some([3; 8]),
+        name: "GET /users/:id".into(),
+        kind: Kind::Server,
+        start_unix_nanos: 1_764_000_000_000_000_000,
+        end_unix_nanos: 1_764_000_000_001_000_000,
+        status: Status::Error("boom".into()),
+        attributes: vec![
+            ("nan".into(), Value::F64(f64::NAN)),
+            ("inf".into(), Value::F64(f64::NEG_INFINITY)),
+            ("arr".into(), Value::StringArray(vec!["a".into()])),
+        ],
+        events: smallvec::smallvec![Event {
+            name: "exception".into(),
+            time_unix_nanos: 5,
+            attributes: vec![]
+        }],
+        dropped_attributes: 1,
+        dropped_events: 2,
+    }]
+}
+
+pub(super) const META: Meta = Meta {
+    seq: 9,
+    part: Part::Dead,
+    created_unix_ms: 42,
+};
+
+#[test]
+fn round_trips_and_keeps_nan_bits() {
+    let mut out = Vec::new();
+    encode("svc", &sample(), META, &mut out).unwrap();
+    let r = decode(&out).unwrap();
+    assert_eq!((r.meta, r.service.as_str()), (META, "svc"));
+    let Value::F64(nan) = r.spans[0].attributes[0].1 else {
+        panic!()
+    };
+    assert!(nan.is_nan());
+    let mut again = Vec::new();
+    encode(&r.service, &r.spans, r.meta, &mut again).unwrap();
+    assert_eq!(out, again);
+}
+
+#[test]
+fn repetitive_batches_are_deflated_and_still_round_trip() {
+    let many: Vec<Span> = (0..200).flat_map(|_| sample()).collect();
+    let mut out = Vec::new();
+    encode("svc", &many, META, &mut out).unwrap();
+    assert_eq!(out[5], FLAG_DEFLATE);
+    let plain = bincode::serde::encode_to_vec(("svc", &many), config()).unwrap();
+    assert!(out.len() * 4 < plain.len(), "{} vs {}", out.len(), plain.len());
+    assert_eq!(decode(&out).unwrap().spans.len(), 200);
+}
+
+#[test]
+fn a_deflate_bomb_is_refused_within_the_bound() {
+    // Valid header and CRC around a payload that inflates past MAX_PAYLOAD.
+    let zeros = vec![0u8; MAX_PAYLOAD + 4096];
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, &zeros).unwrap();
+    let bomb = enc.finish().unwrap();
+    let mut rec = Vec::new();
+    frame(VERSION, &bomb, FLAG_DEFLATE, 0, META, &mut rec);
+    assert!(
+        matches!(decode(&rec), Err(RecordError::TooLarge(_))),
+        "{:?}",
+        decode(&rec).err()
+    );
+}
+
+#[test]
+fn a_huge_claimed_event_count_is_an_error_not_an_abort() {
+    // Found by the spool_record fuzzer: the payload claims ~4 EiB of events.
+    let data = include_bytes!("../../../tests/golden/crash-smallvec-reserve.bin");
+    let (&flags, payload) = data.split_first().unwrap();
+    let mut framed = Vec::new();
+    frame(
+        1,
+        payload,
+        flags & FLAG_DEFLATE,
+        payload.len().min(64) as u32,
+        META,
+        &mut framed,
+    );
+    assert!(decode(&framed).is_err());
+}
+
+#[test]
+fn every_single_bit_flip_and_truncation_is_detected() {
+    let mut out = Vec::new();
+    encode("svc", &sample(), META, &mut out).unwrap();
+    for i in 0..out.len() {
+        for bit in 0..8 {
+            let mut bad = out.clone();
+            bad[i] ^= 1 << bit;
+            assert!(decode(&bad).is_err(), "flip at byte {i} bit {bit} went unnoticed");
+        }
+    }
+    for len in 0..out.len() {
+        assert!(decode(&out[..len]).is_err(), "truncation to {len} went unnoticed");
+    }
+}
+
+#[test]
+fn scan_finds_every_sound_record_among_garbage_and_damage() {
+    let mut file = b"SPWL garbage SPWL".to_vec();
+    let mut offsets = Vec::new();
+    for seq in 0..5 {
+        offsets.push(file.len());
+        encode("svc", &sample(), Meta { seq, ..META }, &mut file).unwrap();
+        file.extend_from_slice(&[0x5a; 13]);
+    }
+    // Damage the third record's payload: it alone is lost.
+    let hit = offsets[2] + HEADER_LEN + 3;
+    file[hit] ^= 0xff;
+    let found: Vec<(usize, u64)> = scan(&file)
+        .filter_map(|f| f.record.ok().map(|r| (f.offset, r.meta.seq)))
+        .collect();
+    assert_eq!(
+        found,
+        [(offsets[0], 0), (offsets[1], 1), (offsets[3], 3), (offsets[4], 4)]
+    );
+}
