@@ -24,6 +24,7 @@ log=$cache/otelcol-$port.log
 out=$cache/otelcol-$port.jsonl
 conf=$cache/otelcol-$port.yaml
 here=$(cd "$(dirname "$0")" && pwd)
+. "$here/service.sh"
 
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
@@ -74,24 +75,10 @@ YAML
     : >"$out"
     nohup "$bin" --config "file:$conf" >"$log" 2>&1 &
     echo $! >"$pidfile"
-    for _ in $(seq 1 60); do
-      if listening; then echo "otelcol.sh: up on 127.0.0.1:$port (pid $(cat "$pidfile")), writing $out" >&2; exit 0; fi
-      if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then break; fi
-      sleep 0.5
-    done
-    echo "otelcol.sh: the collector did not start; last lines of $log:" >&2
-    tail -20 "$log" >&2 || true
-    exit 1
+    await_up "otelcol.sh: the collector on 127.0.0.1:$port" "$pidfile" "$log" 60 0.5 listening
+    echo "otelcol.sh: up on 127.0.0.1:$port (pid $(cat "$pidfile")), writing $out" >&2
     ;;
-  stop)
-    if [ -f "$pidfile" ]; then
-      pid=$(cat "$pidfile")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
-      rm -f "$pidfile"
-    fi
-    ;;
+  stop) stop_pidfile "$pidfile" ;;
   status)
     if listening; then echo "up on 127.0.0.1:$port, writing $out"; else echo "down on 127.0.0.1:$port"; exit 1; fi
     ;;

@@ -10,6 +10,7 @@
 # ZIPKIN_VERSION (3.6.1), ZIPKIN_PORT (9411) and SPILLWAY_CACHE
 # (~/.cache/spillway: jar, pid file, log) can be overridden.
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/service.sh"
 version=${ZIPKIN_VERSION:-3.6.1}
 port=${ZIPKIN_PORT:-9411}
 cache=${SPILLWAY_CACHE:-$HOME/.cache/spillway}
@@ -38,24 +39,10 @@ case "${1:-}" in
       --armeria.ports[0].port="$port" --armeria.ports[0].address=127.0.0.1 \
       >"$log" 2>&1 &
     echo $! >"$pidfile"
-    for _ in $(seq 1 120); do
-      if healthy; then echo "zipkin.sh: up at $url (pid $(cat "$pidfile"))" >&2; exit 0; fi
-      if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then break; fi
-      sleep 1
-    done
-    echo "zipkin.sh: Zipkin did not become healthy at $url; last lines of $log:" >&2
-    tail -20 "$log" >&2 || true
-    exit 1
+    await_up "zipkin.sh: Zipkin at $url" "$pidfile" "$log" 120 1 healthy
+    echo "zipkin.sh: up at $url (pid $(cat "$pidfile"))" >&2
     ;;
-  stop)
-    if [ -f "$pidfile" ]; then
-      pid=$(cat "$pidfile")
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -9 "$pid" 2>/dev/null || true
-      rm -f "$pidfile"
-    fi
-    ;;
+  stop) stop_pidfile "$pidfile" ;;
   jar)
     fetch
     echo "$jar"

@@ -13,7 +13,6 @@ use serde_json::Value as Json;
 use spillway::SpillwayTracer;
 use spillway::clock::{Clock, ManualClock, SystemClock};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 const HOUR_NS: u64 = 3_600_000_000_000;
@@ -105,15 +104,7 @@ fn stats_give_the_backlogs_age_by_spill_time_and_the_replay_rate_survives_a_rest
     );
 }
 
-fn spillway(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .env_remove("SPILLWAY_SPOOL")
-        .arg("--spool")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::spillway;
 
 fn inspect_json(dir: &Path, extra: &[&str]) -> Json {
     let mut args = vec!["inspect", "--json"];

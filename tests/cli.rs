@@ -19,16 +19,7 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))
 }
 
-fn spillway(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .env_remove("SPILLWAY_SPOOL")
-        .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
-        .arg("--spool")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("spillway runs")
-}
+use common::spillway;
 
 fn json(out: &Output) -> Json {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {

@@ -7,29 +7,10 @@
 mod common;
 
 use common::{wait_for, zipkin_url};
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-/// `spillway ARGS` with the spool in `dir` and exactly `env` of the
-/// OpenTelemetry variables set.
-fn spillway(dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
-    for var in [
-        "SPILLWAY_SPOOL",
-        "OTEL_SERVICE_NAME",
-        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
-        "OTEL_EXPORTER_ZIPKIN_TIMEOUT",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied())
-        .arg("--spool")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("spillway runs")
-}
+use common::spillway_with as spillway;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

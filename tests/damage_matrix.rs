@@ -61,16 +61,7 @@ const DAMAGES: [Damage; 10] = [
     Damage::Flip(0.99),
 ];
 
-fn spillway(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .env_remove("SPILLWAY_SPOOL")
-        .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
-        .arg("--spool")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("spillway runs")
-}
+use common::spillway;
 
 fn ran(out: &Output) -> String {
     format!(

@@ -19,11 +19,7 @@ struct Proxy {
 impl Proxy {
     fn start() -> Proxy {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let log = dir.path().join("proxy.log");
         let conf = dir.path().join("tinyproxy.conf");
         std::fs::write(

@@ -8,17 +8,8 @@ mod common;
 
 use common::fs::Fs;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn spillway(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .env_remove("SPILLWAY_SPOOL")
-        .arg("--spool")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("spillway runs")
-}
+use common::spillway;
 
 fn hashes(dir: &Path) -> Vec<(String, u64, u32)> {
     let mut out = Vec::new();

@@ -12,7 +12,6 @@ mod common;
 use common::otelcol::{Collector, Tls, wait_spans};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A CA, a server certificate it signed for `names`, and a client
@@ -200,13 +199,4 @@ fn server_name_checks_the_certificate_against_another_name_than_the_host() {
     assert!(wait_spans(&c.out, &svc, 10).len() >= 10);
 }
 
-fn spillway(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .env_remove("SPILLWAY_SPOOL")
-        .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
-        .arg("--spool")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap()
-}
+use common::spillway;

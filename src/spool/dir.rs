@@ -201,6 +201,20 @@ pub fn create(dir: &Path) -> Result<(), SpoolError> {
         })
 }
 
+/// Opens `path` to read and write, created 0600 if missing, refusing a
+/// symbolic link there (a planted link must not redirect spillway's own
+/// files).
+pub fn open_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+}
+
 /// ` (pid N holds DIR/spillway.lock)` when the lock file names a process
 /// that is running, else nothing: for [`SpoolError::InUse`].
 pub fn holder_note(dir: &Path) -> String {
@@ -221,19 +235,11 @@ impl Lock {
     /// Takes the exclusive lock, waiting up to `wait` for an owner letting
     /// go; [`SpoolError::InUse`] after that.
     pub fn exclusive(dir: &Path, wait: Duration) -> Result<Lock, SpoolError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(dir.join(super::LOCK_FILE))
-            .map_err(|source| SpoolError::Io {
-                dir: dir.to_path_buf(),
-                what: "cannot open the lock file of",
-                source,
-            })?;
+        let file = open_private(&dir.join(super::LOCK_FILE)).map_err(|source| SpoolError::Io {
+            dir: dir.to_path_buf(),
+            what: "cannot open the lock file of",
+            source,
+        })?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {

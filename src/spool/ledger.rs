@@ -64,15 +64,7 @@ impl Ledger {
     /// Opens (or creates) the ledger in `dir`; returns it with the last
     /// state written, if a sound one is there.
     pub fn open(dir: &Path) -> io::Result<(Ledger, Option<State>)> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(dir.join(FILE))?;
+        let file = super::dir::open_private(&dir.join(FILE))?;
         let mut buf = [0u8; 2 * SLOT];
         let mut n = 0;
         while n < buf.len() {

@@ -362,14 +362,48 @@ fn serve(
     }
 }
 
-/// A collector URL on 127.0.0.1 where nothing listens: connections are refused.
-pub fn refused_url() -> String {
-    let port = TcpListener::bind("127.0.0.1:0")
+/// A port on 127.0.0.1 that nothing listens on (now).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
         .expect("addr")
-        .port();
-    format!("http://127.0.0.1:{port}/api/v2/spans")
+        .port()
+}
+
+/// A collector URL on 127.0.0.1 where nothing listens: connections are refused.
+pub fn refused_url() -> String {
+    format!("http://127.0.0.1:{}/api/v2/spans", free_port())
+}
+
+/// The variables the `spillway` command reads, which no test inherits.
+const CLI_ENV: [&str; 4] = [
+    "SPILLWAY_SPOOL",
+    "OTEL_SERVICE_NAME",
+    "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+    "OTEL_EXPORTER_ZIPKIN_TIMEOUT",
+];
+
+/// Runs the `spillway` command on the spool in `dir` with exactly `env` of
+/// the variables it reads set.
+pub fn spillway_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let bin = option_env!("CARGO_BIN_EXE_spillway").expect("the spillway binary (integration tests only)");
+    let mut cmd = std::process::Command::new(bin);
+    for var in CLI_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied())
+        .arg("--spool")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("spillway runs")
+}
+
+/// Runs the `spillway` command on the spool in `dir`, none of the
+/// variables it reads set.
+pub fn spillway(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    spillway_with(dir, &[], args)
 }
 
 /// Records `n` root spans named `name`.

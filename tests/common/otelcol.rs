@@ -44,11 +44,7 @@ impl Collector {
         let bin = std::env::var_os("SPILLWAY_OTELCOL_BIN")
             .unwrap_or_else(|| panic!("SPILLWAY_OTELCOL_BIN is not set: run the suite with scripts/test.sh"));
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let out = dir.path().join("out.jsonl");
         let tls = tls.map_or_else(String::new, |t| {
             let mut s = format!(

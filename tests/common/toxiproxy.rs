@@ -15,11 +15,7 @@ impl Toxiproxy {
     pub fn start() -> Toxiproxy {
         let bin = std::env::var_os("SPILLWAY_TOXIPROXY_BIN")
             .unwrap_or_else(|| panic!("SPILLWAY_TOXIPROXY_BIN is not set: run the suite with scripts/test.sh"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let child = Command::new(bin)
             .args(["-host", "127.0.0.1", "-port", &port.to_string()])
             .stdout(Stdio::null())
