@@ -67,57 +67,21 @@ struct Recorded {
     end: u64,
 }
 
-/// A bext request: a server span with a database call that fails (an
-/// exception event with attributes), a template render (internal, OK,
+/// A bext request: a server span with a database call that fails
+/// (`common::failing_query`: an exception event with attributes), a template render (internal, OK,
 /// an event without attributes), and a job handed to a queue (producer)
 /// that a worker takes (consumer). Times are whole microseconds.
 fn record_request(tracer: &SpillwayTracer, clock: &ManualClock) -> (Vec<Recorded>, [u8; 16]) {
     let mut out = Vec::new();
     let t0 = clock.now_unix_nanos();
-    let server = tracer.start_span(SpanStart {
-        name: "GET /users/:id",
-        kind: SpanKind::Server,
-        attributes: vec![
-            ("http.request.method".into(), "GET".into()),
-            ("http.route".into(), "/users/:id".into()),
-        ],
-        ..Default::default()
-    });
-    clock.advance(100_000);
-    let db = tracer.start_span(SpanStart {
-        name: "SELECT users",
-        kind: SpanKind::Client,
-        parent: Some(server),
-        attributes: vec![
-            ("db.system".into(), "postgresql".into()),
-            ("peer.service".into(), "postgres".into()),
-            ("server.port".into(), AttrValue::I64(5432)),
-        ],
-        ..Default::default()
-    });
-    clock.advance(2_000_000);
-    tracer.add_event(
-        db,
-        SpanEvent {
-            name: "exception",
-            attributes: vec![("exception.type".into(), "QueryTimeout".into())],
-            time_unix_nanos: None,
-        },
-    );
-    tracer.set_status(
-        db,
-        SpanStatus::Error {
-            description: "statement timeout".into(),
-        },
-    );
-    tracer.end_span(db, None);
+    let (server, db) = common::failing_query(tracer, clock);
     out.push(Recorded {
         id: db.span_id,
         parent: Some(server.span_id),
         name: "SELECT users",
         kind: SpanKind::Client,
-        start: t0 + 100_000,
-        end: t0 + 2_100_000,
+        start: t0 + 120_000,
+        end: t0 + 2_120_000,
     });
     let render = tracer.start_span(SpanStart {
         name: "render users/show",
@@ -141,8 +105,8 @@ fn record_request(tracer: &SpillwayTracer, clock: &ManualClock) -> (Vec<Recorded
         parent: Some(server.span_id),
         name: "render users/show",
         kind: SpanKind::Internal,
-        start: t0 + 2_100_000,
-        end: t0 + 2_600_000,
+        start: t0 + 2_120_000,
+        end: t0 + 2_620_000,
     });
     let produce = tracer.start_span(SpanStart {
         name: "publish audit",
@@ -167,16 +131,16 @@ fn record_request(tracer: &SpillwayTracer, clock: &ManualClock) -> (Vec<Recorded
         parent: Some(server.span_id),
         name: "publish audit",
         kind: SpanKind::Producer,
-        start: t0 + 2_600_000,
-        end: t0 + 2_650_000,
+        start: t0 + 2_620_000,
+        end: t0 + 2_670_000,
     });
     out.push(Recorded {
         id: consume.span_id,
         parent: Some(produce.span_id),
         name: "process audit",
         kind: SpanKind::Consumer,
-        start: t0 + 2_650_000,
-        end: t0 + 2_720_000,
+        start: t0 + 2_670_000,
+        end: t0 + 2_740_000,
     });
     tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(500));
     tracer.set_status(
@@ -193,7 +157,7 @@ fn record_request(tracer: &SpillwayTracer, clock: &ManualClock) -> (Vec<Recorded
         name: "GET /users/:id",
         kind: SpanKind::Server,
         start: t0,
-        end: t0 + 2_750_000,
+        end: t0 + 2_770_000,
     });
     (out, server.trace_id)
 }
@@ -291,6 +255,7 @@ fn same_traces_reach_both(gzip: bool) {
         BTreeMap::from([
             ("db.system".to_owned(), s("postgresql")),
             ("peer.service".to_owned(), s("postgres")),
+            ("server.address".to_owned(), s("db.internal")),
             ("server.port".to_owned(), s("5432")),
             ("error".to_owned(), s("statement timeout")),
             // The remote endpoint, in the old and the new conventions.
@@ -303,6 +268,7 @@ fn same_traces_reach_both(gzip: bool) {
         BTreeMap::from([
             ("http.request.method".to_owned(), s("GET")),
             ("http.route".to_owned(), s("/users/:id")),
+            ("url.path".to_owned(), s("/users/42")),
             ("http.response.status_code".to_owned(), s("500")),
             ("error".to_owned(), s("upstream failed")),
         ])
@@ -315,13 +281,13 @@ fn same_traces_reach_both(gzip: bool) {
     assert_eq!(
         db["events"],
         json!([{
-            "timeUnixNano": (t0 + 2_100_000).to_string(),
-            "name": "\"exception\": {\"exception.type\":\"QueryTimeout\"}",
+            "timeUnixNano": (t0 + 2_120_000).to_string(),
+            "name": "\"exception\": {\"exception.type\":\"QueryTimeout\",\"exception.message\":\"canceling statement due to statement timeout\"}",
         }])
     );
     assert_eq!(
         render["events"],
-        json!([{"timeUnixNano": (t0 + 2_400_000).to_string(), "name": "template.cached"}])
+        json!([{"timeUnixNano": (t0 + 2_420_000).to_string(), "name": "template.cached"}])
     );
 
     // Zipkin stored the very same spans: same ids, parents and times

@@ -5,7 +5,7 @@
 
 mod common;
 
-use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
+use bext_plugin_api::tracer::{AttrValue, SpanStatus, TracerPlugin};
 use common::{get_json, wait_for, zipkin_url};
 use serde_json::{Value as Json, json};
 use spillway::clock::{Clock, ManualClock, SystemClock};
@@ -36,51 +36,7 @@ fn a_bext_request_trace_round_trips_field_by_field() {
         .build()
         .unwrap();
 
-    let server = tracer.start_span(SpanStart {
-        name: "GET /users/:id",
-        kind: SpanKind::Server,
-        attributes: vec![
-            ("http.request.method".into(), "GET".into()),
-            ("http.route".into(), "/users/:id".into()),
-            ("url.path".into(), "/users/42".into()),
-        ],
-        ..Default::default()
-    });
-    clock.advance(120_000);
-    let db = tracer.start_span(SpanStart {
-        name: "SELECT users",
-        kind: SpanKind::Client,
-        parent: Some(server),
-        attributes: vec![
-            ("db.system".into(), "postgresql".into()),
-            ("peer.service".into(), "postgres".into()),
-            ("server.address".into(), "db.internal".into()),
-            ("server.port".into(), AttrValue::I64(5432)),
-        ],
-        ..Default::default()
-    });
-    clock.advance(2_000_000);
-    tracer.add_event(
-        db,
-        SpanEvent {
-            name: "exception",
-            attributes: vec![
-                ("exception.type".into(), "QueryTimeout".into()),
-                (
-                    "exception.message".into(),
-                    "canceling statement due to statement timeout".into(),
-                ),
-            ],
-            time_unix_nanos: None,
-        },
-    );
-    tracer.set_status(
-        db,
-        SpanStatus::Error {
-            description: "statement timeout".into(),
-        },
-    );
-    tracer.end_span(db, None);
+    let (server, db) = common::failing_query(&tracer, &clock);
     clock.advance(300_000);
     tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(500));
     tracer.set_attribute(server, "sampled.fraction", AttrValue::F64(0.25));

@@ -387,7 +387,9 @@ const CLI_ENV: [&str; 4] = [
 /// Runs the `spillway` command on the spool in `dir` with exactly `env` of
 /// the variables it reads set.
 pub fn spillway_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
-    let bin = option_env!("CARGO_BIN_EXE_spillway").expect("the spillway binary (integration tests only)");
+    let Some(bin) = option_env!("CARGO_BIN_EXE_spillway") else {
+        panic!("the spillway binary is built for integration tests only")
+    };
     let mut cmd = std::process::Command::new(bin);
     for var in CLI_ENV {
         cmd.env_remove(var);
@@ -404,6 +406,64 @@ pub fn spillway_with(dir: &std::path::Path, env: &[(&str, &str)], args: &[&str])
 /// variables it reads set.
 pub fn spillway(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     spillway_with(dir, &[], args)
+}
+
+/// The start of a bext request as the end-to-end tests record it: a
+/// server span `GET /users/:id`, then, 120 µs later, a database call
+/// (`SELECT users`, a client span naming its peer) that fails 2 ms later
+/// with an exception event and an error status, and ends. Returns the
+/// server span, still open, and the database span.
+pub fn failing_query(
+    tracer: &spillway::SpillwayTracer,
+    clock: &spillway::ManualClock,
+) -> (bext_plugin_api::tracer::SpanHandle, bext_plugin_api::tracer::SpanHandle) {
+    use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
+    let server = tracer.start_span(SpanStart {
+        name: "GET /users/:id",
+        kind: SpanKind::Server,
+        attributes: vec![
+            ("http.request.method".into(), "GET".into()),
+            ("http.route".into(), "/users/:id".into()),
+            ("url.path".into(), "/users/42".into()),
+        ],
+        ..Default::default()
+    });
+    clock.advance(120_000);
+    let db = tracer.start_span(SpanStart {
+        name: "SELECT users",
+        kind: SpanKind::Client,
+        parent: Some(server),
+        attributes: vec![
+            ("db.system".into(), "postgresql".into()),
+            ("peer.service".into(), "postgres".into()),
+            ("server.address".into(), "db.internal".into()),
+            ("server.port".into(), AttrValue::I64(5432)),
+        ],
+        ..Default::default()
+    });
+    clock.advance(2_000_000);
+    tracer.add_event(
+        db,
+        SpanEvent {
+            name: "exception",
+            attributes: vec![
+                ("exception.type".into(), "QueryTimeout".into()),
+                (
+                    "exception.message".into(),
+                    "canceling statement due to statement timeout".into(),
+                ),
+            ],
+            time_unix_nanos: None,
+        },
+    );
+    tracer.set_status(
+        db,
+        SpanStatus::Error {
+            description: "statement timeout".into(),
+        },
+    );
+    tracer.end_span(db, None);
+    (server, db)
 }
 
 /// Records `n` root spans named `name`.
