@@ -53,28 +53,21 @@ fn read_only_commands_work_on_a_read_only_mount_and_change_nothing() {
             "http://127.0.0.1:9/api/v2/spans",
         ],
     ];
+    let succeeds = |args: &[&str]| {
+        let out = spillway(&dir, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    };
     // Writable mount: every byte as it was.
     for args in &commands {
-        let out = spillway(&dir, args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(args);
         assert_eq!(hashes(&dir), before, "{args:?} changed the spool");
     }
     // Read-only mount: they still work, and say the same.
     fs.unmount();
     fs.mount_read_only();
     for args in &commands {
-        let out = spillway(&dir, args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeds(args);
     }
     let inspect: serde_json::Value = serde_json::from_slice(&spillway(&dir, &["inspect", "--json"]).stdout).unwrap();
     assert_eq!(inspect["spans"], 3_000, "{inspect}");
