@@ -12,7 +12,8 @@
 //! ```text
 //!  bext ──► tracer ───────────► export ──────────► zipkin ──► transport ──► collector
 //!           record, shards,     flush: send,        encode     POST (ureq)
-//!           spiller, drain      keep, replay, books  v2 JSON    classify
+//!           spiller, drain      spill_or_hold,      v2 JSON    classify
+//!                               replay, books
 //!                                  │      ▲
 //!                                  ▼      │ oldest first
 //!                                 disk thread ──► spool (sled + ledger, fsynced)

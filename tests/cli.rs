@@ -9,7 +9,7 @@ use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanSta
 use common::{FaultServer, Ids, ids_of, refused_url, spool_config, validator, zipkin_ids, zipkin_url};
 use serde_json::Value as Json;
 use spillway::SpillwayTracer;
-use spillway::spool::{Part, Spool};
+use spillway::spool::{Spool, Tree};
 use spillway::unstable::zipkin::hex;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -81,7 +81,7 @@ fn spool_spans(dir: &Path, service: &str, n: usize) -> Ids {
 fn spooled_ids(dir: &Path) -> Ids {
     let spool = Spool::open(dir, u64::MAX).unwrap();
     spool
-        .entries(Part::Queue)
+        .records(Tree::Queue)
         .flat_map(|e| e.unwrap().spans.unwrap())
         .map(|s| (hex(&s.trace_id), hex(&s.span_id)))
         .collect()
@@ -105,14 +105,14 @@ fn replay_after_an_outage_delivers_exactly_the_spooled_spans() {
     assert_eq!(summary["remaining"], 0, "{summary}");
     assert_eq!(summary["dead_lettered"], 0, "{summary}");
     assert!(
-        summary["batches"].as_u64().unwrap() >= 3,
+        summary["records"].as_u64().unwrap() >= 3,
         "records of at most 1,024 spans: {summary}"
     );
 
     assert_eq!(zipkin_ids(&service, 2500), spooled);
     let inspect = json(&spillway(dir.path(), &["inspect", "--json"]));
     assert_eq!(
-        (inspect["spans"].as_u64(), inspect["batches"].as_u64()),
+        (inspect["spans"].as_u64(), inspect["records"].as_u64()),
         (Some(0), Some(0))
     );
 }
@@ -124,7 +124,7 @@ fn replay_killed_mid_way_then_rerun_loses_nothing() {
     let spooled = spool_spans(dir.path(), &service, 6000);
     let first_record = {
         let spool = Spool::open(dir.path(), u64::MAX).unwrap();
-        let first = spool.entries(Part::Queue).next().unwrap().unwrap();
+        let first = spool.records(Tree::Queue).next().unwrap().unwrap();
         first.spans.unwrap().len()
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
@@ -315,7 +315,7 @@ fn salvage_recovers_what_was_owed_from_a_spool_sled_cannot_open() {
     // Deliver the first two records, so the files also hold settled ones.
     let out = spillway(
         &spool,
-        &["replay", "--endpoint", &endpoint(), "--max-batches", "2", "--json"],
+        &["replay", "--endpoint", &endpoint(), "--max-records", "2", "--json"],
     );
     let delivered = json(&out)["delivered"].as_u64().unwrap() as usize;
     let owed = spooled_ids(&spool);
@@ -419,7 +419,7 @@ fn replay_stops_cleanly_on_sigint_and_says_what_is_left() {
     let spooled = spool_spans(dir.path(), &service, 6000);
     let first_record = {
         let spool = Spool::open(dir.path(), u64::MAX).unwrap();
-        spool.entries(Part::Queue).next().unwrap().unwrap().spans.unwrap().len()
+        spool.records(Tree::Queue).next().unwrap().unwrap().spans.unwrap().len()
     };
     let child = Command::new(env!("CARGO_BIN_EXE_spillway"))
         .arg("--spool")

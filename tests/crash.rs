@@ -49,7 +49,7 @@ fn spool_spans(dir: &std::path::Path) -> u64 {
     let mut spool = Spool::open(dir, u64::MAX).expect("spool reopens after kill -9");
     // The ledger never claims more than sled holds after a crash.
     assert_eq!(spool.take_damage(), None, "a kill -9 is not damage");
-    let entries = spool.oldest(spillway::spool::Part::Queue, usize::MAX).unwrap();
+    let entries = spool.oldest(spillway::spool::Tree::Queue, usize::MAX).unwrap();
     for e in &entries {
         assert!(
             e.spans.is_ok(),

@@ -18,7 +18,7 @@ use common::fs::{Fs, sh};
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use spillway::clock::SystemClock;
-use spillway::spool::{Part, Spool};
+use spillway::spool::{Spool, Tree};
 use spillway::unstable::export::Exporter;
 use spillway::unstable::export::books::Books;
 use spillway::unstable::export::disk::Disk;
@@ -172,8 +172,8 @@ fn spool_ids(dir: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
     let mut spool = Spool::open(dir, u64::MAX).expect("the spool opens after the cut");
     assert_eq!(spool.take_damage(), None, "the ledger claims no more than is on disk");
     let mut parts = [BTreeSet::new(), BTreeSet::new()];
-    for (i, part) in [Part::Queue, Part::Dead].into_iter().enumerate() {
-        for entry in spool.entries(part) {
+    for (i, part) in [Tree::Queue, Tree::Dead].into_iter().enumerate() {
+        for entry in spool.records(part) {
             let entry = entry.unwrap();
             let spans = entry
                 .spans
@@ -265,7 +265,7 @@ fn replay_child() {
     let mut exporter = Exporter::new(&config, Box::new(transport), Some(disk), books, Arc::new(SystemClock));
     say("STARTED".into());
     loop {
-        match exporter.replay_next(Part::Queue) {
+        match exporter.replay_next(Tree::Queue) {
             Ok(Some(r)) => say(format!("REMOVED {} {} {}", r.key, r.delivered, r.refused)),
             Ok(None) => break,
             Err(e) => {
@@ -281,7 +281,7 @@ fn replay_child() {
 fn records(dir: &Path) -> Vec<(u64, Vec<Span>)> {
     let spool = Spool::open(dir, u64::MAX).unwrap();
     spool
-        .entries(Part::Queue)
+        .records(Tree::Queue)
         .map(|e| {
             let e = e.unwrap();
             (e.key, e.spans.unwrap())
@@ -533,7 +533,7 @@ fn quarantined_records_survive_power_cuts() {
             fs.cut_and_restart(&mut child.child);
             let mut spool = Spool::open(&dir, u64::MAX).unwrap();
             assert_eq!(spool.take_damage(), None, "{kind} cut {cut}");
-            let queued: BTreeSet<u64> = spool.entries(Part::Queue).map(|e| e.unwrap().key).collect();
+            let queued: BTreeSet<u64> = spool.records(Tree::Queue).map(|e| e.unwrap().key).collect();
             let quarantined: BTreeSet<u64> = spool.quarantined().map(|q| q.unwrap().0).collect();
             for key in &bad {
                 assert!(

@@ -6,7 +6,7 @@
 mod common;
 
 use spillway::spool::view::View;
-use spillway::spool::{Part, Spool};
+use spillway::spool::{Spool, Tree};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -86,7 +86,7 @@ fn salvage_killed_at_any_point_and_run_again_holds_every_record_exactly_once() {
     let spool = Spool::open(&into, u64::MAX).unwrap();
     let spans: u64 = want.values().map(|&n| u64::from(n)).sum();
     assert_eq!(spool.stats().spans, spans, "counted once");
-    assert_eq!(spool.entries(Part::Queue).count(), want.len());
+    assert_eq!(spool.records(Tree::Queue).count(), want.len());
     eprintln!("{kills} kills, {} records", want.len());
 }
 
@@ -106,7 +106,7 @@ fn salvage_memory_is_bounded_whatever_the_file_sizes() {
         let mut rec = Vec::new();
         let meta = spillway::spool::record::Meta {
             seq: i,
-            part: Part::Queue,
+            tree: Tree::Queue,
             created_unix_ms: 1,
         };
         spillway::spool::record::encode("svc", &spans, meta, &mut rec).unwrap();

@@ -131,7 +131,7 @@ fn refused_spans_become_dead_letters_not_losses() {
     let err = t.try_flush().unwrap_err();
     assert!(
         err.to_string()
-            .contains("2 rejected by the collector and kept as dead letters"),
+            .contains("2 refused by the collector and kept as dead letters"),
         "{err}"
     );
     let s = balanced(&t);

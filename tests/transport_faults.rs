@@ -120,7 +120,7 @@ fn bad_request_bisects_so_only_the_refused_span_is_dropped() {
     record(&t, 1, "poison");
     record(&t, 20, "fine");
     let err = flush_err(&t);
-    assert_eq!((err.rejected, err.delivered, err.kept_in_memory), (1, 40, 0), "{err}");
+    assert_eq!((err.refused, err.delivered, err.kept_in_memory), (1, 40, 0), "{err}");
     let s = t.stats();
     assert_eq!((s.delivered, s.dropped.rejected, s.in_memory), (40, 1, 0));
     assert!(s.is_balanced());
@@ -147,7 +147,7 @@ fn other_client_errors_drop_and_count() {
     let t = tracer(&server.url, |_| {});
     record(&t, 7, "x");
     let err = flush_err(&t);
-    assert_eq!(err.rejected, 7);
+    assert_eq!(err.refused, 7);
     assert!(
         err.to_string().contains("HTTP 422 Unprocessable Entity: unprocessable"),
         "{err}"
@@ -174,7 +174,7 @@ fn a_wrong_endpoint_or_credentials_keep_the_spans_and_say_what_to_check() {
             msg.contains("collector refuses every request") && msg.contains(hint),
             "{msg}"
         );
-        assert_eq!((err.rejected, err.kept_in_memory), (0, 7), "{msg}");
+        assert_eq!((err.refused, err.kept_in_memory), (0, 7), "{msg}");
         assert_eq!(server.requests().len(), 1, "one request, no bisection: {msg}");
         let s = t.stats();
         assert_eq!((s.dropped.total(), s.in_memory), (0, 7));

@@ -37,7 +37,7 @@ use super::books::Books;
 use super::report::Cause;
 use crate::span::Span;
 use crate::spool::state::ReplayRate;
-use crate::spool::{Entry, Part, Prepared, Spool, SpoolError, SpoolStats};
+use crate::spool::{Prepared, Spool, SpoolError, SpoolStats, StoredRecord, Tree};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -122,13 +122,13 @@ enum Job {
         done: Done<Result<(), Failed>>,
     },
     Read {
-        part: Part,
+        tree: Tree,
         max: usize,
-        done: Done<Result<Vec<Entry>, Failed>>,
+        done: Done<Result<Vec<StoredRecord>, Failed>>,
     },
     Settle(Settle, Done<Result<(), Failed>>),
     Quarantine {
-        entry: Entry,
+        entry: StoredRecord,
         done: Done<Result<(), Failed>>,
     },
     Expire {
@@ -143,7 +143,7 @@ enum Job {
 /// dead letter and queue `requeue` (the unsent rest) again with its age.
 pub struct Settle {
     /// The record.
-    pub entry: Entry,
+    pub entry: StoredRecord,
     /// Its spans refused for good.
     pub refused: Vec<Span>,
     /// Its spans not sent (sending stopped part-way).
@@ -158,7 +158,7 @@ pub struct Settle {
 
 impl Settle {
     fn books(&self, books: &Books) {
-        if self.entry.part == Part::Queue {
+        if self.entry.tree == Tree::Queue {
             books.settled(
                 self.entry.declared_spans,
                 self.counted,
@@ -194,7 +194,7 @@ struct Status {
     /// Why the spool is not working, while it is not.
     problem: Option<String>,
     /// What the next flush should report.
-    notes: Vec<Cause>,
+    causes: Vec<Cause>,
     /// Spans in spill jobs not done yet.
     queued: u64,
 }
@@ -316,11 +316,11 @@ impl Disk {
         self.send(job).then_some(done)
     }
 
-    /// Reads up to `max` of the oldest records of `part`.
-    pub fn read(&self, part: Part, max: usize) -> Option<Done<Result<Vec<Entry>, Failed>>> {
+    /// Reads up to `max` of the oldest records of `tree`.
+    pub fn read(&self, tree: Tree, max: usize) -> Option<Done<Result<Vec<StoredRecord>, Failed>>> {
         let done = Done::new();
         self.send(Job::Read {
-            part,
+            tree,
             max,
             done: done.clone(),
         })
@@ -334,7 +334,7 @@ impl Disk {
     }
 
     /// Quarantines a record that failed its checks.
-    pub fn quarantine(&self, entry: Entry) -> Option<Done<Result<(), Failed>>> {
+    pub fn quarantine(&self, entry: StoredRecord) -> Option<Done<Result<(), Failed>>> {
         let done = Done::new();
         self.send(Job::Quarantine {
             entry,
@@ -367,8 +367,8 @@ impl Disk {
     }
 
     /// What happened on disk that no flush has reported yet.
-    pub fn take_notes(&self) -> Vec<Cause> {
-        std::mem::take(&mut lock(&self.shared.status).notes)
+    pub fn take_causes(&self) -> Vec<Cause> {
+        std::mem::take(&mut lock(&self.shared.status).causes)
     }
 
     /// Why the spool is not working, if it is not (as of the last round).
@@ -377,8 +377,8 @@ impl Disk {
     }
 
     /// Adds something for the next flush to report.
-    pub fn note(&self, cause: Cause) {
-        lock(&self.shared.status).notes.push(cause);
+    pub fn add_cause(&self, cause: Cause) {
+        lock(&self.shared.status).causes.push(cause);
     }
 
     /// The spool's counts after the last round, if it has been open.

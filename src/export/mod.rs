@@ -5,7 +5,7 @@
 //! batch ──▶ send (encode, POST, bisect refusals) ──2xx──▶ delivered
 //!   │            │ retry later / misconfigured / deadline
 //!   │            ▼
-//!   │        keep: the disk thread spills it (or memory, bounded)
+//!   │        spill_or_hold: the disk thread spills it (or memory, bounded)
 //!   ▼
 //! replay: memory buffer, then the spool's oldest records, within budget
 //! ```
@@ -52,7 +52,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::span::Span;
 use crate::spool::state::ReplayRate;
-use crate::spool::{Entry, Part};
+use crate::spool::{StoredRecord, Tree};
 use crate::transport::Transport;
 use backoff::Backoff;
 use books::Books;
@@ -162,12 +162,12 @@ impl Exporter {
             // Held in memory while the spool failed: to disk first, so the
             // spool (reopened by this very job if it can be) holds them.
             let held = std::mem::take(&mut self.retry);
-            self.keep(held, deadline, &mut r);
+            self.spill_or_hold(held, deadline, &mut r);
         }
         let now = self.now_ms();
         self.expire(now, deadline, &mut r);
         if let Some(wait) = self.backoff.remaining(now) {
-            self.keep(batch, deadline, &mut r);
+            self.spill_or_hold(batch, deadline, &mut r);
             r.next_attempt_in = Some(wait);
             r.because(Cause::BackingOff {
                 last: self.backoff.last().cloned(),
@@ -183,7 +183,7 @@ impl Exporter {
             self.spare = batch;
         } else {
             batch.drain(..sent.settled);
-            self.keep(batch, deadline, &mut r);
+            self.spill_or_hold(batch, deadline, &mut r);
         }
         let stopped = match stopped {
             Some(stop) => Some(stop),
@@ -210,7 +210,7 @@ impl Exporter {
         self.take_back(&mut r);
         let mut all = std::mem::take(&mut self.retry);
         all.append(&mut batch);
-        self.keep(all, deadline, &mut r);
+        self.spill_or_hold(all, deadline, &mut r);
         self.finish(r)
     }
 
@@ -218,7 +218,7 @@ impl Exporter {
     /// (failed spills).
     fn take_back(&mut self, r: &mut FlushError) {
         if let Some(disk) = &self.disk {
-            for cause in disk.take_notes() {
+            for cause in disk.take_causes() {
                 r.because(cause);
             }
         }
@@ -262,7 +262,7 @@ impl Exporter {
         r.oversize += sent.oversize;
         let refused = sent.refused_spans();
         if refused > 0 {
-            r.rejected += refused;
+            r.refused += refused;
             if let Some(e) = &sent.last_refusal {
                 r.because(Cause::Collector(e.clone()));
             }
@@ -287,7 +287,7 @@ impl Exporter {
     /// Keeps held `spans`: the disk thread spills them (waiting for it
     /// until `deadline`), or, without a working spool, the bounded memory
     /// buffer holds them.
-    fn keep(&mut self, spans: Vec<Span>, deadline: Instant, r: &mut FlushError) {
+    fn spill_or_hold(&mut self, spans: Vec<Span>, deadline: Instant, r: &mut FlushError) {
         if spans.is_empty() {
             return;
         }

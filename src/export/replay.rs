@@ -43,7 +43,7 @@ impl Exporter {
                 let mut rest = head;
                 rest.drain(..sent.settled);
                 rest.append(&mut self.retry);
-                self.keep(rest, deadline, r);
+                self.spill_or_hold(rest, deadline, r);
                 return Some(stop);
             }
         }
@@ -54,7 +54,7 @@ impl Exporter {
             if !disk.has_records() {
                 return None;
             }
-            let entries = match disk.read(Part::Queue, 4).and_then(|d| d.wait(deadline)) {
+            let entries = match disk.read(Tree::Queue, 4).and_then(|d| d.wait(deadline)) {
                 Some(Ok(entries)) if entries.is_empty() => return None,
                 Some(Ok(entries)) => entries,
                 Some(Err(e)) => {
@@ -82,7 +82,7 @@ impl Exporter {
     pub(super) fn replay_entry(
         &mut self,
         disk: &Disk,
-        entry: Entry,
+        entry: StoredRecord,
         deadline: Instant,
         r: &mut FlushError,
     ) -> Option<Stop> {
@@ -105,13 +105,13 @@ impl Exporter {
         };
         let began = Instant::now();
         let sent = self.sender.send(spans, &entry.service, deadline, &self.books);
-        if entry.part == Part::Queue {
+        if entry.tree == Tree::Queue {
             self.books
                 .settled_from_spool(sent.delivered as u64, sent.oversize as u64);
         }
         r.delivered += sent.delivered;
         r.oversize += sent.oversize;
-        r.rejected += sent.refused_spans();
+        r.refused += sent.refused_spans();
         if let Some(e) = &sent.last_refusal {
             r.because(Cause::Collector(e.clone()));
         }
@@ -147,18 +147,18 @@ impl Exporter {
         }
     }
 
-    /// Replays the oldest record of `part`, for tools that drive replay
+    /// Replays the oldest record of `tree`, for tools that drive replay
     /// themselves (the CLI): the queue, or the dead letters for another
     /// chance. `Ok(None)` when there is none. A record leaves only once
     /// settled (delivered or refused for good; refused spans become a new
     /// dead letter); if sending stops part-way, the unsent rest is queued
     /// again with the record's age. `Err` when the collector could not take
     /// it or the spool failed: the record stays first in line.
-    pub fn replay_next(&mut self, part: Part) -> Result<Option<Replayed>, Box<FlushError>> {
+    pub fn replay_next(&mut self, tree: Tree) -> Result<Option<Replayed>, Box<FlushError>> {
         let mut r = FlushError::default();
         let deadline = Instant::now() + self.flush_timeout;
         let Some(disk) = self.disk.clone() else { return Ok(None) };
-        let entry = match disk.read(part, 1).and_then(|d| d.wait(deadline)) {
+        let entry = match disk.read(tree, 1).and_then(|d| d.wait(deadline)) {
             Some(Ok(mut entries)) => match entries.pop() {
                 Some(e) => e,
                 None => return Ok(None),
@@ -192,7 +192,7 @@ impl Exporter {
             key,
             spans,
             delivered: r.delivered,
-            refused: r.rejected,
+            refused: r.refused,
             quarantined,
             refusal: r.cause().cloned(),
         }))

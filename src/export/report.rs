@@ -55,8 +55,9 @@ pub struct FlushError {
     pub causes: Vec<Cause>,
     /// Spans delivered by this flush.
     pub delivered: usize,
-    /// Spans the collector refused for good in this flush.
-    pub rejected: usize,
+    /// Spans the collector refused for good in this flush (kept as dead
+    /// letters or dropped: see `dead_lettered`).
+    pub refused: usize,
     /// Whether refused spans were kept as dead letters (else dropped).
     pub dead_lettered: bool,
     /// Spans dropped because each alone was larger than a request may be.
@@ -198,13 +199,13 @@ impl fmt::Display for FlushError {
         if self.kept_in_memory > 0 {
             write!(f, ", {} kept in memory for retry", self.kept_in_memory)?;
         }
-        if self.rejected > 0 {
+        if self.refused > 0 {
             let fate = if self.dead_lettered {
                 "kept as dead letters"
             } else {
                 "dropped"
             };
-            write!(f, ", {} rejected by the collector and {fate}", self.rejected)?;
+            write!(f, ", {} refused by the collector and {fate}", self.refused)?;
         }
         if self.oversize > 0 {
             write!(f, ", {} dropped as larger than max_request_bytes", self.oversize)?;

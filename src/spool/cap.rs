@@ -98,7 +98,7 @@ impl Spool {
                 .map_err(|e| self.storage(e))?
                 .is_some()
             {
-                self.forget(key, bytes, n);
+                self.uncount(key, bytes, n);
                 self.forget_durable(key, n);
             }
         }

@@ -209,7 +209,7 @@ fn all_zero(region: &Region) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Part, Spool};
+    use crate::spool::{Spool, Tree};
     use std::collections::BTreeSet;
 
     fn copy_dir(from: &Path, to: &Path) {
@@ -228,7 +228,7 @@ mod tests {
     /// (seq, spans) of the queue as sled sees it once opened.
     fn sled_view(dir: &Path) -> Option<BTreeSet<u64>> {
         let spool = Spool::open(dir, u64::MAX).ok()?;
-        let keys: Result<BTreeSet<u64>, _> = spool.entries(Part::Queue).map(|e| e.map(|e| e.key)).collect();
+        let keys: Result<BTreeSet<u64>, _> = spool.records(Tree::Queue).map(|e| e.map(|e| e.key)).collect();
         keys.ok()
     }
 

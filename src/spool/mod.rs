@@ -32,7 +32,7 @@
 //! sequence to a [`state`] quarantine frame holding a record that failed
 //! its checks, byte for byte; `meta` holds `next_seq`, the state frame of
 //! the last commit, and salvage's resume markers. Every record carries its
-//! own sequence, part and service, and every frame a CRC, so [`scan`] and
+//! own sequence, tree and service, and every frame a CRC, so [`scan`] and
 //! [`view`] can read the raw files without sled. Format versions: records
 //! v2 (v1 read), state frames v2 (v1 read), ledger format 2 (1 read); a
 //! version is only ever added, and every older one stays readable (golden
@@ -129,7 +129,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use error::SpoolError;
-pub use record::Part;
+pub use record::Tree;
 pub use write::{Prepared, prepare};
 
 /// The lock file spillway holds while it owns the spool (sled takes its
@@ -165,13 +165,13 @@ const MEASURE_EVERY_CAP_FRACTION: u64 = 32;
 /// The longest the amplification goes without being re-measured.
 const AMPLIFICATION_EVERY: Duration = Duration::from_secs(1);
 
-/// A record of the queue or the dead letters, as [`Spool::entries`] reads it.
+/// A record of the queue or the dead letters, as [`Spool::records`] reads it.
 #[derive(Debug)]
-pub struct Entry {
+pub struct StoredRecord {
     /// Its sequence number.
     pub key: u64,
     /// The tree it is in.
-    pub part: Part,
+    pub tree: Tree,
     /// Its size in bytes.
     pub bytes: usize,
     /// The service that recorded it (empty when it cannot be read).
@@ -185,16 +185,16 @@ pub struct Entry {
     raw: sled::IVec,
 }
 
-impl Entry {
-    pub(super) fn read(part: Part, key: &[u8], raw: sled::IVec) -> Entry {
+impl StoredRecord {
+    pub(super) fn read(tree: Tree, key: &[u8], raw: sled::IVec) -> StoredRecord {
         let header = record::header(&raw).ok();
         let (service, spans) = match record::decode(&raw) {
             Ok(r) => (r.service, Ok(r.spans)),
             Err(e) => (String::new(), Err(e)),
         };
-        Entry {
+        StoredRecord {
             key: be(key),
-            part,
+            tree,
             bytes: raw.len(),
             service,
             spans,
@@ -278,17 +278,6 @@ impl std::fmt::Display for Damage {
             ),
         }
     }
-}
-
-/// A tree of the spool, for [`Spool::clear`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tree {
-    /// The queue.
-    Queue,
-    /// The dead letters.
-    Dead,
-    /// The quarantine.
-    Quarantine,
 }
 
 /// What [`Spool::clear`] removed.
@@ -391,10 +380,10 @@ impl Spool {
         }
     }
 
-    pub(super) fn tree(&self, part: Part) -> &sled::Tree {
-        match part {
-            Part::Queue => &self.queue,
-            Part::Dead => &self.dead,
+    pub(super) fn tree(&self, tree: Tree) -> &sled::Tree {
+        match tree {
+            Tree::Queue => &self.queue,
+            Tree::Dead => &self.dead,
         }
     }
 

@@ -5,22 +5,23 @@
 use super::*;
 
 impl Spool {
-    /// Every record of `part`, oldest first, read lazily.
-    pub fn entries(&self, part: Part) -> impl Iterator<Item = Result<Entry, SpoolError>> + '_ {
-        self.tree(part)
-            .iter()
-            .map(move |item| item.map(|(k, v)| Entry::read(part, &k, v)).map_err(|e| self.storage(e)))
+    /// Every record of `tree`, oldest first, read lazily.
+    pub fn records(&self, tree: Tree) -> impl Iterator<Item = Result<StoredRecord, SpoolError>> + '_ {
+        self.tree(tree).iter().map(move |item| {
+            item.map(|(k, v)| StoredRecord::read(tree, &k, v))
+                .map_err(|e| self.storage(e))
+        })
     }
 
-    /// The record `key` of `part`, decoded, if it is there.
-    pub fn get(&self, part: Part, key: u64) -> Result<Option<Entry>, SpoolError> {
-        let raw = self.tree(part).get(key.to_be_bytes()).map_err(|e| self.storage(e))?;
-        Ok(raw.map(|v| Entry::read(part, &key.to_be_bytes(), v)))
+    /// The record `key` of `tree`, decoded, if it is there.
+    pub fn get(&self, tree: Tree, key: u64) -> Result<Option<StoredRecord>, SpoolError> {
+        let raw = self.tree(tree).get(key.to_be_bytes()).map_err(|e| self.storage(e))?;
+        Ok(raw.map(|v| StoredRecord::read(tree, &key.to_be_bytes(), v)))
     }
 
-    /// Up to `max_records` of the oldest records of `part`, decoded.
-    pub fn oldest(&self, part: Part, max_records: usize) -> Result<Vec<Entry>, SpoolError> {
-        self.entries(part).take(max_records).collect()
+    /// Up to `max_records` of the oldest records of `tree`, decoded.
+    pub fn oldest(&self, tree: Tree, max_records: usize) -> Result<Vec<StoredRecord>, SpoolError> {
+        self.records(tree).take(max_records).collect()
     }
 
     /// The quarantined records, by the key they had in the queue, bytes as

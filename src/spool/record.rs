@@ -7,7 +7,7 @@
 //!      0    4 magic            b"SPWL"
 //!      4    1 format version   2
 //!      5    1 flags            bit 0: payload is raw deflate; other bits must be 0
-//!      6    1 part             0: the queue, 1: dead letters
+//!      6    1 tree             0: the queue, 1: dead letters
 //!      7    1 reserved         0
 //!      8    4 span count       u32 LE
 //!     12    4 payload length   u32 LE
@@ -24,7 +24,7 @@
 //!
 //! The service name travels with the spans so a spool carried to another
 //! machine replays and exports under the right `localEndpoint`; the
-//! sequence and part travel with them so [`scan`] can rebuild a queue from
+//! sequence and tree travel with them so [`scan`] can rebuild a queue from
 //! raw files in order when sled cannot open them.
 //!
 //! Invariants: [`decode`] never panics and never allocates more than
@@ -103,9 +103,11 @@ pub enum RecordError {
     TooLarge(usize),
 }
 
-/// Which part of the spool a record was written for.
+/// A tree of spool records: the queue or the dead letters. A record's
+/// header names the tree it was written for. (The quarantine holds frames
+/// around damaged bytes, not records: see [`Spool::quarantine`](super::Spool::quarantine).)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Part {
+pub enum Tree {
     /// Waiting to be sent.
     #[default]
     Queue,
@@ -119,8 +121,8 @@ pub enum Part {
 pub struct Meta {
     /// Its key in the spool.
     pub seq: u64,
-    /// The spool part it was written for.
-    pub part: Part,
+    /// The tree it was written for.
+    pub tree: Tree,
     /// When its spans were first spilled, unix milliseconds.
     pub created_unix_ms: u64,
 }
@@ -145,7 +147,7 @@ pub struct Header {
     pub spans: u32,
     /// Payload bytes.
     pub payload_len: u32,
-    /// Sequence, part and creation time.
+    /// Sequence, tree and creation time.
     pub meta: Meta,
 }
 
@@ -200,7 +202,7 @@ pub fn frame(version: u8, payload: &[u8], flags: u8, spans: u32, meta: Meta, out
     record[4] = version;
     record[5] = flags;
     if version >= 2 {
-        record[6] = meta.part as u8;
+        record[6] = meta.tree as u8;
         record[28..36].copy_from_slice(&meta.seq.to_le_bytes());
     }
     record[8..12].copy_from_slice(&spans.to_le_bytes());
@@ -253,9 +255,9 @@ fn parse_header(bytes: &[u8]) -> Result<Header, RecordError> {
         return Err(RecordError::BadMagic(magic));
     }
     let version = bytes[4];
-    let part = match (version, bytes[6], bytes[7]) {
-        (1 | 2, 0, 0) => Part::Queue,
-        (2, 1, 0) => Part::Dead,
+    let tree = match (version, bytes[6], bytes[7]) {
+        (1 | 2, 0, 0) => Tree::Queue,
+        (2, 1, 0) => Tree::Dead,
         (1 | 2, _, _) => return Err(RecordError::UnknownFlags(bytes[5])),
         _ => return Err(RecordError::UnknownVersion(version)),
     };
@@ -271,7 +273,7 @@ fn parse_header(bytes: &[u8]) -> Result<Header, RecordError> {
         payload_len: u32_at(bytes, 12),
         meta: Meta {
             seq: if version >= 2 { u64_at(bytes, 28) } else { 0 },
-            part,
+            tree,
             created_unix_ms: u64_at(bytes, 20),
         },
     })
@@ -384,7 +386,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
 
 /// A record found by [`scan`].
 #[derive(Debug)]
-pub struct Found {
+pub struct Candidate {
     /// Where it starts in the scanned bytes.
     pub offset: usize,
     /// Its length (the header's claim, when the record is unsound).
@@ -398,7 +400,7 @@ pub struct Found {
 /// this code knows; it is sound if the record it declares fits and passes
 /// [`decode`]. A sound record is found however it is aligned, and damage to
 /// one never hides another that does not overlap it.
-pub fn scan(bytes: &[u8]) -> impl Iterator<Item = Found> + '_ {
+pub fn scan(bytes: &[u8]) -> impl Iterator<Item = Candidate> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         while let Some(i) = find(&bytes[at..], &MAGIC) {
@@ -418,7 +420,7 @@ pub fn scan(bytes: &[u8]) -> impl Iterator<Item = Found> + '_ {
             if record.is_ok() {
                 at = offset + len;
             }
-            return Some(Found { offset, len, record });
+            return Some(Candidate { offset, len, record });
         }
         at = bytes.len();
         None

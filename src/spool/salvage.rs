@@ -21,7 +21,7 @@
 //! What it cannot know: version 1 records carry no sequence, so all their
 //! distinct copies are recovered (possible duplicates, never a loss).
 
-use super::record::{self, Part};
+use super::record::{self, Tree};
 use super::scan::Unreadable;
 use super::view::{Missing, View};
 use super::{Spool, SpoolError};
@@ -176,11 +176,11 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
         ..Report::default()
     };
     let mut written = 0u64;
-    for (part, found) in view
+    for (tree, found) in view
         .queue
         .iter()
-        .map(|f| (Part::Queue, f))
-        .chain(view.dead.iter().map(|f| (Part::Dead, f)))
+        .map(|f| (Tree::Queue, f))
+        .chain(view.dead.iter().map(|f| (Tree::Dead, f)))
     {
         let at = found.at;
         let bytes = match view.scan.read(at) {
@@ -198,19 +198,19 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
                 file: view.scan.files[at.file].clone(),
                 offset: at.offset,
                 reason: e.to_string(),
-                seq: Some((part, found.meta.seq)),
+                seq: Some((tree, found.meta.seq)),
             });
             continue;
         }
         let key = (found.version >= 2).then(|| found.meta.seq + marker.offset);
-        into.restore(part, key, bytes)?;
+        into.restore(tree, key, bytes)?;
         let spans = u64::from(found.spans);
-        match part {
-            Part::Queue => {
+        match tree {
+            Tree::Queue => {
                 report.records += 1;
                 report.spans += spans;
             }
-            Part::Dead => {
+            Tree::Dead => {
                 report.dead_letter_records += 1;
                 report.dead_letter_spans += spans;
             }
@@ -255,7 +255,7 @@ mod tests {
             for i in 0..5 {
                 s.push("svc", &spans(30, &format!("r{i}")), 1).unwrap();
             }
-            let first = s.oldest(Part::Queue, 1).unwrap();
+            let first = s.oldest(Tree::Queue, 1).unwrap();
             s.ack(&first[0]).unwrap();
             s.commit().unwrap();
         }
@@ -263,7 +263,7 @@ mod tests {
         let mut into = Spool::open(dst.path(), u64::MAX).unwrap();
         let report = salvage(src.path(), &mut into).unwrap();
         assert_eq!((report.records, report.spans, report.settled_records), (4, 120, 1));
-        let keys: Vec<u64> = into.entries(Part::Queue).map(|e| e.unwrap().key).collect();
+        let keys: Vec<u64> = into.records(Tree::Queue).map(|e| e.unwrap().key).collect();
         assert_eq!(keys, [1, 2, 3, 4], "keys kept into a fresh spool");
         assert!(matches!(
             salvage(src.path(), &mut into),

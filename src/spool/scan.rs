@@ -18,7 +18,7 @@
 //! the earliest). It reads the spool directory and its `blobs/`, nothing
 //! else (not the set-aside directories, not the ledger).
 
-use super::record::{self, Part};
+use super::record::{self, Tree};
 use super::state::{self, State};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -45,10 +45,10 @@ pub struct At {
 
 /// A sound record found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Found {
+pub struct SoundRecord {
     /// Where its first copy lies.
     pub at: At,
-    /// Its part, sequence, span count and creation time (from its header).
+    /// Its tree, sequence, span count and creation time (from its header).
     pub meta: record::Meta,
     /// Spans it declares.
     pub spans: u32,
@@ -60,7 +60,7 @@ pub struct Found {
 
 /// A quarantined record found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FoundQuarantined {
+pub struct QuarantinedFrame {
     /// Where it lies.
     pub at: At,
     /// Its frame's fields.
@@ -76,9 +76,9 @@ pub struct Unreadable {
     pub offset: u64,
     /// Why it is not a sound record.
     pub reason: String,
-    /// Its part and sequence, if its header could be read.
+    /// Its tree and sequence, if its header could be read.
     #[serde(skip)]
-    pub seq: Option<(Part, u64)>,
+    pub seq: Option<(Tree, u64)>,
 }
 
 /// What a scan found.
@@ -88,12 +88,12 @@ pub struct Scan {
     pub files: Vec<PathBuf>,
     /// Bytes scanned.
     pub bytes: u64,
-    /// Sound records by (part, sequence, CRC), in sequence order.
-    pub records: BTreeMap<(u8, u64, u32), Found>,
+    /// Sound records by (tree, sequence, CRC), in sequence order.
+    pub records: BTreeMap<(u8, u64, u32), SoundRecord>,
     /// Sound state frames by round: the frame and every copy's place.
     pub states: BTreeMap<u64, (State, Vec<At>)>,
     /// Sound quarantine frames by their key.
-    pub quarantined: BTreeMap<u64, FoundQuarantined>,
+    pub quarantined: BTreeMap<u64, QuarantinedFrame>,
     /// The highest sound watermark of spools written before state frames.
     pub watermark: Option<u64>,
     /// Candidates that were not sound.
@@ -199,7 +199,7 @@ impl Scan {
             Err(_) => return,
         };
         let need = header.record_len();
-        let seq = Some((header.meta.part, header.meta.seq));
+        let seq = Some((header.meta.tree, header.meta.seq));
         let bytes = match Self::whole(f, len, offset, here, need) {
             Some(b) => b,
             None => {
@@ -215,8 +215,8 @@ impl Scan {
             return self.bad(i, offset, e.to_string(), seq);
         }
         let crc = crc32fast::hash(&bytes);
-        let key = (header.meta.part as u8, header.meta.seq, crc);
-        let found = Found {
+        let key = (header.meta.tree as u8, header.meta.seq, crc);
+        let found = SoundRecord {
             at: At {
                 file: i,
                 offset,
@@ -249,11 +249,11 @@ impl Scan {
             };
             self.quarantined
                 .entry(q.key)
-                .or_insert(FoundQuarantined { at, frame: q });
+                .or_insert(QuarantinedFrame { at, frame: q });
         }
     }
 
-    fn bad(&mut self, i: usize, offset: u64, reason: String, seq: Option<(Part, u64)>) {
+    fn bad(&mut self, i: usize, offset: u64, reason: String, seq: Option<(Tree, u64)>) {
         if self.unreadable.len() < MAX_UNREADABLE {
             self.unreadable.push(Unreadable {
                 file: self.files[i].clone(),
@@ -317,7 +317,7 @@ mod tests {
         let mut bytes = vec![0u8; CHUNK - 40];
         let meta = record::Meta {
             seq: 5,
-            part: Part::Queue,
+            tree: Tree::Queue,
             created_unix_ms: 1,
         };
         record::encode("svc", &spans, meta, &mut bytes).unwrap();

@@ -12,7 +12,7 @@ impl Spool {
     /// On an error the counts still include the record: whether its removal
     /// reached the disk is known only once the spool is reopened (sled stays
     /// failed after an I/O error), so the caller must look again there.
-    pub fn ack(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+    pub fn ack(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
         self.settle(entry, |_| Ok(()))
     }
 
@@ -21,7 +21,7 @@ impl Spool {
     /// (see [`Spool::ack`]).
     pub(super) fn settle(
         &mut self,
-        entry: &Entry,
+        entry: &StoredRecord,
         keep: impl FnOnce(&mut Self) -> Result<(), SpoolError>,
     ) -> Result<(), SpoolError> {
         let before = self.stats;
@@ -33,27 +33,27 @@ impl Spool {
     }
 
     /// Removes `entry` from its tree (unsynced) and updates the counts.
-    pub(super) fn remove(&mut self, entry: &Entry) -> Result<(), SpoolError> {
-        if entry.part == Part::Queue {
+    pub(super) fn remove(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
+        if entry.tree == Tree::Queue {
             let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
             let through = (oldest == Some(entry.key)).then_some(entry.key);
             let durable = self.durable_of(std::iter::once((entry.key, entry.declared_spans)));
             self.lower_ledger(durable, through)?;
         }
         let removed = self
-            .tree(entry.part)
+            .tree(entry.tree)
             .remove(entry.key.to_be_bytes())
             .map_err(|e| self.storage(e))?
             .is_some();
         if !removed {
             return Ok(());
         }
-        match entry.part {
-            Part::Queue => {
-                self.forget(entry.key, entry.bytes, entry.declared_spans);
+        match entry.tree {
+            Tree::Queue => {
+                self.uncount(entry.key, entry.bytes, entry.declared_spans);
                 self.forget_durable(entry.key, entry.declared_spans);
             }
-            Part::Dead => {
+            Tree::Dead => {
                 self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
                 self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(entry.declared_spans);
             }
@@ -70,7 +70,7 @@ impl Spool {
         self.buf.clear();
         let meta = Meta {
             seq: self.next_seq,
-            part: Part::Dead,
+            tree: Tree::Dead,
             created_unix_ms,
         };
         if let Err(e) = record::encode(service, refused, meta, &mut self.buf) {
@@ -98,13 +98,13 @@ impl Spool {
     /// Removes `entry`, keeping the `refused` spans as a dead letter (the
     /// rest were delivered). Durable at the next [`Spool::commit`]; on an
     /// error as [`Spool::ack`].
-    pub fn dead_letter(&mut self, entry: &Entry, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+    pub fn dead_letter(&mut self, entry: &StoredRecord, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
         self.settle(entry, |s| s.put_dead(&entry.service, refused, now_unix_ms))
     }
 
     /// Moves a record that failed its checks to quarantine, bytes intact.
     /// Durable at the next [`Spool::commit`]; on an error as [`Spool::ack`].
-    pub fn quarantine(&mut self, entry: &Entry) -> Result<(), SpoolError> {
+    pub fn quarantine(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
         self.settle(entry, |s| {
             let key = s.next_seq;
             s.next_seq += 1;
@@ -125,19 +125,7 @@ impl Spool {
             let last = self.queue.last().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
             self.write_ledger(0, last)?;
         }
-        let t = match tree {
-            Tree::Queue => &self.queue,
-            Tree::Dead => &self.dead,
-            Tree::Quarantine => &self.quarantine,
-        };
-        let mut c = Cleared::default();
-        while let Some((_, v)) = t.pop_min().map_err(|e| self.storage(e))? {
-            c.records += 1;
-            c.bytes += v.len() as u64;
-            if tree != Tree::Quarantine {
-                c.spans += declared_spans(&v);
-            }
-        }
+        let c = self.pop_all(self.tree(tree), true)?;
         match tree {
             Tree::Queue => {
                 self.ages.clear();
@@ -151,14 +139,32 @@ impl Spool {
                 self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(c.records);
                 self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(c.spans);
             }
-            Tree::Quarantine => {
-                self.stats.quarantined_records = self.stats.quarantined_records.saturating_sub(c.records);
+        }
+        Ok(c)
+    }
+
+    /// Empties the quarantine; says what went (`spans` is 0: a quarantined
+    /// record's count cannot be trusted). Durable at the next [`Spool::commit`].
+    pub fn clear_quarantine(&mut self) -> Result<Cleared, SpoolError> {
+        let c = self.pop_all(&self.quarantine, false)?;
+        self.stats.quarantined_records = self.stats.quarantined_records.saturating_sub(c.records);
+        Ok(c)
+    }
+
+    fn pop_all(&self, t: &sled::Tree, count_spans: bool) -> Result<Cleared, SpoolError> {
+        let mut c = Cleared::default();
+        while let Some((_, v)) = t.pop_min().map_err(|e| self.storage(e))? {
+            c.records += 1;
+            c.bytes += v.len() as u64;
+            if count_spans {
+                c.spans += declared_spans(&v);
             }
         }
         Ok(c)
     }
 
-    pub(super) fn forget(&mut self, key: u64, bytes: usize, spans: u64) {
+    /// Takes a queue record that left the spool out of the counts and ages.
+    pub(super) fn uncount(&mut self, key: u64, bytes: usize, spans: u64) {
         self.ages.remove(key);
         self.stats.records = self.stats.records.saturating_sub(1);
         self.stats.bytes = self.stats.bytes.saturating_sub(bytes as u64);

@@ -25,7 +25,7 @@ pub(super) fn spans(n: usize, tag: &str) -> Vec<Span> {
         .collect()
 }
 
-fn names(entries: &[Entry]) -> Vec<String> {
+fn names(entries: &[StoredRecord]) -> Vec<String> {
     entries
         .iter()
         .flat_map(|e| e.spans.as_ref().unwrap().iter().map(|s| s.name.to_string()))
@@ -43,7 +43,7 @@ fn fifo_across_reopen_and_records_stay_small() {
     }
     let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(s.stats().spans, 2003);
-    let all = s.oldest(Part::Queue, usize::MAX).unwrap();
+    let all = s.oldest(Tree::Queue, usize::MAX).unwrap();
     assert!(all.len() > 2, "2000 spans of ~150 bytes must be split");
     assert!(all.iter().all(|e| e.bytes <= RECORD_TARGET + record::HEADER_LEN));
     let got = names(&all);
@@ -54,7 +54,7 @@ fn fifo_across_reopen_and_records_stay_small() {
         s.ack(e).unwrap();
     }
     s.push("svc", &spans(1, "c"), 3).unwrap();
-    let rest = names(&s.oldest(Part::Queue, 10).unwrap());
+    let rest = names(&s.oldest(Tree::Queue, 10).unwrap());
     assert_eq!(rest, ["b-0", "b-1", "b-2", "c-0"]);
 }
 
@@ -67,7 +67,7 @@ fn records_sled_loses_behind_the_spools_back_are_reported_once() {
             s.push("svc", &spans(10, &format!("r{i}")), 1).unwrap();
         }
         // Removals through the spool keep the ledger in step.
-        let first = s.oldest(Part::Queue, 1).unwrap();
+        let first = s.oldest(Tree::Queue, 1).unwrap();
         s.ack(&first[0]).unwrap();
     }
     let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
@@ -114,7 +114,7 @@ fn cap_drops_oldest_and_reports_spans() {
     let st = s.stats();
     assert!(st.bytes <= 20_000, "{st:?}");
     assert_eq!(st.spans + dropped, 500);
-    let names = names(&s.oldest(Part::Queue, usize::MAX).unwrap());
+    let names = names(&s.oldest(Tree::Queue, usize::MAX).unwrap());
     assert_eq!(names.last().map(String::as_str), Some("r9-49"), "newest kept");
     assert!(!names.iter().any(|n| n.starts_with("r0-")), "oldest dropped");
 }
@@ -128,7 +128,7 @@ fn expire_drops_only_records_past_the_age() {
     s.push("svc", &spans(5, "new"), 3_000).unwrap();
     assert_eq!(s.expire(3_500, 1_000).unwrap(), 3);
     assert_eq!(s.stats().spans, 9);
-    assert_eq!(names(&s.oldest(Part::Queue, 1).unwrap())[0], "older-but-kept-0");
+    assert_eq!(names(&s.oldest(Tree::Queue, 1).unwrap())[0], "older-but-kept-0");
     assert_eq!(s.expire(3_500, 1_000).unwrap(), 0);
 }
 
@@ -138,7 +138,7 @@ fn dead_letters_and_quarantine_leave_the_queue() {
     let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
     s.push("svc", &spans(2, "x"), 1).unwrap();
     s.push("svc", &spans(2, "y"), 1).unwrap();
-    let entries = s.oldest(Part::Queue, 2).unwrap();
+    let entries = s.oldest(Tree::Queue, 2).unwrap();
     let refused = &entries[0].spans.as_ref().unwrap()[..1];
     s.dead_letter(&entries[0], refused, 5).unwrap();
     s.quarantine(&entries[1]).unwrap();
@@ -154,7 +154,7 @@ fn dead_letters_and_quarantine_leave_the_queue() {
     // Sequence numbers are never reused, even with the queue empty.
     let mut s = s;
     s.push("svc", &spans(1, "z"), 1).unwrap();
-    assert!(s.oldest(Part::Queue, 1).unwrap()[0].key >= 2);
+    assert!(s.oldest(Tree::Queue, 1).unwrap()[0].key >= 2);
 }
 
 mod disk_cap {

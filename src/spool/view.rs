@@ -9,8 +9,8 @@
 //! and the ledger's lower bound of spans.
 
 use super::ledger;
-use super::record::Part;
-use super::scan::{Found, FoundQuarantined, Scan, Unreadable};
+use super::record::Tree;
+use super::scan::{QuarantinedFrame, Scan, SoundRecord, Unreadable};
 use super::state::State;
 use std::io;
 use std::path::Path;
@@ -36,11 +36,11 @@ pub struct View {
     /// The frame of the commit the ledger records as durable, if found.
     pub confirmed: Option<State>,
     /// The queue, oldest first.
-    pub queue: Vec<Found>,
+    pub queue: Vec<SoundRecord>,
     /// The dead letters, oldest first.
-    pub dead: Vec<Found>,
+    pub dead: Vec<SoundRecord>,
     /// The quarantined records, oldest first.
-    pub quarantined: Vec<FoundQuarantined>,
+    pub quarantined: Vec<QuarantinedFrame>,
     /// Distinct records below their watermark (settled, or sled's stale
     /// copies).
     pub settled: u64,
@@ -72,16 +72,16 @@ impl View {
         let (mut queue, mut dead) = (Vec::new(), Vec::new());
         let (mut settled, mut copies) = (0u64, 0u64);
         let mut last: Option<(u8, u64)> = None;
-        for (&(part, seq, _), found) in &scan.records {
-            // One copy per (part, sequence); version 1 records carry no
+        for (&(tree, seq, _), found) in &scan.records {
+            // One copy per (tree, sequence); version 1 records carry no
             // sequence, so each distinct one is kept.
-            if found.version >= 2 && last == Some((part, seq)) {
+            if found.version >= 2 && last == Some((tree, seq)) {
                 copies += u64::from(found.copies);
                 continue;
             }
-            last = Some((part, seq));
+            last = Some((tree, seq));
             copies += u64::from(found.copies.saturating_sub(1));
-            let (below, list) = if part == Part::Dead as u8 {
+            let (below, list) = if tree == Tree::Dead as u8 {
                 (dead_below, &mut dead)
             } else {
                 (queue_below, &mut queue)
@@ -92,7 +92,7 @@ impl View {
                 list.push(*found);
             }
         }
-        let quarantined: Vec<FoundQuarantined> = scan
+        let quarantined: Vec<QuarantinedFrame> = scan
             .quarantined
             .values()
             .filter(|q| q.frame.key >= quarantine_below)
@@ -100,10 +100,10 @@ impl View {
             .collect();
         let missing = match (confirmed, ledger) {
             (Some(c), _) => {
-                let held: Vec<&Found> = scan
+                let held: Vec<&SoundRecord> = scan
                     .records
                     .values()
-                    .filter(|f| f.meta.part == Part::Queue && f.meta.seq >= c.queue_below && f.meta.seq < c.next_seq)
+                    .filter(|f| f.meta.tree == Tree::Queue && f.meta.seq >= c.queue_below && f.meta.seq < c.next_seq)
                     .collect();
                 let mut seqs: Vec<u64> = held.iter().map(|f| f.meta.seq).collect();
                 seqs.dedup();
@@ -123,13 +123,13 @@ impl View {
             _ => Missing::default(),
         };
         let sound: std::collections::BTreeSet<(u8, u64)> =
-            scan.records.keys().map(|&(part, seq, _)| (part, seq)).collect();
+            scan.records.keys().map(|&(tree, seq, _)| (tree, seq)).collect();
         let unreadable: Vec<Unreadable> = std::mem::take(&mut scan.unreadable)
             .into_iter()
             .filter(|u| match u.seq {
-                Some((part, seq)) => {
-                    let below = if part == Part::Dead { dead_below } else { queue_below };
-                    seq >= below && !sound.contains(&(part as u8, seq))
+                Some((tree, seq)) => {
+                    let below = if tree == Tree::Dead { dead_below } else { queue_below };
+                    seq >= below && !sound.contains(&(tree as u8, seq))
                 }
                 None => false,
             })
@@ -166,7 +166,7 @@ impl View {
 }
 
 /// Spans of records counted once per sequence.
-fn dedup_spans(found: &[&Found]) -> u64 {
+fn dedup_spans(found: &[&SoundRecord]) -> u64 {
     let mut last = None;
     let mut spans = 0;
     for f in found {

@@ -41,7 +41,7 @@ pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Pr
         buf.clear();
         let meta = Meta {
             seq: 0,
-            part: Part::Queue,
+            tree: Tree::Queue,
             created_unix_ms,
         };
         record::encode(service, &rest[..n], meta, &mut buf)?;
@@ -78,7 +78,7 @@ impl Spool {
                 // counts are undone regardless; a record that did reach the
                 // disk is found and counted when the spool is reopened.
                 let _ = self.queue.remove(key.to_be_bytes());
-                self.forget(key, bytes, u64::from(n));
+                self.uncount(key, bytes, u64::from(n));
             }
             return Err(e);
         }
@@ -157,7 +157,7 @@ impl Spool {
     /// own sequence, shifted), or under a fresh sequence if it carries none
     /// (format 1). Putting the same record back twice holds it once.
     /// Durable at the next commit.
-    pub(crate) fn restore(&mut self, part: Part, key: Option<u64>, mut bytes: Vec<u8>) -> Result<(), SpoolError> {
+    pub(crate) fn restore(&mut self, tree: Tree, key: Option<u64>, mut bytes: Vec<u8>) -> Result<(), SpoolError> {
         let key = match key {
             Some(k) => {
                 record::set_seq(&mut bytes, k);
@@ -169,7 +169,7 @@ impl Spool {
         let created = record::header(&bytes).ok().map(|h| h.meta.created_unix_ms);
         let len = bytes.len() as u64;
         let previous = self
-            .tree(part)
+            .tree(tree)
             .insert(key.to_be_bytes(), bytes)
             .map_err(|e| self.storage(e))?;
         self.next_seq = self.next_seq.max(key + 1);
@@ -179,20 +179,20 @@ impl Spool {
         if let Some(old) = previous {
             // The same record again (a resumed salvage): counted once.
             let old_spans = declared_spans(&old);
-            match part {
-                Part::Queue => {
+            match tree {
+                Tree::Queue => {
                     self.stats.spans = self.stats.spans.saturating_sub(old_spans);
                     self.stats.bytes = self.stats.bytes.saturating_sub(old.len() as u64);
                     self.stats.records = self.stats.records.saturating_sub(1);
                 }
-                Part::Dead => {
+                Tree::Dead => {
                     self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(old_spans);
                     self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);
                 }
             }
         }
-        match part {
-            Part::Queue => {
+        match tree {
+            Tree::Queue => {
                 if let Some(t) = created {
                     self.ages.insert(key, t);
                 }
@@ -200,7 +200,7 @@ impl Spool {
                 self.stats.bytes += len;
                 self.stats.spans += spans;
             }
-            Part::Dead => {
+            Tree::Dead => {
                 self.stats.dead_letter_records += 1;
                 self.stats.dead_letter_spans += spans;
             }

@@ -203,7 +203,7 @@ pub(super) fn start_disk(
     )
     .map_err(|source| BuildError::Thread { what: "disk", source })?;
     for note in notes {
-        disk.note(note);
+        disk.add_cause(note);
     }
     Ok(disk)
 }

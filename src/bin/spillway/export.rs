@@ -51,7 +51,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     };
     let mut out = std::io::BufWriter::new(sink);
     let mut encoder = Encoder::new(spillway::spool::record::UNKNOWN_SERVICE);
-    let (mut spans, mut batches, mut skipped) = (0u64, 0u64, 0u64);
+    let (mut spans, mut records, mut skipped) = (0u64, 0u64, 0u64);
     let mut buf = Vec::new();
     if !args.ndjson {
         out.write_all(b"[")?;
@@ -86,7 +86,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         }
         out.write_all(&buf)?;
         spans += batch.len() as u64;
-        batches += 1;
+        records += 1;
     }
     if !args.ndjson {
         out.write_all(b"]\n")?;
@@ -103,7 +103,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     if !to_stdout {
         eprintln!(
-            "exported {spans} spans from {batches} batches to {}",
+            "exported {spans} spans from {records} records to {}",
             args.output.display()
         );
     }

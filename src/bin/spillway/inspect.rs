@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Print one JSON object (fields: spool, batches, spans, bytes,
-    /// record_bytes, oldest_unix_ms, newest_unix_ms, dead_letter_batches,
+    /// Print one JSON object (fields: spool, records, spans, bytes,
+    /// record_bytes, oldest_unix_ms, newest_unix_ms, dead_letter_records,
     /// dead_letter_spans, quarantined_records, unreadable_records,
     /// format_versions, services, damaged, damage, set_aside,
     /// oldest_age_ms, replay_spans_per_s, replay_measured_unix_ms,
@@ -33,7 +33,7 @@ pub struct Args {
 #[derive(Debug, Default, serde::Serialize)]
 struct Summary {
     spool: String,
-    batches: u64,
+    records: u64,
     spans: u64,
     /// The spool's files on disk.
     bytes: u64,
@@ -41,7 +41,7 @@ struct Summary {
     record_bytes: u64,
     oldest_unix_ms: Option<u64>,
     newest_unix_ms: Option<u64>,
-    dead_letter_batches: u64,
+    dead_letter_records: u64,
     dead_letter_spans: u64,
     quarantined_records: u64,
     /// Records whose bytes are damaged (see `verify`).
@@ -85,7 +85,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         ..Summary::default()
     };
     for f in &view.queue {
-        s.batches += 1;
+        s.records += 1;
         s.spans += u64::from(f.spans);
         s.record_bytes += u64::from(f.at.len);
         *s.format_versions.entry(f.version).or_default() += 1;
@@ -102,7 +102,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         *s.services.entry(service).or_default() += u64::from(f.spans);
     }
     for f in &view.dead {
-        s.dead_letter_batches += 1;
+        s.dead_letter_records += 1;
         s.dead_letter_spans += u64::from(f.spans);
         *s.format_versions.entry(f.version).or_default() += 1;
     }
@@ -145,9 +145,9 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     say!("spool        {}", s.spool);
     say!(
-        "queue        {} spans in {} batches, {} of records, {} on disk",
+        "queue        {} spans in {} records, {} of records, {} on disk",
         s.spans,
-        s.batches,
+        s.records,
         human_bytes(s.record_bytes),
         human_bytes(s.bytes)
     );
@@ -175,9 +175,9 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         _ => {}
     }
     say!(
-        "dead letters {} spans in {} batches",
+        "dead letters {} spans in {} records",
         s.dead_letter_spans,
-        s.dead_letter_batches
+        s.dead_letter_records
     );
     say!("quarantined  {} records", s.quarantined_records);
     if s.unreadable_records > 0 {

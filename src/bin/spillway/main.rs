@@ -39,7 +39,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show what the spool holds: batches, spans, bytes, ages, services.
+    /// Show what the spool holds: records, spans, bytes, ages, services.
     Inspect(inspect::Args),
     /// Check every record (CRC and decode); exit 1 if any is unsound.
     Verify(verify::Args),

@@ -29,16 +29,17 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     if args.set_aside {
         return purge_set_aside(dir, args.yes);
     }
-    let trees: &[(Tree, &str)] = if args.all {
+    // `None` is the quarantine.
+    let trees: &[(Option<Tree>, &str)] = if args.all {
         &[
-            (Tree::Queue, "queue"),
-            (Tree::Dead, "dead letters"),
-            (Tree::Quarantine, "quarantine"),
+            (Some(Tree::Queue), "queue"),
+            (Some(Tree::Dead), "dead letters"),
+            (None, "quarantine"),
         ]
     } else if args.dead_letters {
-        &[(Tree::Dead, "dead letters")]
+        &[(Some(Tree::Dead), "dead letters")]
     } else {
-        &[(Tree::Quarantine, "quarantine")]
+        &[(None, "quarantine")]
     };
     let mut spool = open(dir)?;
     if !args.yes {
@@ -50,9 +51,12 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         return Ok(ExitCode::from(2));
     }
     for &(tree, name) in trees {
-        let c = spool.clear(tree)?;
+        let c = match tree {
+            Some(tree) => spool.clear(tree)?,
+            None => spool.clear_quarantine()?,
+        };
         spool.commit()?;
-        if tree == Tree::Quarantine {
+        if tree.is_none() {
             say!("purged {}: {} records, {}", name, c.records, human_bytes(c.bytes));
         } else {
             say!(

@@ -13,7 +13,7 @@ use crate::{Outcome, open, say};
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway::clock::SystemClock;
 use spillway::config::Config;
-use spillway::spool::Part;
+use spillway::spool::Tree;
 use spillway::transport::HttpTransport;
 use spillway::unstable::export::Exporter;
 use spillway::unstable::export::books::Books;
@@ -30,9 +30,9 @@ pub struct Args {
     /// Send at most this many spans per second.
     #[arg(long, value_name = "SPANS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
-    /// Stop after this many batches.
-    #[arg(long, value_name = "N")]
-    max_batches: Option<u64>,
+    /// Stop after this many records (`--max-batches` is the old name).
+    #[arg(long, value_name = "N", alias = "max-batches")]
+    max_records: Option<u64>,
     /// Replay the dead letters instead of the queue (after fixing what made
     /// the collector refuse them); spans refused again stay dead letters.
     #[arg(long)]
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Print one JSON object: delivered, remaining, dead_lettered,
-    /// quarantined, batches, seconds, stopped (the error, or null).
+    /// quarantined, records, seconds, stopped (the error, or null).
     #[arg(long)]
     json: bool,
 }
@@ -53,7 +53,7 @@ struct Summary {
     remaining: u64,
     dead_lettered: u64,
     quarantined: u64,
-    batches: u64,
+    records: u64,
     seconds: f64,
     stopped: Option<String>,
     /// Where opening the spool set its damaged files aside, if it did.
@@ -77,19 +77,19 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     })?;
     // Refuses a bad URL or TLS file before the spool is touched.
     let transport = HttpTransport::new(&config).map_err(crate::collector::Usage::from)?;
-    let part = if args.dead_letters { Part::Dead } else { Part::Queue };
-    let max_batches = args.max_batches.unwrap_or(u64::MAX);
+    let tree = if args.dead_letters { Tree::Dead } else { Tree::Queue };
+    let max_records = args.max_records.unwrap_or(u64::MAX);
     if args.dry_run {
-        return dry_run(dir, part, max_batches, args.json);
+        return dry_run(dir, tree, max_records, args.json);
     }
     let mut spool = open(dir)?;
     let set_aside = spool
         .take_damage()
         .and_then(|d| d.set_aside)
         .map(|p| p.display().to_string());
-    let left = |s: &spillway::spool::Spool| match part {
-        Part::Queue => s.stats().spans,
-        Part::Dead => s.stats().dead_letter_spans,
+    let left = |s: &spillway::spool::Spool| match tree {
+        Tree::Queue => s.stats().spans,
+        Tree::Dead => s.stats().dead_letter_spans,
     };
     let total = left(&spool);
     let bar = ProgressBar::new(total);
@@ -119,11 +119,11 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     };
     let mut settled = 0u64;
     let mut refusal = None;
-    while s.batches < max_batches && signals.caught().is_none() {
-        match exporter.replay_next(part) {
+    while s.records < max_records && signals.caught().is_none() {
+        match exporter.replay_next(tree) {
             Ok(None) => break,
             Ok(Some(r)) => {
-                s.batches += 1;
+                s.records += 1;
                 s.delivered += r.delivered as u64;
                 s.dead_lettered += r.refused as u64;
                 if let Some(e) = r.refusal {
@@ -155,17 +155,17 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     s.seconds = started.elapsed().as_secs_f64();
     drop(exporter);
     disk.stop(Instant::now() + Duration::from_secs(10));
-    s.remaining = disk.stats().map_or(0, |st| match part {
-        Part::Queue => st.spans,
-        Part::Dead => st.dead_letter_spans,
+    s.remaining = disk.stats().map_or(0, |st| match tree {
+        Tree::Queue => st.spans,
+        Tree::Dead => st.dead_letter_spans,
     });
     if args.json {
         say!("{}", serde_json::to_string(&s)?);
     } else {
         say!(
-            "delivered {} spans in {} batches ({:.1}s); {} dead-lettered; {} remain in {}",
+            "delivered {} spans in {} records ({:.1}s); {} dead-lettered; {} remain in {}",
             s.delivered,
-            s.batches,
+            s.records,
             s.seconds,
             s.dead_lettered,
             s.remaining,
@@ -203,16 +203,16 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
 
 /// What a replay would send, read from the raw files: nothing is opened
 /// for writing, nothing changes.
-fn dry_run(dir: &Path, part: Part, max_batches: u64, json: bool) -> Outcome {
+fn dry_run(dir: &Path, tree: Tree, max_records: u64, json: bool) -> Outcome {
     let (_lock, check) = crate::read(dir)?;
     let view = &check.view;
-    let found = match part {
-        Part::Queue => &view.queue,
-        Part::Dead => &view.dead,
+    let found = match tree {
+        Tree::Queue => &view.queue,
+        Tree::Dead => &view.dead,
     };
-    let (mut batches, mut spans, mut unreadable) = (0u64, 0u64, 0u64);
-    for f in found.iter().take(usize::try_from(max_batches).unwrap_or(usize::MAX)) {
-        batches += 1;
+    let (mut records, mut spans, mut unreadable) = (0u64, 0u64, 0u64);
+    for f in found.iter().take(usize::try_from(max_records).unwrap_or(usize::MAX)) {
+        records += 1;
         spans += u64::from(f.spans);
         let sound = view
             .scan
@@ -223,10 +223,10 @@ fn dry_run(dir: &Path, part: Part, max_batches: u64, json: bool) -> Outcome {
     }
     unreadable += view.unreadable.len() as u64;
     if json {
-        let out = serde_json::json!({"dry_run": true, "batches": batches, "spans": spans, "unreadable": unreadable});
+        let out = serde_json::json!({"dry_run": true, "records": records, "spans": spans, "unreadable": unreadable});
         say!("{out}");
     } else {
-        say!("would send {spans} spans in {batches} batches ({unreadable} unreadable batches would be quarantined)");
+        say!("would send {spans} spans in {records} records ({unreadable} unreadable records would be quarantined)");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -108,7 +108,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
                 from.display()
             );
             say!(
-                "recovered {} spans in {} batches into the queue of {}{}",
+                "recovered {} spans in {} records into the queue of {}{}",
                 r.spans,
                 r.records,
                 dir.display(),
@@ -116,20 +116,20 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
             );
             if r.dead_letter_records > 0 {
                 say!(
-                    "recovered {} dead-letter spans in {} batches",
+                    "recovered {} dead-letter spans in {} records",
                     r.dead_letter_spans,
                     r.dead_letter_records
                 );
             }
             say!(
-                "skipped {} batches already delivered or dropped (below watermark {}), {} stale copies",
+                "skipped {} records already delivered or dropped (below watermark {}), {} stale copies",
                 r.settled_records,
                 r.watermark.map_or("-".into(), |w| w.to_string()),
                 r.copies
             );
             if r.missing.records > 0 || r.missing.spans > 0 {
                 say!(
-                    "lost {} batches ({} spans) whose bytes are damaged",
+                    "lost {} records ({} spans) whose bytes are damaged",
                     r.missing.records,
                     r.missing.spans
                 );

@@ -57,7 +57,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         records += 1;
         bad.push(Bad {
             tree: match u.seq {
-                Some((spillway::spool::Part::Dead, _)) => "dead",
+                Some((spillway::spool::Tree::Dead, _)) => "dead",
                 _ => "queue",
             },
             key: u.seq.map(|(_, k)| k),

@@ -108,7 +108,7 @@ impl Worker {
                 Err(e @ SpoolError::DiskFull { .. }) => {
                     // Refused before sled saw it: the spool is fine.
                     shared.hand_back(spans);
-                    lock(&shared.status).notes.push(Cause::Spool(e.to_string()));
+                    lock(&shared.status).causes.push(Cause::Spool(e.to_string()));
                     done.set(Err(e.to_string()));
                 }
                 Ok(evicted) => pending.push(Pending::Spill(spans.len() as u64, evicted, spans, done)),
@@ -140,7 +140,7 @@ impl Worker {
                     return Err(e);
                 }
             },
-            Job::Read { part, max, done } => match spool.oldest(part, max) {
+            Job::Read { tree, max, done } => match spool.oldest(tree, max) {
                 Ok(entries) => done.set(Ok(entries)),
                 Err(e) => {
                     done.set(Err(e.to_string()));
@@ -163,7 +163,7 @@ impl Worker {
                     Ok(()) => pending.push(Pending::Settle(settle, done)),
                     Err(err) => {
                         done.set(Err(err.to_string()));
-                        if settle.entry.part == Part::Queue {
+                        if settle.entry.tree == Tree::Queue {
                             self.settled.push(settle);
                         }
                         return Err(err);
@@ -236,7 +236,7 @@ impl Worker {
                 done.set(Err(why.to_owned()));
             }
             Pending::Settle(settle, done) => {
-                if settle.entry.part == Part::Queue {
+                if settle.entry.tree == Tree::Queue {
                     self.settled.push(settle);
                 }
                 done.set(Err(why.to_owned()));
@@ -260,7 +260,7 @@ impl Worker {
             }
             Job::Read { done, .. } => done.set(Err(why)),
             Job::Settle(settle, done) => {
-                if settle.entry.part == Part::Queue {
+                if settle.entry.tree == Tree::Queue {
                     self.settled.push(settle);
                 }
                 done.set(Err(why));
@@ -331,7 +331,7 @@ impl Worker {
         }
         let mut st = lock(&self.shared.status);
         st.problem = None;
-        st.notes.extend(notes);
+        st.causes.extend(notes);
         st.stats = Some(spool.stats());
         drop(st);
         self.spool = Some(spool);
@@ -346,7 +346,7 @@ impl Worker {
         let mut done = Vec::new();
         for s in settled {
             let e = &s.entry;
-            let found = spool.get(Part::Queue, e.key)?;
+            let found = spool.get(Tree::Queue, e.key)?;
             if found.is_some_and(|f| (f.created_unix_ms, f.declared_spans) == (e.created_unix_ms, e.declared_spans)) {
                 spool.dead_letter(e, &s.refused, s.now_unix_ms)?;
                 spool.append(&e.service, &s.requeue, e.created_unix_ms)?;

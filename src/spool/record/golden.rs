@@ -50,8 +50,8 @@ fn read(version: u8) -> Record {
 fn version_1_golden_record_still_decodes() {
     let r = read(1);
     assert_eq!(
-        (r.service.as_str(), r.meta.seq, r.meta.part),
-        (UNKNOWN_SERVICE, 0, Part::Queue)
+        (r.service.as_str(), r.meta.seq, r.meta.tree),
+        (UNKNOWN_SERVICE, 0, Tree::Queue)
     );
 }
 

@@ -30,7 +30,7 @@ pub(super) fn sample() -> Vec<Span> {
 
 pub(super) const META: Meta = Meta {
     seq: 9,
-    part: Part::Dead,
+    tree: Tree::Dead,
     created_unix_ms: 42,
 };
 
