@@ -140,10 +140,6 @@ impl Exporter {
         self.flush_timeout
     }
 
-    fn now_ms(&self) -> u64 {
-        self.clock.now_unix_nanos() / 1_000_000
-    }
-
     /// Whether anything waits to be sent (memory or spool).
     pub fn has_backlog(&self) -> bool {
         !self.retry.is_empty()
@@ -164,7 +160,7 @@ impl Exporter {
             let held = std::mem::take(&mut self.retry);
             self.spill_or_hold(held, deadline, &mut r);
         }
-        let now = self.now_ms();
+        let now = self.clock.now_unix_ms();
         self.expire(now, deadline, &mut r);
         if let Some(wait) = self.backoff.remaining(now) {
             self.spill_or_hold(batch, deadline, &mut r);
@@ -191,7 +187,9 @@ impl Exporter {
         };
         match stopped {
             Some(Stop::Failed(e)) => {
-                let wait = self.backoff.failed(Some(e.clone()), self.now_ms(), fastrand::f64());
+                let wait = self
+                    .backoff
+                    .failed(Some(e.clone()), self.clock.now_unix_ms(), fastrand::f64());
                 r.next_attempt_in = Some(wait);
                 r.because(Cause::Collector(e));
             }
@@ -270,7 +268,7 @@ impl Exporter {
             let kept = self
                 .disk
                 .as_ref()
-                .and_then(|d| d.dead(Arc::clone(service), dead, self.clock.now_unix_nanos() / 1_000_000))
+                .and_then(|d| d.dead(Arc::clone(service), dead, self.clock.now_unix_ms()))
                 .map(|done| done.wait(deadline));
             match kept {
                 Some(Some(Ok(()))) => {}
@@ -295,7 +293,7 @@ impl Exporter {
             return self.hold(spans, r);
         };
         let n = spans.len();
-        let created = self.now_ms();
+        let created = self.clock.now_unix_ms();
         let done = match disk.spill(Arc::clone(&self.service), spans, created) {
             Ok(done) => done,
             Err(spans) => {

@@ -119,7 +119,7 @@ impl Exporter {
             // Nothing settled: the record stays first in line, with its age.
             return sent.stopped;
         }
-        let now_unix_ms = self.now_ms();
+        let now_unix_ms = self.clock.now_unix_ms();
         let rate = self.meter.spans_per_s().map(|spans_per_s| ReplayRate {
             spans_per_s,
             measured_unix_ms: now_unix_ms,

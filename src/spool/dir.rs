@@ -301,9 +301,7 @@ impl ReadLock {
 /// rename, and syncs both directories; returns where.
 pub fn set_aside(dir: &Path) -> io::Result<PathBuf> {
     static N: AtomicU64 = AtomicU64::new(0);
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let ms = crate::Clock::now_unix_ms(&crate::SystemClock);
     let parent = dir.join(SET_ASIDE);
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&parent)?;
     let name = format!("{ms}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));

@@ -19,6 +19,11 @@ pub trait Clock: Send + Sync + 'static {
     /// Now, in nanoseconds since the Unix epoch.
     fn now_unix_nanos(&self) -> u64;
 
+    /// Now, in milliseconds since the Unix epoch.
+    fn now_unix_ms(&self) -> u64 {
+        self.now_unix_nanos() / 1_000_000
+    }
+
     /// Re-reads the wall clock, for clocks that drift from it. Called from
     /// `flush`, never from the hot path.
     fn recalibrate(&self) {}
@@ -43,6 +48,11 @@ impl TracerClock {
             TracerClock::Tsc(c) => c.now_unix_nanos(),
             TracerClock::Given(c) => c.now_unix_nanos(),
         }
+    }
+
+    /// Now, in milliseconds since the Unix epoch.
+    pub(crate) fn now_unix_ms(&self) -> u64 {
+        self.now_unix_nanos() / 1_000_000
     }
 
     /// Re-reads the wall clock (see [`Clock::recalibrate`]).

@@ -20,7 +20,7 @@ impl Inner {
         s.spool_moved_aside = self.moved_aside.is_some();
         self.books.fill(&mut s);
         if let Some(spool) = self.disk.as_ref().and_then(|d| d.stats()) {
-            let now_ms = self.clock.now_unix_nanos() / 1_000_000;
+            let now_ms = self.clock.now_unix_ms();
             s.oldest_spooled_age_ms = spool.oldest_spilled_unix_ms.map(|t| now_ms.saturating_sub(t));
             s.replay_spans_per_s = spool.replay.map(|r| r.spans_per_s);
         }

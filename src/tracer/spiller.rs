@@ -48,7 +48,7 @@ impl Inner {
         let Some(disk) = &self.disk else { return };
         let batch = self.drain(Vec::new());
         if !batch.is_empty() {
-            let now_ms = self.clock.now_unix_nanos() / 1_000_000;
+            let now_ms = self.clock.now_unix_ms();
             match disk.spill(Arc::clone(&self.service), batch, now_ms) {
                 Ok(done) => {
                     if let Some(previous) = in_flight.replace(done) {

@@ -106,9 +106,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         s.dead_letter_spans += u64::from(f.spans);
         *s.format_versions.entry(f.version).or_default() += 1;
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let now_ms = spillway::Clock::now_unix_ms(&spillway::SystemClock);
     s.oldest_age_ms = s.oldest_unix_ms.map(|t| now_ms.saturating_sub(t));
     let measured = view.state.and_then(|st| st.replay);
     s.replay_spans_per_s = measured.map(|r| r.spans_per_s);
