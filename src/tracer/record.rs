@@ -76,6 +76,7 @@ impl Inner {
         }
     }
 
+    #[inline]
     pub(super) fn set_attribute(&self, h: SpanHandle, key: &str, value: AttrValue) {
         let max = self.max_attributes;
         self.with_live(&h, |span, _| {
@@ -89,11 +90,13 @@ impl Inner {
         });
     }
 
+    #[inline]
     pub(super) fn set_status(&self, h: SpanHandle, status: SpanStatus) {
         let status = Status::from(status);
         self.with_live(&h, |span, _| span.status = status);
     }
 
+    #[inline]
     pub(super) fn add_event(&self, h: SpanHandle, event: SpanEvent<'_>) {
         if h.is_invalid() {
             return;
@@ -118,6 +121,7 @@ impl Inner {
         });
     }
 
+    #[inline]
     pub(super) fn end_span(&self, h: SpanHandle, end_time_unix_nanos: Option<u64>) {
         if h.is_invalid() {
             return;
