@@ -9,7 +9,6 @@ use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use spillway::SpillwayTracer;
 use spillway::spool::Spool;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -71,26 +70,12 @@ fn spool_spans(dir: &std::path::Path) -> u64 {
 #[test]
 fn kill_9_during_spill_loses_nothing_spilled() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut baseline = 0u64;
     let started = Instant::now();
     let mut rounds = 0;
     while rounds < 50 && started.elapsed() < Duration::from_secs(240) {
         rounds += 1;
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = common::child::spawn("crash_child", CHILD_ENV, dir.path().to_str().unwrap());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {

@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::child::{self, Reporter};
 use common::fs::{Fs, sh};
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
@@ -25,11 +26,9 @@ use spillway::unstable::export::disk::Disk;
 use spillway::unstable::span::Span;
 use spillway::{Config, SpillwayTracer};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "SPILLWAY_POWER_CHILD";
@@ -46,65 +45,6 @@ fn cuts(default: usize) -> usize {
 /// The tests in this file that cut power (for sharing `POWER_CUTS`).
 const TESTS: usize = 6;
 
-/// A child process of this test binary, its report lines collected on a
-/// thread so that none is lost when it is killed.
-struct Reporter {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Reporter {
-    fn start(child_test: &str, args: &[&str]) -> Reporter {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", child_test, "--ignored", "--nocapture", "--test-threads", "1"])
-            .env(CHILD_ENV, args.join("\t"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // libtest may print its own text before ours on a line.
-                if let Some((_, ours)) = line.split_once("@@") {
-                    let _ = tx.send(ours.to_owned());
-                }
-            }
-        });
-        Reporter { child, lines: rx }
-    }
-
-    /// Waits for the first report line (the child is at work), then a
-    /// random while of up to `max_ms`.
-    fn let_it_work(&self, max_ms: u64) -> Vec<String> {
-        let first = self
-            .lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the child reported within 30 s");
-        let until = Instant::now() + Duration::from_millis(fastrand::u64(0..=max_ms));
-        let mut got = vec![first];
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => got.push(l),
-                Err(_) => break,
-            }
-        }
-        got
-    }
-
-    /// Every line it printed, once it has gone.
-    fn rest(&self) -> Vec<String> {
-        self.lines.iter().collect()
-    }
-}
-
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "@@{line}");
-    let _ = out.flush();
-}
-
 /// A span's identity: its trace id and span id, in hex (span ids alone
 /// are unique only within a trace).
 fn id_of(trace_id: &[u8], span_id: &[u8]) -> String {
@@ -120,8 +60,7 @@ fn span_key(s: &Span) -> String {
 }
 
 fn child_args() -> Option<Vec<String>> {
-    let env = std::env::var(CHILD_ENV).ok()?;
-    Some(env.split('\t').map(str::to_owned).collect())
+    child::args(CHILD_ENV)
 }
 
 /// A tracer spilling to `dir` (the collector is dead) with a flush budget
@@ -160,8 +99,8 @@ fn spill_child() {
             ids.push(id_of(&h.trace_id, &h.span_id));
         }
         match t.try_flush() {
-            Err(e) if e.spilled == n && e.spilling == 0 => say(format!("SPILLED {}", ids.join(" "))),
-            _ => say("NOTHING".into()),
+            Err(e) if e.spilled == n && e.spilling == 0 => child::say(&format!("SPILLED {}", ids.join(" "))),
+            _ => child::say("NOTHING"),
         }
     }
 }
@@ -203,7 +142,7 @@ fn spills_survive(kind: &'static str, rounds: usize) -> usize {
     let dir = fs.path("spool");
     let mut all = BTreeSet::new();
     for round in 0..rounds {
-        let mut child = Reporter::start("spill_child", &[dir.to_str().unwrap(), "1099511627776"]);
+        let mut child = Reporter::start("spill_child", CHILD_ENV, &[dir.to_str().unwrap(), "1099511627776"]);
         let mut lines = child.let_it_work(400);
         fs.cut_and_restart(&mut child.child);
         lines.extend(child.rest());
@@ -263,18 +202,18 @@ fn replay_child() {
     let disk = Arc::new(Disk::start(Ok(spool), dir, u64::MAX, u64::MAX, Arc::clone(&books)).unwrap());
     let transport = spillway::transport::HttpTransport::new(&config).unwrap();
     let mut exporter = Exporter::new(&config, Box::new(transport), Some(disk), books, Arc::new(SystemClock));
-    say("STARTED".into());
+    child::say("STARTED");
     loop {
         match exporter.replay_next(Tree::Queue) {
-            Ok(Some(r)) => say(format!("REMOVED {} {} {}", r.key, r.delivered, r.refused)),
+            Ok(Some(r)) => child::say(&format!("REMOVED {} {} {}", r.key, r.delivered, r.refused)),
             Ok(None) => break,
             Err(e) => {
-                say(format!("STOPPED {e}"));
+                child::say(&format!("STOPPED {e}"));
                 break;
             }
         }
     }
-    say("DONE".into());
+    child::say("DONE");
 }
 
 /// Spans of a spool's queue, by record key.
@@ -318,7 +257,7 @@ fn replay_survives_power_cuts_nothing_owed_is_lost_nothing_removed_comes_back() 
         let owed: BTreeSet<String> = before.iter().flat_map(|(_, s)| s.iter().map(span_key)).collect();
         for _ in 0..cuts(4).div_ceil(2) {
             cut += 1;
-            let mut child = Reporter::start("replay_child", &[dir.to_str().unwrap(), &url]);
+            let mut child = Reporter::start("replay_child", CHILD_ENV, &[dir.to_str().unwrap(), &url]);
             let mut lines = child.let_it_work(300);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -395,7 +334,7 @@ fn dead_letters_survive_power_cuts() {
                 }
             }
             let before: BTreeSet<String> = records(&dir).iter().flat_map(|(_, s)| s.iter().map(span_key)).collect();
-            let mut child = Reporter::start("dead_letter_child", &[dir.to_str().unwrap(), &server.url]);
+            let mut child = Reporter::start("dead_letter_child", CHILD_ENV, &[dir.to_str().unwrap(), &server.url]);
             let mut lines = child.let_it_work(300);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -430,7 +369,7 @@ fn cap_evictions_survive_power_cuts_oldest_first() {
         let dir = fs.path("spool");
         for cut in 0..cuts(4).div_ceil(2) {
             // A 1 MiB cap: the child's spills evict the oldest records.
-            let mut child = Reporter::start("spill_child", &[dir.to_str().unwrap(), "1048576"]);
+            let mut child = Reporter::start("spill_child", CHILD_ENV, &[dir.to_str().unwrap(), "1048576"]);
             let mut lines = child.let_it_work(1_500);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -457,10 +396,10 @@ fn cap_evictions_survive_power_cuts_oldest_first() {
 #[ignore = "run by the power-cut tests as their child process"]
 fn salvage_child() {
     let Some(args) = child_args() else { return };
-    say("STARTED".into());
+    child::say("STARTED");
     let mut into = Spool::open(Path::new(&args[1]), u64::MAX).unwrap();
     let report = spillway::spool::salvage::salvage(Path::new(&args[0]), &mut into).unwrap();
-    say(format!("SALVAGED {}", report.spans));
+    child::say(&format!("SALVAGED {}", report.spans));
 }
 
 #[test]
@@ -475,7 +414,11 @@ fn salvaged_spools_survive_power_cuts() {
             .collect();
         for cut in 0..cuts(4).div_ceil(2) {
             let into = fs.path(&format!("into-{cut}"));
-            let mut child = Reporter::start("salvage_child", &[from.to_str().unwrap(), into.to_str().unwrap()]);
+            let mut child = Reporter::start(
+                "salvage_child",
+                CHILD_ENV,
+                &[from.to_str().unwrap(), into.to_str().unwrap()],
+            );
             let mut lines = child.let_it_work(200);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -528,7 +471,7 @@ fn quarantined_records_survive_power_cuts() {
             // The rewrite is made durable before the cuts start.
             fs.unmount();
             fs.mount();
-            let mut child = Reporter::start("quarantine_child", &[dir.to_str().unwrap(), &url]);
+            let mut child = Reporter::start("quarantine_child", CHILD_ENV, &[dir.to_str().unwrap(), &url]);
             let _ = child.let_it_work(300);
             fs.cut_and_restart(&mut child.child);
             let mut spool = Spool::open(&dir, u64::MAX).unwrap();

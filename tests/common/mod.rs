@@ -3,6 +3,7 @@
 //! for faults that must be injected on purpose.
 #![allow(dead_code)]
 
+pub mod child;
 pub mod fs;
 pub mod otelcol;
 pub mod toxiproxy;
