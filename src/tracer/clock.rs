@@ -40,23 +40,16 @@ pub(crate) enum TracerClock {
     Given(std::sync::Arc<dyn Clock>),
 }
 
-impl TracerClock {
-    /// Now, in nanoseconds since the Unix epoch.
+impl Clock for TracerClock {
     #[inline]
-    pub(crate) fn now_unix_nanos(&self) -> u64 {
+    fn now_unix_nanos(&self) -> u64 {
         match self {
             TracerClock::Tsc(c) => c.now_unix_nanos(),
             TracerClock::Given(c) => c.now_unix_nanos(),
         }
     }
 
-    /// Now, in milliseconds since the Unix epoch.
-    pub(crate) fn now_unix_ms(&self) -> u64 {
-        self.now_unix_nanos() / 1_000_000
-    }
-
-    /// Re-reads the wall clock (see [`Clock::recalibrate`]).
-    pub(crate) fn recalibrate(&self) {
+    fn recalibrate(&self) {
         match self {
             TracerClock::Tsc(c) => c.recalibrate(),
             TracerClock::Given(c) => c.recalibrate(),

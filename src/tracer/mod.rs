@@ -75,7 +75,7 @@ use crate::export::disk::Disk;
 use crate::export::report::FlushError;
 use crate::stats::Stats;
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
-use clock::TracerClock;
+use clock::{Clock, TracerClock};
 use ended::Ended;
 use live::Ids;
 use shards::Shard;
