@@ -141,6 +141,21 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
+impl Cause {
+    /// What opening a damaged spool has to report: the damage, when it
+    /// cost spans or set files aside, and where the files went.
+    pub(crate) fn of_damage(d: &crate::spool::Damage) -> Vec<Cause> {
+        let mut causes = Vec::new();
+        if d.lost_spans > 0 || d.set_aside.is_some() {
+            causes.push(Cause::Damage(d.to_string()));
+        }
+        if let Some(aside) = &d.set_aside {
+            causes.push(Cause::SetAside(aside.clone()));
+        }
+        causes
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

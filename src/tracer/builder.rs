@@ -170,18 +170,15 @@ pub(super) fn start_disk(
     books: &Arc<Books>,
     moved_aside: &mut Option<PathBuf>,
 ) -> Result<Disk, BuildError> {
-    let mut notes = Vec::new();
+    let mut causes = Vec::new();
     let spool = match opened {
         Ok(mut spool) => {
             if let Some(d) = spool.take_damage() {
                 if d.lost_spans > 0 {
                     books.lost_before_open(d.lost_spans);
                 }
-                if d.lost_spans > 0 || d.set_aside.is_some() {
-                    notes.push(Cause::Damage(d.to_string()));
-                }
+                causes = Cause::of_damage(&d);
                 if let Some(aside) = d.set_aside {
-                    notes.push(Cause::SetAside(aside.clone()));
                     *moved_aside = Some(aside);
                 }
             }
@@ -202,8 +199,8 @@ pub(super) fn start_disk(
         Arc::clone(books),
     )
     .map_err(|source| BuildError::Thread { what: "disk", source })?;
-    for note in notes {
-        disk.add_cause(note);
+    for cause in causes {
+        disk.add_cause(cause);
     }
     Ok(disk)
 }

@@ -310,16 +310,8 @@ impl Worker {
                 return;
             }
         };
-        let mut notes = Vec::new();
         // A loss found here shows as fewer spans than the books counted.
-        if let Some(d) = spool.take_damage() {
-            if d.lost_spans > 0 || d.set_aside.is_some() {
-                notes.push(Cause::Damage(d.to_string()));
-            }
-            if let Some(aside) = d.set_aside {
-                notes.push(Cause::SetAside(aside));
-            }
-        }
+        let mut causes = spool.take_damage().map_or_else(Vec::new, |d| Cause::of_damage(&d));
         if let Err(e) = self.remove_settled(&mut spool) {
             lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
             self.closing = close_elsewhere(spool);
@@ -327,11 +319,11 @@ impl Worker {
         }
         let lost = self.shared.books.opened(spool.stats().spans);
         if lost > 0 {
-            notes.push(Cause::LostOnReopen(lost));
+            causes.push(Cause::LostOnReopen(lost));
         }
         let mut st = lock(&self.shared.status);
         st.problem = None;
-        st.causes.extend(notes);
+        st.causes.extend(causes);
         st.stats = Some(spool.stats());
         drop(st);
         self.spool = Some(spool);
