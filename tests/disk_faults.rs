@@ -30,6 +30,10 @@ const FAULTS: [(&str, i32); 3] = [
     ("posix/io/sync/fdatasync", 5),
 ];
 
+/// The phase after the faults are lifted: its flush is repeated until the
+/// spool that failed has closed (see `child_run`).
+const RECOVERED: &str = "recovered";
+
 /// The child's side: records `spans` spans before each flush, reports each
 /// flush as `@@phase<TAB>stats<TAB>error`, then waits for the parent.
 fn child_run(phases: &[(&str, usize)]) {
@@ -42,7 +46,7 @@ fn child_run(phases: &[(&str, usize)]) {
         common::record(&t, *spans, "disk");
         let flush = || bext_plugin_api::TracerPlugin::flush(&t).err().unwrap_or_default();
         let mut err = flush();
-        if *phase == "recovered" {
+        if *phase == RECOVERED {
             // The faults are lifted, but a spool that failed is closed off
             // the disk thread, and sled may still be finishing its writes:
             // until it has, the next spool cannot open and held spans wait
@@ -71,7 +75,7 @@ fn disk_child() {
         ("healthy", 100),
         ("failing", 100),
         ("still-failing", 100),
-        ("recovered", 100),
+        (RECOVERED, 100),
     ]);
 }
 
@@ -84,7 +88,7 @@ fn ack_child() {
 #[test]
 #[ignore = "run by a_failing_fsync_is_never_reported_as_spilled as its child process"]
 fn sync_child() {
-    child_run(&[("healthy", 100), ("failing", 100), ("recovered", 100)]);
+    child_run(&[("healthy", 100), ("failing", 100), (RECOVERED, 100)]);
 }
 
 /// The child process under `fiu-run`, driven phase by phase.
@@ -199,7 +203,7 @@ fn a_failing_disk_is_reported_and_loses_nothing() {
 
     disk_fails(&child.pid(), false);
     child.go();
-    let (s, msg) = child.next("recovered");
+    let (s, msg) = child.next(RECOVERED);
     eprintln!("recovered: {s:?}\n{msg}");
     assert_eq!(s.recorded, 400);
     assert_eq!((s.dropped.total(), s.recovered), (0, 0), "{msg}");
@@ -288,7 +292,7 @@ fn a_failing_fsync_is_never_reported_as_spilled() {
 
     faults(&child.pid(), &SYNCS, false);
     child.go();
-    let (s, msg) = child.next("recovered");
+    let (s, msg) = child.next(RECOVERED);
     eprintln!("recovered: {msg}");
     // The unsynced round may have reached the disk after all: then it is
     // found on reopen (recovered) and the held copy spilled again.
