@@ -332,10 +332,22 @@ impl Worker {
     /// Removes from the reopened `spool` the records settled before it
     /// failed, without sending them again; their outcome goes into the
     /// books whether this removes them or an earlier removal had reached
-    /// the disk after all.
+    /// the disk after all. If any step fails (`get`, the dead letter, the
+    /// requeue or the commit), every one of them stays in `self.settled` for
+    /// the next reopen: a removal is idempotent (a record found gone is not
+    /// removed twice), and none is counted before the commit that covers it.
     fn remove_settled(&mut self, spool: &mut Spool) -> Result<(), SpoolError> {
-        let settled = std::mem::take(&mut self.settled);
-        let mut done = Vec::new();
+        let result = Self::remove_each(&self.settled, spool).and_then(|()| spool.commit());
+        if result.is_ok() {
+            for s in std::mem::take(&mut self.settled) {
+                s.books(&self.shared.books);
+            }
+        }
+        result
+    }
+
+    /// Performs the removals of `settled` on `spool`, unsynced.
+    fn remove_each(settled: &[Settle], spool: &mut Spool) -> Result<(), SpoolError> {
         for s in settled {
             let e = &s.entry;
             let found = spool.get(Tree::Queue, e.key)?;
@@ -343,11 +355,6 @@ impl Worker {
                 spool.dead_letter(e, &s.refused, s.now_unix_ms)?;
                 spool.append(&e.service, &s.requeue, e.created_unix_ms)?;
             }
-            done.push(s);
-        }
-        spool.commit()?;
-        for s in done {
-            s.books(&self.shared.books);
         }
         Ok(())
     }
