@@ -153,8 +153,10 @@ pub struct Config {
     /// are dropped (counted as `spool_expired`) before replay. Zipkin's
     /// query API looks back a day by default.
     pub max_spool_age_ms: Option<u64>,
-    /// Spans replayed from the backlog per flush, 1 to 10,000,000, so a
-    /// collector that just came back is not flooded and fresh spans go first.
+    /// The most spans one flush replays from the backlog, 1 to 10,000,000:
+    /// a ceiling an operator may set. The pace itself follows the collector
+    /// (from 8,192 a flush, doubling while it takes everything, halving on
+    /// 429, 503 and timeouts), and fresh spans always go first.
     pub replay_budget_spans: usize,
     /// Time replay may take per flush, 1 ms to 10 minutes (checked between
     /// records; a request in flight is bounded by `timeout_ms`).
@@ -164,7 +166,9 @@ pub struct Config {
     /// is not done by then is left, counted, for the spool's thread or the
     /// next flush. Also the budget of `shutdown`.
     pub flush_timeout_ms: u64,
-    /// First retry delay after a failure; doubles per failure (full jitter).
+    /// First wait after the collector failed most requests (the circuit
+    /// opened); doubles per such flush (full jitter). A request that fails
+    /// alone is retried within the flush instead.
     pub backoff_initial_ms: u64,
     /// Longest retry delay.
     pub backoff_max_ms: u64,
@@ -198,7 +202,7 @@ impl Default for Config {
             max_spool_age_ms: None,
             replay_budget_ms: 2_000,
             flush_timeout_ms: 5_000,
-            replay_budget_spans: 8192,
+            replay_budget_spans: 10_000_000,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 300_000,
         }

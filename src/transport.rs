@@ -103,7 +103,16 @@ impl SendError {
         }
     }
 
-    /// The delay the collector asked for with `Retry-After`.
+    /// Whether the collector or the link is overloaded (429, 503, a
+    /// timeout): the replay pace halves (see `export::pace`).
+    pub fn is_congestion(&self) -> bool {
+        matches!(
+            self,
+            SendError::Timeout(_) | SendError::Status { status: 429 | 503, .. }
+        )
+    }
+
+    /// The `Retry-After` the collector asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             SendError::Status { retry_after, .. } => *retry_after,

@@ -49,9 +49,14 @@ struct Run {
     flushes: usize,
 }
 
+/// One paced load at a time: each measures the product on this machine,
+/// not how several loads share its cores.
+static ONE_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Records `rate` spans a second for `secs` seconds on one thread while
 /// another flushes every 200 ms; returns the stats after a last flush.
 fn run(url: &str, rate: u64, secs: u64, tweak: impl FnOnce(&mut Config)) -> (SpillwayTracer, tempfile::TempDir, Run) {
+    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         flush_timeout_ms: BUDGET.as_millis() as u64,
@@ -155,11 +160,18 @@ fn a_flapping_collector_loses_nothing_and_flushes_end_on_time() {
 #[test]
 fn a_dead_collector_costs_nothing_but_disk() {
     let url = common::refused_url();
-    let (_t, _dir, r) = run(&url, 40_000, 4, |_| {});
+    let (t, _dir, r) = run(&url, 40_000, 4, |_| {});
     let s = &r.stats;
+    // After the last flush some spans may still be on their way to disk
+    // (its deadline may have come first on a busy machine): conservation
+    // holds now, and a shutdown that says Ok has made every one durable.
     assert!(s.is_balanced() && s.dropped.total() == 0, "{s:?}");
-    assert_eq!(s.spooled, s.recorded, "{s:?}");
     assert!(r.longest_flush <= BUDGET + MARGIN, "{:?}", r.longest_flush);
+    t.shutdown_within(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("shutdown: {e}"));
+    let s = t.stats();
+    assert!(s.is_balanced() && s.dropped.total() == 0, "{s:?}");
+    assert_eq!((s.spooled, s.in_memory), (s.recorded, 0), "{s:?}");
 }
 
 #[test]
@@ -242,9 +254,23 @@ fn shutdown_obeys_its_budget_on_a_hanging_collector() {
     );
     record(&t, 100, "GET /after");
     let began = Instant::now();
-    let _ = t.shutdown_within(Duration::from_millis(500));
+    let first = t.shutdown_within(Duration::from_millis(500));
     assert!(began.elapsed() <= Duration::from_millis(500) + MARGIN);
     let s = t.stats();
     assert!(s.is_balanced(), "{s:?}");
-    assert_eq!(s.spooled, 5_100, "{s:?}");
+    // Ok means everything is durable; else the error names exactly what
+    // is not, and the stats agree.
+    match first {
+        Ok(()) => assert_eq!((s.spooled, s.in_memory), (5_100, 0), "{s:?}"),
+        Err(e) => {
+            let msg = e.to_string();
+            let want = format!("shutdown ended with {} spans not yet durable", s.in_memory);
+            assert!(s.in_memory > 0 && msg.contains(&want), "{msg}; {s:?}");
+        }
+    }
+    // A shutdown with time enough finishes the job, whatever the first did.
+    t.shutdown_within(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("second shutdown: {e}"));
+    let s = t.stats();
+    assert_eq!((s.spooled, s.in_memory), (5_100, 0), "{s:?}");
 }

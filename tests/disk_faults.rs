@@ -225,7 +225,8 @@ fn accept_after_breaking_the_disk(_body: &str) -> u16 {
 #[test]
 fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let server = FaultServer::start(vec![Answer::Status(503, vec![], "")]);
+    // Enough 503s that the first flush keeps (spills) its spans.
+    let server = FaultServer::start(common::failures(503, common::ATTEMPTS));
     let mut child = Child::start("ack_child", dir.path(), &server.url);
     ACK_CHILD_PID.set(child.pid()).unwrap();
 
@@ -244,7 +245,8 @@ fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() 
         (100, 0, 0),
         "counted once: {msg}"
     );
-    assert_eq!(server.requests().len(), 2);
+    // The first flush's attempts, then the replay.
+    assert_eq!(server.requests().len(), common::ATTEMPTS + 1);
 
     disk_fails(&child.pid(), false);
     child.go();
@@ -253,8 +255,12 @@ fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() 
     assert_eq!((s.delivered, s.spooled, s.in_memory), (100, 0, 0), "{msg}");
     assert_eq!((s.recovered, s.dropped.total()), (0, 0), "{msg}");
     let requests = server.requests();
-    assert_eq!(requests.len(), 2, "the settled record is not sent again");
-    assert_eq!(requests[1].spans().len(), 100);
+    assert_eq!(
+        requests.len(),
+        common::ATTEMPTS + 1,
+        "the settled record is not sent again"
+    );
+    assert_eq!(requests[common::ATTEMPTS].spans().len(), 100);
     child.finish();
 
     // What the child left on disk: nothing owed, no dead letters.

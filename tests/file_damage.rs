@@ -69,7 +69,7 @@ fn damaged_spool_files_never_crash_the_process() {
     let root = tempfile::tempdir().unwrap();
     let pristine = root.path().join("pristine");
     {
-        let dead = FaultServer::start(vec![common::Answer::Status(500, vec![], ""); 20]);
+        let dead = FaultServer::start(common::failures(500, 20 * common::ATTEMPTS));
         let t = SpillwayTracer::new(config(&dead.url, &pristine)).unwrap();
         for _ in 0..20 {
             for _ in 0..100 {

@@ -22,7 +22,11 @@ fn balanced(t: &SpillwayTracer) -> spillway::Stats {
 
 #[test]
 fn failed_batches_spill_and_replay_when_the_collector_returns() {
-    let server = FaultServer::start(vec![Answer::Status(503, vec![], ""), Answer::Reset]);
+    // The first flush's request fails through its retries (the circuit
+    // opens), the second's probe is reset, then the collector is back.
+    let mut script = common::failures(503, common::ATTEMPTS);
+    script.push(Answer::Reset);
+    let server = FaultServer::start(script);
     let dir = tempfile::tempdir().unwrap();
     let t = tracer(&server.url, dir.path());
     record(&t, 300, "a");
@@ -48,7 +52,7 @@ fn failed_batches_spill_and_replay_when_the_collector_returns() {
 #[test]
 fn a_restart_replays_what_the_last_process_spilled() {
     let dir = tempfile::tempdir().unwrap();
-    let dead = FaultServer::start(vec![Answer::Status(500, vec![], ""); 8]);
+    let dead = FaultServer::start(common::failures(500, 8 * common::ATTEMPTS));
     {
         let t = tracer(&dead.url, dir.path());
         record(&t, 120, "before-restart");
@@ -69,7 +73,7 @@ fn a_restart_replays_what_the_last_process_spilled() {
 fn replay_is_bounded_per_flush() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let dead = FaultServer::start(vec![Answer::Status(500, vec![], "")]);
+        let dead = FaultServer::start(common::failures(500, common::ATTEMPTS));
         let t = tracer(&dead.url, dir.path());
         record(&t, 5_000, "old");
         assert!(t.flush().is_err());
@@ -142,7 +146,7 @@ fn refused_spans_become_dead_letters_not_losses() {
 fn a_corrupt_record_is_quarantined_by_key_and_the_rest_delivered() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let dead = FaultServer::start(vec![Answer::Status(500, vec![], ""); 3]);
+        let dead = FaultServer::start(common::failures(500, 3 * common::ATTEMPTS));
         let t = tracer(&dead.url, dir.path());
         for name in ["first", "second", "third"] {
             record(&t, 10, name);
@@ -307,7 +311,7 @@ fn replay_stops_at_its_time_budget() {
     }
     let dir = tempfile::tempdir().unwrap();
     {
-        let dead = FaultServer::start(vec![Answer::Status(500, vec![], "")]);
+        let dead = FaultServer::start(common::failures(500, common::ATTEMPTS));
         let t = tracer(&dead.url, dir.path());
         record(&t, 20 * spillway::spool::RECORD_MAX_SPANS, "slow");
         assert!(t.flush().is_err());

@@ -37,7 +37,8 @@ fn retryable_statuses_keep_spans_until_the_collector_answers() {
         (429, vec![]),
         (408, vec![]),
     ] {
-        let server = FaultServer::start(vec![Answer::Status(status, headers.clone(), "busy")]);
+        // Failing through the request's retries, so the flush keeps them.
+        let server = FaultServer::start(vec![Answer::Status(status, headers.clone(), "busy"); common::ATTEMPTS]);
         let t = tracer(&server.url, |_| {});
         record(&t, 10, "x");
         let err = flush_err(&t);
@@ -79,7 +80,11 @@ fn connection_refused_is_reported_and_kept() {
 
 #[test]
 fn reset_and_garbage_are_retryable_and_do_not_panic() {
-    let server = FaultServer::start(vec![Answer::Reset, Answer::Garbage]);
+    // The first flush's request is reset through its retries (the circuit
+    // opens); the second flush's probe gets garbage; then the collector is back.
+    let mut script = vec![Answer::Reset; common::ATTEMPTS];
+    script.push(Answer::Garbage);
+    let server = FaultServer::start(script);
     let t = tracer(&server.url, |_| {});
     record(&t, 4, "x");
     for _ in 0..2 {
@@ -92,8 +97,25 @@ fn reset_and_garbage_are_retryable_and_do_not_panic() {
 }
 
 #[test]
-fn a_hanging_collector_costs_one_timeout() {
-    let server = FaultServer::start(vec![Answer::Hang]);
+fn a_request_that_fails_is_retried_within_the_flush() {
+    // A 503, a reset and a 429 asking for no wait, then 202: one flush
+    // delivers everything, and nothing is reported as a failure.
+    let server = FaultServer::start(vec![
+        Answer::Status(503, vec![], ""),
+        Answer::Reset,
+        Answer::Status(429, vec![("Retry-After", "0".to_owned())], ""),
+    ]);
+    let t = tracer(&server.url, |_| {});
+    record(&t, 10, "x");
+    t.flush().unwrap();
+    let s = t.stats();
+    assert_eq!((s.delivered, s.in_memory, s.failed_requests), (10, 0, 3), "{s:?}");
+    assert_eq!(server.span_ids().len(), 10);
+}
+
+#[test]
+fn a_hanging_collector_costs_a_timeout_per_attempt() {
+    let server = FaultServer::start(vec![Answer::Hang; common::ATTEMPTS]);
     let t = tracer(&server.url, |c| {
         c.timeout_ms = 300;
         c.connect_timeout_ms = 100;
@@ -103,8 +125,8 @@ fn a_hanging_collector_costs_one_timeout() {
     let err = flush_err(&t);
     let took = began.elapsed();
     assert!(matches!(err.cause(), Some(SendError::Timeout(_))), "{err:?}");
-    // Bounded by the configured timeout (plus scheduling slack), not by the
-    // number of requests the batch would need.
+    // Bounded by a timeout per attempt (plus scheduling slack), not by the
+    // number of requests the batch would need: the circuit opens.
     assert!(took < Duration::from_secs(5), "flush took {took:?}");
     assert_eq!(err.kept_in_memory, 2_000);
 }
@@ -219,7 +241,7 @@ fn a_span_larger_than_a_request_is_dropped_as_oversize() {
 
 #[test]
 fn retry_buffer_is_bounded_and_counts_the_oldest_it_drops() {
-    let server = FaultServer::start(vec![Answer::Status(503, vec![], ""); 3]);
+    let server = FaultServer::start(common::failures(503, 3 * common::ATTEMPTS));
     let t = tracer(&server.url, |c| c.max_retry_spans = 25);
     for _ in 0..3 {
         record(&t, 10, "x");

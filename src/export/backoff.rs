@@ -1,11 +1,15 @@
-//! When to try the collector again after a failure: exponential backoff
-//! with full jitter, never sooner than the collector's `Retry-After`.
+//! When to try the collector again once a flush stopped sending (the
+//! collector fails most requests, refuses every request, or asked for a
+//! `Retry-After` past the flush's deadline): exponential backoff with full
+//! jitter, never sooner than the collector's `Retry-After`. A request that
+//! fails alone is retried within the flush instead (`send`).
 //!
 //! A pure type: time comes in as the tracer's clock reading (unix
 //! milliseconds, so a `ManualClock` drives it in tests) and the jitter as a
 //! number in `0..1`. After the `n`th failure in a row the wait is a
 //! uniform draw below `min(initial * 2^(n-1), max)`, raised to the
-//! `Retry-After` if the collector sent one; a success resets it.
+//! `Retry-After` if the collector sent one; a flush that sent without
+//! stopping resets it.
 
 use crate::transport::SendError;
 use std::time::Duration;

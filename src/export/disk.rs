@@ -184,6 +184,8 @@ struct Shared {
     /// Spans of failed spills, for the flush to hold in memory.
     returned: Mutex<Vec<Span>>,
     status: Mutex<Status>,
+    /// Notified whenever spill jobs are done with (`Status::queued` fell).
+    written: Condvar,
     max_queued: u64,
 }
 
@@ -234,6 +236,7 @@ impl Disk {
             books,
             returned: Mutex::new(Vec::new()),
             status: Mutex::new(status),
+            written: Condvar::new(),
             max_queued: max_queued.max(1),
         });
         let worker = Worker {
@@ -401,6 +404,25 @@ impl Disk {
         lock(&self.shared.status).queued
     }
 
+    /// Waits until every spill job queued so far is done with (durable, or
+    /// its spans handed back), until `deadline` at most; returns whether
+    /// none is left.
+    pub fn wait_written(&self, deadline: Instant) -> bool {
+        let mut st = lock(&self.shared.status);
+        while st.queued > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                return false;
+            };
+            st = self
+                .shared
+                .written
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
     /// Stops the thread once the jobs queued are done, waiting until
     /// `deadline` at most; returns whether it stopped in time (if not, it
     /// stops on its own later and the spans it still holds stay counted
@@ -433,11 +455,15 @@ impl Shared {
     fn dequeue(&self, n: u64) {
         let mut st = lock(&self.status);
         st.queued = st.queued.saturating_sub(n);
+        self.written.notify_all();
     }
 
-    /// The spans of a spill that failed go back to memory.
+    /// The spans of a spill that failed go back to memory: in `returned`
+    /// before they leave the queued count, so a waiter woken by that finds
+    /// them.
     fn hand_back(&self, spans: Vec<Span>) {
-        self.dequeue(spans.len() as u64);
+        let n = spans.len() as u64;
         lock(&self.returned).extend(spans);
+        self.dequeue(n);
     }
 }

@@ -13,13 +13,16 @@
 //! One flush, [`Exporter::export`], runs against a deadline
 //! (`flush_timeout_ms`), whatever the network and the disk do:
 //!
-//! 1. **Backoff** ([`backoff`]). After a retryable failure the exporter
-//!    waits; a flush inside that window spills the fresh batch without
-//!    touching the network.
+//! 1. **Backoff** ([`backoff`]). Once the collector failed most requests
+//!    (the [`circuit`] opened) the exporter waits; a flush inside that
+//!    window spills the fresh batch without touching the network. A
+//!    success closes the circuit and resets the wait.
 //! 2. **Fresh batch first** ([`send`]), so new spans are never starved by a
 //!    backlog. Every request is bounded by what the deadline leaves.
-//! 3. **Replay** of the backlog, oldest first, within `replay_budget_spans`
-//!    and `replay_budget_ms`: the memory buffer, then the spool's records.
+//! 3. **Replay** of the backlog, oldest first, within the [`pace`]'s
+//!    window (AIMD: it grows while the collector takes everything and
+//!    halves on congestion; `replay_budget_spans` is its ceiling) and
+//!    `replay_budget_ms`: the memory buffer, then the spool's records.
 //!    A record leaves the spool only once the collector settled it, and the
 //!    next is sent only once that removal is durable, so a crash repeats at
 //!    most one record.
@@ -31,18 +34,22 @@
 //! same way, so it never waits for the network or for this flush.
 //!
 //! A request ends one of five ways (see [`crate::transport::Class`]):
-//! delivered; retry later (the rest is kept, backoff starts); the
-//! collector refuses everything it is sent (401, 403, 404, ...: kept,
-//! backoff, and the error says what to check); 413, split until it fits;
-//! or refused (400, other 4xx), bisected so only the refused spans are set
-//! aside as dead letters (without a spool: dropped as `rejected`).
+//! delivered; retry later (retried within the flush a few times, then
+//! kept while the other requests go on; sending stops only once the
+//! circuit opens); the collector refuses everything it is sent (401, 403,
+//! 404, ...: kept, backoff, and the error says what to check); 413, split
+//! until it fits; or refused (400, other 4xx), bisected so only the
+//! refused spans are set aside as dead letters (without a spool: dropped
+//! as `rejected`).
 //!
 //! Every outcome is recorded once in the [`books`]; the flush report
 //! ([`report::FlushError`]) says what this flush did and why.
 
 pub mod backoff;
 pub mod books;
+pub mod circuit;
 pub mod disk;
+pub mod pace;
 pub mod rate;
 mod replay;
 pub mod report;
@@ -63,6 +70,16 @@ use send::{Sender, Stop};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Spill passes a shutdown makes at most (a failed spill hands its spans
+/// back; the spool may take them on the next pass, once reopened).
+const SHUTDOWN_PASSES: usize = 3;
+
+/// Spans the first replaying flush may send; the pace grows from there.
+const INITIAL_REPLAY_SPANS: usize = 8_192;
+
+/// How often a replay takes the spans ended meanwhile and sends them first.
+pub const FRESH_EVERY: Duration = Duration::from_millis(100);
+
 /// Sends batches, spills what could not be sent, replays it later, and keeps
 /// the accounting.
 pub struct Exporter {
@@ -78,7 +95,8 @@ pub struct Exporter {
     max_retry_spans: usize,
     max_spool_bytes: u64,
     max_spool_age_ms: Option<u64>,
-    replay_budget: usize,
+    /// How many spooled spans a flush replays (AIMD, see [`pace`]).
+    pace: pace::Pace,
     replay_budget_time: Duration,
     flush_timeout: Duration,
     books: Arc<Books>,
@@ -116,7 +134,7 @@ impl Exporter {
             max_retry_spans: config.max_retry_spans,
             max_spool_bytes: config.max_spool_bytes,
             max_spool_age_ms: config.max_spool_age_ms,
-            replay_budget: config.replay_budget_spans,
+            pace: pace::Pace::new(INITIAL_REPLAY_SPANS, config.max_batch_spans, config.replay_budget_spans),
             replay_budget_time: Duration::from_millis(config.replay_budget_ms),
             flush_timeout: config.flush_timeout(),
             books,
@@ -150,8 +168,17 @@ impl Exporter {
     }
 
     /// Exports `batch` (whose spans the caller counted as held), then
-    /// replays the backlog, returning by `deadline`. See the module docs.
-    pub fn export(&mut self, batch: Vec<Span>, deadline: Instant) -> Result<(), Box<FlushError>> {
+    /// replays the backlog, returning by `deadline`. While replaying, it
+    /// calls `fresh` every `FRESH_EVERY` (100 ms) for spans ended since (counted
+    /// as held) and sends them first, so a long replay neither delays fresh
+    /// spans nor lets them be spilled behind the backlog. See the module
+    /// docs.
+    pub fn export(
+        &mut self,
+        batch: Vec<Span>,
+        deadline: Instant,
+        fresh: &mut dyn FnMut() -> Vec<Span>,
+    ) -> Result<(), Box<FlushError>> {
         let mut r = FlushError::default();
         self.take_back(&mut r);
         if self.disk.is_some() && !self.retry.is_empty() {
@@ -174,17 +201,16 @@ impl Exporter {
         let sent = self.send_held(&batch, &service, deadline, &mut r);
         let stopped = sent.stopped.clone();
         let mut batch = batch;
-        if sent.settled == batch.len() {
-            batch.clear();
-            self.spare = batch;
-        } else {
-            batch.drain(..sent.settled);
-            self.spill_or_hold(batch, deadline, &mut r);
+        if !sent.kept.is_empty() {
+            self.spill_or_hold(sent.kept_of(&batch), deadline, &mut r);
         }
-        let stopped = match stopped {
-            Some(stop) => Some(stop),
-            None => self.replay(deadline, &mut r),
+        batch.clear();
+        self.spare = batch;
+        let (stopped, used_all) = match stopped {
+            Some(stop) => (Some(stop), false),
+            None => self.replay(deadline, fresh, &mut r),
         };
+        self.pace.update(used_all, self.sender.take_congested());
         match stopped {
             Some(Stop::Failed(e)) => {
                 let wait = self
@@ -201,15 +227,65 @@ impl Exporter {
         self.finish(r)
     }
 
+    /// Whether the collector is taking spans: no backoff running and the
+    /// circuit closed (so an early send is worth trying).
+    pub fn is_sending(&self) -> bool {
+        self.backoff.remaining(self.clock.now_unix_ms()).is_none() && !self.sender.circuit_open()
+    }
+
+    /// Sends `batch` (counted as held) without replaying, keeping (spilling)
+    /// what the collector does not take by `deadline`: the spiller's early
+    /// send while the collector is healthy. Outcomes go to the books; the
+    /// next flush reports what went wrong.
+    pub fn send_early(&mut self, batch: Vec<Span>, deadline: Instant) {
+        let mut r = FlushError::default();
+        if let Some(Stop::Failed(e)) = self.send_fresh(batch, deadline, &mut r) {
+            self.backoff.failed(Some(e), self.clock.now_unix_ms(), fastrand::f64());
+        }
+    }
+
     /// Keeps everything held in memory (the retry buffer and `batch`) in the
-    /// spool without touching the network, by `deadline`; for shutdown.
-    pub fn spill_all(&mut self, mut batch: Vec<Span>, deadline: Instant) -> Result<(), Box<FlushError>> {
+    /// spool without touching the network, for shutdown: then waits, until
+    /// `deadline` (`budget` from the start), for every spill job queued
+    /// before, the spiller's included, and spills again what a failed
+    /// spill handed back (a few passes at most). `Ok(())` only when nothing
+    /// is left that is not durable; else the error names how many spans are
+    /// still being written (`spilling`) or held in memory.
+    pub fn spill_all(
+        &mut self,
+        mut batch: Vec<Span>,
+        deadline: Instant,
+        budget: Duration,
+    ) -> Result<(), Box<FlushError>> {
         let mut r = FlushError::default();
         self.take_back(&mut r);
         let mut all = std::mem::take(&mut self.retry);
         all.append(&mut batch);
-        self.spill_or_hold(all, deadline, &mut r);
-        self.finish(r)
+        for _ in 0..SHUTDOWN_PASSES {
+            // Without a working spool this holds them in memory.
+            self.spill_or_hold(all, deadline, &mut r);
+            let Some(disk) = self.disk.clone() else { break };
+            if !disk.wait_written(deadline) {
+                break;
+            }
+            self.take_back(&mut r);
+            if self.retry.is_empty() || !disk.is_working() || Instant::now() >= deadline {
+                break;
+            }
+            all = std::mem::take(&mut self.retry);
+        }
+        r.spilling = self.disk.as_ref().map_or(0, |d| d.queued() as usize);
+        let not_durable = r.spilling as u64 + self.retry.len() as u64;
+        if not_durable > 0 {
+            r.because(Cause::ShutdownUnfinished { budget, not_durable });
+        }
+        let r = self.report(r);
+        // Spilling is what a shutdown is for: only what is not durable, a
+        // drop or a failed spool makes it an error.
+        if not_durable == 0 && r.dropped_full == 0 && !r.spool_failed() {
+            return Ok(());
+        }
+        Err(Box::new(r))
     }
 
     /// Takes what the disk thread has to say, and the spans it handed back
@@ -249,6 +325,21 @@ impl Exporter {
         }
     }
 
+    /// Sends spans ended since the flush began (see [`Exporter::export`]),
+    /// keeping what the collector does not take; returns why sending
+    /// stopped, if it did.
+    fn send_fresh(&mut self, spans: Vec<Span>, deadline: Instant, r: &mut FlushError) -> Option<Stop> {
+        if spans.is_empty() {
+            return None;
+        }
+        let service = Arc::clone(&self.service);
+        let sent = self.send_held(&spans, &service, deadline, r);
+        if !sent.kept.is_empty() {
+            self.spill_or_hold(sent.kept_of(&spans), deadline, r);
+        }
+        sent.stopped
+    }
+
     /// Sends held spans (fresh or from the memory buffer) and records their
     /// outcomes; refused spans become dead letters (without a spool, or if
     /// it fails, dropped as `rejected`).
@@ -256,14 +347,9 @@ impl Exporter {
         let sent = self.sender.send(spans, service, deadline, &self.books);
         self.books.delivered(sent.delivered as u64);
         self.books.oversize(sent.oversize as u64);
-        r.delivered += sent.delivered;
-        r.oversize += sent.oversize;
+        r.note(&sent);
         let refused = sent.refused_spans();
         if refused > 0 {
-            r.refused += refused;
-            if let Some(e) = &sent.last_refusal {
-                r.because(Cause::Collector(e.clone()));
-            }
             let dead = sent.refused_of(spans);
             let kept = self
                 .disk

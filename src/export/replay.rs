@@ -26,30 +26,50 @@ pub struct Replayed {
 
 impl Exporter {
     /// Replays the memory buffer, then the spool, oldest first, within the
-    /// per-flush budgets and the deadline; returns why it stopped early.
-    pub(super) fn replay(&mut self, deadline: Instant, r: &mut FlushError) -> Option<Stop> {
-        let mut budget = self.replay_budget;
+    /// pace's window, the time budget and the deadline; returns why it
+    /// stopped early, and whether it used the whole window (so the pace may
+    /// grow).
+    pub(super) fn replay(
+        &mut self,
+        deadline: Instant,
+        fresh: &mut dyn FnMut() -> Vec<Span>,
+        r: &mut FlushError,
+    ) -> (Option<Stop>, bool) {
+        let mut budget = self.pace.window();
+        let stopped = self.replay_within(&mut budget, deadline, fresh, r);
+        (stopped, budget == 0)
+    }
+
+    fn replay_within(
+        &mut self,
+        budget: &mut usize,
+        deadline: Instant,
+        fresh: &mut dyn FnMut() -> Vec<Span>,
+        r: &mut FlushError,
+    ) -> Option<Stop> {
+        let mut fresh_at = Instant::now() + FRESH_EVERY;
         // Checked between records; a request in flight has the flush's.
         let budget_ends = deadline.min(Instant::now() + self.replay_budget_time);
         if !self.retry.is_empty() {
-            let n = self.retry.len().min(budget);
+            let n = self.retry.len().min(*budget);
             let head: Vec<Span> = self.retry.drain(..n).collect();
-            budget -= n;
+            *budget -= n;
             let service = Arc::clone(&self.service);
             let sent = self.send_held(&head, &service, deadline, r);
-            if let Some(stop) = sent.stopped {
-                // The unsent rest, then what was behind it, go to disk where
+            if !sent.kept.is_empty() {
+                // What was kept, then what was behind it, go to disk where
                 // there is one (else back to the memory buffer, in order).
-                let mut rest = head;
-                rest.drain(..sent.settled);
+                let mut rest = sent.kept_of(&head);
                 rest.append(&mut self.retry);
                 self.spill_or_hold(rest, deadline, r);
+            }
+            if let Some(stop) = sent.stopped {
                 return Some(stop);
             }
         }
         // At least one record per flush, however slow, so replay progresses.
         let mut replayed_any = false;
-        while budget > 0 {
+        while *budget > 0 {
             let disk = self.disk.clone()?;
             if !disk.has_records() {
                 return None;
@@ -64,11 +84,17 @@ impl Exporter {
                 None => return Some(Stop::Deadline),
             };
             for entry in entries {
-                if budget == 0 || (replayed_any && Instant::now() >= budget_ends) {
+                if *budget == 0 || (replayed_any && Instant::now() >= budget_ends) {
                     return None;
                 }
+                if Instant::now() >= fresh_at {
+                    fresh_at = Instant::now() + FRESH_EVERY;
+                    if let Some(stop) = self.send_fresh(fresh(), deadline, r) {
+                        return Some(stop);
+                    }
+                }
                 replayed_any = true;
-                budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
+                *budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
                 if let Some(stop) = self.replay_entry(&disk, entry, deadline, r) {
                     return Some(stop);
                 }
@@ -109,13 +135,8 @@ impl Exporter {
             self.books
                 .settled_from_spool(sent.delivered as u64, sent.oversize as u64);
         }
-        r.delivered += sent.delivered;
-        r.oversize += sent.oversize;
-        r.refused += sent.refused_spans();
-        if let Some(e) = &sent.last_refusal {
-            r.because(Cause::Collector(e.clone()));
-        }
-        if sent.settled == 0 {
+        r.note(&sent);
+        if sent.kept_spans() == spans.len() {
             // Nothing settled: the record stays first in line, with its age.
             return sent.stopped;
         }
@@ -126,7 +147,7 @@ impl Exporter {
         });
         let settle = Settle {
             refused: sent.refused_of(spans),
-            requeue: spans[sent.settled..].to_vec(),
+            requeue: sent.kept_of(spans),
             counted: (sent.delivered + sent.oversize) as u64,
             now_unix_ms,
             rate,

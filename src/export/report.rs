@@ -26,6 +26,14 @@ pub enum Cause {
         /// The flush's time budget.
         budget: Duration,
     },
+    /// A shutdown ended with spans not yet durable: its budget ran out, or
+    /// the spool failed (then another cause says why).
+    ShutdownUnfinished {
+        /// The shutdown's time budget.
+        budget: Duration,
+        /// Spans still being written or held in memory.
+        not_durable: u64,
+    },
     /// The spool failed (disk full, I/O error, cannot be opened): what it said.
     Spool(String),
     /// The spool's files were found damaged; what that cost.
@@ -112,6 +120,25 @@ impl FlushError {
         })
     }
 
+    /// Counts what sending did, with the collector's answers as causes: a
+    /// refusal, and a failure that kept spans (retried ones that then went
+    /// through cost nothing and are not reported).
+    pub(crate) fn note(&mut self, sent: &crate::export::send::Sent) {
+        self.delivered += sent.delivered;
+        self.oversize += sent.oversize;
+        self.refused += sent.refused_spans();
+        if sent.refused_spans() > 0
+            && let Some(e) = &sent.last_refusal
+        {
+            self.because(Cause::Collector(e.clone()));
+        }
+        if sent.kept_spans() > 0
+            && let Some(e) = &sent.last_failure
+        {
+            self.because(Cause::Collector(e.clone()));
+        }
+    }
+
     /// Adds a cause, once; a full disk is said once, with its latest figures.
     pub(crate) fn because(&mut self, cause: Cause) {
         let disk_full = |c: &Cause| matches!(c, Cause::Spool(s) if s.contains(": disk full: "));
@@ -174,6 +201,11 @@ impl fmt::Display for Cause {
             Cause::Deadline { budget } => {
                 write!(f, "flush ran out of time ({} ms, flush_timeout_ms)", budget.as_millis())
             }
+            Cause::ShutdownUnfinished { budget, not_durable } => write!(
+                f,
+                "shutdown ended with {not_durable} spans not yet durable (budget {} ms)",
+                budget.as_millis()
+            ),
             Cause::Spool(e) => write!(f, "spool failed: {e}"),
             Cause::Damage(e) => write!(f, "{e}"),
             Cause::LostOnReopen(n) => write!(

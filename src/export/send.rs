@@ -1,5 +1,5 @@
-//! Sending a run of spans: request sizing, encoding, and what to do with a
-//! refusal, each request bounded by the flush's deadline.
+//! Sending a run of spans: request sizing, encoding, retries, and what to
+//! do with a refusal, each request bounded by the flush's deadline.
 //!
 //! Spans go out in order, in requests of at most `max_batch_spans` spans
 //! and `max_request_bytes` bytes of JSON (a span alone over the byte limit
@@ -7,8 +7,16 @@
 //! ([`Class`]):
 //!
 //! - 2xx: delivered.
-//! - [`Class::Retry`] or [`Class::Misconfigured`]: sending stops; the rest
-//!   is the caller's to keep.
+//! - [`Class::Retry`] (5xx, 408, 429, reset, timeout): the request is sent
+//!   again after a short wait with jitter ([`retry_wait`]: 2, 4, 8 ms,
+//!   never sooner than the collector's `Retry-After`), up to [`RETRIES`]
+//!   times, while the deadline leaves room. A request that still fails is
+//!   *kept* (the caller spills it) and the requests after it go on: one bad
+//!   backend behind a load balancer costs only its own requests. Sending
+//!   stops (the rest kept too) only when the [`Circuit`] opens, that is the
+//!   collector fails most requests, or when the collector's `Retry-After`
+//!   does not fit in the deadline.
+//! - [`Class::Misconfigured`]: sending stops; the rest is kept.
 //! - [`Class::TooLarge`] (413) or [`Class::Rejected`] (400, other 4xx):
 //!   the request is split in two and both halves sent, level by level,
 //!   down to single spans, which are refused for good; only the spans the
@@ -22,38 +30,46 @@
 //!
 //! A request starts only while the deadline leaves time, and takes at most
 //! what is left; reaching the deadline stops sending like a failure, but
-//! is not the collector's fault.
+//! is not the collector's fault. Every span of the run ends in exactly one
+//! of [`Sent`]'s sets: delivered, oversize, refused, or kept.
 
 use super::books::Books;
+use super::circuit::Circuit;
 use crate::span::Span;
 use crate::transport::{Class, SendError, Transport};
 use crate::zipkin::Encoder;
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why sending stopped before the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
-    /// The collector failed a request in a way that calls for a later retry
-    /// ([`Class::Retry`] or [`Class::Misconfigured`]).
+    /// The collector fails most requests (the [`Circuit`] opened), refuses
+    /// every request ([`Class::Misconfigured`]), or asked for a
+    /// `Retry-After` past the deadline: the exporter backs off.
     Failed(SendError),
     /// The flush's deadline came.
     Deadline,
 }
 
-/// What sending a run of spans did.
+/// What sending a run of spans did: every span is in exactly one of
+/// delivered, oversize, `refused` or `kept`.
 #[derive(Debug, Default)]
 pub struct Sent {
-    /// Spans from the front that are settled: delivered, refused or oversize.
-    pub settled: usize,
-    /// Of those, delivered.
+    /// Spans delivered.
     pub delivered: usize,
-    /// Of those, dropped as larger than a request.
+    /// Spans dropped as larger than a request.
     pub oversize: usize,
-    /// Of those, the ranges the collector refused for good.
+    /// The ranges the collector refused for good, in order.
     pub refused: Vec<Range<usize>>,
+    /// The ranges not settled, in order, for the caller to keep: requests
+    /// that still failed after their retries, and everything after the
+    /// point where sending stopped.
+    pub kept: Vec<Range<usize>>,
     /// The collector's last refusal, for the report.
     pub last_refusal: Option<SendError>,
+    /// The last failure that kept spans (sending went on), for the report.
+    pub last_failure: Option<SendError>,
     /// Why sending stopped before the end, if it did.
     pub stopped: Option<Stop>,
 }
@@ -64,13 +80,38 @@ impl Sent {
         self.refused.iter().map(|r| r.len()).sum()
     }
 
+    /// Spans kept (not settled).
+    pub fn kept_spans(&self) -> usize {
+        self.kept.iter().map(|r| r.len()).sum()
+    }
+
     /// Copies of the refused spans of `spans`, in order.
     pub fn refused_of(&self, spans: &[Span]) -> Vec<Span> {
-        self.refused
-            .iter()
-            .flat_map(|r| spans[r.clone()].iter().cloned())
-            .collect()
+        Self::copies(&self.refused, spans)
     }
+
+    /// Copies of the kept spans of `spans`, in order.
+    pub fn kept_of(&self, spans: &[Span]) -> Vec<Span> {
+        Self::copies(&self.kept, spans)
+    }
+
+    fn copies(ranges: &[Range<usize>], spans: &[Span]) -> Vec<Span> {
+        ranges.iter().flat_map(|r| spans[r.clone()].iter().cloned()).collect()
+    }
+}
+
+/// Retries of a request that failed in a way worth retrying.
+pub const RETRIES: u32 = 3;
+
+/// The wait before retry `attempt` (1, 2, ...) given `jitter` in `0..1`:
+/// 2 ms doubling, drawn from its upper half, never below `retry_after`.
+/// Short: the other requests of the flush wait meanwhile, and a failure
+/// that is not the collector's overload (a bad backend behind a load
+/// balancer, a reset) is usually gone at the next attempt.
+pub fn retry_wait(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+    let cap = Duration::from_millis(2 << attempt.clamp(1, 8).saturating_sub(1));
+    cap.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
+        .max(retry_after.unwrap_or_default())
 }
 
 /// Levels of splitting after which a chunk whose every request was
@@ -78,18 +119,21 @@ impl Sent {
 /// finding out span by span would cost a request per span.
 const GIVE_UP_DEPTH: usize = 2;
 
-/// Counts, in `sent`, what was settled before `end`: the ranges delivered
-/// and refused there, and moves `sent.settled` to `end`.
-fn settle_before(end: usize, delivered: &[Range<usize>], refused: &[Range<usize>], sent: &mut Sent) {
-    sent.delivered += delivered
-        .iter()
-        .filter(|r| r.end <= end)
-        .map(|r| r.len())
-        .sum::<usize>();
-    let mut kept: Vec<Range<usize>> = refused.iter().filter(|r| r.end <= end).cloned().collect();
-    kept.sort_by_key(|r| r.start);
-    sent.refused.extend(kept);
-    sent.settled = end;
+/// The parts of `chunk` not covered by `done` (disjoint ranges inside it).
+fn uncovered(chunk: Range<usize>, done: &mut [Range<usize>]) -> Vec<Range<usize>> {
+    done.sort_by_key(|r| r.start);
+    let mut left = Vec::new();
+    let mut at = chunk.start;
+    for r in done.iter() {
+        if r.start > at {
+            left.push(at..r.start);
+        }
+        at = at.max(r.end);
+    }
+    if at < chunk.end {
+        left.push(at..chunk.end);
+    }
+    left
 }
 
 /// How one request ended.
@@ -97,6 +141,8 @@ enum Answer {
     Delivered,
     Refused(SendError),
     TooLarge(SendError),
+    /// Still failing after its retries; sending goes on.
+    Failed(SendError),
     Stopped(Stop),
 }
 
@@ -110,7 +156,18 @@ pub struct Sender {
     /// The last chunk was refused whole (every answer a refusal): a chunk
     /// refused at its first request is then refused at once.
     refusing_all: bool,
+    /// Whether the collector fails most requests.
+    circuit: Circuit,
+    /// Attempts, and those answered with congestion (429, 503, a timeout)
+    /// or a `Retry-After`, since the last [`Sender::take_congested`].
+    attempts: u32,
+    congestion: u32,
 }
+
+/// The share of a flush's attempts that must show congestion before the
+/// pace halves: one in sixteen. A collector that fails the odd request
+/// (one in a hundred) is not congested; one that sheds load is.
+const CONGESTED_ONE_IN: u32 = 16;
 
 impl Sender {
     /// A sender through `transport` with the request limits given.
@@ -122,7 +179,24 @@ impl Sender {
             max_batch_spans,
             max_request_bytes,
             refusing_all: false,
+            circuit: Circuit::default(),
+            attempts: 0,
+            congestion: 0,
         }
+    }
+
+    /// Whether the collector fails most requests (the circuit is open).
+    pub fn circuit_open(&self) -> bool {
+        self.circuit.is_open()
+    }
+
+    /// Whether the collector showed congestion since the last call (at
+    /// least one attempt in [`CONGESTED_ONE_IN`] answered 429, 503, a
+    /// timeout or a `Retry-After`); starts counting anew.
+    pub fn take_congested(&mut self) -> bool {
+        let (attempts, congestion) = (self.attempts, self.congestion);
+        (self.attempts, self.congestion) = (0, 0);
+        congestion > 0 && congestion * CONGESTED_ONE_IN >= attempts
     }
 
     /// Where the transport sends.
@@ -130,9 +204,9 @@ impl Sender {
         self.transport.endpoint()
     }
 
-    /// Sends `spans` as `service`'s, in order, until they are all settled,
-    /// sending stops, or `deadline` comes. Requests are counted in `books`;
-    /// the caller records the spans' outcomes.
+    /// Sends `spans` as `service`'s, in order, until each is settled or
+    /// kept, sending stops, or `deadline` comes. Requests are counted in
+    /// `books`; the caller records the spans' outcomes.
     pub fn send(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
         self.encoder.set_service(service);
         let mut sent = Sent::default();
@@ -142,26 +216,25 @@ impl Sender {
             if end == i {
                 sent.oversize += 1;
                 i += 1;
-                sent.settled = i;
                 continue;
             }
             let answer = self.post(deadline, books);
             if let Err(stop) = self.settle(spans, i..end, answer, deadline, books, &mut sent) {
+                if end < spans.len() {
+                    sent.kept.push(end..spans.len());
+                }
                 sent.stopped = Some(stop);
                 return sent;
             }
             i = end;
-            sent.settled = i;
         }
         sent
     }
 
     /// Settles `chunk` given the answer to its request, splitting it as the
     /// module docs say, level by level (so a level's answers are all in
-    /// before the next is split). `Err` stops sending: `sent.settled` then
-    /// says how far from the front everything is settled, and only what
-    /// lies before that counts (a span delivered past it is sent again
-    /// later: a duplicate, never a loss or a double count).
+    /// before the next is split). What a failure leaves unsettled in the
+    /// chunk is kept. `Err` stops sending.
     fn settle(
         &mut self,
         spans: &[Span],
@@ -177,11 +250,19 @@ impl Sender {
                 sent.delivered += chunk.len();
                 return Ok(());
             }
-            Answer::Stopped(stop) => return Err(stop),
+            Answer::Failed(e) => {
+                sent.last_failure = Some(e);
+                sent.kept.push(chunk);
+                return Ok(());
+            }
+            Answer::Stopped(stop) => {
+                sent.kept.push(chunk);
+                return Err(stop);
+            }
             Answer::Refused(e) if self.refusing_all => {
                 // The chunk before was refused whole: so is this one.
                 sent.last_refusal = Some(e);
-                settle_before(chunk.end, &[], std::slice::from_ref(&chunk), sent);
+                sent.refused.push(chunk);
                 return Ok(());
             }
             Answer::Refused(e) => {
@@ -197,14 +278,16 @@ impl Sender {
         // Whether every answer so far refused its spans (400s only).
         let mut only_refusals = matches!(level.first(), Some((_, true)));
         let mut depth = 0;
-        while !level.is_empty() {
+        // How the chunk ended early, if it did.
+        let mut ended: Option<Result<(), Stop>> = None;
+        'levels: while !level.is_empty() {
             if depth >= GIVE_UP_DEPTH && only_refusals {
                 refused.extend(level.drain(..).map(|(r, _)| r));
                 self.refusing_all = true;
                 break;
             }
             let mut next = Vec::new();
-            for (i, (range, _)) in level.iter().enumerate() {
+            for (range, _) in &level {
                 if range.len() == 1 {
                     refused.push(range.clone());
                     continue;
@@ -226,17 +309,14 @@ impl Sender {
                             sent.last_refusal = Some(e);
                             next.push((half, false));
                         }
+                        Answer::Failed(e) => {
+                            sent.last_failure = Some(e);
+                            ended = Some(Ok(()));
+                            break 'levels;
+                        }
                         Answer::Stopped(stop) => {
-                            // Everything from the first range not settled on.
-                            let open = next
-                                .iter()
-                                .map(|(r, _): &(Range<usize>, bool)| r.start)
-                                .chain(level[i..].iter().map(|(r, _)| r.start))
-                                .chain(std::iter::once(half.start))
-                                .min()
-                                .unwrap_or(chunk.start);
-                            settle_before(open, &delivered, &refused, sent);
-                            return Err(stop);
+                            ended = Some(Err(stop));
+                            break 'levels;
                         }
                     }
                 }
@@ -244,8 +324,14 @@ impl Sender {
             level = next;
             depth += 1;
         }
-        settle_before(chunk.end, &delivered, &refused, sent);
-        Ok(())
+        sent.delivered += delivered.iter().map(|r: &Range<usize>| r.len()).sum::<usize>();
+        if ended.is_some() {
+            let mut done: Vec<Range<usize>> = delivered.iter().chain(&refused).cloned().collect();
+            sent.kept.extend(uncovered(chunk, &mut done));
+        }
+        refused.sort_by_key(|r| r.start);
+        sent.refused.extend(refused);
+        ended.unwrap_or(Ok(()))
     }
 
     /// Encodes `spans[range]` and sends it.
@@ -255,24 +341,56 @@ impl Sender {
         self.post(deadline, books)
     }
 
-    /// Sends the encoded body, within what `deadline` leaves.
+    /// Sends the encoded body, within what `deadline` leaves, retrying as
+    /// the module docs say.
     fn post(&mut self, deadline: Instant, books: &Books) -> Answer {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Answer::Stopped(Stop::Deadline);
-        }
-        let result = self.transport.send(&self.body, left);
-        books.request(result.is_err());
-        match result {
-            Ok(()) => Answer::Delivered,
-            Err(e) => match e.class() {
-                Class::Retry if Instant::now() >= deadline && matches!(e, SendError::Timeout(_)) => {
-                    Answer::Stopped(Stop::Deadline)
+        let mut attempt = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Answer::Stopped(Stop::Deadline);
+            }
+            let result = self.transport.send(&self.body, left);
+            books.request(result.is_err());
+            self.attempts = self.attempts.saturating_add(1);
+            let e = match result {
+                Ok(()) => {
+                    self.circuit.record(true);
+                    return Answer::Delivered;
                 }
-                Class::Retry | Class::Misconfigured => Answer::Stopped(Stop::Failed(e)),
-                Class::TooLarge => Answer::TooLarge(e),
-                Class::Rejected => Answer::Refused(e),
-            },
+                Err(e) => e,
+            };
+            if e.is_congestion() || e.retry_after().is_some() {
+                self.congestion = self.congestion.saturating_add(1);
+            }
+            match e.class() {
+                Class::TooLarge => return Answer::TooLarge(e),
+                Class::Rejected => return Answer::Refused(e),
+                Class::Misconfigured => {
+                    self.circuit.record(false);
+                    return Answer::Stopped(Stop::Failed(e));
+                }
+                Class::Retry => self.circuit.record(false),
+            }
+            if Instant::now() >= deadline && matches!(e, SendError::Timeout(_)) {
+                return Answer::Stopped(Stop::Deadline);
+            }
+            if self.circuit.is_open() {
+                return Answer::Stopped(Stop::Failed(e));
+            }
+            attempt += 1;
+            let wait = retry_wait(attempt, fastrand::f64(), e.retry_after());
+            if Instant::now() + wait >= deadline {
+                // The collector's own wait does not fit: stop and back off.
+                if e.retry_after().is_some() {
+                    return Answer::Stopped(Stop::Failed(e));
+                }
+                return Answer::Failed(e);
+            }
+            if attempt > RETRIES {
+                return Answer::Failed(e);
+            }
+            std::thread::sleep(wait);
         }
     }
 
@@ -353,7 +471,7 @@ mod tests {
     fn one_bad_span_costs_about_two_log_n_requests_and_only_it_is_refused() {
         let (sent, requests) = run(512, &[300], false, 512);
         assert_eq!(sent.refused, vec![300..301]);
-        assert_eq!((sent.delivered, sent.settled, sent.stopped), (511, 512, None));
+        assert_eq!((sent.delivered, sent.kept_spans(), sent.stopped), (511, 0, None));
         assert!(requests <= 2 * 9 + 1, "{requests} requests");
     }
 
@@ -379,7 +497,144 @@ mod tests {
         let requests = Arc::new(Mutex::new(0));
         let mut s = Sender::new(Box::new(Picky(requests.clone(), false)), "svc", 10, 1 << 20);
         let sent = s.send(&spans(5, &[]), "svc", Instant::now(), &Books::default());
-        assert_eq!((sent.settled, sent.stopped), (0, Some(Stop::Deadline)));
+        assert_eq!(
+            (sent.kept.len(), sent.kept[0].clone(), sent.stopped),
+            (1, 0..5, Some(Stop::Deadline))
+        );
         assert_eq!(*requests.lock().unwrap(), 0);
+    }
+
+    /// Fails the requests whose number (from 0) `fail` picks, with `error`.
+    struct Flaky {
+        n: usize,
+        fail: fn(usize) -> bool,
+        error: fn() -> SendError,
+        delivered: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Transport for Flaky {
+        fn send(&mut self, json: &[u8], _: Duration) -> Result<(), SendError> {
+            self.n += 1;
+            if (self.fail)(self.n - 1) {
+                return Err((self.error)());
+            }
+            self.delivered.lock().unwrap().extend_from_slice(json);
+            Ok(())
+        }
+        fn endpoint(&self) -> &str {
+            "test"
+        }
+    }
+
+    fn flaky(fail: fn(usize) -> bool, error: fn() -> SendError, n: usize, batch: usize) -> (Sent, usize) {
+        let delivered = Arc::new(Mutex::new(Vec::new()));
+        let t = Flaky {
+            n: 0,
+            fail,
+            error,
+            delivered: delivered.clone(),
+        };
+        let mut s = Sender::new(Box::new(t), "svc", batch, 1 << 20);
+        let sent = s.send(
+            &spans(n, &[]),
+            "svc",
+            Instant::now() + Duration::from_secs(60),
+            &Books::default(),
+        );
+        let count = String::from_utf8(delivered.lock().unwrap().clone())
+            .unwrap()
+            .matches("\"traceId\"")
+            .count();
+        (sent, count)
+    }
+
+    fn e500() -> SendError {
+        SendError::Status {
+            status: 500,
+            retry_after: None,
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_third_request_failing_is_retried_and_everything_is_delivered() {
+        let (sent, on_server) = flaky(|n| n % 3 == 2, e500, 5_000, 100);
+        assert_eq!((sent.delivered, sent.kept_spans(), sent.stopped), (5_000, 0, None));
+        assert_eq!(on_server, 5_000, "each span once");
+    }
+
+    #[test]
+    fn a_request_failing_past_its_retries_is_kept_and_the_others_go_on() {
+        // Requests 2..=5 are one chunk's four attempts.
+        let (sent, on_server) = flaky(|n| (2..=5).contains(&n), e500, 1_000, 100);
+        assert_eq!((sent.kept.len(), sent.kept[0].clone()), (1, 200..300));
+        assert_eq!((sent.delivered, sent.stopped), (900, None));
+        assert_eq!(on_server, 900);
+        assert!(sent.last_failure.is_some());
+    }
+
+    #[test]
+    fn a_dead_collector_opens_the_circuit_and_stops_keeping_everything() {
+        let (sent, _) = flaky(|_| true, || SendError::Unreachable("refused".into()), 1_000, 100);
+        assert_eq!(sent.kept, vec![0..100, 100..1_000]);
+        assert!(matches!(sent.stopped, Some(Stop::Failed(_))), "{:?}", sent.stopped);
+    }
+
+    #[test]
+    fn a_retry_after_past_the_deadline_stops_sending() {
+        let (sent, _) = flaky(
+            |n| n == 0,
+            || SendError::Status {
+                status: 429,
+                retry_after: Some(Duration::from_secs(3_600)),
+                body: String::new(),
+            },
+            300,
+            100,
+        );
+        assert_eq!(sent.kept, vec![0..100, 100..300]);
+        assert!(matches!(sent.stopped, Some(Stop::Failed(_))));
+    }
+
+    #[test]
+    fn a_failure_in_the_middle_of_a_bisection_keeps_only_what_is_unsettled() {
+        // Request 0: the chunk is refused (400); the halves then fail with
+        // 500 from request 2 on (past the circuit's opening).
+        struct Mixed(usize);
+        impl Transport for Mixed {
+            fn send(&mut self, _: &[u8], _: Duration) -> Result<(), SendError> {
+                self.0 += 1;
+                match self.0 {
+                    1 => Err(SendError::Status {
+                        status: 400,
+                        retry_after: None,
+                        body: String::new(),
+                    }),
+                    2 => Ok(()),
+                    _ => Err(e500()),
+                }
+            }
+            fn endpoint(&self) -> &str {
+                "test"
+            }
+        }
+        let mut s = Sender::new(Box::new(Mixed(0)), "svc", 100, 1 << 20);
+        let sent = s.send(
+            &spans(100, &[]),
+            "svc",
+            Instant::now() + Duration::from_secs(60),
+            &Books::default(),
+        );
+        assert_eq!(sent.delivered, 50);
+        assert_eq!((sent.kept.len(), sent.kept[0].clone()), (1, 50..100));
+        assert_eq!(sent.delivered + sent.kept_spans() + sent.refused_spans(), 100);
+    }
+
+    #[test]
+    fn retry_waits_double_from_two_ms_and_honour_retry_after() {
+        assert_eq!(retry_wait(1, 1.0, None), Duration::from_millis(2));
+        assert_eq!(retry_wait(2, 0.0, None), Duration::from_millis(2));
+        assert_eq!(retry_wait(3, 1.0, None), Duration::from_millis(8));
+        assert_eq!(retry_wait(1, 0.5, Some(Duration::from_secs(2))), Duration::from_secs(2));
     }
 }

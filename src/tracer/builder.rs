@@ -155,7 +155,10 @@ impl TracerBuilder {
         } else {
             None
         };
-        Ok(SpillwayTracer { inner, spiller })
+        Ok(SpillwayTracer {
+            inner,
+            spiller: Mutex::new(spiller),
+        })
     }
 }
 

@@ -35,13 +35,16 @@ impl Inner {
         if batch.is_empty() && !exporter.has_backlog() {
             return Ok(());
         }
-        exporter.export(batch, deadline)
+        exporter.export(batch, deadline, &mut || self.drain(Vec::new()))
     }
 
-    pub(super) fn shutdown(&self, deadline: Instant) -> Result<(), Box<FlushError>> {
+    /// Spills what the shards hold and waits for every spill, the
+    /// spiller's included (the caller stopped it): see
+    /// [`SpillwayTracer::shutdown`].
+    pub(super) fn shutdown(&self, deadline: Instant, budget: Duration) -> Result<(), Box<FlushError>> {
         let mut exporter = lock(&self.exporter);
         let batch = self.drain(exporter.take_buffer());
-        exporter.spill_all(batch, deadline)
+        exporter.spill_all(batch, deadline, budget)
     }
 
     /// Moves the ended spans out of the shards, counting them as held, in

@@ -125,7 +125,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The hot path only signals it, after releasing its lock.
 pub struct SpillwayTracer {
     inner: Arc<Inner>,
-    spiller: Option<std::thread::JoinHandle<()>>,
+    /// The spiller thread until shutdown stops it.
+    spiller: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// The tracer's state, shared with the spiller thread.
@@ -226,16 +227,36 @@ impl SpillwayTracer {
 
     /// Spills everything in memory to the spool without touching the
     /// network, as bext's shutdown should (also done on drop), within
-    /// `flush_timeout_ms`. Without a spool, the spans stay in memory and
-    /// the error says how many.
+    /// `flush_timeout_ms`.
+    ///
+    /// The spiller is stopped first, then every span recorded before the
+    /// call is written, the spiller's batches in flight included. `Ok(())`
+    /// means all of them are durable in the spool, so the process may exit
+    /// at once and lose nothing (`tests/cli.rs`, `tests/bounded_flush.rs`).
+    /// Otherwise the error gives the exact number not yet durable (being
+    /// written, or held in memory when the spool failed or there is none),
+    /// which [`SpillwayTracer::stats`]'s `in_memory` agrees with. After a
+    /// shutdown the tracer still records and flushes, without the spiller.
     pub fn shutdown(&self) -> Result<(), Box<FlushError>> {
-        self.inner.shutdown(Instant::now() + self.inner.flush_timeout)
+        self.shutdown_within(self.inner.flush_timeout)
     }
 
-    /// [`SpillwayTracer::shutdown`] within `budget`: what is not durable
-    /// by then is reported as still being written (or held in memory).
+    /// [`SpillwayTracer::shutdown`] within `budget`.
     pub fn shutdown_within(&self, budget: Duration) -> Result<(), Box<FlushError>> {
-        self.inner.shutdown(Instant::now() + budget)
+        let deadline = Instant::now() + budget;
+        self.stop_spiller();
+        self.inner.shutdown(deadline, budget)
+    }
+
+    /// Stops the spiller thread and waits for it: whatever it drained is
+    /// then in a spill job (or handed back), never on its stack.
+    fn stop_spiller(&self) {
+        let Some(spiller) = lock(&self.spiller).take() else {
+            return;
+        };
+        self.inner.wake.stop.store(true, Ordering::SeqCst);
+        self.inner.wake_spiller();
+        let _ = spiller.join();
     }
 }
 
@@ -265,13 +286,10 @@ impl TracerPlugin for SpillwayTracer {
 
 impl Drop for SpillwayTracer {
     fn drop(&mut self) {
-        let deadline = Instant::now() + self.inner.flush_timeout;
-        if let Some(spiller) = self.spiller.take() {
-            self.inner.wake.stop.store(true, Ordering::SeqCst);
-            self.inner.wake_spiller();
-            let _ = spiller.join();
-        }
-        let _ = self.inner.shutdown(deadline);
+        let budget = self.inner.flush_timeout;
+        let deadline = Instant::now() + budget;
+        self.stop_spiller();
+        let _ = self.inner.shutdown(deadline, budget);
         if let Some(disk) = &self.inner.disk {
             disk.stop(deadline);
         }

@@ -1,11 +1,21 @@
-//! The spiller: a background thread that moves a filling batch to the
-//! disk thread between flushes, so a burst is spilled, not dropped. The hot
-//! path only signals it ([`Inner::wake_spiller`]), after releasing its lock;
-//! it never takes the exporter's lock, so a flush waiting on the collector
+//! The spiller: a background thread that moves a filling batch out of the
+//! shards between flushes, so a burst is neither dropped nor left waiting.
+//! The hot path only signals it ([`Inner::wake_spiller`]), after releasing
+//! its lock.
+//!
+//! When the collector is taking spans (no backoff, the circuit closed) and
+//! no flush is running (the exporter's lock is free: `try_lock`, never a
+//! wait), it *sends* the batch early, within [`EARLY_SEND`], and spills
+//! only what the collector did not take by then: a healthy collector gets
+//! fresh spans at once instead of through the spool. Otherwise it spills
+//! the batch through the disk thread, so a flush waiting on the collector
 //! does not hold it up.
 
 use super::*;
 use crate::export::disk::{Done, Failed, Spilled};
+
+/// The most an early send takes before what is left is spilled.
+pub(super) const EARLY_SEND: Duration = Duration::from_millis(250);
 
 /// Wakes the spiller: a pending flag and its condition variable.
 #[derive(Default)]
@@ -46,6 +56,13 @@ impl Inner {
     /// and writing overlap and the disk still sets the pace.
     pub(super) fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, Failed>>>) {
         let Some(disk) = &self.disk else { return };
+        if let Ok(mut exporter) = self.exporter.try_lock()
+            && exporter.is_sending()
+        {
+            let batch = self.drain(exporter.take_buffer());
+            exporter.send_early(batch, Instant::now() + EARLY_SEND);
+            return;
+        }
         let batch = self.drain(Vec::new());
         if !batch.is_empty() {
             let now_ms = self.clock.now_unix_ms();

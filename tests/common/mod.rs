@@ -132,6 +132,17 @@ pub enum Answer {
     Garbage,
 }
 
+/// HTTP attempts a failing request gets in one flush: the first and its
+/// retries. A collector that fails this many in a row has also opened the
+/// circuit (the exporter then stops sending and backs off), so a script of
+/// this many failures is the shortest that makes a flush keep its spans.
+pub const ATTEMPTS: usize = 4;
+
+/// `n` answers of `status`.
+pub fn failures(status: u16, n: usize) -> Vec<Answer> {
+    vec![Answer::Status(status, vec![], ""); n]
+}
+
 /// A request the fault server received.
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -164,6 +175,18 @@ pub struct FaultServer {
     stop: Arc<AtomicBool>,
     port: u16,
     thread: Option<JoinHandle<()>>,
+    policy: Arc<Mutex<Option<Policy>>>,
+    sink_requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// How a failing sink answers request `n`: a status, or `None` for 202.
+pub type Policy = fn(u64) -> Option<u16>;
+
+/// What a sink counts with, and how it answers.
+struct Sink<'a> {
+    spans: &'a std::sync::atomic::AtomicU64,
+    requests: &'a std::sync::atomic::AtomicU64,
+    policy: &'a Mutex<Option<Policy>>,
 }
 
 impl FaultServer {
@@ -177,7 +200,28 @@ impl FaultServer {
         Self::start_with(vec![], false)
     }
 
+    /// A sink that answers request `n` (from 0, over all connections) with
+    /// the status `fail(n)` gives, counting the spans of those it takes
+    /// (`None`: 202).
+    pub fn failing_sink(fail: Policy) -> FaultServer {
+        let s = Self::start_with(vec![], false);
+        *s.policy.lock().unwrap() = Some(fail);
+        s
+    }
+
+    /// Replaces a failing sink's policy.
+    pub fn set_policy(&self, fail: Policy) {
+        *self.policy.lock().unwrap() = Some(fail);
+    }
+
+    /// Requests a sink received, answered or not.
+    pub fn sink_requests(&self) -> u64 {
+        self.sink_requests.load(Ordering::Relaxed)
+    }
+
     fn start_with(script: Vec<Answer>, keep: bool) -> FaultServer {
+        let policy: Arc<Mutex<Option<Policy>>> = Arc::new(Mutex::new(None));
+        let sink_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
         let script = Arc::new(Mutex::new(VecDeque::from(script)));
@@ -187,6 +231,7 @@ impl FaultServer {
         let thread = {
             let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
             let counted = spans_received.clone();
+            let (policy, numbered) = (policy.clone(), sink_requests.clone());
             std::thread::spawn(move || {
                 // One thread per connection: ureq keeps connections alive,
                 // and a hanging answer must not block the next client.
@@ -197,8 +242,17 @@ impl FaultServer {
                     let Ok(conn) = conn else { continue };
                     let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
                     let counted = counted.clone();
+                    let (policy, numbered) = (policy.clone(), numbered.clone());
                     std::thread::spawn(move || {
-                        let sink = if keep { None } else { Some(&*counted) };
+                        let sink = if keep {
+                            None
+                        } else {
+                            Some(Sink {
+                                spans: &counted,
+                                requests: &numbered,
+                                policy: &policy,
+                            })
+                        };
                         serve(conn, &script, &received, &stop, sink)
                     });
                 }
@@ -212,6 +266,8 @@ impl FaultServer {
             stop,
             port,
             thread: Some(thread),
+            policy,
+            sink_requests,
         }
     }
 
@@ -264,7 +320,7 @@ fn serve(
     script: &Mutex<VecDeque<Answer>>,
     received: &Mutex<Vec<Received>>,
     stop: &AtomicBool,
-    sink: Option<&std::sync::atomic::AtomicU64>,
+    sink: Option<Sink<'_>>,
 ) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut reader = BufReader::new(conn.try_clone().expect("clone stream"));
@@ -298,15 +354,20 @@ fn serve(
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        if let Some(counter) = sink {
+        if let Some(sink) = &sink {
             // A sink expects plain JSON (gzip off) and counts span objects
-            // by their traceId keys.
-            let n = body.windows(9).filter(|w| w == b"\"traceId\"").count();
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-            if conn
-                .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
-                .is_err()
-            {
+            // by their traceId keys, in the requests it takes.
+            let n = sink.requests.fetch_add(1, Ordering::Relaxed);
+            let policy = *sink.policy.lock().unwrap();
+            let answer = match policy.and_then(|fail| fail(n)) {
+                Some(status) => format!("HTTP/1.1 {status} Failed\r\ncontent-length: 0\r\n\r\n"),
+                None => {
+                    let spans = body.windows(9).filter(|w| w == b"\"traceId\"").count();
+                    sink.spans.fetch_add(spans as u64, Ordering::Relaxed);
+                    "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n".to_owned()
+                }
+            };
+            if conn.write_all(answer.as_bytes()).is_err() {
                 return;
             }
             continue;

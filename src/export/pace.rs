@@ -1,0 +1,95 @@
+//! The replay pace: how many spooled spans one flush replays, following
+//! the collector (additive increase, multiplicative decrease, as Vector's
+//! adaptive request concurrency and TCP do).
+//!
+//! A pure type. The window starts at [`Pace::new`]'s `initial` and, while
+//! the collector takes everything a flush replays (the whole window used,
+//! no congestion), doubles (slow start) until the first sign of
+//! congestion, then grows by `initial` a flush. A flush that met
+//! congestion (429, 503, a timeout: [`SendError::is_congestion`]) halves it,
+//! never below `floor`. `replay_budget_spans` is the ceiling, so an
+//! operator can still cap it; the flush's time budget (`replay_budget_ms`)
+//! bounds each flush whatever the window says.
+//!
+//! [`SendError::is_congestion`]: crate::transport::SendError::is_congestion
+
+/// See the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    window: usize,
+    step: usize,
+    floor: usize,
+    ceiling: usize,
+    slow_start: bool,
+}
+
+impl Pace {
+    /// A pace starting at `initial` spans a flush, between `floor` and
+    /// `ceiling`.
+    pub fn new(initial: usize, floor: usize, ceiling: usize) -> Pace {
+        let ceiling = ceiling.max(1);
+        let floor = floor.clamp(1, ceiling);
+        let window = initial.clamp(floor, ceiling);
+        Pace {
+            window,
+            step: window,
+            floor,
+            ceiling,
+            slow_start: true,
+        }
+    }
+
+    /// Spans this flush may replay.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// After a flush: whether it used its whole window, and whether the
+    /// collector showed congestion.
+    pub fn update(&mut self, used_all: bool, congested: bool) {
+        if congested {
+            self.slow_start = false;
+            self.window = (self.window / 2).max(self.floor);
+        } else if used_all {
+            let grown = if self.slow_start {
+                self.window.saturating_mul(2)
+            } else {
+                self.window.saturating_add(self.step)
+            };
+            self.window = grown.min(self.ceiling);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn it_doubles_until_congestion_halves_it_then_grows_by_a_step() {
+        let mut p = Pace::new(8_192, 512, 1 << 20);
+        p.update(true, false);
+        p.update(true, false);
+        assert_eq!(p.window(), 32_768);
+        p.update(false, false);
+        assert_eq!(p.window(), 32_768, "a flush that did not use it all leaves it");
+        p.update(true, true);
+        assert_eq!(p.window(), 16_384);
+        p.update(true, false);
+        assert_eq!(p.window(), 16_384 + 8_192, "additive after congestion");
+        for _ in 0..20 {
+            p.update(true, true);
+        }
+        assert_eq!(p.window(), 512, "never below the floor");
+        for _ in 0..1_000 {
+            p.update(true, false);
+        }
+        assert_eq!(p.window(), 1 << 20, "never above the ceiling");
+    }
+
+    #[test]
+    fn an_operators_ceiling_below_the_start_wins() {
+        let p = Pace::new(8_192, 512, 1_000);
+        assert_eq!(p.window(), 1_000);
+    }
+}

@@ -1,0 +1,219 @@
+//! A collector that fails some requests still gets nearly every span, and a
+//! backlog drains at the collector's pace while fresh spans keep flowing.
+//!
+//! A paced load records spans while a flusher calls `flush` every second,
+//! as bext's timer does, against a counting sink on 127.0.0.1 that fails
+//! requests by a rule (every third 500, one in a hundred 503, a whole
+//! outage then health). After the load a final drain flushes until nothing
+//! is left; the tests assert conservation, no drop, every span delivered
+//! once the drain ends, and a bound on the spool's peak size. The figures
+//! (delivered share at the end of the load, peak spool, drain rate) are
+//! printed for BENCHMARKS.md.
+//!
+//! `PARTIAL_SECS` (default 30) sets the load's length and `PARTIAL_RATE`
+//! (default 50,000 spans/s) its pace: CI runs the defaults, the long runs
+//! quoted in BENCHMARKS.md set them higher. `PARTIAL_TRACE=1` prints every
+//! flush.
+
+mod common;
+
+use bext_plugin_api::tracer::TracerPlugin;
+use common::{FaultServer, record};
+use spillway::{Config, SpillwayTracer, Stats};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The spool never grows past this in these runs (the figures are printed).
+const SPOOL_BOUND: u64 = 64 << 20;
+/// How long the final drain may take at most.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+
+/// One load at a time (see `bounded_flush`).
+static ONE_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+struct Run {
+    /// Stats when the load stopped, then after the final drain.
+    at_end: Stats,
+    drained: Stats,
+    peak_spool_bytes: u64,
+    /// The most spans the spool held at a flush during the load.
+    peak_spooled: u64,
+    drain: Duration,
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        std::fs::read_dir(p).map_or(0, |entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+    }
+    walk(dir)
+}
+
+/// Records `rate` spans a second for `secs` seconds while a flusher flushes
+/// every second, calling `at(second)` once a second; then flushes until
+/// nothing is left (bounded by [`DRAIN_LIMIT`]).
+fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
+    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let t = SpillwayTracer::new(Config {
+        gzip: false, // the sink counts spans in plain JSON
+        timeout_ms: 2_000,
+        backoff_initial_ms: 200,
+        backoff_max_ms: 2_000,
+        ..common::spool_config(url, dir.path())
+    })
+    .unwrap();
+    let stop = AtomicBool::new(false);
+    let peak = AtomicU64::new(0);
+    let peak_spooled = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut second = 0;
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                at(second);
+                second += 1;
+                let began = Instant::now();
+                let flushed = t.flush();
+                let s = t.stats();
+                peak_spooled.fetch_max(s.spooled, Ordering::Relaxed);
+                if std::env::var_os("PARTIAL_TRACE").is_some() {
+                    eprintln!(
+                        "second {second}: flush {:?} {}; delivered {} spooled {} in memory {}",
+                        began.elapsed(),
+                        flushed.err().unwrap_or_default().chars().take(160).collect::<String>(),
+                        s.delivered,
+                        s.spooled,
+                        s.in_memory
+                    );
+                }
+                peak.fetch_max(dir_bytes(dir.path()), Ordering::Relaxed);
+            }
+        });
+        let begin = Instant::now();
+        let mut recorded = 0u64;
+        while begin.elapsed() < Duration::from_secs(secs) {
+            let due = (begin.elapsed().as_secs_f64() * rate as f64) as u64;
+            if recorded < due {
+                let n = (due - recorded).min(10_000);
+                record(&t, n as usize, "GET /paced");
+                recorded += n;
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let at_end = t.stats();
+    let began = Instant::now();
+    loop {
+        let _ = t.flush();
+        peak.fetch_max(dir_bytes(dir.path()), Ordering::Relaxed);
+        let s = t.stats();
+        if s.in_memory == 0 && s.spooled == 0 {
+            break;
+        }
+        assert!(began.elapsed() < DRAIN_LIMIT, "the backlog did not drain: {s:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Run {
+        at_end,
+        drained: t.stats(),
+        peak_spool_bytes: peak.load(Ordering::Relaxed),
+        peak_spooled: peak_spooled.load(Ordering::Relaxed),
+        drain: began.elapsed(),
+    }
+}
+
+fn check(name: &str, r: &Run, server: &FaultServer) {
+    let (e, d) = (&r.at_end, &r.drained);
+    let on_server = server.spans_received.load(Ordering::Relaxed);
+    eprintln!(
+        "{name}: recorded {}; at the end of the load {:.3} % delivered, {} spooled, {} in memory; \
+         peak spool {:.1} MiB; final drain {:.1} s; server took {} spans in {} requests ({} answered); \
+         {} requests failed as seen by the tracer",
+        d.recorded,
+        100.0 * e.delivered as f64 / e.recorded.max(1) as f64,
+        e.spooled,
+        e.in_memory,
+        r.peak_spool_bytes as f64 / f64::from(1 << 20),
+        r.drain.as_secs_f64(),
+        on_server,
+        server.sink_requests(),
+        d.requests,
+        d.failed_requests,
+    );
+    assert!(d.is_balanced(), "{name}: {d:?}");
+    assert_eq!(d.dropped.total(), 0, "{name}: {d:?}");
+    assert_eq!(
+        d.delivered, d.recorded,
+        "{name}: every span delivered once drained: {d:?}"
+    );
+    assert!(on_server >= d.delivered, "{name}: the server took {on_server}: {d:?}");
+    assert!(
+        r.peak_spool_bytes <= SPOOL_BOUND,
+        "{name}: the spool grew to {} bytes",
+        r.peak_spool_bytes
+    );
+}
+
+#[test]
+fn every_third_request_failing_costs_no_span() {
+    let server = FaultServer::failing_sink(|n| (n % 3 == 2).then_some(500));
+    let r = run(
+        &server.url,
+        env("PARTIAL_RATE", 50_000),
+        env("PARTIAL_SECS", 30),
+        |_| {},
+    );
+    check("every third 500", &r, &server);
+}
+
+#[test]
+fn one_request_in_a_hundred_failing_costs_no_span() {
+    let server = FaultServer::failing_sink(|n| (n % 100 == 99).then_some(503));
+    let r = run(
+        &server.url,
+        env("PARTIAL_RATE", 50_000),
+        env("PARTIAL_SECS", 30),
+        |_| {},
+    );
+    check("one in a hundred 503", &r, &server);
+}
+
+static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);
+
+#[test]
+fn a_backlog_from_an_outage_drains_while_fresh_spans_flow() {
+    let server = FaultServer::failing_sink(|_| (!OUTAGE_OVER.load(Ordering::Relaxed)).then_some(503));
+    let secs = env("PARTIAL_SECS", 30);
+    // The first third of the load is an outage.
+    let r = run(&server.url, env("PARTIAL_RATE", 50_000), secs, |second| {
+        if second + 1 >= secs / 3 {
+            OUTAGE_OVER.store(true, Ordering::Relaxed);
+        }
+    });
+    check("outage, then health", &r, &server);
+    // While fresh spans kept coming at the same pace, the backlog shrank.
+    eprintln!(
+        "outage: the spool peaked at {} spans and held {} when the load stopped",
+        r.peak_spooled, r.at_end.spooled
+    );
+    assert!(
+        r.at_end.spooled < r.peak_spooled,
+        "the backlog did not shrink during the load: peak {}, {:?}",
+        r.peak_spooled,
+        r.at_end
+    );
+}
