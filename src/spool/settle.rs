@@ -7,7 +7,8 @@
 use super::*;
 
 impl Spool {
-    /// Removes a delivered record, synced: see the module docs.
+    /// Removes a delivered record, unsynced: durable at the next
+    /// [`Spool::commit`] (see the module docs).
     ///
     /// On an error the counts still include the record: whether its removal
     /// reached the disk is known only once the spool is reopened (sled stays
@@ -16,8 +17,9 @@ impl Spool {
         self.settle(entry, |_| Ok(()))
     }
 
-    /// Runs `keep` (what the record leaves behind, if anything), removes
-    /// `entry` and syncs; on an error puts the counts back as they were
+    /// Runs `keep` (what the record leaves behind, if anything) and removes
+    /// `entry`, unsynced (durable at the next commit); on an error puts the
+    /// counts back as they were
     /// (see [`Spool::ack`]).
     pub(super) fn settle(
         &mut self,

@@ -51,7 +51,9 @@
 //!   remote parent (same trace id, `parentId` = its span id).
 //! - The last `set_status` before `end_span` wins; `set_attribute`
 //!   overwrites an existing key; a handle is dead after `end_span`.
-//! - Ids are random and never all-zero.
+//! - Trace ids are random; span ids are a keyed permutation of the span's
+//!   slot (two random keys per tracer), so they look uniformly random, are
+//!   unique within a tracer and never all-zero (`tests/span_ids.rs`).
 //!
 //! ## Names
 //! Span and event names are low-cardinality in bext (route templates,
@@ -59,7 +61,8 @@
 //! hash lookup under the lock already held instead of an allocation now and
 //! a free at flush. Interned names are leaked `&'static str`, bounded at
 //! [`MAX_NAMES_PER_SHARD`] names of at most [`MAX_INTERNED_LEN`] bytes per
-//! shard (2 MiB at worst for the process); past that, names are owned.
+//! shard (2 MiB at worst per tracer, and never freed: a process that builds
+//! many tracers leaks each one's set); past that, names are owned.
 //!
 //! ## Bounds
 //! Attributes and events per span are capped (the excess is counted on the
