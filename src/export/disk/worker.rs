@@ -151,14 +151,13 @@ impl Worker {
                 if let Some(rate) = settle.rate {
                     spool.note_replay_rate(rate);
                 }
+                // The unsent rest first, then the removal: a failure between
+                // them can queue the rest twice, never lose it.
                 let e = &settle.entry;
                 let result = spool
-                    .dead_letter(e, &settle.refused, settle.now_unix_ms)
-                    .and_then(|()| {
-                        spool
-                            .append(&e.service, &settle.requeue, e.created_unix_ms)
-                            .map(|evicted| shared.books.spilled(0, evicted))
-                    });
+                    .append(&e.service, &settle.requeue, e.created_unix_ms)
+                    .map(|evicted| shared.books.spilled(0, evicted))
+                    .and_then(|()| spool.dead_letter(e, &settle.refused, settle.now_unix_ms));
                 match result {
                     Ok(()) => pending.push(Pending::Settle(settle, done)),
                     Err(err) => {
@@ -332,11 +331,14 @@ impl Worker {
     /// Removes from the reopened `spool` the records settled before it
     /// failed, without sending them again; their outcome goes into the
     /// books whether this removes them or an earlier removal had reached
-    /// the disk after all. If any step fails (`get`, the dead letter, the
-    /// requeue or the commit), every one of them stays in `self.settled` for
+    /// the disk after all. If any step fails (`get`, the requeue, the dead
+    /// letter or the commit), every one of them stays in `self.settled` for
     /// the next reopen: a removal is idempotent (a record found gone is not
     /// removed twice), and none is counted before the commit that covers it.
-    fn remove_settled(&mut self, spool: &mut Spool) -> Result<(), SpoolError> {
+    /// The unsent rest is queued before the record is removed, so a failure
+    /// between the two can queue it twice (a duplicate, counted as recovered
+    /// at the next open), never lose it.
+    fn remove_settled(&mut self, spool: &mut impl Removals) -> Result<(), SpoolError> {
         let result = Self::remove_each(&self.settled, spool).and_then(|()| spool.commit());
         if result.is_ok() {
             for s in std::mem::take(&mut self.settled) {
@@ -347,16 +349,40 @@ impl Worker {
     }
 
     /// Performs the removals of `settled` on `spool`, unsynced.
-    fn remove_each(settled: &[Settle], spool: &mut Spool) -> Result<(), SpoolError> {
+    fn remove_each(settled: &[Settle], spool: &mut impl Removals) -> Result<(), SpoolError> {
         for s in settled {
             let e = &s.entry;
             let found = spool.get(Tree::Queue, e.key)?;
             if found.is_some_and(|f| (f.created_unix_ms, f.declared_spans) == (e.created_unix_ms, e.declared_spans)) {
-                spool.dead_letter(e, &s.refused, s.now_unix_ms)?;
                 spool.append(&e.service, &s.requeue, e.created_unix_ms)?;
+                spool.dead_letter(e, &s.refused, s.now_unix_ms)?;
             }
         }
         Ok(())
+    }
+}
+
+/// The spool calls a recovery's removals make ([`Worker::remove_settled`]),
+/// so a test can fail each in turn.
+pub(super) trait Removals {
+    fn get(&self, tree: Tree, key: u64) -> Result<Option<StoredRecord>, SpoolError>;
+    fn dead_letter(&mut self, entry: &StoredRecord, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError>;
+    fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError>;
+    fn commit(&mut self) -> Result<(), SpoolError>;
+}
+
+impl Removals for Spool {
+    fn get(&self, tree: Tree, key: u64) -> Result<Option<StoredRecord>, SpoolError> {
+        Spool::get(self, tree, key)
+    }
+    fn dead_letter(&mut self, entry: &StoredRecord, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+        Spool::dead_letter(self, entry, refused, now_unix_ms)
+    }
+    fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+        Spool::append(self, service, spans, created_unix_ms)
+    }
+    fn commit(&mut self) -> Result<(), SpoolError> {
+        Spool::commit(self)
     }
 }
 
@@ -370,4 +396,148 @@ pub(super) fn close_elsewhere(spool: Spool) -> Option<JoinHandle<()>> {
         .name("spillway-close".into())
         .spawn(move || drop(std::mem::ManuallyDrop::into_inner(spool)))
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real spool, with the `fail_at`th removal call (from 0) failing.
+    struct Failing<'a> {
+        spool: &'a mut Spool,
+        fail_at: usize,
+        calls: std::cell::Cell<usize>,
+    }
+
+    impl Failing<'_> {
+        fn step(&self) -> Result<(), SpoolError> {
+            let n = self.calls.get();
+            self.calls.set(n + 1);
+            if n == self.fail_at {
+                return Err(SpoolError::Missing {
+                    dir: PathBuf::from("injected"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl Removals for Failing<'_> {
+        fn get(&self, tree: Tree, key: u64) -> Result<Option<StoredRecord>, SpoolError> {
+            self.step()?;
+            self.spool.get(tree, key)
+        }
+        fn dead_letter(&mut self, entry: &StoredRecord, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
+            self.step()?;
+            self.spool.dead_letter(entry, refused, now_unix_ms)
+        }
+        fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+            self.step()?;
+            Removals::append(self.spool, service, spans, created_unix_ms)
+        }
+        fn commit(&mut self) -> Result<(), SpoolError> {
+            self.step()?;
+            self.spool.commit()
+        }
+    }
+
+    fn spans(n: usize, tag: u8) -> Vec<Span> {
+        (0..n)
+            .map(|i| Span::new([tag; 16], (i as u64 + 1).to_be_bytes(), "s"))
+            .collect()
+    }
+
+    /// Two records settled with the collector (the first with two spans
+    /// refused, the second with three not sent), waiting for a reopen.
+    fn recovering(dir: &std::path::Path) -> (Spool, Worker) {
+        let mut spool = Spool::open(dir, u64::MAX).unwrap();
+        spool.push("svc", &spans(10, 1), 1).unwrap();
+        spool.push("svc", &spans(10, 2), 2).unwrap();
+        let books = Arc::new(Books::default());
+        books.opened(20);
+        let entries = spool.oldest(Tree::Queue, 2).unwrap();
+        let settled = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                let all = entry.spans.clone().unwrap();
+                let (refused, requeue) = if i == 0 {
+                    (all[..2].to_vec(), Vec::new())
+                } else {
+                    (Vec::new(), all[7..].to_vec())
+                };
+                let counted = (10 - refused.len() - requeue.len()) as u64;
+                books.settled_from_spool(counted, 0);
+                Settle {
+                    entry,
+                    refused,
+                    requeue,
+                    counted,
+                    now_unix_ms: 3,
+                    rate: None,
+                }
+            })
+            .collect();
+        let worker = Worker {
+            shared: Arc::new(Shared {
+                books,
+                returned: Mutex::new(Vec::new()),
+                status: Mutex::new(Status::default()),
+                written: Condvar::new(),
+                max_queued: 1,
+            }),
+            spool: None,
+            dir: dir.to_path_buf(),
+            max_bytes: u64::MAX,
+            settled,
+            closing: None,
+        };
+        (spool, worker)
+    }
+
+    #[test]
+    fn a_recovery_failing_at_any_step_forgets_no_settle_and_removes_each_once() {
+        // get, dead letter, requeue for each record, then the commit.
+        const CALLS: usize = 2 * 3 + 1;
+        for fail_at in 0..CALLS {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut spool, mut worker) = recovering(dir.path());
+            let before = worker.shared.books.counts();
+            let mut failing = Failing {
+                spool: &mut spool,
+                fail_at,
+                calls: std::cell::Cell::new(0),
+            };
+            assert!(worker.remove_settled(&mut failing).is_err(), "call {fail_at}");
+            assert_eq!(worker.settled.len(), 2, "call {fail_at}: a settle was forgotten");
+            assert_eq!(
+                worker.shared.books.counts(),
+                before,
+                "call {fail_at}: counted before the commit"
+            );
+            // The next reopen works: each record leaves once, its refused
+            // spans are one dead letter, and its unsent rest is queued (twice
+            // at most: when the failure came between requeue and removal).
+            worker.remove_settled(&mut spool).unwrap();
+            assert!(worker.settled.is_empty());
+            let st = spool.stats();
+            let twice = fail_at == 5;
+            assert_eq!(
+                (st.records, st.spans, st.dead_letter_spans),
+                (1 + u64::from(twice), 3 + 3 * u64::from(twice), 2),
+                "call {fail_at}: {st:?}"
+            );
+            let queued: std::collections::BTreeSet<[u8; 8]> = spool
+                .oldest(Tree::Queue, 2)
+                .unwrap()
+                .into_iter()
+                .flat_map(|r| r.spans.unwrap())
+                .map(|s| s.span_id)
+                .collect();
+            let unsent: std::collections::BTreeSet<[u8; 8]> = spans(10, 2)[7..].iter().map(|s| s.span_id).collect();
+            assert_eq!(queued, unsent, "call {fail_at}: the unsent rest is queued");
+            let c = worker.shared.books.counts();
+            assert_eq!((c.on_disk, c.settling), (3, 0), "call {fail_at}: {c:?}");
+        }
+    }
 }
