@@ -371,8 +371,50 @@ fn range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError>
     }
 }
 
+/// Query parameters whose values are taken for secrets (matched as a part
+/// of the lowercased name).
+const SECRET_PARAMS: [&str; 9] = [
+    "token",
+    "key",
+    "secret",
+    "password",
+    "passwd",
+    "auth",
+    "sig",
+    "credential",
+    "session",
+];
+
+/// `endpoint` fit for a message: credentials in the URL and the values of
+/// query parameters that look like secrets (`api_key`, `token`, `sig`, ...)
+/// replaced by `***`. Text that is not a URL is returned as it is.
+pub(crate) fn redact_url(endpoint: &str) -> String {
+    let Ok(mut url) = url::Url::parse(endpoint) else {
+        return endpoint.to_owned();
+    };
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let lower = k.to_ascii_lowercase();
+                let secret = SECRET_PARAMS.iter().any(|s| lower.contains(s));
+                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
 fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
-    let bad = |reason: &str| ConfigError::new("endpoint", format!("{endpoint:?}"), reason);
+    let shown = redact_url(endpoint);
+    let bad = |reason: &str| ConfigError::new("endpoint", format!("{shown:?}"), reason);
     let url = url::Url::parse(endpoint).map_err(|e| bad(&format!("not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("scheme must be http or https"));
@@ -415,6 +457,23 @@ fn json_error(e: &serde_json::Error, _json: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_in_the_endpoint_are_never_shown() {
+        assert_eq!(
+            redact_url("https://user:pw@z:9411/api/v2/spans?api_key=s3cr3t&region=eu&Sig=abc"),
+            "https://***:***@z:9411/api/v2/spans?api_key=***&region=eu&Sig=***"
+        );
+        assert_eq!(redact_url("http://z:9411/api/v2/spans"), "http://z:9411/api/v2/spans");
+        let err = Config {
+            endpoint: "http://user:hunter2@127.0.0.1:9411/api/v2/spans".into(),
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("credentials") && !err.contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn defaults_are_valid() {

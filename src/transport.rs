@@ -144,7 +144,8 @@ pub struct HttpTransport {
     agent: ureq::Agent,
     /// Where requests go (the endpoint, with `tls.server_name` as host).
     target: String,
-    /// The endpoint as configured, for messages.
+    /// The endpoint as configured, for messages, its secrets redacted
+    /// (`config::redact_url`).
     endpoint: String,
     gzip: Option<flate2::Compression>,
     headers: Vec<(String, String)>,
@@ -274,7 +275,7 @@ impl HttpTransport {
         };
         Ok(HttpTransport {
             agent,
-            endpoint: config.endpoint.clone(),
+            endpoint: crate::config::redact_url(&config.endpoint),
             target: endpoint,
             gzip: config.gzip.then(|| flate2::Compression::new(config.gzip_level)),
             headers: config

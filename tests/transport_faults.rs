@@ -97,6 +97,16 @@ fn reset_and_garbage_are_retryable_and_do_not_panic() {
 }
 
 #[test]
+fn a_token_in_the_endpoints_query_is_never_printed() {
+    let url = format!("{}?api_key=MARKER-s3cr3t&region=eu", common::refused_url());
+    let t = tracer(&url, |_| {});
+    record(&t, 3, "x");
+    let err = t.flush().unwrap_err();
+    assert!(err.contains("api_key=***") && err.contains("region=eu"), "{err}");
+    assert!(!err.contains("MARKER"), "{err}");
+}
+
+#[test]
 fn a_request_that_fails_is_retried_within_the_flush() {
     // A 503, a reset and a 429 asking for no wait, then 202: one flush
     // delivers everything, and nothing is reported as a failure.
