@@ -474,3 +474,26 @@ fn generate_spills_and_reports_on_sigint_and_sigterm() {
         assert_eq!(on_disk, spooled, "{sig}");
     }
 }
+
+#[test]
+fn generate_against_a_collector_that_never_answers_exits_1_with_every_span_durable() {
+    // Each request times out (500 ms); the flushes run out of time or open
+    // the circuit, and the spans go to the spool.
+    let server = FaultServer::start(vec![common::Answer::Hang; 64]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::spillway_with(
+        dir.path(),
+        &[("OTEL_EXPORTER_ZIPKIN_TIMEOUT", "500")],
+        &["generate", "--json", "--spans", "2000", "--endpoint", &server.url],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let s = json(&out);
+    let n = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!((n("recorded"), n("delivered"), n("dropped")), (2000, 0, 0), "{s}");
+    // The report separates what is durable from what is on its way.
+    assert_eq!(n("pending") + n("spooled"), 2000, "{s}");
+    assert!(stderr(&out).contains("took none of the 2000 spans"), "{}", stderr(&out));
+    // Once the process has ended, every span is on disk.
+    let on_disk = Spool::open(dir.path(), u64::MAX).unwrap().stats().spans;
+    assert_eq!(on_disk, 2000);
+}

@@ -199,6 +199,10 @@ struct Status {
     causes: Vec<Cause>,
     /// Spans in spill jobs not done yet.
     queued: u64,
+    /// Spans ever put in spill jobs, and ever done with (written or handed
+    /// back): a mark of the first is reached once the second catches up.
+    enqueued_total: u64,
+    dequeued_total: u64,
 }
 
 /// The disk thread and its job queue; see the module docs.
@@ -289,6 +293,7 @@ impl Disk {
                 return Err(spans);
             }
             st.queued += n;
+            st.enqueued_total += n;
         }
         let prepared = crate::spool::prepare(&service, &spans, created_unix_ms).ok();
         let done = Done::new();
@@ -300,7 +305,9 @@ impl Disk {
             done: done.clone(),
         };
         if let Err(mpsc::SendError(Job::Spill { spans, .. })) = self.jobs.send(job) {
-            lock(&self.shared.status).queued -= n;
+            let mut st = lock(&self.shared.status);
+            st.queued -= n;
+            st.enqueued_total -= n;
             return Err(spans);
         }
         Ok(done)
@@ -423,6 +430,33 @@ impl Disk {
         true
     }
 
+    /// A mark of every spill job queued so far, for [`Disk::wait_through`].
+    pub fn mark(&self) -> u64 {
+        lock(&self.shared.status).enqueued_total
+    }
+
+    /// Waits until the spill jobs queued before `mark` are done with
+    /// (durable, or handed back), until `deadline` at most; returns how many
+    /// of their spans are not yet (jobs queued after the mark, such as the
+    /// spiller's next, are not waited for). Jobs finish in the order they
+    /// were queued, but for a spill refused as too large for the disk,
+    /// which is handed back at once: then the count is a lower bound.
+    pub fn wait_through(&self, mark: u64, deadline: Instant) -> u64 {
+        let mut st = lock(&self.shared.status);
+        while st.dequeued_total < mark {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                break;
+            };
+            st = self
+                .shared
+                .written
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        mark.saturating_sub(st.dequeued_total)
+    }
+
     /// Stops the thread once the jobs queued are done, waiting until
     /// `deadline` at most; returns whether it stopped in time (if not, it
     /// stops on its own later and the spans it still holds stay counted
@@ -455,6 +489,7 @@ impl Shared {
     fn dequeue(&self, n: u64) {
         let mut st = lock(&self.status);
         st.queued = st.queued.saturating_sub(n);
+        st.dequeued_total += n;
         self.written.notify_all();
     }
 

@@ -224,6 +224,13 @@ impl Exporter {
             }),
             None => self.backoff.succeeded(),
         }
+        // Everything handed to the disk before now, by this flush, an
+        // earlier one or the spiller, is durable before the flush says Ok:
+        // waited for until the deadline, and what is not is reported.
+        if let Some(disk) = &self.disk {
+            let mark = disk.mark();
+            r.spilling = disk.wait_through(mark, deadline) as usize;
+        }
         self.finish(r)
     }
 

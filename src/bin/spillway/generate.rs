@@ -165,10 +165,19 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
     if let Err(e) = &last {
         eprintln!("spillway: {e}");
     }
+    // A run whose spans all wait in the spool did not do its job, even if
+    // nothing was lost: say so in the exit code too.
+    let delivered_none = stats.recorded > 0 && stats.delivered == 0;
+    if delivered_none {
+        eprintln!(
+            "spillway: the collector took none of the {} spans recorded; {} are in the spool, {} still on their way there",
+            stats.recorded, stats.spooled, stats.in_memory
+        );
+    }
     Ok(match (interrupted, last) {
         (Some(code), _) => code,
-        (None, Ok(())) => ExitCode::SUCCESS,
-        (None, Err(_)) => ExitCode::FAILURE,
+        (None, Ok(())) if !delivered_none => ExitCode::SUCCESS,
+        (None, _) => ExitCode::FAILURE,
     })
 }
 
