@@ -168,28 +168,27 @@ fn check(name: &str, r: &Run, server: &FaultServer) {
     );
 }
 
-#[test]
-fn every_third_request_failing_costs_no_span() {
-    let server = FaultServer::failing_sink(|n| (n % 3 == 2).then_some(500));
+/// A paced load at the default (or `PARTIAL_*`) size against a sink that
+/// answers by `policy`, checked.
+fn scenario(name: &str, policy: common::Policy) {
+    let server = FaultServer::failing_sink(policy);
     let r = run(
         &server.url,
         env("PARTIAL_RATE", 50_000),
         env("PARTIAL_SECS", 30),
         |_| {},
     );
-    check("every third 500", &r, &server);
+    check(name, &r, &server);
+}
+
+#[test]
+fn every_third_request_failing_costs_no_span() {
+    scenario("every third 500", |n| (n % 3 == 2).then_some(500));
 }
 
 #[test]
 fn one_request_in_a_hundred_failing_costs_no_span() {
-    let server = FaultServer::failing_sink(|n| (n % 100 == 99).then_some(503));
-    let r = run(
-        &server.url,
-        env("PARTIAL_RATE", 50_000),
-        env("PARTIAL_SECS", 30),
-        |_| {},
-    );
-    check("one in a hundred 503", &r, &server);
+    scenario("one in a hundred 503", |n| (n % 100 == 99).then_some(503));
 }
 
 static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);

@@ -415,10 +415,16 @@ impl Disk {
     /// its spans handed back), until `deadline` at most; returns whether
     /// none is left.
     pub fn wait_written(&self, deadline: Instant) -> bool {
+        self.wait_until(deadline, |st| st.queued == 0).queued == 0
+    }
+
+    /// Waits until `done` holds of the status, or `deadline`; returns the
+    /// status as it is then.
+    fn wait_until(&self, deadline: Instant, done: impl Fn(&Status) -> bool) -> MutexGuard<'_, Status> {
         let mut st = lock(&self.shared.status);
-        while st.queued > 0 {
+        while !done(&st) {
             let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-                return false;
+                break;
             };
             st = self
                 .shared
@@ -427,7 +433,7 @@ impl Disk {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        true
+        st
     }
 
     /// A mark of every spill job queued so far, for [`Disk::wait_through`].
@@ -442,18 +448,7 @@ impl Disk {
     /// were queued, but for a spill refused as too large for the disk,
     /// which is handed back at once: then the count is a lower bound.
     pub fn wait_through(&self, mark: u64, deadline: Instant) -> u64 {
-        let mut st = lock(&self.shared.status);
-        while st.dequeued_total < mark {
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-                break;
-            };
-            st = self
-                .shared
-                .written
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let st = self.wait_until(deadline, |st| st.dequeued_total >= mark);
         mark.saturating_sub(st.dequeued_total)
     }
 

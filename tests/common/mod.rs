@@ -209,11 +209,6 @@ impl FaultServer {
         s
     }
 
-    /// Replaces a failing sink's policy.
-    pub fn set_policy(&self, fail: Policy) {
-        *self.policy.lock().unwrap() = Some(fail);
-    }
-
     /// Requests a sink received, answered or not.
     pub fn sink_requests(&self) -> u64 {
         self.sink_requests.load(Ordering::Relaxed)
