@@ -244,7 +244,16 @@ fn a_path_that_is_not_a_spool_directory_is_refused_and_left_alone() {
 
 #[test]
 fn a_full_batch_spills_early_instead_of_dropping() {
-    let dead = FaultServer::start(vec![]);
+    // Down (503) while the bursts come, so the spiller spills; then back.
+    static UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    fn answer(_: &str) -> u16 {
+        if UP.load(std::sync::atomic::Ordering::SeqCst) {
+            202
+        } else {
+            503
+        }
+    }
+    let dead = FaultServer::start(vec![Answer::By(answer); 100_000]);
     let dir = tempfile::tempdir().unwrap();
     let cap = spillway::unstable::SHARDS * 100;
     let t = SpillwayTracer::new(Config {
@@ -269,7 +278,8 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     }
     let s = balanced(&t);
     assert!(s.spooled > 0, "{s:?}");
-    // Replay takes a budget (8,192 spans) per flush.
+    UP.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Replay takes a window (from 8,192 spans) per flush.
     for _ in 0..10 {
         t.flush().unwrap();
         if t.stats().spooled == 0 {
@@ -278,6 +288,31 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     }
     let s = balanced(&t);
     assert_eq!((s.delivered, s.spooled, s.in_memory), (21_000, 0, 0), "{s:?}");
+}
+
+#[test]
+fn a_full_batch_goes_early_to_a_healthy_collector_not_to_the_spool() {
+    let server = FaultServer::start(vec![]);
+    let dir = tempfile::tempdir().unwrap();
+    let cap = spillway::unstable::SHARDS * 100;
+    let t = SpillwayTracer::new(Config {
+        max_queue_spans: cap,
+        ..common::spool_config(&server.url, dir.path())
+    })
+    .unwrap();
+    // No flush at all: the spiller sends what fills the batch.
+    for _ in 0..50 {
+        record(&t, 200, "early");
+        common::wait_for(
+            "the spiller to send the batch",
+            std::time::Duration::from_secs(10),
+            || (t.stats().in_memory < cap as u64 / 2).then_some(()),
+        );
+    }
+    let s = balanced(&t);
+    assert_eq!((s.spooled, s.dropped.total()), (0, 0), "{s:?}");
+    assert!(s.delivered > 0, "{s:?}");
+    assert_eq!(server.span_ids().len() as u64, s.delivered);
 }
 
 #[test]
