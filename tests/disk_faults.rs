@@ -30,9 +30,10 @@ const FAULTS: [(&str, i32); 3] = [
     ("posix/io/sync/fdatasync", 5),
 ];
 
-/// The phase after the faults are lifted: its flush is repeated until the
-/// spool that failed has closed (see `child_run`).
+/// The phases after the faults are lifted: their flush is repeated until
+/// the spool that failed has closed (see `child_run`).
 const RECOVERED: &str = "recovered";
+const REMOVED: &str = "removed";
 
 /// The child's side: records `spans` spans before each flush, reports each
 /// flush as `@@phase<TAB>stats<TAB>error`, then waits for the parent.
@@ -46,7 +47,7 @@ fn child_run(phases: &[(&str, usize)]) {
         common::record(&t, *spans, "disk");
         let flush = || bext_plugin_api::TracerPlugin::flush(&t).err().unwrap_or_default();
         let mut err = flush();
-        if *phase == RECOVERED {
+        if [RECOVERED, REMOVED].contains(phase) {
             // The faults are lifted, but a spool that failed is closed off
             // the disk thread, and sled may still be finishing its writes:
             // until it has, the next spool cannot open and held spans wait
@@ -82,7 +83,7 @@ fn disk_child() {
 #[test]
 #[ignore = "run by a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice as its child"]
 fn ack_child() {
-    child_run(&[("spilled", 100), ("delivered", 0), ("removed", 0)]);
+    child_run(&[("spilled", 100), ("delivered", 0), (REMOVED, 0)]);
 }
 
 #[test]
@@ -250,7 +251,7 @@ fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() 
 
     disk_fails(&child.pid(), false);
     child.go();
-    let (s, msg) = child.next("removed");
+    let (s, msg) = child.next(REMOVED);
     eprintln!("removed: {s:?}\n{msg}");
     assert_eq!((s.delivered, s.spooled, s.in_memory), (100, 0, 0), "{msg}");
     assert_eq!((s.recovered, s.dropped.total()), (0, 0), "{msg}");
