@@ -242,6 +242,31 @@ fn a_path_that_is_not_a_spool_directory_is_refused_and_left_alone() {
     assert!(dir.join("db").exists());
 }
 
+/// A tracer sending to `url` with a 6,400-span batch, given `bursts` bursts
+/// of 200 spans and no flush. The spiller, woken when half the shards are
+/// full (3,200 spans), moves them out. A burst starts only once fewer than
+/// half the batch is in memory, so even a spiller slow to run has the other
+/// half (3,200 spans, 16 bursts) to catch up in: no burst may drop a span.
+fn bursts(url: &str, dir: &Path, bursts: usize) -> SpillwayTracer {
+    let cap = spillway::unstable::SHARDS * 100;
+    let t = SpillwayTracer::new(Config {
+        max_queue_spans: cap,
+        ..common::spool_config(url, dir)
+    })
+    .unwrap();
+    for burst in 0..bursts {
+        record(&t, 200, "burst");
+        common::wait_for(
+            "the spiller to move the batch out",
+            std::time::Duration::from_secs(10),
+            || (t.stats().in_memory < cap as u64 / 2).then_some(()),
+        );
+        let s = balanced(&t);
+        assert_eq!(s.dropped.queue_full, 0, "burst {burst}: {s:?}");
+    }
+    t
+}
+
 #[test]
 fn a_full_batch_spills_early_instead_of_dropping() {
     // Down (503) while the bursts come, so the spiller spills; then back.
@@ -255,27 +280,8 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     }
     let dead = FaultServer::start(vec![Answer::By(answer); 100_000]);
     let dir = tempfile::tempdir().unwrap();
-    let cap = spillway::unstable::SHARDS * 100;
-    let t = SpillwayTracer::new(Config {
-        max_queue_spans: cap,
-        ..common::spool_config(&dead.url, dir.path())
-    })
-    .unwrap();
-    // 105 bursts of 200 spans with no flush: 21,000 spans against a
-    // 6,400-span batch. The spiller, woken when half the shards are full
-    // (3,200 spans), moves them to disk. A burst starts only once fewer
-    // than half the batch is in memory, so even a spiller slow to run has
-    // the other half (3,200 spans, 16 bursts) to catch up in.
-    for burst in 0..105 {
-        record(&t, 200, "burst");
-        common::wait_for(
-            "the spiller to drain the batch",
-            std::time::Duration::from_secs(10),
-            || (t.stats().in_memory < cap as u64 / 2).then_some(()),
-        );
-        let s = balanced(&t);
-        assert_eq!(s.dropped.queue_full, 0, "burst {burst}: {s:?}");
-    }
+    // 21,000 spans against a 6,400-span batch.
+    let t = bursts(&dead.url, dir.path(), 105);
     let s = balanced(&t);
     assert!(s.spooled > 0, "{s:?}");
     UP.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -294,21 +300,8 @@ fn a_full_batch_spills_early_instead_of_dropping() {
 fn a_full_batch_goes_early_to_a_healthy_collector_not_to_the_spool() {
     let server = FaultServer::start(vec![]);
     let dir = tempfile::tempdir().unwrap();
-    let cap = spillway::unstable::SHARDS * 100;
-    let t = SpillwayTracer::new(Config {
-        max_queue_spans: cap,
-        ..common::spool_config(&server.url, dir.path())
-    })
-    .unwrap();
     // No flush at all: the spiller sends what fills the batch.
-    for _ in 0..50 {
-        record(&t, 200, "early");
-        common::wait_for(
-            "the spiller to send the batch",
-            std::time::Duration::from_secs(10),
-            || (t.stats().in_memory < cap as u64 / 2).then_some(()),
-        );
-    }
+    let t = bursts(&server.url, dir.path(), 50);
     let s = balanced(&t);
     assert_eq!((s.spooled, s.dropped.total()), (0, 0), "{s:?}");
     assert!(s.delivered > 0, "{s:?}");

@@ -197,15 +197,8 @@ impl Exporter {
             });
             return self.finish(r);
         }
-        let service = Arc::clone(&self.service);
-        let sent = self.send_held(&batch, &service, deadline, &mut r);
-        let stopped = sent.stopped.clone();
-        let mut batch = batch;
-        if !sent.kept.is_empty() {
-            self.spill_or_hold(sent.kept_of(&batch), deadline, &mut r);
-        }
-        batch.clear();
-        self.spare = batch;
+        let stopped = self.send_fresh(&batch, deadline, &mut r);
+        self.reuse(batch);
         let (stopped, used_all) = match stopped {
             Some(stop) => (Some(stop), false),
             None => self.replay(deadline, fresh, &mut r),
@@ -246,9 +239,16 @@ impl Exporter {
     /// next flush reports what went wrong.
     pub fn send_early(&mut self, batch: Vec<Span>, deadline: Instant) {
         let mut r = FlushError::default();
-        if let Some(Stop::Failed(e)) = self.send_fresh(batch, deadline, &mut r) {
+        if let Some(Stop::Failed(e)) = self.send_fresh(&batch, deadline, &mut r) {
             self.backoff.failed(Some(e), self.clock.now_unix_ms(), fastrand::f64());
         }
+        self.reuse(batch);
+    }
+
+    /// Keeps `batch`'s capacity for the next [`Exporter::take_buffer`].
+    fn reuse(&mut self, mut batch: Vec<Span>) {
+        batch.clear();
+        self.spare = batch;
     }
 
     /// Keeps everything held in memory (the retry buffer and `batch`) in the
@@ -332,17 +332,17 @@ impl Exporter {
         }
     }
 
-    /// Sends spans ended since the flush began (see [`Exporter::export`]),
-    /// keeping what the collector does not take; returns why sending
-    /// stopped, if it did.
-    fn send_fresh(&mut self, spans: Vec<Span>, deadline: Instant, r: &mut FlushError) -> Option<Stop> {
+    /// Sends fresh spans (the flush's batch, those ended while it replays,
+    /// the spiller's early batch), keeping (spilling) what the collector
+    /// does not take; returns why sending stopped, if it did.
+    fn send_fresh(&mut self, spans: &[Span], deadline: Instant, r: &mut FlushError) -> Option<Stop> {
         if spans.is_empty() {
             return None;
         }
         let service = Arc::clone(&self.service);
-        let sent = self.send_held(&spans, &service, deadline, r);
+        let sent = self.send_held(spans, &service, deadline, r);
         if !sent.kept.is_empty() {
-            self.spill_or_hold(sent.kept_of(&spans), deadline, r);
+            self.spill_or_hold(sent.kept_of(spans), deadline, r);
         }
         sent.stopped
     }

@@ -89,7 +89,7 @@ impl Exporter {
                 }
                 if Instant::now() >= fresh_at {
                     fresh_at = Instant::now() + FRESH_EVERY;
-                    if let Some(stop) = self.send_fresh(fresh(), deadline, r) {
+                    if let Some(stop) = self.send_fresh(&fresh(), deadline, r) {
                         return Some(stop);
                     }
                 }
