@@ -66,7 +66,7 @@ mod span;
 mod stats;
 pub mod unstable;
 
-pub use config::{Config, ConfigError, Secret, Tls};
+pub use config::{Config, ConfigError, Encoding, Secret, Tls};
 pub use export::report::{Cause, FlushError};
 pub use stats::{Dropped, Stats};
 pub use tracer::clock::{self, Clock, ManualClock, SystemClock};

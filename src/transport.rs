@@ -1,7 +1,7 @@
 //! Sending one encoded batch to the collector, and saying what happened.
 //!
-//! The transport owns the HTTP client (ureq), the timeouts, gzip and the
-//! extra headers, and classifies each outcome ([`SendError::class`]) so the
+//! The transport owns the HTTP client (ureq), the timeouts, gzip, the
+//! content type and the extra headers, and classifies each outcome ([`SendError::class`]) so the
 //! exporter can decide: delivered (2xx), [`Class::Retry`] later (connect
 //! failure, DNS failure, timeout, reset, 408, 429, 5xx; any `Retry-After`
 //! kept), [`Class::Misconfigured`] (401, 403, 404, 405, 407, 410, 415: the
@@ -129,12 +129,13 @@ fn reason(status: u16) -> String {
         .map_or_else(String::new, |r| format!(" {r}"))
 }
 
-/// Sends encoded Zipkin JSON somewhere. Implemented by [`HttpTransport`];
+/// Sends encoded Zipkin spans somewhere. Implemented by [`HttpTransport`];
 /// tests and the fuzzer substitute their own.
 pub trait Transport: Send {
-    /// POSTs one JSON array of spans, taking at most `timeout` (the
+    /// POSTs one encoded body of spans (a JSON array or a proto3
+    /// `ListOfSpans`), taking at most `timeout` (the
     /// caller's remaining time; the configured timeout still applies).
-    fn send(&mut self, json: &[u8], timeout: Duration) -> Result<(), SendError>;
+    fn send(&mut self, body: &[u8], timeout: Duration) -> Result<(), SendError>;
     /// Where it sends, for messages.
     fn endpoint(&self) -> &str;
 }
@@ -147,6 +148,8 @@ pub struct HttpTransport {
     /// The endpoint as configured, for messages, its secrets redacted
     /// (`config::redact_url`).
     endpoint: String,
+    /// `application/json` or `application/x-protobuf`, per `encoding`.
+    content_type: &'static str,
     gzip: Option<flate2::Compression>,
     headers: Vec<(String, String)>,
     gz_buf: Vec<u8>,
@@ -277,6 +280,7 @@ impl HttpTransport {
             agent,
             endpoint: crate::config::redact_url(&config.endpoint),
             target: endpoint,
+            content_type: config.encoding.content_type(),
             gzip: config.gzip.then(|| flate2::Compression::new(config.gzip_level)),
             headers: config
                 .headers
@@ -315,18 +319,18 @@ impl HttpTransport {
         body
     }
 
-    fn compress(&mut self, json: &[u8], level: flate2::Compression) -> std::io::Result<()> {
+    fn compress(&mut self, body: &[u8], level: flate2::Compression) -> std::io::Result<()> {
         let mut buf = std::mem::take(&mut self.gz_buf);
         buf.clear();
         let mut enc = flate2::write::GzEncoder::new(buf, level);
-        enc.write_all(json)?;
+        enc.write_all(body)?;
         self.gz_buf = enc.finish()?;
         Ok(())
     }
 }
 
 impl Transport for HttpTransport {
-    fn send(&mut self, json: &[u8], timeout: Duration) -> Result<(), SendError> {
+    fn send(&mut self, body: &[u8], timeout: Duration) -> Result<(), SendError> {
         if timeout.is_zero() {
             return Err(SendError::Timeout("no time left in this flush".into()));
         }
@@ -336,17 +340,17 @@ impl Transport for HttpTransport {
             .config()
             .timeout_global(Some(timeout.min(self.timeout)))
             .build()
-            .header("Content-Type", "application/json");
+            .header("Content-Type", self.content_type);
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
         let result = match self.gzip {
             Some(level) => {
-                self.compress(json, level)
+                self.compress(body, level)
                     .map_err(|e| SendError::Broken(format!("gzip: {e}")))?;
                 req.header("Content-Encoding", "gzip").send(&self.gz_buf[..])
             }
-            None => req.send(json),
+            None => req.send(body),
         };
         let response = result.map_err(|e| classify(e, &self.endpoint))?;
         let status = response.status().as_u16();

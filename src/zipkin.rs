@@ -1,4 +1,5 @@
-//! Zipkin v2 JSON encoding and the OpenTelemetry-to-Zipkin mapping.
+//! Zipkin v2 encoding, JSON and proto3, and the OpenTelemetry-to-Zipkin
+//! mapping.
 //!
 //! The encoder writes straight into a caller-owned `Vec<u8>` that the
 //! exporter reuses across flushes: no per-span model is built and nothing is
@@ -24,12 +25,13 @@
 //! no `INTERNAL` kind; tag values are strings; ports are within 1..=65535);
 //! empty fields are omitted.
 
-use crate::span::{Kind, Span, Status, Value};
+use crate::config::Encoding;
+use crate::span::{Event, Kind, Span, Status, Value};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// Encodes spans as Zipkin v2 JSON.
+/// Encodes spans as Zipkin v2 JSON or as Zipkin's proto3 `ListOfSpans`.
 ///
 /// ```
 /// use spillway::unstable::{span::{Span, Kind, Status}, zipkin::Encoder};
@@ -47,21 +49,33 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// ```
 #[derive(Debug, Clone)]
 pub struct Encoder {
+    encoding: Encoding,
     /// The service name spans are stamped with.
     service: String,
-    /// `"localEndpoint":{"serviceName":"..."}`, rendered once per service.
+    /// The local endpoint, rendered once per service: JSON's
+    /// `"localEndpoint":{"serviceName":"..."}`, or proto3's field 8.
     local_endpoint: Vec<u8>,
-    /// Scratch space for values that are JSON inside a JSON string.
+    /// Scratch space for values that are text inside a string (a tag's
+    /// JSON array, an event's attributes).
     scratch: Vec<u8>,
+    /// proto3: one span's message, before its length is known.
+    message: Vec<u8>,
 }
 
 impl Encoder {
-    /// An encoder that stamps every span with `service_name`.
+    /// A JSON encoder that stamps every span with `service_name`.
     pub fn new(service_name: &str) -> Self {
+        Self::with_encoding(Encoding::Json, service_name)
+    }
+
+    /// An encoder writing `encoding` that stamps every span with `service_name`.
+    pub fn with_encoding(encoding: Encoding, service_name: &str) -> Self {
         let mut e = Encoder {
+            encoding,
             service: String::new(),
             local_endpoint: Vec::new(),
             scratch: Vec::new(),
+            message: Vec::new(),
         };
         e.render(service_name);
         e
@@ -79,26 +93,70 @@ impl Encoder {
         self.service.clear();
         self.service.push_str(service_name);
         self.local_endpoint.clear();
-        self.local_endpoint
-            .extend_from_slice(b"\"localEndpoint\":{\"serviceName\":");
-        write_str(&mut self.local_endpoint, service_name);
-        self.local_endpoint.push(b'}');
-    }
-
-    /// Appends `[span,span,...]` to `out`.
-    pub fn encode_batch(&mut self, spans: &[Span], out: &mut Vec<u8>) {
-        out.push(b'[');
-        for (i, span) in spans.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
+        match self.encoding {
+            Encoding::Json => {
+                self.local_endpoint
+                    .extend_from_slice(b"\"localEndpoint\":{\"serviceName\":");
+                write_str(&mut self.local_endpoint, service_name);
+                self.local_endpoint.push(b'}');
             }
-            self.encode_span(span, out);
+            Encoding::Proto3 => proto3::local_endpoint(&mut self.local_endpoint, service_name),
         }
-        out.push(b']');
     }
 
-    /// Appends one span object to `out`.
+    /// Appends a whole body: `[span,span,...]`, or the `ListOfSpans`.
+    pub fn encode_batch(&mut self, spans: &[Span], out: &mut Vec<u8>) {
+        self.open(out);
+        for (i, span) in spans.iter().enumerate() {
+            self.encode_next(i == 0, span, out);
+        }
+        self.close(out);
+    }
+
+    /// Starts a body (JSON's `[`).
+    pub fn open(&self, out: &mut Vec<u8>) {
+        if self.encoding == Encoding::Json {
+            out.push(b'[');
+        }
+    }
+
+    /// Ends a body (JSON's `]`).
+    pub fn close(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.closing());
+    }
+
+    /// What [`Encoder::close`] appends.
+    pub fn closing(&self) -> &'static [u8] {
+        match self.encoding {
+            Encoding::Json => b"]",
+            Encoding::Proto3 => b"",
+        }
+    }
+
+    /// Appends one span of a body after [`Encoder::open`], `first` or not
+    /// (JSON separates spans with a comma).
+    pub fn encode_next(&mut self, first: bool, span: &Span, out: &mut Vec<u8>) {
+        if !first && self.encoding == Encoding::Json {
+            out.push(b',');
+        }
+        self.encode_span(span, out);
+    }
+
+    /// Appends one span: a JSON object, or one `ListOfSpans.spans` entry.
     pub fn encode_span(&mut self, span: &Span, out: &mut Vec<u8>) {
+        match self.encoding {
+            Encoding::Json => self.json_span(span, out),
+            Encoding::Proto3 => {
+                let mut message = std::mem::take(&mut self.message);
+                message.clear();
+                proto3::span(&mut message, span, &self.local_endpoint, &mut self.scratch);
+                proto3::len_field(out, 1, &message);
+                self.message = message;
+            }
+        }
+    }
+
+    fn json_span(&mut self, span: &Span, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"traceId\":\"");
         write_hex(out, &span.trace_id);
         out.extend_from_slice(b"\",\"id\":\"");
@@ -128,8 +186,8 @@ impl Encoder {
         out.extend_from_slice(num.format(duration_micros(span)).as_bytes());
         out.push(b',');
         out.extend_from_slice(&self.local_endpoint);
-        if matches!(span.kind, Kind::Client | Kind::Producer) {
-            write_remote_endpoint(out, &span.attributes);
+        if let Some(remote) = remote_endpoint(span) {
+            write_remote_endpoint(out, &remote);
         }
         if !span.events.is_empty() {
             out.extend_from_slice(b",\"annotations\":[");
@@ -140,16 +198,7 @@ impl Encoder {
                 out.extend_from_slice(b"{\"timestamp\":");
                 out.extend_from_slice(num.format(event.time_unix_nanos / 1000).as_bytes());
                 out.extend_from_slice(b",\"value\":");
-                if event.attributes.is_empty() {
-                    write_str(out, &event.name);
-                } else {
-                    self.scratch.clear();
-                    write_str(&mut self.scratch, &event.name);
-                    self.scratch.extend_from_slice(b": {");
-                    write_json_object_body(&mut self.scratch, &event.attributes);
-                    self.scratch.push(b'}');
-                    write_str_bytes(out, &self.scratch);
-                }
+                write_str_bytes(out, annotation_value(event, &mut self.scratch));
                 out.push(b'}');
             }
             out.push(b']');
@@ -162,74 +211,96 @@ impl Encoder {
         let start = out.len();
         out.extend_from_slice(b",\"tags\":{");
         let body = out.len();
-        let is_error = matches!(span.status, Status::Error(_));
-        for (key, value) in &span.attributes {
-            // The status owns these keys; a boolean-ish `error` that says
-            // "no error" is removed, as the OpenTelemetry mapping asks.
-            if key == "otel.status_code" && span.status != Status::Unset {
-                continue;
-            }
-            if key == "error" && (is_error || is_falsy(value)) {
-                continue;
-            }
+        let scratch = &mut self.scratch;
+        each_tag(span, |key, tag| {
             comma(out, body);
             write_str(out, key);
             out.push(b':');
-            self.write_tag_value(out, value);
-        }
-        match &span.status {
-            Status::Unset => {}
-            Status::Ok => {
-                comma(out, body);
-                out.extend_from_slice(b"\"otel.status_code\":\"OK\"");
+            match tag {
+                Tag::Text(text) => write_str(out, text),
+                Tag::Value(Value::String(s)) => write_str(out, s),
+                Tag::Value(value) => write_str_bytes(out, tag_text(value, scratch)),
+                Tag::Count(count) => {
+                    out.push(b'"');
+                    out.extend_from_slice(itoa::Buffer::new().format(count).as_bytes());
+                    out.push(b'"');
+                }
             }
-            Status::Error(description) => {
-                comma(out, body);
-                out.extend_from_slice(b"\"otel.status_code\":\"ERROR\",\"error\":");
-                write_str(out, description);
-            }
-        }
-        let mut num = itoa::Buffer::new();
-        for (key, count) in [
-            ("otel.dropped_attributes_count", span.dropped_attributes),
-            ("otel.dropped_events_count", span.dropped_events),
-        ] {
-            if count > 0 {
-                comma(out, body);
-                write_str(out, key);
-                out.extend_from_slice(b":\"");
-                out.extend_from_slice(num.format(count).as_bytes());
-                out.push(b'"');
-            }
-        }
+        });
         if out.len() == body {
             out.truncate(start);
         } else {
             out.push(b'}');
         }
     }
+}
 
-    fn write_tag_value(&mut self, out: &mut Vec<u8>, value: &Value) {
-        match value {
-            Value::String(s) => write_str(out, s),
-            Value::Bool(b) => out.extend_from_slice(if *b { b"\"true\"" } else { b"\"false\"" }),
-            Value::I64(i) => {
-                out.push(b'"');
-                out.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes());
-                out.push(b'"');
-            }
-            Value::F64(f) => {
-                out.push(b'"');
-                write_f64_text(out, *f);
-                out.push(b'"');
-            }
-            array => {
-                self.scratch.clear();
-                write_json_value(&mut self.scratch, array);
-                write_str_bytes(out, &self.scratch);
-            }
+/// One Zipkin tag's value, before it is written as a string.
+enum Tag<'a> {
+    Text(&'a str),
+    Value(&'a Value),
+    Count(u32),
+}
+
+/// Calls `each` with every tag of `span`, in order: its attributes (less
+/// those the status owns), the status, the dropped counts.
+fn each_tag<'a>(span: &'a Span, mut each: impl FnMut(&'a str, Tag<'a>)) {
+    let is_error = matches!(span.status, Status::Error(_));
+    for (key, value) in &span.attributes {
+        // The status owns these keys; a boolean-ish `error` that says
+        // "no error" is removed, as the OpenTelemetry mapping asks.
+        if key == "otel.status_code" && span.status != Status::Unset {
+            continue;
+        }
+        if key == "error" && (is_error || is_falsy(value)) {
+            continue;
+        }
+        each(key, Tag::Value(value));
+    }
+    match &span.status {
+        Status::Unset => {}
+        Status::Ok => each("otel.status_code", Tag::Text("OK")),
+        Status::Error(description) => {
+            each("otel.status_code", Tag::Text("ERROR"));
+            each("error", Tag::Text(description));
         }
     }
+    for (key, count) in [
+        ("otel.dropped_attributes_count", span.dropped_attributes),
+        ("otel.dropped_events_count", span.dropped_events),
+    ] {
+        if count > 0 {
+            each(key, Tag::Count(count));
+        }
+    }
+}
+
+/// A tag value as the text Zipkin's string holds: bools `true`/`false`,
+/// numbers as text, arrays as JSON. Written into `scratch`.
+fn tag_text<'s>(value: &Value, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+    scratch.clear();
+    match value {
+        Value::String(s) => scratch.extend_from_slice(s.as_bytes()),
+        Value::Bool(b) => scratch.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::I64(i) => scratch.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
+        Value::F64(f) => write_f64_text(scratch, *f),
+        array => write_json_value(scratch, array),
+    }
+    scratch
+}
+
+/// An annotation's value: the event's name, or `"name": {attributes as
+/// JSON}` (built in `scratch`).
+fn annotation_value<'a>(event: &'a Event, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if event.attributes.is_empty() {
+        return event.name.as_bytes();
+    }
+    scratch.clear();
+    write_str(scratch, &event.name);
+    scratch.extend_from_slice(b": {");
+    write_json_object_body(scratch, &event.attributes);
+    scratch.push(b'}');
+    scratch
 }
 
 fn comma(out: &mut Vec<u8>, body_start: usize) {
@@ -393,7 +464,20 @@ fn remote_rank(key: &str) -> Option<(u8, &'static str)> {
     })
 }
 
-fn write_remote_endpoint(out: &mut Vec<u8>, attributes: &[(String, Value)]) {
+/// Where a remote endpoint is: an address or a name.
+enum Peer<'a> {
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+    Name(&'a str),
+}
+
+/// The remote endpoint of a CLIENT or PRODUCER span: the best-ranked
+/// attribute naming the peer, and its port when one is given in range.
+fn remote_endpoint(span: &Span) -> Option<(Peer<'_>, Option<u16>)> {
+    if !matches!(span.kind, Kind::Client | Kind::Producer) {
+        return None;
+    }
+    let attributes = &span.attributes;
     let mut best: Option<(u8, &'static str, &str)> = None;
     for (key, value) in attributes {
         if let (Some((rank, port_key)), Value::String(v)) = (remote_rank(key), value)
@@ -403,30 +487,45 @@ fn write_remote_endpoint(out: &mut Vec<u8>, attributes: &[(String, Value)]) {
             best = Some((rank, port_key, v));
         }
     }
-    let Some((_, port_key, name)) = best else {
-        return;
-    };
-    out.extend_from_slice(b",\"remoteEndpoint\":{");
-    if let Ok(ip) = name.parse::<Ipv4Addr>() {
-        out.extend_from_slice(b"\"ipv4\":");
-        write_str(out, &ip.to_string());
+    let (_, port_key, name) = best?;
+    let peer = if let Ok(ip) = name.parse::<Ipv4Addr>() {
+        Peer::V4(ip)
     } else if let Ok(ip) = name.trim_matches(|c| c == '[' || c == ']').parse::<Ipv6Addr>() {
-        out.extend_from_slice(b"\"ipv6\":");
-        write_str(out, &ip.to_string());
+        Peer::V6(ip)
     } else {
-        out.extend_from_slice(b"\"serviceName\":");
-        write_str(out, name);
-    }
+        Peer::Name(name)
+    };
     let port = attributes.iter().find_map(|(k, v)| match v {
-        Value::I64(p) if !port_key.is_empty() && k == port_key && (1..=65535).contains(p) => Some(*p),
+        Value::I64(p) if !port_key.is_empty() && k == port_key => u16::try_from(*p).ok().filter(|p| *p > 0),
         _ => None,
     });
+    Some((peer, port))
+}
+
+fn write_remote_endpoint(out: &mut Vec<u8>, (peer, port): &(Peer<'_>, Option<u16>)) {
+    out.extend_from_slice(b",\"remoteEndpoint\":{");
+    match peer {
+        Peer::V4(ip) => {
+            out.extend_from_slice(b"\"ipv4\":");
+            write_str(out, &ip.to_string());
+        }
+        Peer::V6(ip) => {
+            out.extend_from_slice(b"\"ipv6\":");
+            write_str(out, &ip.to_string());
+        }
+        Peer::Name(name) => {
+            out.extend_from_slice(b"\"serviceName\":");
+            write_str(out, name);
+        }
+    }
     if let Some(port) = port {
         out.extend_from_slice(b",\"port\":");
-        out.extend_from_slice(itoa::Buffer::new().format(port).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(*port).as_bytes());
     }
     out.push(b'}');
 }
+
+mod proto3;
 
 #[cfg(test)]
 mod tests;

@@ -24,7 +24,7 @@ use serde_json::{Value as Json, json};
 use spillway::clock::{Clock, ManualClock, SystemClock};
 use spillway::transport::{HttpTransport, SendError, Transport};
 use spillway::unstable::zipkin::hex;
-use spillway::{Config, SpillwayTracer};
+use spillway::{Config, Encoding, SpillwayTracer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -48,10 +48,11 @@ impl Transport for Both {
     }
 }
 
-fn transport(endpoint: String, gzip: bool) -> HttpTransport {
+fn transport(endpoint: String, gzip: bool, encoding: Encoding) -> HttpTransport {
     HttpTransport::new(&Config {
         endpoint,
         gzip,
+        encoding,
         ..Config::default()
     })
     .unwrap()
@@ -189,17 +190,18 @@ fn otlp_kind(kind: SpanKind) -> u64 {
     }
 }
 
-fn same_traces_reach_both(gzip: bool) {
-    let service = unique(if gzip { "OtelUsers-gz" } else { "OtelUsers-plain" });
+fn same_traces_reach_both(gzip: bool, encoding: Encoding) {
+    let service = unique(&format!("OtelUsers-{encoding:?}-{}", if gzip { "gz" } else { "plain" }));
     let t0 = SystemClock.now_unix_nanos() / 1000 * 1000;
     let clock = Arc::new(ManualClock::new(t0));
     let both = Both(
-        transport(format!("{}/api/v2/spans", zipkin_url()), gzip),
-        transport(otelcol::url(), gzip),
+        transport(format!("{}/api/v2/spans", zipkin_url()), gzip, encoding),
+        transport(otelcol::url(), gzip, encoding),
     );
     let tracer = SpillwayTracer::builder()
         .config(Config {
             service_name: service.clone(),
+            encoding,
             ..Config::default()
         })
         .clock(clock.clone())
@@ -316,12 +318,22 @@ fn same_traces_reach_both(gzip: bool) {
 
 #[test]
 fn a_bext_request_reaches_zipkin_and_the_collector_alike_gzipped() {
-    same_traces_reach_both(true);
+    same_traces_reach_both(true, Encoding::Json);
 }
 
 #[test]
 fn a_bext_request_reaches_zipkin_and_the_collector_alike_uncompressed() {
-    same_traces_reach_both(false);
+    same_traces_reach_both(false, Encoding::Json);
+}
+
+#[test]
+fn a_bext_request_reaches_zipkin_and_the_collector_alike_in_proto3() {
+    same_traces_reach_both(true, Encoding::Proto3);
+}
+
+#[test]
+fn a_bext_request_reaches_zipkin_and_the_collector_alike_in_proto3_uncompressed() {
+    same_traces_reach_both(false, Encoding::Proto3);
 }
 
 /// Span ids per record of the spool at `dir`, oldest first, as `export

@@ -5,12 +5,12 @@
 
 mod common;
 
-use bext_plugin_api::tracer::{AttrValue, SpanStatus, TracerPlugin};
+use bext_plugin_api::tracer::{AttrValue, SpanHandle, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use common::{get_json, wait_for, zipkin_url};
 use serde_json::{Value as Json, json};
 use spillway::clock::{Clock, ManualClock, SystemClock};
 use spillway::unstable::zipkin::hex;
-use spillway::{Config, SpillwayTracer};
+use spillway::{Config, Encoding, SpillwayTracer};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +21,35 @@ fn unique(prefix: &str) -> String {
 
 #[test]
 fn a_bext_request_trace_round_trips_field_by_field() {
+    round_trips_field_by_field(Encoding::Json);
+}
+
+#[test]
+fn a_bext_request_trace_round_trips_field_by_field_in_proto3() {
+    round_trips_field_by_field(Encoding::Proto3);
+}
+
+/// Two client calls to peers named by address: `ipv4` and `ipv6` in the
+/// remote endpoint (raw bytes in proto3).
+fn calls_by_address(tracer: &SpillwayTracer, clock: &ManualClock, parent: SpanHandle) -> [SpanHandle; 2] {
+    [("10.1.2.3", "GET /stock"), ("[2001:db8::7]", "GET /price")].map(|(address, name)| {
+        let call = tracer.start_span(SpanStart {
+            name,
+            kind: SpanKind::Client,
+            parent: Some(parent),
+            ..Default::default()
+        });
+        tracer.set_attribute(call, "server.address", AttrValue::String(address.into()));
+        tracer.set_attribute(call, "server.port", AttrValue::I64(8080));
+        clock.advance(10_000);
+        tracer.end_span(call, None);
+        call
+    })
+}
+
+fn round_trips_field_by_field(encoding: Encoding) {
     let base = zipkin_url();
-    let service = unique("e2e-users");
+    let service = unique(&format!("e2e-users-{encoding:?}"));
     // Whole microseconds so Zipkin's µs values compare exactly.
     let t0 = SystemClock.now_unix_nanos() / 1000 * 1000;
     let clock = Arc::new(ManualClock::new(t0));
@@ -30,6 +57,7 @@ fn a_bext_request_trace_round_trips_field_by_field() {
         .config(Config {
             service_name: service.clone(),
             endpoint: format!("{base}/api/v2/spans"),
+            encoding,
             ..Config::default()
         })
         .clock(clock.clone())
@@ -37,7 +65,8 @@ fn a_bext_request_trace_round_trips_field_by_field() {
         .unwrap();
 
     let (server, db) = common::failing_query(&tracer, &clock);
-    clock.advance(300_000);
+    let [v4, v6] = calls_by_address(&tracer, &clock, server);
+    clock.advance(280_000);
     tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(500));
     tracer.set_attribute(server, "sampled.fraction", AttrValue::F64(0.25));
     tracer.set_attribute(server, "cache.hit", AttrValue::Bool(false));
@@ -50,14 +79,14 @@ fn a_bext_request_trace_round_trips_field_by_field() {
     tracer.end_span(server, None);
     tracer.flush().unwrap();
     let stats = tracer.stats();
-    assert_eq!((stats.recorded, stats.delivered), (2, 2), "{stats:?}");
+    assert_eq!((stats.recorded, stats.delivered), (4, 4), "{stats:?}");
 
     let trace_id = hex(&server.trace_id);
     let url = format!("{base}/api/v2/trace/{trace_id}");
-    let stored = wait_for("Zipkin to store both spans", Duration::from_secs(20), || {
+    let stored = wait_for("Zipkin to store the four spans", Duration::from_secs(20), || {
         let trace = ureq::get(&url).call().ok()?.into_body().read_to_string().ok()?;
         let spans: Vec<Json> = serde_json::from_str(&trace).ok()?;
-        (spans.len() == 2).then_some(spans)
+        (spans.len() == 4).then_some(spans)
     });
     let by_id = |id: &[u8; 8]| stored.iter().find(|s| s["id"] == hex(id)).cloned().unwrap();
     let us = |nanos: u64| nanos / 1000;
@@ -111,12 +140,60 @@ fn a_bext_request_trace_round_trips_field_by_field() {
             },
         })
     );
+    for (call, name, start, remote) in [
+        (
+            v4,
+            "get /stock",
+            t0 + 2_120_000,
+            json!({"ipv4": "10.1.2.3", "port": 8080}),
+        ),
+        (
+            v6,
+            "get /price",
+            t0 + 2_130_000,
+            json!({"ipv6": "2001:db8::7", "port": 8080}),
+        ),
+    ] {
+        assert_eq!(
+            by_id(&call.span_id),
+            json!({
+                "traceId": trace_id,
+                "parentId": hex(&server.span_id),
+                "id": hex(&call.span_id),
+                "name": name,
+                "kind": "CLIENT",
+                "timestamp": us(start),
+                "duration": 10,
+                "localEndpoint": {"serviceName": lower},
+                "remoteEndpoint": remote,
+                "tags": {"server.address": call_address(&remote), "server.port": "8080"},
+            })
+        );
+    }
+}
+
+/// The `server.address` tag of a call by address, as recorded.
+fn call_address(remote: &Json) -> String {
+    match (remote["ipv4"].as_str(), remote["ipv6"].as_str()) {
+        (Some(v4), _) => v4.to_owned(),
+        (_, Some(v6)) => format!("[{v6}]"),
+        _ => unreachable!("a call by address"),
+    }
 }
 
 #[test]
 fn generate_delivers_exactly_what_it_reports() {
+    generate_delivers("json");
+}
+
+#[test]
+fn generate_delivers_exactly_what_it_reports_in_proto3() {
+    generate_delivers("proto3");
+}
+
+fn generate_delivers(encoding: &str) {
     let base = zipkin_url();
-    let service = unique("e2e-generate");
+    let service = unique(&format!("e2e-generate-{encoding}"));
     let spool = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args([
@@ -128,6 +205,8 @@ fn generate_delivers_exactly_what_it_reports() {
             "--flush-every",
             "50",
             "--json",
+            "--encoding",
+            encoding,
         ])
         .args(["--service", &service, "--endpoint", &format!("{base}/api/v2/spans")])
         .arg("--spool")

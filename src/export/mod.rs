@@ -61,6 +61,7 @@ use crate::span::Span;
 use crate::spool::state::ReplayRate;
 use crate::spool::{StoredRecord, Tree};
 use crate::transport::Transport;
+use crate::zipkin::Encoder;
 use backoff::Backoff;
 use books::Books;
 use disk::{Disk, Settle};
@@ -118,7 +119,7 @@ impl Exporter {
         Exporter {
             sender: Sender::new(
                 transport,
-                &config.service_name,
+                Encoder::with_encoding(config.encoding, &config.service_name),
                 config.max_batch_spans,
                 config.max_request_bytes,
             ),

@@ -171,10 +171,15 @@ const CONGESTED_ONE_IN: u32 = 16;
 
 impl Sender {
     /// A sender through `transport` with the request limits given.
-    pub fn new(transport: Box<dyn Transport>, service: &str, max_batch_spans: usize, max_request_bytes: usize) -> Self {
+    pub fn new(
+        transport: Box<dyn Transport>,
+        encoder: Encoder,
+        max_batch_spans: usize,
+        max_request_bytes: usize,
+    ) -> Self {
         Sender {
             transport,
-            encoder: Encoder::new(service),
+            encoder,
             body: Vec::new(),
             max_batch_spans,
             max_request_bytes,
@@ -398,21 +403,19 @@ impl Sender {
     /// the end of the chunk (`start` if the first span alone is too large).
     fn encode_chunk(&mut self, spans: &[Span], start: usize) -> usize {
         self.body.clear();
-        self.body.push(b'[');
+        self.encoder.open(&mut self.body);
+        let closing = self.encoder.closing().len();
         let mut end = start;
         while end < spans.len() && end - start < self.max_batch_spans {
             let mark = self.body.len();
-            if end > start {
-                self.body.push(b',');
-            }
-            self.encoder.encode_span(&spans[end], &mut self.body);
-            if self.body.len() + 1 > self.max_request_bytes {
+            self.encoder.encode_next(end == start, &spans[end], &mut self.body);
+            if self.body.len() + closing > self.max_request_bytes {
                 self.body.truncate(mark);
                 break;
             }
             end += 1;
         }
-        self.body.push(b']');
+        self.encoder.close(&mut self.body);
         end
     }
 }
@@ -456,7 +459,12 @@ mod tests {
 
     fn run(n: usize, bad: &[usize], refuse_all: bool, batch: usize) -> (Sent, usize) {
         let requests = Arc::new(Mutex::new(0));
-        let mut s = Sender::new(Box::new(Picky(requests.clone(), refuse_all)), "svc", batch, 1 << 20);
+        let mut s = Sender::new(
+            Box::new(Picky(requests.clone(), refuse_all)),
+            Encoder::new("svc"),
+            batch,
+            1 << 20,
+        );
         let sent = s.send(
             &spans(n, bad),
             "svc",
@@ -495,8 +503,13 @@ mod tests {
     #[test]
     fn a_deadline_already_past_sends_nothing() {
         let requests = Arc::new(Mutex::new(0));
-        let mut s = Sender::new(Box::new(Picky(requests.clone(), false)), "svc", 10, 1 << 20);
-        let sent = s.send(&spans(5, &[]), "svc", Instant::now(), &Books::default());
+        let mut s = Sender::new(
+            Box::new(Picky(requests.clone(), false)),
+            Encoder::new("svc"),
+            10,
+            1 << 20,
+        );
+        let sent = s.send(&spans(5, &[]), Encoder::new("svc"), Instant::now(), &Books::default());
         assert_eq!(
             (sent.kept.len(), sent.kept[0].clone(), sent.stopped),
             (1, 0..5, Some(Stop::Deadline))
@@ -534,7 +547,7 @@ mod tests {
             error,
             delivered: delivered.clone(),
         };
-        let mut s = Sender::new(Box::new(t), "svc", batch, 1 << 20);
+        let mut s = Sender::new(Box::new(t), Encoder::new("svc"), batch, 1 << 20);
         let sent = s.send(
             &spans(n, &[]),
             "svc",
@@ -618,7 +631,7 @@ mod tests {
                 "test"
             }
         }
-        let mut s = Sender::new(Box::new(Mixed(0)), "svc", 100, 1 << 20);
+        let mut s = Sender::new(Box::new(Mixed(0)), Encoder::new("svc"), 100, 1 << 20);
         let sent = s.send(
             &spans(100, &[]),
             "svc",

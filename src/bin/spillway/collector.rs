@@ -63,6 +63,18 @@ pub struct Collector {
     /// Request timeout in milliseconds (else OTEL_EXPORTER_ZIPKIN_TIMEOUT).
     #[arg(long, value_name = "MS")]
     pub timeout_ms: Option<u64>,
+    /// The request body's format: Zipkin v2 JSON, or Zipkin's proto3
+    /// ListOfSpans (fewer bytes; Zipkin and the OpenTelemetry Collector
+    /// take both). Else the --config file's, else json.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub encoding: Option<Encoding>,
+}
+
+/// `--encoding`'s values, as the config spells them.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Encoding {
+    Json,
+    Proto3,
 }
 
 impl Collector {
@@ -96,6 +108,12 @@ impl Collector {
         config = config.with_env(&spillway::config::ProcessEnv)?;
         if let Some(e) = &self.endpoint {
             config.endpoint = e.clone();
+        }
+        if let Some(encoding) = self.encoding {
+            config.encoding = match encoding {
+                Encoding::Json => spillway::Encoding::Json,
+                Encoding::Proto3 => spillway::Encoding::Proto3,
+            };
         }
         if let Some(t) = self.timeout_ms {
             config.timeout_ms = t;
