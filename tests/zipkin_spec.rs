@@ -5,21 +5,60 @@
 //! exact-length lower-case hex ids, no zero duration, string tags, no
 //! `INTERNAL` kind. Checked for ordinary spans, hand-made nasty ones, and
 //! proptest-generated ones.
+//!
+//! The same spans in proto3 decode, by an independent decoder built from
+//! the vendored `zipkin.proto` (`common::proto3`), to exactly that JSON,
+//! field by field.
 
 mod common;
 
-use common::validator;
+use common::{proto3, validator};
 use proptest::prelude::*;
 use serde_json::Value as Json;
+use spillway::Encoding;
 use spillway::unstable::span::{Event, Kind, Span, Status, Value};
 use spillway::unstable::zipkin::Encoder;
+use std::sync::OnceLock;
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// `zipkin.proto3.ListOfSpans`, compiled once.
+fn list_of_spans() -> &'static prost_reflect::MessageDescriptor {
+    static LIST: OnceLock<prost_reflect::MessageDescriptor> = OnceLock::new();
+    LIST.get_or_init(proto3::list_of_spans)
+}
+
+/// Encodes `spans` in proto3 and decodes them independently into the
+/// Zipkin v2 JSON model; each must equal what the JSON encoder wrote.
+fn check_proto3(spans: &[Span], json: &Json) {
+    let mut body = Vec::new();
+    Encoder::with_encoding(Encoding::Proto3, "svc").encode_batch(spans, &mut body);
+    let decoded = proto3::decode(list_of_spans(), &body).unwrap_or_else(|e| panic!("proto3 does not decode: {e}"));
+    let json = json.as_array().expect("array");
+    assert_eq!(decoded.len(), json.len(), "one message per span");
+    for (p, j) in decoded.iter().zip(json) {
+        assert_eq!(p, j, "proto3 and JSON disagree");
+    }
+    // A body is the concatenation of its spans, as the sender builds it
+    // one span at a time.
+    let mut one_by_one = Vec::new();
+    let mut encoder = Encoder::with_encoding(Encoding::Proto3, "svc");
+    for span in spans {
+        encoder.encode_span(span, &mut one_by_one);
+    }
+    assert_eq!(one_by_one, body);
+}
+
 /// Encodes `spans` and checks the output every way; returns the JSON.
 fn check(spans: &[Span]) -> Json {
+    let json = check_json(spans);
+    check_proto3(spans, &json);
+    json
+}
+
+fn check_json(spans: &[Span]) -> Json {
     let mut out = Vec::new();
     Encoder::new("svc").encode_batch(spans, &mut out);
     let json: Json = serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
@@ -168,6 +207,32 @@ fn value() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// Attributes that name a remote endpoint (by name, IPv4 or IPv6), with
+/// a port in or out of range, or none.
+fn peer() -> impl Strategy<Value = Vec<(String, Value)>> {
+    let key = prop::sample::select(vec![
+        "peer.service",
+        "server.address",
+        "net.peer.name",
+        "network.peer.address",
+    ]);
+    let address = prop_oneof![
+        any::<String>(),
+        any::<[u8; 4]>().prop_map(|o| std::net::Ipv4Addr::from(o).to_string()),
+        any::<[u8; 16]>().prop_map(|o| format!("[{}]", std::net::Ipv6Addr::from(o))),
+        any::<[u8; 16]>().prop_map(|o| std::net::Ipv6Addr::from(o).to_string()),
+    ];
+    let port = prop::sample::select(vec!["server.port", "net.peer.port", "network.peer.port"]);
+    prop::option::of((key, address, prop::option::of((port, -2i64..70_000)))).prop_map(|peer| {
+        let Some((key, address, port)) = peer else {
+            return vec![];
+        };
+        let mut attrs = vec![(key.to_owned(), Value::String(address))];
+        attrs.extend(port.map(|(k, p)| (k.to_owned(), Value::I64(p))));
+        attrs
+    })
+}
+
 fn span() -> impl Strategy<Value = Span> {
     let kind = prop_oneof![
         Just(Kind::Internal),
@@ -181,8 +246,11 @@ fn span() -> impl Strategy<Value = Span> {
         Just(Status::Ok),
         any::<String>().prop_map(Status::Error)
     ];
-    let attrs =
-        prop::collection::btree_map(any::<String>(), value(), 0..6).prop_map(|m| m.into_iter().collect::<Vec<_>>());
+    let attrs = (prop::collection::btree_map(any::<String>(), value(), 0..6), peer()).prop_map(|(m, peer)| {
+        let mut attrs: Vec<(String, Value)> = m.into_iter().collect();
+        attrs.extend(peer);
+        attrs
+    });
     let event = (
         any::<String>(),
         any::<u64>(),

@@ -423,18 +423,18 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Encoding;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    /// Answers 400 to any request holding a span named "bad", 202 otherwise;
-    /// counts requests.
+    /// Answers 400 to any request holding a span named "bad-span" (in
+    /// either encoding), 202 otherwise; counts requests.
     struct Picky(Arc<Mutex<usize>>, bool);
 
     impl Transport for Picky {
-        fn send(&mut self, json: &[u8], _: Duration) -> Result<(), SendError> {
+        fn send(&mut self, body: &[u8], _: Duration) -> Result<(), SendError> {
             *self.0.lock().unwrap() += 1;
-            let text = std::str::from_utf8(json).unwrap();
-            if self.1 || text.contains("\"bad") {
+            if self.1 || body.windows(8).any(|w| w == b"bad-span") {
                 return Err(SendError::Status {
                     status: 400,
                     retry_after: None,
@@ -451,17 +451,21 @@ mod tests {
     fn spans(n: usize, bad: &[usize]) -> Vec<Span> {
         (0..n)
             .map(|i| {
-                let name = if bad.contains(&i) { "bad" } else { "good" };
+                let name = if bad.contains(&i) { "bad-span" } else { "good" };
                 Span::new([1; 16], (i as u64 + 1).to_be_bytes(), name)
             })
             .collect()
     }
 
     fn run(n: usize, bad: &[usize], refuse_all: bool, batch: usize) -> (Sent, usize) {
+        run_in(Encoding::Json, n, bad, refuse_all, batch)
+    }
+
+    fn run_in(encoding: Encoding, n: usize, bad: &[usize], refuse_all: bool, batch: usize) -> (Sent, usize) {
         let requests = Arc::new(Mutex::new(0));
         let mut s = Sender::new(
             Box::new(Picky(requests.clone(), refuse_all)),
-            Encoder::new("svc"),
+            Encoder::with_encoding(encoding, "svc"),
             batch,
             1 << 20,
         );
@@ -494,10 +498,60 @@ mod tests {
     #[test]
     fn scattered_bad_spans_are_each_found() {
         let bad = [0, 1, 17, 200, 511];
-        let (sent, _) = run(512, &bad, false, 512);
-        let refused: Vec<usize> = sent.refused.iter().flat_map(|r| r.clone()).collect();
-        assert_eq!(refused, bad);
-        assert_eq!(sent.delivered, 512 - bad.len());
+        for encoding in [Encoding::Json, Encoding::Proto3] {
+            let (sent, _) = run_in(encoding, 512, &bad, false, 512);
+            let refused: Vec<usize> = sent.refused.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(refused, bad, "{encoding:?}");
+            assert_eq!(sent.delivered, 512 - bad.len(), "{encoding:?}");
+        }
+    }
+
+    /// Records every body; takes them all.
+    struct Bodies(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Transport for Bodies {
+        fn send(&mut self, body: &[u8], _: Duration) -> Result<(), SendError> {
+            self.0.lock().unwrap().push(body.to_vec());
+            Ok(())
+        }
+        fn endpoint(&self) -> &str {
+            "test"
+        }
+    }
+
+    #[test]
+    fn requests_stay_within_max_request_bytes_in_either_encoding() {
+        let spans = spans(1_000, &[]);
+        for encoding in [Encoding::Json, Encoding::Proto3] {
+            let bodies = Arc::new(Mutex::new(Vec::new()));
+            let mut s = Sender::new(
+                Box::new(Bodies(bodies.clone())),
+                Encoder::with_encoding(encoding, "svc"),
+                512,
+                4096,
+            );
+            let sent = s.send(
+                &spans,
+                "svc",
+                Instant::now() + Duration::from_secs(60),
+                &Books::default(),
+            );
+            assert_eq!(sent.delivered, 1_000, "{encoding:?}");
+            let bodies = bodies.lock().unwrap();
+            assert!(bodies.iter().all(|b| b.len() <= 4096), "{encoding:?}");
+            // Full requests: only the last may be less than nearly full.
+            let sizes: Vec<usize> = bodies.iter().map(Vec::len).collect();
+            assert!(
+                sizes[..sizes.len() - 1].iter().all(|&n| n > 4096 - 200),
+                "{encoding:?} {sizes:?}"
+            );
+            let mut whole = Vec::new();
+            Encoder::with_encoding(encoding, "svc").encode_batch(&spans, &mut whole);
+            if encoding == Encoding::Proto3 {
+                // proto3 bodies concatenate: the requests are the batch, cut.
+                assert_eq!(bodies.concat(), whole);
+            }
+        }
     }
 
     #[test]
@@ -509,7 +563,7 @@ mod tests {
             10,
             1 << 20,
         );
-        let sent = s.send(&spans(5, &[]), Encoder::new("svc"), Instant::now(), &Books::default());
+        let sent = s.send(&spans(5, &[]), "svc", Instant::now(), &Books::default());
         assert_eq!(
             (sent.kept.len(), sent.kept[0].clone(), sent.stopped),
             (1, 0..5, Some(Stop::Deadline))

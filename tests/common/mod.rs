@@ -6,6 +6,7 @@
 pub mod child;
 pub mod fs;
 pub mod otelcol;
+pub mod proto3;
 pub mod toxiproxy;
 
 use std::collections::VecDeque;
