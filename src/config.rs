@@ -95,7 +95,7 @@ pub struct Tls {
 /// How request bodies are written; both are what Zipkin's
 /// `POST /api/v2/spans` and the OpenTelemetry Collector's zipkin receiver
 /// take.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// Zipkin v2 JSON, `Content-Type: application/json`.
@@ -104,6 +104,18 @@ pub enum Encoding {
     /// Zipkin's protocol buffers (`zipkin.proto3.ListOfSpans`),
     /// `Content-Type: application/x-protobuf`.
     Proto3,
+}
+
+impl<'de> Deserialize<'de> for Encoding {
+    /// By hand, so that a refusal names the field (serde's own message for
+    /// an unknown variant does not).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "json" => Ok(Encoding::Json),
+            "proto3" => Ok(Encoding::Proto3),
+            _ => Err(serde::de::Error::custom("field `encoding` must be json or proto3")),
+        }
+    }
 }
 
 impl Encoding {
@@ -488,6 +500,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn encoding_defaults_to_json_and_reads_proto3() {
+        assert_eq!(Config::default().encoding, Encoding::Json);
+        let cfg = Config::from_json(r#"{"encoding": "proto3"}"#).unwrap();
+        assert_eq!(cfg.encoding, Encoding::Proto3);
+        assert_eq!(cfg.encoding.content_type(), "application/x-protobuf");
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(text.contains(r#""encoding":"proto3""#), "{text}");
+    }
+
+    #[test]
     fn secrets_in_the_endpoint_are_never_shown() {
         assert_eq!(
             redact_url("https://user:pw@z:9411/api/v2/spans?api_key=s3cr3t&region=eu&Sig=abc"),
@@ -527,6 +549,8 @@ mod tests {
             (r#"{"max_queue_spans": 0}"#, "max_queue_spans"),
             (r#"{"max_live_spans": 63}"#, "max_live_spans"),
             (r#"{"gzip_level": 11}"#, "gzip_level"),
+            (r#"{"encoding": "xml"}"#, "encoding"),
+            (r#"{"encoding": 3}"#, "<config>"),
             (r#"{"service_name": " "}"#, "service_name"),
             (r#"{"headers": {"bad name": "x"}}"#, "headers.bad name"),
             (r#"{"headers": {"x-token": "a\nb"}}"#, "headers.x-token"),

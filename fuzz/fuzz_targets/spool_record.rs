@@ -18,7 +18,14 @@ fuzz_target!(|data: &[u8]| {
         for version in [1, record::VERSION] {
             framed.clear();
             let meta = record::Meta::default();
-            record::frame(version, payload, flags & record::FLAG_DEFLATE, declared, meta, &mut framed);
+            record::frame(
+                version,
+                payload,
+                flags & record::FLAG_DEFLATE,
+                declared,
+                meta,
+                &mut framed,
+            );
             check(&framed);
         }
     }

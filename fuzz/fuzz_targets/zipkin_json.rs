@@ -7,107 +7,13 @@
 //! at least 1, every tag value a string).
 #![no_main]
 
-use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value as Json;
-use spillway::unstable::ended::Ended;
-use spillway::unstable::span::{Event, Kind, Span, Status, Value};
+use spans::{Input, span, through_the_batch};
+use spillway::unstable::span::{Kind, Span, Status, Value};
+
+mod spans;
 use spillway::unstable::zipkin::{Encoder, duration_micros, hex, kind_name};
-
-#[derive(Arbitrary, Debug)]
-enum FValue {
-    Str(String),
-    Bool(bool),
-    I64(i64),
-    F64(f64),
-    StrArray(Vec<String>),
-    BoolArray(Vec<bool>),
-    I64Array(Vec<i64>),
-    F64Array(Vec<f64>),
-}
-
-#[derive(Arbitrary, Debug)]
-struct FSpan {
-    trace_id: [u8; 16],
-    span_id: [u8; 8],
-    parent_id: Option<[u8; 8]>,
-    name: String,
-    kind: u8,
-    start: u64,
-    end: u64,
-    status: Option<Option<String>>,
-    attributes: Vec<(String, FValue)>,
-    events: Vec<(String, u64, Vec<(String, FValue)>)>,
-    dropped_attributes: u32,
-    dropped_events: u32,
-}
-
-#[derive(Arbitrary, Debug)]
-struct Input {
-    service: String,
-    spans: Vec<FSpan>,
-}
-
-fn value(v: FValue) -> Value {
-    match v {
-        FValue::Str(s) => Value::String(s),
-        FValue::Bool(b) => Value::Bool(b),
-        FValue::I64(i) => Value::I64(i),
-        FValue::F64(f) => Value::F64(f),
-        FValue::StrArray(a) => Value::StringArray(a),
-        FValue::BoolArray(a) => Value::BoolArray(a),
-        FValue::I64Array(a) => Value::I64Array(a),
-        FValue::F64Array(a) => Value::F64Array(a),
-    }
-}
-
-/// Attributes as the tracer keeps them: unique keys, the last write wins.
-fn attributes(raw: Vec<(String, FValue)>) -> Vec<(String, Value)> {
-    let mut out: Vec<(String, Value)> = Vec::new();
-    for (k, v) in raw {
-        match out.iter_mut().find(|(key, _)| *key == k) {
-            Some(slot) => slot.1 = value(v),
-            None => out.push((k, value(v))),
-        }
-    }
-    out
-}
-
-fn span(f: FSpan) -> Span {
-    // The tracer never makes all-zero ids.
-    let nonzero = |mut id: Vec<u8>| {
-        if id.iter().all(|&b| b == 0) {
-            id[0] = 1;
-        }
-        id
-    };
-    Span {
-        trace_id: nonzero(f.trace_id.to_vec()).try_into().unwrap(),
-        span_id: nonzero(f.span_id.to_vec()).try_into().unwrap(),
-        parent_id: f.parent_id.map(|p| nonzero(p.to_vec()).try_into().unwrap()),
-        name: f.name.into(),
-        kind: [Kind::Internal, Kind::Server, Kind::Client, Kind::Producer, Kind::Consumer][usize::from(f.kind % 5)],
-        start_unix_nanos: f.start,
-        end_unix_nanos: f.end,
-        status: match f.status {
-            None => Status::Unset,
-            Some(None) => Status::Ok,
-            Some(Some(d)) => Status::Error(d),
-        },
-        attributes: attributes(f.attributes),
-        events: f
-            .events
-            .into_iter()
-            .map(|(name, t, attrs)| Event {
-                name: name.into(),
-                time_unix_nanos: t,
-                attributes: attributes(attrs),
-            })
-            .collect(),
-        dropped_attributes: f.dropped_attributes,
-        dropped_events: f.dropped_events,
-    }
-}
 
 fn is_lower_hex(v: &Json, len: usize) -> bool {
     v.as_str()
@@ -136,7 +42,11 @@ fn check(span: &Span, service: &str, j: &Json) {
     if let Some(remote) = j.get("remoteEndpoint") {
         assert!(matches!(span.kind, Kind::Client | Kind::Producer) && remote.is_object());
     }
-    let annotations = j.get("annotations").and_then(Json::as_array).cloned().unwrap_or_default();
+    let annotations = j
+        .get("annotations")
+        .and_then(Json::as_array)
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(annotations.len(), span.events.len());
     for (a, e) in annotations.iter().zip(&span.events) {
         assert_eq!(a["timestamp"].as_u64(), Some(e.time_unix_nanos / 1000));
@@ -151,18 +61,24 @@ fn check(span: &Span, service: &str, j: &Json) {
         }
     }
     let empty = serde_json::Map::new();
-    let tags = j.get("tags").map_or(&empty, |t| t.as_object().expect("tags is an object"));
+    let tags = j
+        .get("tags")
+        .map_or(&empty, |t| t.as_object().expect("tags is an object"));
     assert!(!tags.is_empty() || j.get("tags").is_none(), "no empty tags object");
     assert!(tags.values().all(Json::is_string), "every tag is a string");
     let is_error = matches!(span.status, Status::Error(_));
     for (k, v) in &span.attributes {
         let owned_by_status = (k == "otel.status_code" && span.status != Status::Unset)
-            || (k == "error" && (is_error || matches!(v, Value::Bool(false)) || matches!(v, Value::String(s) if s == "false")))
+            || (k == "error"
+                && (is_error || matches!(v, Value::Bool(false)) || matches!(v, Value::String(s) if s == "false")))
             || (k.starts_with("otel.dropped_") && (span.dropped_attributes > 0 || span.dropped_events > 0));
         if owned_by_status {
             continue;
         }
-        let tag = tags.get(k.as_str()).and_then(Json::as_str).unwrap_or_else(|| panic!("tag {k:?} missing"));
+        let tag = tags
+            .get(k.as_str())
+            .and_then(Json::as_str)
+            .unwrap_or_else(|| panic!("tag {k:?} missing"));
         match v {
             Value::String(s) => assert_eq!(tag, s),
             Value::Bool(b) => assert_eq!(tag, b.to_string()),
@@ -186,21 +102,6 @@ fn check(span: &Span, service: &str, j: &Json) {
             assert_eq!(tags["error"], d.as_str());
         }
     }
-}
-
-/// `spans` packed and unpacked as the tracer's ended batch.
-fn through_the_batch(spans: &[Span]) -> Vec<Span> {
-    let mut ended = Ended::default();
-    for s in spans {
-        ended.push(&mut s.clone());
-    }
-    assert_eq!(ended.len(), spans.len());
-    let mut out = Vec::new();
-    assert_eq!(ended.drain_into(&mut out), 0, "every span unpacks");
-    assert!(ended.is_empty());
-    // Debug is exact but for NaN payloads, which nothing downstream keeps apart.
-    assert_eq!(format!("{out:?}"), format!("{spans:?}"));
-    out
 }
 
 fuzz_target!(|input: Input| {
