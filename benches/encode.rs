@@ -1,12 +1,14 @@
-//! Zipkin v2 JSON encoding of a 512-span batch, against opentelemetry-zipkin
-//! doing the same (its conversion from `SpanData` and serde encoding, up to
-//! an HTTP client that discards), and what gzip level 1 costs; and what the
+//! Zipkin v2 encoding of a 512-span batch, JSON and proto3, against
+//! opentelemetry-zipkin doing the same (its conversion from `SpanData` and
+//! serde encoding, up to an HTTP client that discards), and what gzip level
+//! 1 costs (the bytes of each are printed); and what the
 //! ended-span buffer costs on each side of the same batch: packing (what
 //! `end_span` does, freeing bext's strings included) and unpacking (what
 //! the flush does before it encodes).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_sdk::trace::SpanExporter as _;
+use spillway::Encoding;
 use spillway::unstable::ended::Ended;
 use spillway::unstable::span::{Event, Kind, Span, Status, Value};
 use spillway::unstable::zipkin::Encoder;
@@ -71,7 +73,6 @@ fn encode(c: &mut Criterion) {
     let mut encoder = Encoder::new("bext-site");
     let mut out = Vec::new();
     encoder.encode_batch(&spans, &mut out);
-    let json_len = out.len();
     let mut g = c.benchmark_group("zipkin_encode_512");
     g.throughput(Throughput::Elements(spans.len() as u64));
     g.bench_function("spillway", |b| {
@@ -86,11 +87,24 @@ fn encode(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             encoder.encode_batch(black_box(&spans), &mut out);
-            gz.clear();
-            let mut enc = flate2::write::GzEncoder::new(&mut gz, flate2::Compression::new(1));
-            let _ = enc.write_all(&out);
-            let _ = enc.finish();
-            black_box(gz.len())
+            black_box(gzip1(&out, &mut gz))
+        })
+    });
+    let mut proto = Encoder::with_encoding(Encoding::Proto3, "bext-site");
+    let mut body = Vec::new();
+    g.bench_function("spillway-proto3", |b| {
+        b.iter(|| {
+            body.clear();
+            proto.encode_batch(black_box(&spans), &mut body);
+            black_box(body.len())
+        })
+    });
+    g.bench_function("spillway-proto3+gzip1", |b| {
+        let mut gz = Vec::new();
+        b.iter(|| {
+            body.clear();
+            proto.encode_batch(black_box(&spans), &mut body);
+            black_box(gzip1(&body, &mut gz))
         })
     });
     // The peer consumes its batch: each run gets a fresh clone, made
@@ -107,13 +121,25 @@ fn encode(c: &mut Criterion) {
     g.finish();
     let peer_len = peers::BODY_BYTES.with(|b| b.get());
     eprintln!("512-span batch: opentelemetry-zipkin body {peer_len} bytes");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(1));
-    let _ = gz.write_all(&out);
-    let gz_len = gz.finish().map(|v| v.len()).unwrap_or(0);
-    eprintln!(
-        "512-span batch: {json_len} bytes JSON, {gz_len} bytes gzip-1 ({:.1}x)",
-        json_len as f64 / gz_len.max(1) as f64
-    );
+    let mut gz = Vec::new();
+    for (name, bytes) in [("JSON", &out), ("proto3", &body)] {
+        let gz_len = gzip1(bytes, &mut gz);
+        eprintln!(
+            "512-span batch: {} bytes {name} ({:.1} a span), {gz_len} bytes gzip-1 ({:.1} a span, {:.1}x)",
+            bytes.len(),
+            bytes.len() as f64 / 512.0,
+            gz_len as f64 / 512.0,
+            bytes.len() as f64 / gz_len.max(1) as f64
+        );
+    }
+}
+
+/// `bytes` gzipped at level 1 into `gz`; its length.
+fn gzip1(bytes: &[u8], gz: &mut Vec<u8>) -> usize {
+    gz.clear();
+    let mut enc = flate2::write::GzEncoder::new(gz, flate2::Compression::new(1));
+    let _ = enc.write_all(bytes);
+    enc.finish().map(|v| v.len()).unwrap_or(0)
 }
 
 /// `spans` packed into an ended-span buffer, as `end_span` leaves them.

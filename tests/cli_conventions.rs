@@ -91,6 +91,12 @@ fn bad_values_from_variables_or_flags_are_usage_errors_naming_them() {
         ),
         (&[], &["generate", "--endpoint", &ep, "--error-ratio", "1.5"], "1.5"),
         (&[], &["generate", "--endpoint", &ep, "--error-ratio", "NaN"], "NaN"),
+        (
+            &[],
+            &["generate", "--endpoint", &ep, "--encoding", "thrift"],
+            "--encoding",
+        ),
+        (&[], &["replay", "--endpoint", &ep, "--encoding", "xml"], "--encoding"),
     ];
     for (env, args, named) in cases {
         let out = spillway(dir.path(), env, args);
