@@ -49,6 +49,9 @@ pub type Lsn = i64;
 
 const SEG_HEADER_LEN: u64 = 20;
 const MAX_MSG_HEADER_LEN: u64 = 32;
+/// The shortest message: CRC (4), kind (1), and one byte each for the
+/// length, segment and page id varints.
+const MIN_MSG_LEN: u64 = 8;
 /// sled's default segment size, used when `conf` is missing.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024;
 
@@ -170,6 +173,11 @@ impl Recovery {
             last_stage: true,
             skipped: Vec::new(),
         };
+        // Every page id below the highest has a version in the snapshot or
+        // a message in the log, so no id can exceed what the two hold: a
+        // larger one is a crafted or damaged file, and sled would allocate
+        // a page table that large (an abort) before reading a byte more.
+        let max_pid = pages.len() as u64 + log.metadata()?.len() / MIN_MSG_LEN;
         let mut progressed = false;
         while let Some(item) = it.next() {
             if item.lsn < snapshot.stable_lsn.unwrap_or(-1) {
@@ -177,6 +185,13 @@ impl Recovery {
             }
             if item.lsn >= end_of_last_msg {
                 r.refusal = Some(format!("log message at lsn {} past the recovered end", item.lsn));
+                return Ok(r);
+            }
+            if item.pid > max_pid {
+                r.refusal = Some(format!(
+                    "log message at lsn {} names page {}, more pages than the log and snapshot can hold",
+                    item.lsn, item.pid
+                ));
                 return Ok(r);
             }
             progressed = true;
@@ -274,5 +289,81 @@ mod tests {
         let plan = Recovery::plan(dir.path()).unwrap();
         assert!(plan.snapshot_lsn.is_some());
         assert!(plan.skipped.is_empty() && plan.bad_pages.is_empty(), "{plan:?}");
+    }
+
+    /// sled's varint, as `varint` reads it.
+    fn put_varint(out: &mut Vec<u8>, v: u64) {
+        match v {
+            0..=240 => out.push(v as u8),
+            241..=2287 => out.extend([241 + ((v - 240) / 256) as u8, ((v - 240) % 256) as u8]),
+            2288..=67823 => out.extend([249, ((v - 2288) / 256) as u8, ((v - 2288) % 256) as u8]),
+            _ => {
+                let n = (8 - v.leading_zeros() as usize / 8).max(3);
+                out.push(247 + n as u8);
+                out.extend_from_slice(&v.to_le_bytes()[..n]);
+            }
+        }
+    }
+
+    #[test]
+    fn sled_varints_round_trip() {
+        for v in [0, 240, 241, 2287, 2288, 67823, 67824, 1 << 24, 1 << 40, u64::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, v);
+            let mut cur = &out[..];
+            assert_eq!(varint(&mut cur), Some(v), "{v}");
+            assert!(cur.is_empty());
+        }
+    }
+
+    /// The first message of a fresh log rewritten, CRC and all, to name
+    /// page `pid` (what a crafted file does).
+    fn craft_page_id(dir: &Path, pid: u64) {
+        let path = dir.join("db");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = SEG_HEADER_LEN as usize;
+        let mut cur = &bytes[at..];
+        take(&mut cur, 5).unwrap();
+        let len = varint(&mut cur).unwrap();
+        let segment = varint(&mut cur).unwrap();
+        varint(&mut cur).unwrap();
+        let body = cur[..len as usize].to_vec();
+        let mut head = vec![INLINE_NODE];
+        put_varint(&mut head, len);
+        put_varint(&mut head, segment);
+        put_varint(&mut head, pid);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&body);
+        h.update(&head);
+        let mut msg = (h.finalize() ^ 0xFFFF_FFFF).to_le_bytes().to_vec();
+        msg.extend(head);
+        msg.extend(body);
+        bytes[at..at + msg.len()].copy_from_slice(&msg);
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_page_id_past_what_the_files_can_hold_is_refused_before_any_allocation() {
+        for pid in [1 << 40, 1 << 26, u64::MAX] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let db = sled::open(dir.path()).unwrap();
+                db.open_tree("queue").unwrap().insert(b"k", vec![1; 100]).unwrap();
+                db.flush().unwrap();
+            }
+            craft_page_id(dir.path(), pid);
+            let plan = Recovery::plan(dir.path()).unwrap();
+            let refusal = plan.refusal.unwrap_or_default();
+            assert!(refusal.contains(&format!("names page {pid}")), "{pid}: {refusal:?}");
+        }
+        // A page id the log can hold is applied as before.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("queue").unwrap().insert(b"k", vec![1; 100]).unwrap();
+            db.flush().unwrap();
+        }
+        craft_page_id(dir.path(), 3);
+        assert_eq!(Recovery::plan(dir.path()).unwrap().refusal, None);
     }
 }

@@ -179,10 +179,9 @@ pub(super) struct Item {
 
 /// What `Snapshot::apply` does with a message.
 pub(super) fn apply(pages: &mut Vec<Page>, item: Item) {
-    let pid = item.pid as usize;
-    if pid > (1 << 40) {
+    let Ok(pid) = usize::try_from(item.pid) else {
         return;
-    }
+    };
     let pushed = pages.len() <= pid;
     if pushed {
         pages.resize(pid + 1, Page::Uninitialized);
