@@ -191,6 +191,39 @@ fn a_planted_spool_directory_is_refused_naming_it_and_the_victim_is_untouched() 
 }
 
 #[test]
+fn a_set_aside_link_is_refused_and_purge_deletes_nothing_it_points_at() {
+    let root = tempfile::tempdir().unwrap();
+    // Directories elsewhere that a planted `set-aside` link points at.
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(elsewhere.join("keep-me")).unwrap();
+    std::fs::write(elsewhere.join("keep-me/data"), b"not the spool's").unwrap();
+    let spool = root.path().join("spool");
+    let dead = common::refused_url();
+    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    std::os::unix::fs::symlink(&elsewhere, spool.join("set-aside")).unwrap();
+    let link = spool.join("set-aside").display().to_string();
+    for args in [
+        vec!["purge", "--set-aside", "--yes"],
+        vec!["generate", "--spans", "100", "--endpoint", &dead],
+        vec!["inspect"],
+    ] {
+        let out = spillway(&spool, &args);
+        let text = all_output(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+        assert!(
+            text.contains(&link) && text.contains("symbolic link"),
+            "{args:?}: {text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(elsewhere.join("keep-me/data")).unwrap(),
+        b"not the spool's",
+        "what the link points at is untouched"
+    );
+}
+
+#[test]
 fn export_refuses_an_existing_file_and_never_follows_a_link() {
     let root = tempfile::tempdir().unwrap();
     let (victim, content) = victim(root.path());

@@ -73,6 +73,10 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
 
 /// Deletes the set-aside directories (damaged files kept for inspection).
 fn purge_set_aside(dir: &Path, yes: bool) -> Outcome {
+    // As a writer would: a `set-aside` that is a link (to directories
+    // elsewhere) or a spool someone else could have planted is refused
+    // before anything is listed or deleted.
+    spillway::spool::dir::check_trust(dir, true)?;
     let asides = spillway::spool::dir::set_asides(dir);
     let size = |p: &Path| -> u64 {
         walk(p)
