@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A refused configuration value: which field, what value, and why.
@@ -249,6 +249,31 @@ impl Default for Config {
         }
     }
 }
+
+/// Reads a file an option or field names (a config, a header file, a PEM
+/// file): opened without blocking, so a FIFO or a device cannot hold the
+/// caller; refused unless it is a regular file; at most `max` bytes.
+pub fn read_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// The most an option file may hold: far above any real config, header
+/// file or PEM bundle.
+pub const MAX_OPTION_FILE_BYTES: u64 = 4 << 20;
 
 /// A source of environment variables, so tests need not mutate the process's.
 pub trait Env {

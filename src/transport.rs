@@ -164,7 +164,8 @@ const DRAIN_BODY_BYTES: u64 = 64 << 10;
 
 /// Reads a PEM file named by the config field `field`.
 fn pem(field: &str, path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|e| ConfigError::new(field, path.display(), format!("cannot be read ({e})")))
+    crate::config::read_file(path, crate::config::MAX_OPTION_FILE_BYTES)
+        .map_err(|e| ConfigError::new(field, path.display(), format!("cannot be read ({e})")))
 }
 
 /// The TLS settings of `config` for ureq: the platform's trust store, or

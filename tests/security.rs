@@ -385,20 +385,79 @@ fn a_header_file_others_can_read_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("headers");
     std::fs::write(&file, format!("Authorization: Bearer {MARKER}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = spillway(
-        &root.path().join("spool"),
-        &[
-            "generate",
-            "--spans",
-            "10",
-            "--endpoint",
-            &common::refused_url(),
-            "--header-file",
-            file.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", all_output(&out));
-    assert!(all_output(&out).contains("chmod 600"));
-    assert!(!all_output(&out).contains(MARKER));
+    for mode in [0o644, 0o640, 0o604] {
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        let out = spillway(
+            &root.path().join("spool"),
+            &[
+                "generate",
+                "--spans",
+                "10",
+                "--endpoint",
+                &common::refused_url(),
+                "--header-file",
+                file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{mode:o}: {}", all_output(&out));
+        assert!(all_output(&out).contains("chmod 600"), "{mode:o}");
+        assert!(!all_output(&out).contains(MARKER));
+    }
+}
+
+#[test]
+fn an_option_file_that_is_a_fifo_or_a_device_is_refused_without_waiting() {
+    let root = tempfile::tempdir().unwrap();
+    let fifo = root.path().join("fifo");
+    let made = Command::new("mkfifo").arg("-m").arg("600").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let dead = common::refused_url();
+    let https = "https://127.0.0.1:1/api/v2/spans".to_owned();
+    for path in [fifo.to_str().unwrap(), "/dev/zero"] {
+        for (option, endpoint) in [
+            ("--config", &dead),
+            ("--header-file", &dead),
+            ("--ca-file", &https),
+            ("--cert", &https),
+        ] {
+            let mut args = vec![
+                "--spool",
+                "spool",
+                "generate",
+                "--spans",
+                "10",
+                "--endpoint",
+                endpoint,
+                option,
+                path,
+            ];
+            if option == "--cert" {
+                args.extend(["--key", path]);
+            }
+            // Run with a bound: a refusal takes milliseconds; a minute
+            // means it waited on the FIFO (or read the device forever).
+            let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+                .current_dir(root.path())
+                .args(&args)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while child.try_wait().unwrap().is_none() {
+                if std::time::Instant::now() > deadline {
+                    child.kill().unwrap();
+                    panic!("{option} {path}: still running after 60 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let out = child.wait_with_output().unwrap();
+            let text = all_output(&out);
+            assert_eq!(out.status.code(), Some(2), "{option} {path}: {text}");
+            // (A device is also readable by all: the header file's mode
+            // check may refuse it first.)
+            let why = text.contains("not a regular file") || (option == "--header-file" && text.contains("chmod 600"));
+            assert!(text.contains(path) && why, "{option} {path}: {text}");
+        }
+    }
 }

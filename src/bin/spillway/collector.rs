@@ -83,8 +83,7 @@ impl Collector {
     pub fn config(&self, base: Config) -> Result<Config, Usage> {
         let mut config = match &self.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Usage(format!("--config {}: cannot be read ({e})", path.display())))?;
+                let text = read_option_file("--config", path)?;
                 let mut c: Config = serde_json::from_str::<serde_json::Value>(&text)
                     .map_err(|e| {
                         Usage(format!(
@@ -145,6 +144,14 @@ impl Collector {
     }
 }
 
+/// The text of a file an option names, bounded and never blocking (see
+/// `spillway::config::read_file`).
+fn read_option_file(option: &str, path: &std::path::Path) -> Result<String, Usage> {
+    let bytes = spillway::config::read_file(path, spillway::config::MAX_OPTION_FILE_BYTES)
+        .map_err(|e| Usage(format!("{option} {}: cannot be read ({e})", path.display())))?;
+    String::from_utf8(bytes).map_err(|_| Usage(format!("{option} {}: not UTF-8 text", path.display())))
+}
+
 /// `Name: value`, curl's syntax.
 fn header(line: &str) -> Option<(String, Secret)> {
     let (name, value) = line.split_once(':')?;
@@ -159,13 +166,13 @@ fn header_file(path: &std::path::Path) -> Result<Vec<(String, Secret)>, Usage> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| Usage(format!("--header-file {}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o004 != 0 {
+    if mode & 0o044 != 0 {
         return Err(Usage(format!(
-            "--header-file {}: its mode is {mode:04o}, readable by every user; `chmod 600` it first",
+            "--header-file {}: its mode is {mode:04o}, readable by group or others; `chmod 600` it first",
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Usage(format!("--header-file {}: {e}", path.display())))?;
+    let text = read_option_file("--header-file", path)?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
