@@ -50,6 +50,40 @@ fn failed_batches_spill_and_replay_when_the_collector_returns() {
 }
 
 #[test]
+fn a_span_too_large_for_the_spool_is_counted_oversize_and_the_rest_spilled() {
+    use bext_plugin_api::tracer::{AttrValue, SpanStart};
+    let dir = tempfile::tempdir().unwrap();
+    let t = SpillwayTracer::new(Config {
+        // Room in a request for the span: only the spool's record limit
+        // can refuse it.
+        max_request_bytes: 64 << 20,
+        ..common::spool_config(&common::refused_url(), dir.path())
+    })
+    .unwrap();
+    record(&t, 100, "a");
+    let huge = t.start_span(SpanStart {
+        name: "huge",
+        ..Default::default()
+    });
+    // Encodes in 2.1 MB; a record reader would count 16.8 MB.
+    t.set_attribute(huge, "a", AttrValue::I64Array(vec![1; 2_100_000]));
+    t.end_span(huge, None);
+    record(&t, 100, "b");
+    assert!(t.try_flush().is_err(), "the collector is down");
+    let s = balanced(&t);
+    assert_eq!((s.recorded, s.spooled, s.dropped.oversize), (201, 200, 1), "{s:?}");
+    drop(t);
+    // And what was spilled reads back.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("--spool")
+        .arg(dir.path())
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
 fn a_restart_replays_what_the_last_process_spilled() {
     let dir = tempfile::tempdir().unwrap();
     let dead = FaultServer::start(common::failures(500, 8 * common::ATTEMPTS));

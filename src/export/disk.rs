@@ -171,7 +171,16 @@ impl Settle {
 
 /// What waits for a round's commit.
 enum Pending {
-    Spill(u64, u64, Vec<Span>, Done<Result<Spilled, Failed>>),
+    /// `spans` written, of which `oversize` were left out as too large
+    /// for a record; `evicted` dropped to make room; the batch itself, to
+    /// hand back if the commit fails.
+    Spill {
+        spans: u64,
+        oversize: u64,
+        evicted: u64,
+        batch: Vec<Span>,
+        done: Done<Result<Spilled, Failed>>,
+    },
     Dead(u64, Done<Result<(), Failed>>),
     Settle(Settle, Done<Result<(), Failed>>),
     Quarantine(u64, Done<Result<(), Failed>>),

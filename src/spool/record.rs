@@ -101,6 +101,18 @@ pub enum RecordError {
     /// The batch is too large to encode as one record.
     #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     TooLarge(usize),
+    /// The batch encodes within the limit, but decoding it would not (the
+    /// decoder counts a number array's elements at their full width).
+    #[error("payload of {0} bytes would exceed the {MAX_PAYLOAD}-byte limit when decoded")]
+    Undecodable(usize),
+}
+
+impl RecordError {
+    /// Whether the spans are too large for one record (an encode-side
+    /// refusal; a single span refused so is dropped as oversize).
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, RecordError::TooLarge(_) | RecordError::Undecodable(_))
+    }
 }
 
 /// A tree of spool records: the queue or the dead letters. A record's
@@ -173,6 +185,14 @@ pub fn encode(service: &str, spans: &[Span], meta: Meta, out: &mut Vec<u8>) -> R
         bincode::serde::encode_to_vec((service, spans), config()).map_err(|e| RecordError::Encode(e.to_string()))?;
     if plain.len() > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(plain.len()));
+    }
+    // One limit for both sides: the decoder charges at most 8 bytes of its
+    // limit per byte read (an `i64` array element of one byte), so below an
+    // eighth of it nothing can fail; above, the decoder itself decides.
+    if plain.len() > MAX_PAYLOAD / 8
+        && bincode::serde::decode_from_slice::<(String, Vec<Span>), _>(&plain, config()).is_err()
+    {
+        return Err(RecordError::Undecodable(plain.len()));
     }
     let mut deflater = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
     let deflated = std::io::Write::write_all(&mut deflater, &plain)

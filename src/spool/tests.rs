@@ -95,6 +95,28 @@ fn records_sled_loses_behind_the_spools_back_are_reported_once() {
 }
 
 #[test]
+fn a_span_too_large_for_any_record_is_left_out_and_counted_not_the_batch() {
+    let mut batch = spans(50, "a");
+    let mut huge = batch[0].clone();
+    huge.name = "huge".into();
+    huge.attributes = vec![("a".into(), Value::I64Array(vec![1; 2_100_000]))];
+    batch.insert(20, huge);
+    let prepared = prepare("svc", &batch, 1).unwrap();
+    assert_eq!((prepared.oversize(), prepared.spans()), (1, 50));
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    s.append_prepared(prepared).unwrap();
+    s.commit().unwrap();
+    let all = names(&s.oldest(Tree::Queue, usize::MAX).unwrap());
+    assert_eq!(all.len(), 50);
+    assert!(!all.contains(&"huge".to_owned()));
+    // Where the caller owns the spans, they are refused, not dropped.
+    let err = s.push("svc", &batch, 2).unwrap_err();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+    assert_eq!(s.stats().spans, 50);
+}
+
+#[test]
 fn second_opener_is_told_the_directory_is_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Spool::open(dir.path(), u64::MAX).unwrap();

@@ -13,9 +13,19 @@ pub struct Prepared {
     pub(super) records: Vec<(Vec<u8>, u32)>,
     /// When they were spilled (Unix ms).
     pub(super) created_unix_ms: u64,
+    /// Spans left out because even alone they make a record too large
+    /// to write or to read back, and the largest such payload.
+    pub(super) oversize: u64,
+    pub(super) largest_oversize: usize,
 }
 
 impl Prepared {
+    /// Spans left out as too large for any record (counted as oversize
+    /// by whoever spills them).
+    pub fn oversize(&self) -> u64 {
+        self.oversize
+    }
+
     /// The spans its records hold.
     pub fn spans(&self) -> u64 {
         self.records.iter().map(|(_, n)| u64::from(*n)).sum()
@@ -30,9 +40,11 @@ impl Prepared {
 /// Encodes `service`'s `spans` as queue records of at most
 /// [`RECORD_TARGET`] payload bytes (where the spans allow) and
 /// [`RECORD_MAX_SPANS`] spans, first spilled at `created_unix_ms`; the
-/// spool numbers them when they are appended.
+/// spool numbers them when they are appended. A span too large for a
+/// record even alone is left out and counted ([`Prepared::oversize`]).
 pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Prepared, RecordError> {
     let mut records = Vec::new();
+    let (mut oversize, mut largest_oversize) = (0, 0);
     let mut rest = spans;
     let mut per_record = spans.len().min(RECORD_MAX_SPANS);
     let mut buf = Vec::new();
@@ -44,7 +56,21 @@ pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Pr
             tree: Tree::Queue,
             created_unix_ms,
         };
-        record::encode(service, &rest[..n], meta, &mut buf)?;
+        match record::encode(service, &rest[..n], meta, &mut buf) {
+            Ok(()) => {}
+            Err(e) if e.is_too_large() && n > 1 => {
+                per_record = n / 2;
+                continue;
+            }
+            Err(RecordError::TooLarge(bytes) | RecordError::Undecodable(bytes)) => {
+                oversize += 1;
+                largest_oversize = largest_oversize.max(bytes);
+                rest = &rest[1..];
+                per_record = rest.len().min(RECORD_MAX_SPANS);
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
         let payload = buf.len() - record::HEADER_LEN;
         if payload > RECORD_TARGET && n > 1 {
             // Aim for the target from the size seen, with some margin.
@@ -57,6 +83,8 @@ pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Pr
     Ok(Prepared {
         records,
         created_unix_ms,
+        oversize,
+        largest_oversize,
     })
 }
 
@@ -100,6 +128,10 @@ impl Spool {
         created_unix_ms: u64,
     ) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
         let prepared = prepare(service, spans, created_unix_ms).map_err(|e| self.record_error(e))?;
+        if prepared.oversize > 0 {
+            // Here the caller owns the spans: refuse rather than drop.
+            return Err(self.record_error(RecordError::TooLarge(prepared.largest_oversize)));
+        }
         self.insert_prepared(prepared)
     }
 

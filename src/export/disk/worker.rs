@@ -99,27 +99,36 @@ impl Worker {
                 prepared,
                 created_unix_ms,
                 done,
-            } => match spool
-                .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
-                .and_then(|()| match prepared {
-                    Some(p) => spool.append_prepared(p),
-                    None => spool.append(&service, &spans, created_unix_ms),
-                }) {
-                Err(e @ SpoolError::DiskFull { .. }) => {
-                    // Refused before sled saw it: the spool is fine.
-                    shared.hand_back(spans);
-                    lock(&shared.status).causes.push(Cause::Spool(e.to_string()));
-                    done.set(Err(e.to_string()));
+            } => {
+                let oversize = prepared.as_ref().map_or(0, Prepared::oversize);
+                match spool
+                    .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
+                    .and_then(|()| match prepared {
+                        Some(p) => spool.append_prepared(p),
+                        None => spool.append(&service, &spans, created_unix_ms),
+                    }) {
+                    Err(e @ SpoolError::DiskFull { .. }) => {
+                        // Refused before sled saw it: the spool is fine.
+                        shared.hand_back(spans);
+                        lock(&shared.status).causes.push(Cause::Spool(e.to_string()));
+                        done.set(Err(e.to_string()));
+                    }
+                    Ok(evicted) => pending.push(Pending::Spill {
+                        spans: spans.len() as u64,
+                        oversize,
+                        evicted,
+                        batch: spans,
+                        done,
+                    }),
+                    Err(e) => {
+                        // Room made before the failure stays made: count it.
+                        shared.books.spilled(0, spool.take_dropped());
+                        shared.hand_back(spans);
+                        done.set(Err(e.to_string()));
+                        return Err(e);
+                    }
                 }
-                Ok(evicted) => pending.push(Pending::Spill(spans.len() as u64, evicted, spans, done)),
-                Err(e) => {
-                    // Room made before the failure stays made: count it.
-                    shared.books.spilled(0, spool.take_dropped());
-                    shared.hand_back(spans);
-                    done.set(Err(e.to_string()));
-                    return Err(e);
-                }
-            },
+            }
             Job::Dead {
                 service,
                 spans,
@@ -196,10 +205,20 @@ impl Worker {
     fn finish(&mut self, p: Pending) {
         let books = &self.shared.books;
         match p {
-            Pending::Spill(n, evicted, _, done) => {
-                books.spilled(n, evicted);
-                self.shared.dequeue(n);
-                done.set(Ok(Spilled { spans: n, evicted }));
+            Pending::Spill {
+                spans,
+                oversize,
+                evicted,
+                done,
+                ..
+            } => {
+                books.spilled(spans - oversize, evicted);
+                books.oversize(oversize);
+                self.shared.dequeue(spans);
+                done.set(Ok(Spilled {
+                    spans: spans - oversize,
+                    evicted,
+                }));
             }
             Pending::Dead(n, done) => {
                 books.dead_lettered(n);
@@ -225,9 +244,11 @@ impl Worker {
     /// disk.
     fn unfinish(&mut self, p: Pending, why: &str) {
         match p {
-            Pending::Spill(_, evicted, spans, done) => {
+            Pending::Spill {
+                evicted, batch, done, ..
+            } => {
                 self.shared.books.spilled(0, evicted);
-                self.shared.hand_back(spans);
+                self.shared.hand_back(batch);
                 done.set(Err(why.to_owned()));
             }
             Pending::Dead(n, done) => {

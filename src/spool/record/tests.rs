@@ -129,3 +129,38 @@ fn scan_finds_every_sound_record_among_garbage_and_damage() {
         [(offsets[0], 0), (offsets[1], 1), (offsets[3], 3), (offsets[4], 4)]
     );
 }
+
+/// One span holding an `i64` array of `n` ones (one byte each encoded,
+/// eight when decoded).
+fn array_span(n: usize) -> Vec<Span> {
+    let mut s = Span::new([1; 16], [2; 8], "x");
+    s.attributes.push(("a".into(), Value::I64Array(vec![1; n])));
+    vec![s]
+}
+
+#[test]
+fn what_encode_writes_decode_reads_at_the_array_boundary() {
+    // Found by an audit: 2.1 M elements encoded and could never be read.
+    let mut out = Vec::new();
+    let err = encode("svc", &array_span(2_100_000), Meta::default(), &mut out).unwrap_err();
+    assert!(
+        matches!(err, RecordError::Undecodable(_)) && err.is_too_large(),
+        "{err}"
+    );
+    // Find the boundary: the largest array encode takes must decode.
+    let (mut lo, mut hi) = (1usize, 2_100_000usize);
+    while lo + 1 < hi {
+        let mid = (lo + hi) / 2;
+        out.clear();
+        if encode("svc", &array_span(mid), Meta::default(), &mut out).is_ok() {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    out.clear();
+    encode("svc", &array_span(lo), Meta::default(), &mut out).unwrap();
+    let back = decode(&out).unwrap_or_else(|e| panic!("{lo} elements encoded but do not decode: {e}"));
+    assert_eq!(back.spans, array_span(lo));
+    assert!(lo > 1_000_000, "the limit is not needlessly low: {lo}");
+}
