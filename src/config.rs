@@ -214,6 +214,9 @@ pub struct Config {
     pub backoff_max_ms: u64,
 }
 
+/// The longest `service_name`: every span carries it.
+pub const MAX_SERVICE_NAME_BYTES: usize = 1024;
+
 /// The default collector endpoint, a Zipkin server on this machine.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9411/api/v2/spans";
 
@@ -342,6 +345,20 @@ impl Config {
         validate_endpoint(&self.endpoint)?;
         if self.service_name.trim().is_empty() {
             return Err(ConfigError::new("service_name", "\"\"", "must not be empty"));
+        }
+        if self.service_name.len() > MAX_SERVICE_NAME_BYTES {
+            return Err(ConfigError::new(
+                "service_name",
+                format!("({} bytes)", self.service_name.len()),
+                format!("must be at most {MAX_SERVICE_NAME_BYTES} bytes"),
+            ));
+        }
+        if self.service_name.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                "service_name",
+                self.service_name.escape_default(),
+                "must not hold control characters",
+            ));
         }
         range("timeout_ms", self.timeout_ms, 1, 600_000)?;
         range("connect_timeout_ms", self.connect_timeout_ms, 1, self.timeout_ms)?;
@@ -577,6 +594,8 @@ mod tests {
             (r#"{"encoding": "xml"}"#, "encoding"),
             (r#"{"encoding": 3}"#, "<config>"),
             (r#"{"service_name": " "}"#, "service_name"),
+            (r#"{"service_name": "shop\u001b[2J"}"#, "service_name"),
+            (r#"{"service_name": "shop\nforged line"}"#, "service_name"),
             (r#"{"headers": {"bad name": "x"}}"#, "headers.bad name"),
             (r#"{"headers": {"x-token": "a\nb"}}"#, "headers.x-token"),
             (r#"{"max_batch_spanz": 3}"#, "max_batch_spanz"),
@@ -591,7 +610,15 @@ mod tests {
             let err = Config::from_json(json).unwrap_err();
             assert_eq!(err.field, field, "{json} -> {err}");
             assert!(err.to_string().contains(field), "{err}");
+            assert!(!err.to_string().chars().any(char::is_control), "{err:?}");
         }
+        let long = Config {
+            service_name: "s".repeat(MAX_SERVICE_NAME_BYTES + 1),
+            ..Config::default()
+        };
+        let err = long.validate().unwrap_err();
+        assert_eq!(err.field, "service_name");
+        assert!(err.to_string().len() < 200, "the name is not repeated back: {err}");
     }
 
     #[test]

@@ -223,6 +223,43 @@ fn a_set_aside_link_is_refused_and_purge_deletes_nothing_it_points_at() {
     );
 }
 
+/// A control character in text meant for a terminal: anything below a
+/// space but the newline that ends a line, DEL, and the C1 codes.
+fn raw_control(text: &str) -> Option<char> {
+    text.chars().find(|&c| c != '\n' && c.is_control())
+}
+
+#[test]
+fn no_control_character_from_a_file_reaches_the_terminal() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    // A service name that clears the screen, writes the clipboard (OSC 52)
+    // and forges a line, as a crafted or foreign spool could hold.
+    let evil = "shop\u{1b}[2J\u{1b}]52;c;ZXZpbA==\u{7}\nok   999 records, all sound\u{9b}31m";
+    {
+        let mut s = spillway::spool::Spool::open(&spool, u64::MAX).unwrap();
+        let spans: Vec<_> = (0..3u64)
+            .map(|i| spillway::unstable::span::Span::new([1; 16], (i + 1).to_be_bytes(), "GET /"))
+            .collect();
+        s.push(evil, &spans, 1).unwrap();
+    }
+    let aside = spool.join("set-aside").join("x\u{1b}[31mred\rok");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::set_permissions(spool.join("set-aside"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    for args in [vec!["inspect"], vec!["verify"], vec!["purge", "--set-aside"]] {
+        let out = spillway(&spool, &args);
+        let text = all_output(&out);
+        assert!(
+            raw_control(&text).is_none(),
+            "{args:?} printed a raw control character: {text:?}"
+        );
+        if args[0] == "inspect" {
+            assert!(out.status.success(), "{text}");
+            assert!(text.contains("shop\\u{1b}[2J"), "the name is shown, escaped: {text}");
+        }
+    }
+}
+
 #[test]
 fn export_refuses_an_existing_file_and_never_follows_a_link() {
     let root = tempfile::tempdir().unwrap();

@@ -65,7 +65,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         let rec = match decoded {
             Ok(r) => r,
             Err(why) => {
-                eprintln!("spillway: skipped record {}: {why}", f.meta.seq);
+                crate::tell!("spillway: skipped record {}: {why}", f.meta.seq);
                 skipped += 1;
                 continue;
             }
@@ -102,14 +102,14 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         std::mem::forget(temp);
     }
     if !to_stdout {
-        eprintln!(
+        crate::tell!(
             "exported {spans} spans from {records} records to {}",
             args.output.display()
         );
     }
     skipped += view.unreadable.len() as u64;
     if skipped > 0 || check.damaged() {
-        eprintln!(
+        crate::tell!(
             "spillway: {skipped} unreadable records skipped; the spool's files are damaged (see `spillway verify`)"
         );
         return Ok(ExitCode::FAILURE);

@@ -163,15 +163,17 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
     bar.finish_and_clear();
     report(&stats, elapsed, args.json).map_err(|e| e.to_string())?;
     if let Err(e) = &last {
-        eprintln!("spillway: {e}");
+        crate::tell!("spillway: {e}");
     }
     // A run whose spans all wait in the spool did not do its job, even if
     // nothing was lost: say so in the exit code too.
     let delivered_none = stats.recorded > 0 && stats.delivered == 0;
     if delivered_none {
-        eprintln!(
+        crate::tell!(
             "spillway: the collector took none of the {} spans recorded; {} are in the spool, {} still on their way there",
-            stats.recorded, stats.spooled, stats.in_memory
+            stats.recorded,
+            stats.spooled,
+            stats.in_memory
         );
     }
     Ok(match (interrupted, last) {

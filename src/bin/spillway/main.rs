@@ -60,13 +60,41 @@ enum Command {
 }
 
 /// `println!` that returns an error instead of panicking when stdout is
-/// closed (`spillway export | head`).
+/// closed (`spillway export | head`), with control characters escaped
+/// ([`clean`]).
 macro_rules! say {
     ($($t:tt)*) => {
-        std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", format_args!($($t)*)))?
+        std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", crate::clean(&format!($($t)*))))?
     };
 }
 pub(crate) use say;
+
+/// `eprintln!` with control characters escaped ([`clean`]).
+macro_rules! tell {
+    ($($t:tt)*) => {
+        eprintln!("{}", crate::clean(&format!($($t)*)))
+    };
+}
+pub(crate) use tell;
+
+/// `text` with every control character (a newline, an escape sequence, a
+/// C1 code) written as a Rust escape, so what came from a file, a span or
+/// a file name cannot move the cursor, forge a line or reach the
+/// terminal's clipboard. One line in, one line out.
+pub(crate) fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
 
 /// What a subcommand returns: an exit code, or an error rendered by `main`.
 type Outcome = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -125,7 +153,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("spillway: {e}");
+            crate::tell!("spillway: {e}");
             // A usage or configuration error: as clap's own.
             if e.downcast_ref::<collector::Usage>().is_some() {
                 return ExitCode::from(2);
@@ -142,7 +170,7 @@ fn main() -> ExitCode {
 fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolError> {
     let spool = spillway::spool::Spool::open_existing(dir, u64::MAX)?;
     if let Some(d) = spool.damage() {
-        eprintln!("spillway: {d}");
+        crate::tell!("spillway: {d}");
     }
     Ok(spool)
 }

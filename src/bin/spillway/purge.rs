@@ -44,9 +44,11 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let mut spool = open(dir)?;
     if !args.yes {
         let st = spool.stats();
-        eprintln!(
+        crate::tell!(
             "spillway: purge deletes for good (the spool holds {} queued spans, {} dead-letter spans, {} quarantined records); add --yes to confirm",
-            st.spans, st.dead_letter_spans, st.quarantined_records
+            st.spans,
+            st.dead_letter_spans,
+            st.quarantined_records
         );
         return Ok(ExitCode::from(2));
     }
@@ -87,7 +89,7 @@ fn purge_set_aside(dir: &Path, yes: bool) -> Outcome {
     };
     let total: u64 = asides.iter().map(|a| size(a)).sum();
     if !yes {
-        eprintln!(
+        crate::tell!(
             "spillway: purge deletes for good ({} set-aside directories, {}); add --yes to confirm",
             asides.len(),
             human_bytes(total)

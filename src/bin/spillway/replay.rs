@@ -131,7 +131,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
                 }
                 if let Some(why) = r.quarantined {
                     s.quarantined += 1;
-                    bar.suspend(|| eprintln!("spillway: record {} quarantined: {why}", r.key));
+                    bar.suspend(|| crate::tell!("spillway: record {} quarantined: {why}", r.key));
                 }
                 settled += r.spans;
                 bar.set_position(settled.min(total));
@@ -177,14 +177,14 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         );
     }
     if let Some(code) = signals.exit_code() {
-        eprintln!(
+        crate::tell!(
             "spillway: replay interrupted, {} spans remain; rerun to send them",
             s.remaining
         );
         return Ok(code);
     }
     if let Some(why) = &s.stopped {
-        eprintln!(
+        crate::tell!(
             "spillway: replay stopped, {} spans remain; rerun when the collector is back: {why}",
             s.remaining
         );
@@ -192,7 +192,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     if s.delivered == 0 && s.dead_lettered > 0 {
         let why = refusal.map_or_else(String::new, |e| format!(": {e}"));
-        eprintln!(
+        crate::tell!(
             "spillway: the collector refused every span ({} now dead letters){why}; check what it expects, then `spillway replay --dead-letters`",
             s.dead_lettered
         );

@@ -38,7 +38,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         Some(_) => {
             let spool = spillway::spool::Spool::open_with(dir, u64::MAX, std::time::Duration::ZERO)?;
             if let Some(d) = spool.damage() {
-                eprintln!("spillway: {d}");
+                crate::tell!("spillway: {d}");
             }
             spool
         }
@@ -65,7 +65,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
             // Salvaged before (by the open just now, or an earlier run).
             Err(SalvageError::AlreadyDone { .. }) if from.is_none() => {}
             Err(e) => {
-                eprintln!("spillway: {e}");
+                crate::tell!("spillway: {e}");
                 failed = true;
             }
         }
