@@ -261,6 +261,37 @@ fn no_control_character_from_a_file_reaches_the_terminal() {
 }
 
 #[test]
+fn a_ledger_claiming_more_than_any_spool_holds_is_damage_not_a_count() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let dead = common::refused_url();
+    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    // Both slots: format 2, CRC sound, 2^63 spans owed.
+    let mut slot = Vec::new();
+    slot.extend_from_slice(b"SPL2");
+    slot.extend_from_slice(&9u32.to_le_bytes());
+    for v in [1u64 << 63, 0, 1, 1] {
+        slot.extend_from_slice(&v.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&slot);
+    slot.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(
+        spool.join(spillway::spool::ledger::FILE),
+        [&slot[..], &slot[..]].concat(),
+    )
+    .unwrap();
+    let out = spillway(&spool, &["inspect"]);
+    let text = all_output(&out);
+    assert!(text.contains("ledger") && text.contains("damaged"), "{text}");
+    let out = spillway(&spool, &["generate", "--spans", "10", "--json", "--endpoint", &dead]);
+    let text = all_output(&out);
+    assert!(!text.contains("9223372036854775"), "{text}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["dropped"].as_u64().unwrap() <= 110, "{report}");
+}
+
+#[test]
 fn export_refuses_an_existing_file_and_never_follows_a_link() {
     let root = tempfile::tempdir().unwrap();
     let (victim, content) = victim(root.path());

@@ -76,6 +76,13 @@ impl Check {
         let log = dir.join("db");
         let mut findings = Vec::new();
         let synced_end = synced_end(&plan, &view, &log, &mut findings);
+        if super::ledger::Ledger::unsound(dir) {
+            findings.push(Finding {
+                file: dir.join(super::ledger::FILE),
+                offset: 0,
+                what: "no slot of the ledger is sound (a CRC fails, or it claims more than any spool holds)".into(),
+            });
+        }
         if let Some(why) = &plan.refusal {
             findings.push(Finding {
                 file: dir.to_path_buf(),

@@ -92,6 +92,19 @@ impl Ledger {
         best(&bytes).map(|(_, s)| s)
     }
 
+    /// Whether `dir` has a ledger with bytes in it of which no slot is
+    /// sound (each fails its CRC or claims what no spool can hold): damage.
+    pub fn unsound(dir: &Path) -> bool {
+        let mut bytes = Vec::new();
+        let Ok(file) = std::fs::File::open(dir.join(FILE)) else {
+            return false;
+        };
+        if std::io::Read::read_to_end(&mut std::io::Read::take(file, 2 * SLOT as u64), &mut bytes).is_err() {
+            return false;
+        }
+        bytes.iter().any(|&b| b != 0) && best(&bytes).is_none()
+    }
+
     /// Records `state`, durably, unless it is what was last recorded.
     pub fn write(&mut self, state: State) -> io::Result<()> {
         if self.last == Some(state) {
@@ -123,7 +136,16 @@ fn best(bytes: &[u8]) -> Option<(u32, State)> {
     v2.chain(v1).max_by_key(|(generation, _)| *generation)
 }
 
-/// One slot of `len` bytes (format 2 at [`SLOT`], 1 at [`SLOT_V1`]).
+/// More spans than any spool can hold (the cap is at most 1 TiB, and no
+/// record packs more than a few dozen spans a byte): a slot claiming more
+/// is crafted or damaged however sound its CRC.
+const MAX_SPANS: u64 = 1 << 48;
+/// More records than any spool will ever number (a million a second for
+/// two thousand years).
+const MAX_SEQ: u64 = 1 << 56;
+
+/// One slot of `len` bytes (format 2 at [`SLOT`], 1 at [`SLOT_V1`]); a
+/// slot whose CRC holds but whose values cannot be is no slot.
 fn parse(slot: &[u8], len: usize) -> Option<(u32, State)> {
     let u64_at = |at: usize| u64::from_le_bytes(slot[at..at + 8].try_into().unwrap_or_default());
     let (magic, body) = if len == SLOT { (MAGIC, 40) } else { (MAGIC_V1, 32) };
@@ -132,20 +154,69 @@ fn parse(slot: &[u8], len: usize) -> Option<(u32, State)> {
         return None;
     }
     let generation = u32::from_le_bytes(slot[4..8].try_into().ok()?);
-    Some((
-        generation,
-        State {
-            spans_at_least: u64_at(8),
-            watermark: u64_at(16),
-            next_seq: u64_at(24),
-            round: if len == SLOT { u64_at(32) } else { 0 },
-        },
-    ))
+    let state = State {
+        spans_at_least: u64_at(8),
+        watermark: u64_at(16),
+        next_seq: u64_at(24),
+        round: if len == SLOT { u64_at(32) } else { 0 },
+    };
+    let plausible = state.spans_at_least <= MAX_SPANS
+        && state.next_seq <= MAX_SEQ
+        && state.watermark <= state.next_seq
+        && state.round <= MAX_SEQ;
+    plausible.then_some((generation, state))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sound_crc_over_impossible_counts_is_no_slot() {
+        let sane = State {
+            spans_at_least: 100,
+            watermark: 1,
+            next_seq: 5,
+            round: 3,
+        };
+        for bad in [
+            State {
+                spans_at_least: 1 << 63,
+                ..sane
+            },
+            State {
+                next_seq: u64::MAX,
+                ..sane
+            },
+            State { watermark: 6, ..sane },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut ledger, _) = Ledger::open(dir.path()).unwrap();
+            // Generation 1: the second slot.
+            ledger.write(sane).unwrap();
+            // Crafted into the first: a newer generation, its CRC computed.
+            let mut slot = [0u8; SLOT];
+            slot[0..4].copy_from_slice(&MAGIC);
+            slot[4..8].copy_from_slice(&7u32.to_le_bytes());
+            slot[8..16].copy_from_slice(&bad.spans_at_least.to_le_bytes());
+            slot[16..24].copy_from_slice(&bad.watermark.to_le_bytes());
+            slot[24..32].copy_from_slice(&bad.next_seq.to_le_bytes());
+            slot[32..40].copy_from_slice(&bad.round.to_le_bytes());
+            let crc = crc32fast::hash(&slot[..40]);
+            slot[40..44].copy_from_slice(&crc.to_le_bytes());
+            let path = dir.path().join(FILE);
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[..SLOT].copy_from_slice(&slot);
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(Ledger::read(dir.path()), Some(sane), "{bad:?} is not believed");
+            assert!(!Ledger::unsound(dir.path()), "the other slot stands");
+            // With no sound slot left, the ledger is damage.
+            bytes[SLOT..].copy_from_slice(&slot);
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(Ledger::read(dir.path()), None);
+            assert!(Ledger::unsound(dir.path()));
+        }
+    }
 
     #[test]
     fn the_latest_sound_slot_wins_and_a_torn_one_is_ignored() {
