@@ -302,7 +302,10 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 impl Config {
     /// Parses the JSON plugin section and validates it.
     pub fn from_json(json: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = serde_json::from_str(json).map_err(|e| json_error(&e, json))?;
+        let mut de = serde_json::Deserializer::from_str(json);
+        let cfg: Config =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(e.inner(), &e.path().to_string()))?;
+        de.end().map_err(|e| json_error(&e, "."))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -512,17 +515,15 @@ fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
 }
 
 /// Turns serde's message into a field-naming error that quotes nothing of
-/// the config (it may hold a token): serde_json reports unknown fields and
-/// type mismatches with the field's name in backticks; string values it
-/// quotes are replaced, and the place is given as line and column.
-fn json_error(e: &serde_json::Error, _json: &str) -> ConfigError {
+/// the config (it may hold a token): `path` is where the error is (as
+/// serde_path_to_error gives it, `.` at the top), and serde_json names an
+/// unknown field in backticks; string values it quotes are replaced, and
+/// the place is given as line and column.
+fn json_error(e: &serde_json::Error, path: &str) -> ConfigError {
     let msg = e.to_string();
-    let field = msg
-        .split('`')
-        .nth(1)
-        .filter(|f| !f.is_empty() && msg.contains("field"))
-        .unwrap_or("<config>")
-        .to_owned();
+    let named = msg.split('`').nth(1).filter(|f| !f.is_empty() && msg.contains("field"));
+    let path = Some(path).filter(|p| *p != "." && !p.is_empty());
+    let field = path.or(named).unwrap_or("<config>").to_owned();
     // Drop what serde appends itself (" at line L column C") and any
     // quoted value.
     let text = msg.split(" at line ").next().unwrap_or_default();
@@ -592,14 +593,18 @@ mod tests {
             (r#"{"max_live_spans": 63}"#, "max_live_spans"),
             (r#"{"gzip_level": 11}"#, "gzip_level"),
             (r#"{"encoding": "xml"}"#, "encoding"),
-            (r#"{"encoding": 3}"#, "<config>"),
+            (r#"{"encoding": 3}"#, "encoding"),
             (r#"{"service_name": " "}"#, "service_name"),
             (r#"{"service_name": "shop\u001b[2J"}"#, "service_name"),
             (r#"{"service_name": "shop\nforged line"}"#, "service_name"),
             (r#"{"headers": {"bad name": "x"}}"#, "headers.bad name"),
             (r#"{"headers": {"x-token": "a\nb"}}"#, "headers.x-token"),
             (r#"{"max_batch_spanz": 3}"#, "max_batch_spanz"),
-            (r#"{"timeout_ms": "fast"}"#, "<config>"),
+            (r#"{"timeout_ms": "fast"}"#, "timeout_ms"),
+            (r#"{"tls": {"ca_file": 3}}"#, "tls.ca_file"),
+            (r#"{"tls": {"ca_fil": "x"}}"#, "tls.ca_fil"),
+            (r#"{"headers": {"x-token": 5}}"#, "headers.x-token"),
+            (r#"{"gzip": "yes"}"#, "gzip"),
             // Found by the fuzzer: serde's message had an empty field name.
             (
                 include_str!("../fuzz/corpus/config/regression-empty-field.json"),
