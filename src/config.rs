@@ -210,7 +210,7 @@ pub struct Config {
     /// opened); doubles per such flush (full jitter). A request that fails
     /// alone is retried within the flush instead.
     pub backoff_initial_ms: u64,
-    /// Longest retry delay.
+    /// Longest retry delay, a collector's `Retry-After` included.
     pub backoff_max_ms: u64,
 }
 

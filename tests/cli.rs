@@ -400,6 +400,19 @@ fn usage_errors_exit_2_and_missing_spools_exit_1() {
     let out = spillway(dir.path(), &["replay", "--endpoint", "ftp://example"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("endpoint"), "{}", stderr(&out));
+    // So is a --spool that names a file: exit 2, and the file untouched.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"mine").unwrap();
+    for args in [
+        &["inspect"][..],
+        &["generate", "--spans", "1"],
+        &["purge", "--all", "--yes"],
+    ] {
+        let out = spillway(&file, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("not a directory"), "{}", stderr(&out));
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
 }
 
 /// Sends `sig` to `child` (by the `kill` command: no unsafe here).

@@ -57,7 +57,10 @@ impl Backoff {
             .initial
             .saturating_mul(1u32 << self.failures.saturating_sub(1).min(20))
             .min(self.max);
-        let delay = cap.mul_f64(jitter.clamp(0.0, 1.0)).max(retry_after.unwrap_or_default());
+        // The collector's Retry-After is a floor, up to the operator's
+        // ceiling: `backoff_max_ms` is the longest wait, whoever asks.
+        let floor = retry_after.unwrap_or_default().min(self.max);
+        let delay = cap.mul_f64(jitter.clamp(0.0, 1.0)).max(floor);
         self.until_ms = Some(now_ms.saturating_add(delay.as_millis() as u64));
         delay
     }
@@ -93,8 +96,14 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_a_floor() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1_000));
+    fn retry_after_is_a_floor_up_to_the_longest_wait() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let long = SendError::Status {
+            status: 503,
+            retry_after: Some(Duration::from_secs(3_600)),
+            body: String::new(),
+        };
+        assert_eq!(b.failed(Some(long), 0, 0.1), Duration::from_secs(10));
         let busy = SendError::Status {
             status: 429,
             retry_after: Some(Duration::from_secs(7)),

@@ -132,6 +132,12 @@ impl Signals {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let spool = cli.spool.as_path();
+    let uses_spool = !matches!(cli.command, Command::Completions(_) | Command::Man(_));
+    if uses_spool && std::fs::metadata(spool).is_ok_and(|m| !m.is_dir()) {
+        // A usage error, as clap's own: the option names something else.
+        tell!("spillway: --spool {}: not a directory", spool.display());
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(args, spool),
         Command::Verify(args) => verify::run(args, spool),
