@@ -152,11 +152,16 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
         stop.store(true, Ordering::Relaxed);
     });
     // Stopped by a signal: spill what is held, without the network. Else
-    // the final flush, as bext's shutdown does.
+    // the final flush, then the shutdown, as bext's does. What is still in
+    // memory after the shutdown leaves with the process: lost at exit.
     let interrupted = signals.exit_code();
     let last = match interrupted {
         Some(_) => tracer.shutdown().map_err(|e| format!("spilling at the signal: {e}")),
-        None => tracer.flush().map_err(|e| format!("final flush: {e}")),
+        None => {
+            let flushed = tracer.flush().map_err(|e| format!("final flush: {e}"));
+            let shut = tracer.shutdown().map_err(|e| format!("shutdown: {e}"));
+            flushed.and(shut)
+        }
     };
     let elapsed = started.elapsed();
     let stats = tracer.stats();
@@ -176,9 +181,15 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
             stats.in_memory
         );
     }
+    if stats.in_memory > 0 {
+        crate::tell!(
+            "spillway: {} spans were neither delivered nor in the spool when the run ended: lost at exit",
+            stats.in_memory
+        );
+    }
     Ok(match (interrupted, last) {
         (Some(code), _) => code,
-        (None, Ok(())) if !delivered_none => ExitCode::SUCCESS,
+        (None, Ok(())) if !delivered_none && stats.in_memory == 0 => ExitCode::SUCCESS,
         (None, _) => ExitCode::FAILURE,
     })
 }
@@ -258,6 +269,7 @@ fn report(s: &Stats, elapsed: Duration, json: bool) -> std::io::Result<()> {
             "recorded": s.recorded,
             "delivered": s.delivered,
             "pending": s.in_memory,
+            "lost_at_exit": s.in_memory,
             "spooled": s.spooled,
             "recovered": s.recovered,
             "dead_lettered": s.dead_lettered,
@@ -284,6 +296,9 @@ fn report(s: &Stats, elapsed: Duration, json: bool) -> std::io::Result<()> {
         s.spooled,
         s.recovered
     );
+    if s.in_memory > 0 {
+        say!("lost      {} at exit (in memory when the run ended)", s.in_memory);
+    }
     say!("dead letters {}", s.dead_lettered);
     let d = s.dropped;
     say!(
