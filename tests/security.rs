@@ -292,6 +292,48 @@ fn a_ledger_claiming_more_than_any_spool_holds_is_damage_not_a_count() {
 }
 
 #[test]
+fn a_sparse_file_in_the_spool_costs_what_it_holds_not_what_it_claims() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = root.path().join("spool");
+    let dead = common::refused_url();
+    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    // 2 TiB claimed, nothing used: read whole, it would take hours (and
+    // as one buffer, abort); planted as a blob and as a snapshot.
+    std::fs::create_dir_all(spool.join("blobs")).unwrap();
+    for name in ["blobs/99999999", "snap.ffffffffffffff"] {
+        let f = std::fs::File::create(spool.join(name)).unwrap();
+        f.set_len(2 << 40).unwrap();
+    }
+    for args in [vec!["inspect"], vec!["verify"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .arg("--spool")
+            .arg(&spool)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // An upper bound far above a real run, far below reading 2 TiB.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} still reading the sparse files after 300 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let text = all_output(&out);
+        assert!(
+            !text.contains("panicked") && out.status.code().is_some(),
+            "{args:?}: {text}"
+        );
+        assert!(text.contains("sparse"), "{args:?} names the sparse file: {text}");
+    }
+}
+
+#[test]
 fn export_refuses_an_existing_file_and_never_follows_a_link() {
     let root = tempfile::tempdir().unwrap();
     let (victim, content) = victim(root.path());

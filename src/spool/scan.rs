@@ -134,6 +134,17 @@ impl Scan {
         let mut buf = vec![0u8; CHUNK + OVERLAP];
         let mut start = 0u64;
         while start < len {
+            // A hole reads as zeros, where no frame starts: skip to the
+            // window holding the next data, so a sparse file costs what
+            // it really holds.
+            match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(start)) {
+                Ok(data) if data > start => start = data / CHUNK as u64 * CHUNK as u64,
+                Err(rustix::io::Errno::NXIO) => break,
+                _ => {}
+            }
+            if start >= len {
+                break;
+            }
             let want = ((len - start) as usize).min(buf.len());
             f.read_exact_at(&mut buf[..want], start)?;
             let limit = if start + want as u64 >= len { want } else { CHUNK };

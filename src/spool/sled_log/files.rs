@@ -17,6 +17,9 @@ pub(super) enum Conf {
 /// compression or version differ from what spillway opens sled with, is
 /// refused.
 pub(super) fn read_conf(path: &Path) -> io::Result<Conf> {
+    if sparse(path) {
+        return Ok(Conf::Bad("a sparse file, not one sled wrote".into()));
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Conf::Missing),
@@ -89,6 +92,9 @@ pub(super) fn read_snapshot(dir: &Path) -> io::Result<Result<Snapshot, String>> 
             pages: Vec::new(),
         }));
     };
+    if sparse(&dir.join(&name)) {
+        return Ok(Err(format!("{name}: a sparse file, not one sled wrote")));
+    }
     let buf = std::fs::read(dir.join(&name))?;
     if buf.len() <= 12 {
         return Ok(Err(format!("{name}: empty or cut short ({} bytes)", buf.len())));
@@ -213,6 +219,9 @@ pub(super) enum Blob {
 
 /// sled's `read_blob` check: CRC over the kind byte and the body.
 pub(super) fn check_blob(path: &Path) -> Blob {
+    if sparse(path) {
+        return Blob::Bad;
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Blob::Missing,
@@ -242,4 +251,13 @@ pub(super) fn blob_files(dir: &Path) -> io::Result<Vec<(PathBuf, Lsn)>> {
             Some((e.path(), lsn))
         })
         .collect())
+}
+
+/// Whether `path` claims far more bytes than the disk holds for it (a
+/// sparse file): sled writes every byte of its conf, snapshots and blobs,
+/// so such a file is crafted or damaged, and reading it whole would cost
+/// time and memory in proportion to its claimed length.
+pub(super) fn sparse(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.len() > 2 * m.blocks() * 512 + (1 << 20))
 }
