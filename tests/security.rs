@@ -334,6 +334,41 @@ fn a_sparse_file_in_the_spool_costs_what_it_holds_not_what_it_claims() {
 }
 
 #[test]
+fn a_spool_under_a_directory_others_can_swap_it_in_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dead = common::refused_url();
+    // World-writable, not sticky: anyone could rename the spool away and
+    // put their own in its place.
+    let open = root.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = spillway(&open.join("spool"), &["generate", "--spans", "10", "--endpoint", &dead]);
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&open.display().to_string()) && text.contains("not sticky"),
+        "{text}"
+    );
+    assert!(!open.join("spool").join("db").exists(), "nothing written");
+    // Owned by another user: the same.
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let out = spillway(
+        &theirs.join("spool"),
+        &["generate", "--spans", "10", "--endpoint", &dead],
+    );
+    let text = all_output(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("owned by uid 65534"), "{text}");
+    // Sticky, as /tmp is: fine.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = spillway(&open.join("spool"), &["generate", "--spans", "10", "--endpoint", &dead]);
+    assert_eq!(out.status.code(), Some(1), "kept, not refused: {}", all_output(&out));
+    assert!(open.join("spool").join("db").exists());
+}
+
+#[test]
 fn export_refuses_an_existing_file_and_never_follows_a_link() {
     let root = tempfile::tempdir().unwrap();
     let (victim, content) = victim(root.path());

@@ -20,9 +20,12 @@
 //!   with looser modes is tightened on open. Before anything opens a spool
 //!   for writing, the directory must be owned by this process's user (or
 //!   root) and not writable by group or others (OpenSSH's StrictModes
-//!   rule), and none of the entries a spool has may be a symbolic link:
-//!   otherwise it is refused, naming the path, the owner and the mode. The
-//!   spool path itself may be a symbolic link to a directory that passes.
+//!   rule), every directory above it (the link resolved) owned by the user
+//!   or root and, if writable by group or others, sticky (as `/tmp` is: no
+//!   one else can swap the spool for theirs), and none of the entries a
+//!   spool has may be a symbolic link: otherwise it is refused, naming the
+//!   path, the owner and the mode. The spool path itself may be a symbolic
+//!   link to a directory that passes.
 
 use super::SpoolError;
 use std::fs::{File, OpenOptions};
@@ -146,6 +149,32 @@ pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
                 dir,
                 format!("its mode is {mode:04o}: writable by group or others"),
             ));
+        }
+        let real = std::fs::canonicalize(dir).map_err(|source| SpoolError::Io {
+            dir: dir.to_path_buf(),
+            what: "cannot resolve",
+            source,
+        })?;
+        for parent in real.ancestors().skip(1) {
+            let Ok(m) = std::fs::metadata(parent) else { continue };
+            if m.uid() != me && m.uid() != 0 {
+                return Err(insecure(
+                    parent,
+                    format!(
+                        "a directory above the spool is owned by uid {}, not by this process's user (uid {me}) or root",
+                        m.uid()
+                    ),
+                ));
+            }
+            let mode = m.permissions().mode() & 0o7777;
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(insecure(
+                    parent,
+                    format!(
+                        "a directory above the spool has mode {mode:04o}: writable by group or others and not sticky, so another user could swap the spool for theirs"
+                    ),
+                ));
+            }
         }
     }
     for (path, is_dir) in expected_entries(dir) {
