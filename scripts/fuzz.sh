@@ -13,7 +13,7 @@ seconds=${1:-30}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(config spool_record zipkin_json zipkin_proto3 tracer_ops)
+    targets=(config spool_record spool_dir zipkin_json zipkin_proto3 tracer_ops)
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 build_log=$(mktemp)
