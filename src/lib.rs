@@ -60,14 +60,15 @@ pub mod transport;
 
 pub mod spool;
 
+pub mod clock;
 pub mod config;
 pub mod metrics;
 mod span;
 mod stats;
 pub mod unstable;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigError, Encoding, Secret, Tls};
 pub use export::report::{Cause, FlushError};
 pub use stats::{Dropped, Stats};
-pub use tracer::clock::{self, Clock, ManualClock, SystemClock};
 pub use tracer::{BuildError, SpillwayTracer, TracerBuilder};

@@ -306,14 +306,14 @@ fn backoff_keeps_flushes_off_the_network_and_honours_retry_after() {
     let server = FaultServer::start(vec![Answer::Status(503, vec![("Retry-After", "60".to_owned())], "")]);
     let t = tracer(&server.url, |c| {
         c.backoff_initial_ms = 10;
-        c.backoff_max_ms = 20;
+        c.backoff_max_ms = 120_000;
     });
     record(&t, 5, "x");
     let first = flush_err(&t);
     let wait = first.next_attempt_in.expect("backing off");
     assert!(
         wait >= Duration::from_secs(59),
-        "Retry-After 60 beats a 20 ms backoff: {wait:?}"
+        "Retry-After 60 beats a 10 ms backoff: {wait:?}"
     );
     assert!(first.to_string().contains("next attempt in"), "{first}");
     record(&t, 3, "y");
@@ -323,6 +323,15 @@ fn backoff_keeps_flushes_off_the_network_and_honours_retry_after() {
     assert_eq!(server.requests().len(), 1);
     assert_eq!(second.kept_in_memory, 8);
     assert!(t.stats().is_balanced());
+    // Up to the longest wait the operator allows, not the collector's.
+    let server = FaultServer::start(vec![Answer::Status(503, vec![("Retry-After", "3600".to_owned())], "")]);
+    let t = tracer(&server.url, |c| {
+        c.backoff_initial_ms = 10;
+        c.backoff_max_ms = 20;
+    });
+    record(&t, 5, "x");
+    let wait = flush_err(&t).next_attempt_in.expect("backing off");
+    assert!(wait <= Duration::from_millis(20), "capped by backoff_max_ms: {wait:?}");
 }
 
 #[test]

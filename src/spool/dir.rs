@@ -333,7 +333,7 @@ impl ReadLock {
 /// rename, and syncs both directories; returns where.
 pub fn set_aside(dir: &Path) -> io::Result<PathBuf> {
     static N: AtomicU64 = AtomicU64::new(0);
-    let ms = crate::Clock::now_unix_ms(&crate::SystemClock);
+    let ms = crate::clock::Clock::now_unix_ms(&crate::clock::SystemClock);
     let parent = dir.join(SET_ASIDE);
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&parent)?;
     let name = format!("{ms}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));

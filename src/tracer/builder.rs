@@ -3,11 +3,11 @@
 //! sized from the limits.
 
 use super::*;
+use crate::clock::{Clock, SystemClock, TscClock};
 use crate::config::ConfigError;
 use crate::export::report::Cause;
 use crate::spool::{Spool, SpoolError};
 use crate::transport::{HttpTransport, Transport};
-use clock::{Clock, SystemClock, TscClock};
 
 /// Errors from building a tracer.
 #[derive(Debug, thiserror::Error)]

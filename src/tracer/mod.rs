@@ -71,6 +71,7 @@
 //! shard), past which ended spans are dropped and counted as `queue_full`;
 //! with a spool, the spiller is woken when half the shards are full.
 
+use crate::clock::{Clock, TracerClock};
 use crate::config::Config;
 use crate::export::Exporter;
 use crate::export::books::Books;
@@ -78,7 +79,6 @@ use crate::export::disk::Disk;
 use crate::export::report::FlushError;
 use crate::stats::Stats;
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
-use clock::{Clock, TracerClock};
 use ended::Ended;
 use live::Ids;
 use shards::Shard;
@@ -89,7 +89,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod builder;
-pub mod clock;
 mod drain;
 pub(crate) mod ended;
 mod home;

@@ -1,4 +1,6 @@
-//! Where the tracer's time comes from.
+//! Where time comes from, for every layer: the tracer's span times, the
+//! exporter's backoff and record ages, the spool's set-aside names. It
+//! sits at the bottom so nothing climbs to the tracer for it.
 //!
 //! The tracer reads the clock for every span start, end and event that does
 //! not carry its own timestamp, so the clock is a trait object the tests
