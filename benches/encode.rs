@@ -1,17 +1,19 @@
 //! Zipkin v2 encoding of a 512-span batch, JSON and proto3, against
 //! opentelemetry-zipkin doing the same (its conversion from `SpanData` and
 //! serde encoding, up to an HTTP client that discards), and what gzip level
-//! 1 costs (the bytes of each are printed); and what the
+//! 1 costs (the bytes of each are printed); the same on 1,024 spans as
+//! `spillway generate` records them; and what the
 //! ended-span buffer costs on each side of the same batch: packing (what
 //! `end_span` does, freeing bext's strings included) and unpacking (what
 //! the flush does before it encodes).
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_sdk::trace::SpanExporter as _;
-use spillway::Encoding;
+use spillway::spool::{Spool, Tree};
 use spillway::unstable::ended::Ended;
 use spillway::unstable::span::{Event, Kind, Span, Status, Value};
 use spillway::unstable::zipkin::Encoder;
+use spillway::{Config, Encoding, SpillwayTracer};
 use std::hint::black_box;
 use std::io::Write;
 
@@ -69,69 +71,91 @@ pub fn batch() -> Vec<Span> {
 }
 
 fn encode(c: &mut Criterion) {
-    let spans = batch();
-    let mut encoder = Encoder::new("bext-site");
-    let mut out = Vec::new();
-    encoder.encode_batch(&spans, &mut out);
-    let mut g = c.benchmark_group("zipkin_encode_512");
-    g.throughput(Throughput::Elements(spans.len() as u64));
-    g.bench_function("spillway", |b| {
-        b.iter(|| {
-            out.clear();
-            encoder.encode_batch(black_box(&spans), &mut out);
-            black_box(out.len())
-        })
-    });
-    g.bench_function("spillway+gzip1", |b| {
-        let mut gz = Vec::new();
-        b.iter(|| {
-            out.clear();
-            encoder.encode_batch(black_box(&spans), &mut out);
-            black_box(gzip1(&out, &mut gz))
-        })
-    });
-    let mut proto = Encoder::with_encoding(Encoding::Proto3, "bext-site");
-    let mut body = Vec::new();
-    g.bench_function("spillway-proto3", |b| {
-        b.iter(|| {
-            body.clear();
-            proto.encode_batch(black_box(&spans), &mut body);
-            black_box(body.len())
-        })
-    });
-    g.bench_function("spillway-proto3+gzip1", |b| {
-        let mut gz = Vec::new();
-        b.iter(|| {
-            body.clear();
-            proto.encode_batch(black_box(&spans), &mut body);
-            black_box(gzip1(&body, &mut gz))
-        })
-    });
-    // The peer consumes its batch: each run gets a fresh clone, made
-    // outside the timing.
-    let otel_spans = peers::otel_batch();
-    let exporter = peers::zipkin_exporter();
-    g.bench_function("opentelemetry-zipkin", |b| {
-        b.iter_batched(
-            || otel_spans.clone(),
-            |batch| futures_executor::block_on(exporter.export(batch)),
-            BatchSize::SmallInput,
-        )
-    });
+    encode_both(c, "zipkin_encode_512", &batch(), true);
+    encode_both(c, "zipkin_encode_generate_1024", &generate_spans(512), false);
+}
+
+/// `spans` encoded as JSON and proto3, bare and gzipped (and by the peer,
+/// on the bench batch, which it has a copy of); the bytes of each printed.
+fn encode_both(c: &mut Criterion, group: &str, spans: &[Span], peer: bool) {
+    let n = spans.len();
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(n as u64));
+    let mut bodies = Vec::new();
+    for (name, encoding) in [("spillway", Encoding::Json), ("spillway-proto3", Encoding::Proto3)] {
+        let mut encoder = Encoder::with_encoding(encoding, "bext-site");
+        let mut out = Vec::new();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                encoder.encode_batch(black_box(spans), &mut out);
+                black_box(out.len())
+            })
+        });
+        g.bench_function(format!("{name}+gzip1"), |b| {
+            let mut gz = Vec::new();
+            b.iter(|| {
+                out.clear();
+                encoder.encode_batch(black_box(spans), &mut out);
+                black_box(gzip1(&out, &mut gz))
+            })
+        });
+        bodies.push((if encoding == Encoding::Json { "JSON" } else { "proto3" }, out));
+    }
+    if peer {
+        // The peer consumes its batch: each run gets a fresh clone, made
+        // outside the timing.
+        let otel_spans = peers::otel_batch();
+        let exporter = peers::zipkin_exporter();
+        g.bench_function("opentelemetry-zipkin", |b| {
+            b.iter_batched(
+                || otel_spans.clone(),
+                |batch| futures_executor::block_on(exporter.export(batch)),
+                BatchSize::SmallInput,
+            )
+        });
+        let peer_len = peers::BODY_BYTES.with(|b| b.get());
+        eprintln!("{group}: opentelemetry-zipkin body {peer_len} bytes");
+    }
     g.finish();
-    let peer_len = peers::BODY_BYTES.with(|b| b.get());
-    eprintln!("512-span batch: opentelemetry-zipkin body {peer_len} bytes");
     let mut gz = Vec::new();
-    for (name, bytes) in [("JSON", &out), ("proto3", &body)] {
+    for (name, bytes) in &bodies {
         let gz_len = gzip1(bytes, &mut gz);
         eprintln!(
-            "512-span batch: {} bytes {name} ({:.1} a span), {gz_len} bytes gzip-1 ({:.1} a span, {:.1}x)",
+            "{group}: {} bytes {name} ({:.1} a span), {gz_len} bytes gzip-1 ({:.1} a span, {:.1}x)",
             bytes.len(),
-            bytes.len() as f64 / 512.0,
-            gz_len as f64 / 512.0,
+            bytes.len() as f64 / n as f64,
+            gz_len as f64 / n as f64,
             bytes.len() as f64 / gz_len.max(1) as f64
         );
     }
+}
+
+/// The spans of `requests` requests as `spillway generate` records them,
+/// through the real tracer (random ids, clock times), spilled with the
+/// collector unreachable and read back from the spool.
+fn generate_spans(requests: u64) -> Vec<Span> {
+    let dir = tempfile::tempdir().expect("a temporary spool");
+    let tracer = SpillwayTracer::new(Config {
+        endpoint: "http://127.0.0.1:1/api/v2/spans".into(),
+        spool_dir: Some(dir.path().to_path_buf()),
+        ..Config::default()
+    })
+    .expect("a tracer");
+    let mut rng = fastrand::Rng::with_seed(7);
+    for n in 0..requests {
+        spillway::unstable::workload::request(&tracer, &mut rng, n, 0.1);
+    }
+    let _ = tracer.shutdown();
+    drop(tracer);
+    let spool = Spool::open(dir.path(), u64::MAX).expect("the spool opens");
+    let spans: Vec<Span> = spool
+        .records(Tree::Queue)
+        .filter_map(|r| r.ok()?.spans.ok())
+        .flatten()
+        .collect();
+    assert_eq!(spans.len() as u64, 2 * requests, "every span spilled");
+    spans
 }
 
 /// `bytes` gzipped at level 1 into `gz`; its length.

@@ -66,6 +66,7 @@ pub mod metrics;
 mod span;
 mod stats;
 pub mod unstable;
+mod workload;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigError, Encoding, Secret, Tls};

@@ -8,7 +8,7 @@ pub mod span {
     pub use crate::span::{Event, Events, Kind, Span, Status, Value};
 }
 
-/// The Zipkin v2 JSON encoder.
+/// The Zipkin v2 encoder, JSON and proto3.
 pub mod zipkin {
     pub use crate::zipkin::{Encoder, duration_micros, hex, kind_name};
 }
@@ -31,6 +31,11 @@ pub mod export {
     pub mod disk {
         pub use crate::export::disk::Disk;
     }
+}
+
+/// The requests `spillway generate` records.
+pub mod workload {
+    pub use crate::workload::request;
 }
 
 pub use crate::tracer::{MAX_INTERNED_LEN, MAX_NAMES_PER_SHARD, SHARDS};

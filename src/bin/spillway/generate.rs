@@ -8,7 +8,7 @@
 //! is 130 or 143.
 
 use crate::say;
-use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
+use bext_plugin_api::tracer::TracerPlugin;
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway::{Config, SpillwayTracer, Stats};
 use std::path::Path;
@@ -125,7 +125,7 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
                         if deadline.is_none() && n >= requests {
                             break;
                         }
-                        request(&tracer, &mut rng, n, args.error_ratio);
+                        spillway::unstable::workload::request(&tracer, &mut rng, n, args.error_ratio);
                         mine += 1;
                     }
                 })
@@ -205,62 +205,6 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
-}
-
-/// One request as bext records it: a SERVER span with a DB CLIENT child.
-fn request(tracer: &SpillwayTracer, rng: &mut fastrand::Rng, n: u64, error_ratio: f64) {
-    let user = rng.u32(1..100_000);
-    let failed = rng.f64() < error_ratio;
-    let server = tracer.start_span(SpanStart {
-        name: "GET /users/:id",
-        kind: SpanKind::Server,
-        parent: None,
-        attributes: vec![
-            ("http.request.method".to_owned(), "GET".into()),
-            ("http.route".to_owned(), "/users/:id".into()),
-            ("url.path".to_owned(), format!("/users/{user}").into()),
-            ("client.address".to_owned(), "127.0.0.1".into()),
-        ],
-        start_time_unix_nanos: None,
-    });
-    let db = tracer.start_span(SpanStart {
-        name: "SELECT users",
-        kind: SpanKind::Client,
-        parent: Some(server),
-        attributes: vec![
-            ("db.system".to_owned(), "postgresql".into()),
-            ("db.query.text".to_owned(), "SELECT * FROM users WHERE id = $1".into()),
-            ("server.address".to_owned(), "db.internal".into()),
-            ("server.port".to_owned(), AttrValue::I64(5432)),
-        ],
-        start_time_unix_nanos: None,
-    });
-    tracer.set_attribute(db, "db.response.returned_rows", AttrValue::I64(i64::from(!failed)));
-    tracer.end_span(db, None);
-    if failed {
-        tracer.add_event(
-            server,
-            SpanEvent {
-                name: "exception",
-                attributes: vec![
-                    ("exception.type".to_owned(), "TimeoutError".into()),
-                    ("exception.message".to_owned(), format!("request {n} timed out").into()),
-                ],
-                time_unix_nanos: None,
-            },
-        );
-        tracer.set_status(
-            server,
-            SpanStatus::Error {
-                description: "upstream timeout".into(),
-            },
-        );
-        tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(504));
-    } else {
-        tracer.set_status(server, SpanStatus::Ok);
-        tracer.set_attribute(server, "http.response.status_code", AttrValue::I64(200));
-    }
-    tracer.end_span(server, None);
 }
 
 fn report(s: &Stats, elapsed: Duration, json: bool) -> std::io::Result<()> {
