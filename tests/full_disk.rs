@@ -7,9 +7,11 @@
 //! Needs root (to mount the tmpfs); the mount is undone however the test
 //! ends.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 struct Tmpfs {
     mnt: PathBuf,
@@ -57,25 +59,13 @@ fn generate(spool: &Path, spans: u64, flush_every: u64) -> serde_json::Value {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://127.0.0.1:{}/api/v2/spans", l.local_addr().unwrap().port())
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .arg("--spool")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+    cmd.arg("--spool")
         .arg(spool)
         .args(["generate", "--json", "--endpoint", &dead])
         .args(["--spans", &spans.to_string(), "--flush-every", &flush_every.to_string()])
-        .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("generate hung on the full disk (killed after 60 s)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+        .env_remove("OTEL_EXPORTER_ZIPKIN_ENDPOINT");
+    let out = common::output_within(cmd, Duration::from_secs(60), "generate on the full disk");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {} / {}",

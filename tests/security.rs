@@ -306,24 +306,14 @@ fn a_sparse_file_in_the_spool_costs_what_it_holds_not_what_it_claims() {
         f.set_len(2 << 40).unwrap();
     }
     for args in [vec!["inspect"], vec!["verify"]] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
-            .arg("--spool")
-            .arg(&spool)
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        cmd.arg("--spool").arg(&spool).args(&args);
         // An upper bound far above a real run, far below reading 2 TiB.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("{args:?} still reading the sparse files after 300 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
+        let out = common::output_within(
+            cmd,
+            std::time::Duration::from_secs(300),
+            &format!("{args:?} over sparse files"),
+        );
         let text = all_output(&out);
         assert!(
             !text.contains("panicked") && out.status.code().is_some(),
@@ -581,22 +571,9 @@ fn an_option_file_that_is_a_fifo_or_a_device_is_refused_without_waiting() {
             }
             // Run with a bound: a refusal takes milliseconds; a minute
             // means it waited on the FIFO (or read the device forever).
-            let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
-                .current_dir(root.path())
-                .args(&args)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while child.try_wait().unwrap().is_none() {
-                if std::time::Instant::now() > deadline {
-                    child.kill().unwrap();
-                    panic!("{option} {path}: still running after 60 s");
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let out = child.wait_with_output().unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+            cmd.current_dir(root.path()).args(&args);
+            let out = common::output_within(cmd, std::time::Duration::from_secs(60), &format!("{option} {path}"));
             let text = all_output(&out);
             assert_eq!(out.status.code(), Some(2), "{option} {path}: {text}");
             // (A device is also readable by all: the header file's mode

@@ -134,46 +134,43 @@ pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
     })?;
     if writer {
         let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 {
-            return Err(insecure(
-                dir,
-                format!(
-                    "it is owned by uid {}, not by this process's user (uid {me}) or root",
-                    meta.uid()
-                ),
-            ));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(insecure(
-                dir,
-                format!("its mode is {mode:04o}: writable by group or others"),
-            ));
-        }
+        // The spool itself, then every directory above it (the link
+        // resolved): owned by us or root; writable by no one else, or for
+        // a parent, sticky (as /tmp is), so no one else can swap it.
         let real = std::fs::canonicalize(dir).map_err(|source| SpoolError::Io {
             dir: dir.to_path_buf(),
             what: "cannot resolve",
             source,
         })?;
-        for parent in real.ancestors().skip(1) {
-            let Ok(m) = std::fs::metadata(parent) else { continue };
+        let above = real
+            .ancestors()
+            .skip(1)
+            .filter_map(|p| Some((p, std::fs::metadata(p).ok()?)));
+        for (i, (path, m)) in std::iter::once((dir, meta)).chain(above).enumerate() {
+            let (whose, sticky_will_do) = if i == 0 {
+                ("it is", false)
+            } else {
+                ("a directory above the spool is", true)
+            };
             if m.uid() != me && m.uid() != 0 {
                 return Err(insecure(
-                    parent,
+                    path,
                     format!(
-                        "a directory above the spool is owned by uid {}, not by this process's user (uid {me}) or root",
+                        "{whose} owned by uid {}, not by this process's user (uid {me}) or root",
                         m.uid()
                     ),
                 ));
             }
             let mode = m.permissions().mode() & 0o7777;
-            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-                return Err(insecure(
-                    parent,
+            if mode & 0o022 != 0 && !(sticky_will_do && mode & 0o1000 != 0) {
+                let why = if sticky_will_do {
                     format!(
                         "a directory above the spool has mode {mode:04o}: writable by group or others and not sticky, so another user could swap the spool for theirs"
-                    ),
-                ));
+                    )
+                } else {
+                    format!("its mode is {mode:04o}: writable by group or others")
+                };
+                return Err(insecure(path, why));
             }
         }
     }

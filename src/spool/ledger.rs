@@ -111,15 +111,7 @@ impl Ledger {
             return Ok(());
         }
         let generation = self.generation.wrapping_add(1);
-        let mut slot = [0u8; SLOT];
-        slot[0..4].copy_from_slice(&MAGIC);
-        slot[4..8].copy_from_slice(&generation.to_le_bytes());
-        slot[8..16].copy_from_slice(&state.spans_at_least.to_le_bytes());
-        slot[16..24].copy_from_slice(&state.watermark.to_le_bytes());
-        slot[24..32].copy_from_slice(&state.next_seq.to_le_bytes());
-        slot[32..40].copy_from_slice(&state.round.to_le_bytes());
-        let crc = crc32fast::hash(&slot[..40]);
-        slot[40..44].copy_from_slice(&crc.to_le_bytes());
+        let slot = slot(generation, &state);
         self.file.write_all_at(&slot, u64::from(generation % 2) * SLOT as u64)?;
         self.file.sync_data()?;
         self.generation = generation;
@@ -134,6 +126,20 @@ fn best(bytes: &[u8]) -> Option<(u32, State)> {
     let v2 = (0..2).filter_map(|i| parse(bytes.get(i * SLOT..(i + 1) * SLOT)?, SLOT));
     let v1 = (0..2).filter_map(|i| parse(bytes.get(i * SLOT_V1..(i + 1) * SLOT_V1)?, SLOT_V1));
     v2.chain(v1).max_by_key(|(generation, _)| *generation)
+}
+
+/// A format-2 slot holding `state`, its CRC computed.
+fn slot(generation: u32, state: &State) -> [u8; SLOT] {
+    let mut slot = [0u8; SLOT];
+    slot[0..4].copy_from_slice(&MAGIC);
+    slot[4..8].copy_from_slice(&generation.to_le_bytes());
+    slot[8..16].copy_from_slice(&state.spans_at_least.to_le_bytes());
+    slot[16..24].copy_from_slice(&state.watermark.to_le_bytes());
+    slot[24..32].copy_from_slice(&state.next_seq.to_le_bytes());
+    slot[32..40].copy_from_slice(&state.round.to_le_bytes());
+    let crc = crc32fast::hash(&slot[..40]);
+    slot[40..44].copy_from_slice(&crc.to_le_bytes());
+    slot
 }
 
 /// More spans than any spool can hold (the cap is at most 1 TiB, and no
@@ -195,15 +201,7 @@ mod tests {
             // Generation 1: the second slot.
             ledger.write(sane).unwrap();
             // Crafted into the first: a newer generation, its CRC computed.
-            let mut slot = [0u8; SLOT];
-            slot[0..4].copy_from_slice(&MAGIC);
-            slot[4..8].copy_from_slice(&7u32.to_le_bytes());
-            slot[8..16].copy_from_slice(&bad.spans_at_least.to_le_bytes());
-            slot[16..24].copy_from_slice(&bad.watermark.to_le_bytes());
-            slot[24..32].copy_from_slice(&bad.next_seq.to_le_bytes());
-            slot[32..40].copy_from_slice(&bad.round.to_le_bytes());
-            let crc = crc32fast::hash(&slot[..40]);
-            slot[40..44].copy_from_slice(&crc.to_le_bytes());
+            let slot = slot(7, &bad);
             let path = dir.path().join(FILE);
             let mut bytes = std::fs::read(&path).unwrap();
             bytes[..SLOT].copy_from_slice(&slot);

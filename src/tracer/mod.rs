@@ -286,14 +286,18 @@ impl TracerPlugin for SpillwayTracer {
     }
 }
 
+/// Dropping the tracer shuts it down (within `flush_timeout_ms`), then
+/// closes the spool, with a budget of its own: a shutdown that used its
+/// whole budget must not leave the spool open (and locked) behind a
+/// dropped tracer. So a drop takes at most twice `flush_timeout_ms`; if
+/// the disk has not closed the spool by then, its thread finishes alone.
 impl Drop for SpillwayTracer {
     fn drop(&mut self) {
         let budget = self.inner.flush_timeout;
-        let deadline = Instant::now() + budget;
         self.stop_spiller();
-        let _ = self.inner.shutdown(deadline, budget);
+        let _ = self.inner.shutdown(Instant::now() + budget, budget);
         if let Some(disk) = &self.inner.disk {
-            disk.stop(deadline);
+            disk.stop(Instant::now() + budget);
         }
     }
 }

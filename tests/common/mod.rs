@@ -549,3 +549,24 @@ pub fn spool_config(url: &str, dir: &std::path::Path) -> spillway::Config {
         ..spillway::Config::default()
     }
 }
+
+/// Runs `cmd` to its end with its output captured, killing it and failing
+/// the test if it is still running after `bound`: an upper bound far above
+/// a real run, so only a hang trips it.
+pub fn output_within(mut cmd: std::process::Command, bound: Duration, what: &str) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let deadline = Instant::now() + bound;
+    while child.try_wait().expect("the child can be waited for").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what}: still running after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("the output is read")
+}
