@@ -197,10 +197,7 @@ fn a_set_aside_link_is_refused_and_purge_deletes_nothing_it_points_at() {
     let elsewhere = root.path().join("elsewhere");
     std::fs::create_dir_all(elsewhere.join("keep-me")).unwrap();
     std::fs::write(elsewhere.join("keep-me/data"), b"not the spool's").unwrap();
-    let spool = root.path().join("spool");
-    let dead = common::refused_url();
-    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
-    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    let (spool, dead) = spooled(root.path());
     std::os::unix::fs::symlink(&elsewhere, spool.join("set-aside")).unwrap();
     let link = spool.join("set-aside").display().to_string();
     for args in [
@@ -221,6 +218,16 @@ fn a_set_aside_link_is_refused_and_purge_deletes_nothing_it_points_at() {
         b"not the spool's",
         "what the link points at is untouched"
     );
+}
+
+/// A spool under `root` holding 100 spans `generate` could not deliver,
+/// and the dead endpoint it tried.
+fn spooled(root: &Path) -> (PathBuf, String) {
+    let spool = root.join("spool");
+    let dead = common::refused_url();
+    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
+    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    (spool, dead)
 }
 
 /// A control character in text meant for a terminal: anything below a
@@ -263,10 +270,7 @@ fn no_control_character_from_a_file_reaches_the_terminal() {
 #[test]
 fn a_ledger_claiming_more_than_any_spool_holds_is_damage_not_a_count() {
     let root = tempfile::tempdir().unwrap();
-    let spool = root.path().join("spool");
-    let dead = common::refused_url();
-    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
-    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    let (spool, dead) = spooled(root.path());
     // Both slots: format 2, CRC sound, 2^63 spans owed.
     let mut slot = Vec::new();
     slot.extend_from_slice(b"SPL2");
@@ -294,10 +298,7 @@ fn a_ledger_claiming_more_than_any_spool_holds_is_damage_not_a_count() {
 #[test]
 fn a_sparse_file_in_the_spool_costs_what_it_holds_not_what_it_claims() {
     let root = tempfile::tempdir().unwrap();
-    let spool = root.path().join("spool");
-    let dead = common::refused_url();
-    let out = spillway(&spool, &["generate", "--spans", "100", "--endpoint", &dead]);
-    assert_eq!(out.status.code(), Some(1), "{}", all_output(&out));
+    let (spool, _) = spooled(root.path());
     // 2 TiB claimed, nothing used: read whole, it would take hours (and
     // as one buffer, abort); planted as a blob and as a snapshot.
     std::fs::create_dir_all(spool.join("blobs")).unwrap();
