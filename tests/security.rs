@@ -262,6 +262,14 @@ fn no_control_character_from_a_file_reaches_the_terminal() {
         );
         if args[0] == "inspect" {
             assert!(out.status.success(), "{text}");
+            // Escaping is for what came from the files: the report's own
+            // lines stay lines.
+            for line in ["queue ", "oldest ", "newest "] {
+                assert!(
+                    text.lines().any(|l| l.starts_with(line)),
+                    "{line:?} starts a line: {text}"
+                );
+            }
             assert!(text.contains("shop\\u{1b}[2J"), "the name is shown, escaped: {text}");
         }
     }

@@ -152,11 +152,8 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let ago = s.oldest_age_ms.map_or_else(String::new, |ms| {
         format!(" ({} ago)", human_duration(ms as f64 / 1000.0))
     });
-    say!(
-        "oldest       {}{ago}\nnewest       {}",
-        human_time(s.oldest_unix_ms),
-        human_time(s.newest_unix_ms)
-    );
+    say!("oldest       {}{ago}", human_time(s.oldest_unix_ms));
+    say!("newest       {}", human_time(s.newest_unix_ms));
     match measured {
         Some(r) => say!(
             "replay rate  {} spans/s, measured {}",

@@ -61,7 +61,7 @@ enum Command {
 
 /// `println!` that returns an error instead of panicking when stdout is
 /// closed (`spillway export | head`), with control characters escaped
-/// ([`clean`]).
+/// ([`clean`]): one line each, so a newline in the format is escaped too.
 macro_rules! say {
     ($($t:tt)*) => {
         std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", crate::clean(&format!($($t)*))))?
