@@ -70,6 +70,6 @@ mod workload;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigError, Encoding, Secret, Tls};
-pub use export::report::{Cause, FlushError};
+pub use export::report::{Cause, FlushError, SpoolFailure};
 pub use stats::{Dropped, Stats};
 pub use tracer::{BuildError, SpillwayTracer, TracerBuilder};

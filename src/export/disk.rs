@@ -34,7 +34,7 @@
 //! up, or hangs) and the caller holds them in memory, bounded there.
 
 use super::books::Books;
-use super::report::Cause;
+use super::report::{Cause, SpoolFailure};
 use crate::span::Span;
 use crate::spool::state::ReplayRate;
 use crate::spool::{Prepared, Spool, SpoolError, SpoolStats, StoredRecord, Tree};
@@ -102,9 +102,6 @@ pub struct Spilled {
     pub evicted: u64,
 }
 
-/// Why a job did not happen; the spool's own words.
-pub type Failed = String;
-
 enum Job {
     Spill {
         service: Arc<str>,
@@ -113,28 +110,28 @@ enum Job {
         /// the append then fails the same way, and says why).
         prepared: Option<Prepared>,
         created_unix_ms: u64,
-        done: Done<Result<Spilled, Failed>>,
+        done: Done<Result<Spilled, SpoolFailure>>,
     },
     Dead {
         service: Arc<str>,
         spans: Vec<Span>,
         created_unix_ms: u64,
-        done: Done<Result<(), Failed>>,
+        done: Done<Result<(), SpoolFailure>>,
     },
     Read {
         tree: Tree,
         max: usize,
-        done: Done<Result<Vec<StoredRecord>, Failed>>,
+        done: Done<Result<Vec<StoredRecord>, SpoolFailure>>,
     },
-    Settle(Settle, Done<Result<(), Failed>>),
+    Settle(Settle, Done<Result<(), SpoolFailure>>),
     Quarantine {
         entry: StoredRecord,
-        done: Done<Result<(), Failed>>,
+        done: Done<Result<(), SpoolFailure>>,
     },
     Expire {
         now_unix_ms: u64,
         max_age_ms: u64,
-        done: Done<Result<u64, Failed>>,
+        done: Done<Result<u64, SpoolFailure>>,
     },
     Stop,
 }
@@ -179,12 +176,12 @@ enum Pending {
         oversize: u64,
         evicted: u64,
         batch: Vec<Span>,
-        done: Done<Result<Spilled, Failed>>,
+        done: Done<Result<Spilled, SpoolFailure>>,
     },
-    Dead(u64, Done<Result<(), Failed>>),
-    Settle(Settle, Done<Result<(), Failed>>),
-    Quarantine(u64, Done<Result<(), Failed>>),
-    Expire(u64, Done<Result<u64, Failed>>),
+    Dead(u64, Done<Result<(), SpoolFailure>>),
+    Settle(Settle, Done<Result<(), SpoolFailure>>),
+    Quarantine(u64, Done<Result<(), SpoolFailure>>),
+    Expire(u64, Done<Result<u64, SpoolFailure>>),
 }
 
 /// What the thread shares with the flush and the spiller.
@@ -203,7 +200,7 @@ struct Status {
     /// The spool's counts after the last round.
     stats: Option<SpoolStats>,
     /// Why the spool is not working, while it is not.
-    problem: Option<String>,
+    problem: Option<SpoolFailure>,
     /// What the next flush should report.
     causes: Vec<Cause>,
     /// Spans in spill jobs not done yet.
@@ -227,7 +224,7 @@ impl Disk {
     /// be opened: `problem` says why, and the thread keeps trying to open
     /// the spool in `dir`). Jobs queued hold at most `max_queued` spans.
     pub fn start(
-        spool: Result<Spool, String>,
+        spool: Result<Spool, SpoolError>,
         dir: PathBuf,
         max_bytes: u64,
         max_queued: u64,
@@ -241,7 +238,7 @@ impl Disk {
                 Some(s)
             }
             Err(problem) => {
-                status.problem = Some(problem);
+                status.problem = Some(problem.into());
                 None
             }
         };
@@ -289,7 +286,7 @@ impl Disk {
         service: Arc<str>,
         spans: Vec<Span>,
         created_unix_ms: u64,
-    ) -> Result<Done<Result<Spilled, Failed>>, Vec<Span>> {
+    ) -> Result<Done<Result<Spilled, SpoolFailure>>, Vec<Span>> {
         if spans.is_empty() {
             let done = Done::new();
             done.set(Ok(Spilled { spans: 0, evicted: 0 }));
@@ -324,7 +321,12 @@ impl Disk {
 
     /// Queues refused `spans` to be kept as dead letters; `Err` if the
     /// thread has stopped (the caller counts them as rejected).
-    pub fn dead(&self, service: Arc<str>, spans: Vec<Span>, created_unix_ms: u64) -> Option<Done<Result<(), Failed>>> {
+    pub fn dead(
+        &self,
+        service: Arc<str>,
+        spans: Vec<Span>,
+        created_unix_ms: u64,
+    ) -> Option<Done<Result<(), SpoolFailure>>> {
         let done = Done::new();
         let job = Job::Dead {
             service,
@@ -336,7 +338,7 @@ impl Disk {
     }
 
     /// Reads up to `max` of the oldest records of `tree`.
-    pub fn read(&self, tree: Tree, max: usize) -> Option<Done<Result<Vec<StoredRecord>, Failed>>> {
+    pub fn read(&self, tree: Tree, max: usize) -> Option<Done<Result<Vec<StoredRecord>, SpoolFailure>>> {
         let done = Done::new();
         self.send(Job::Read {
             tree,
@@ -347,13 +349,13 @@ impl Disk {
     }
 
     /// Settles a record (see `Settle`).
-    pub fn settle(&self, settle: Settle) -> Option<Done<Result<(), Failed>>> {
+    pub fn settle(&self, settle: Settle) -> Option<Done<Result<(), SpoolFailure>>> {
         let done = Done::new();
         self.send(Job::Settle(settle, done.clone())).then_some(done)
     }
 
     /// Quarantines a record that failed its checks.
-    pub fn quarantine(&self, entry: StoredRecord) -> Option<Done<Result<(), Failed>>> {
+    pub fn quarantine(&self, entry: StoredRecord) -> Option<Done<Result<(), SpoolFailure>>> {
         let done = Done::new();
         self.send(Job::Quarantine {
             entry,
@@ -363,7 +365,7 @@ impl Disk {
     }
 
     /// Drops records older than `max_age_ms`.
-    pub fn expire(&self, now_unix_ms: u64, max_age_ms: u64) -> Option<Done<Result<u64, Failed>>> {
+    pub fn expire(&self, now_unix_ms: u64, max_age_ms: u64) -> Option<Done<Result<u64, SpoolFailure>>> {
         let done = Done::new();
         self.send(Job::Expire {
             now_unix_ms,
@@ -391,7 +393,7 @@ impl Disk {
     }
 
     /// Why the spool is not working, if it is not (as of the last round).
-    pub fn problem(&self) -> Option<String> {
+    pub fn problem(&self) -> Option<SpoolFailure> {
         lock(&self.shared.status).problem.clone()
     }
 

@@ -392,10 +392,7 @@ impl Exporter {
             Ok(done) => done,
             Err(spans) => {
                 if disk.is_working() {
-                    r.because(Cause::Spool(format!(
-                        "the disk is not keeping up ({} spans waiting to be written)",
-                        disk.queued()
-                    )));
+                    r.because(Cause::DiskBehind { waiting: disk.queued() });
                 }
                 return self.hold(spans, r);
             }

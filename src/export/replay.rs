@@ -19,7 +19,7 @@ pub struct Replayed {
     /// Spans the collector refused for good (now dead letters).
     pub refused: usize,
     /// Why the record was quarantined instead, if it failed its checks.
-    pub quarantined: Option<String>,
+    pub quarantined: Option<crate::spool::record::RecordError>,
     /// The collector's refusal, if it refused spans.
     pub refusal: Option<crate::transport::SendError>,
 }
@@ -117,7 +117,7 @@ impl Exporter {
             Err(why) => {
                 r.because(Cause::Quarantined {
                     key: entry.key,
-                    why: why.to_string(),
+                    why: why.clone(),
                 });
                 return match disk.quarantine(entry).and_then(|d| d.wait(deadline)) {
                     Some(Ok(())) => None,
@@ -208,7 +208,7 @@ impl Exporter {
         if stopped.is_some() || r.spool_failed() {
             return Err(Box::new(self.report(r)));
         }
-        let quarantined = r.quarantined().next().map(|(_, why)| why.to_owned());
+        let quarantined = r.quarantined().next().map(|(_, why)| why.clone());
         Ok(Some(Replayed {
             key,
             spans,

@@ -5,10 +5,66 @@
 //! that every step appends to and nothing overwrites, so a damage note, a
 //! spool failure and the collector's answer all reach the message.
 
+use crate::spool::record::RecordError;
+use crate::spool::{Damage, SpoolError};
 use crate::transport::{Class, SendError};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Why the spool did not do what was asked of it, typed and cheap to
+/// clone (one failure reaches every job it fails and the flush report).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolFailure {
+    /// What the spool said.
+    #[error("{0}")]
+    Spool(Arc<SpoolError>),
+    /// Reopening the spool after a failure failed too.
+    #[error("reopening after a failure: {0}")]
+    Reopening(Arc<SpoolError>),
+    /// The failed spool has not let go of its files yet.
+    #[error("the failed spool is still closing (sled is waiting on the disk); restart the process if this lasts")]
+    StillClosing,
+    /// The spool is not open (it failed, and is not reopened yet).
+    #[error("the spool is not open")]
+    NotOpen,
+    /// The spool is closing (the tracer is being dropped).
+    #[error("the spool is closing")]
+    Closing,
+}
+
+impl SpoolFailure {
+    /// The spool's own error, if it said one.
+    pub fn error(&self) -> Option<&SpoolError> {
+        match self {
+            SpoolFailure::Spool(e) | SpoolFailure::Reopening(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the spool refused for want of room on its filesystem.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self.error(), Some(SpoolError::DiskFull { .. }))
+    }
+}
+
+impl From<SpoolError> for SpoolFailure {
+    fn from(e: SpoolError) -> Self {
+        SpoolFailure::Spool(Arc::new(e))
+    }
+}
+
+/// Two failures are the same when they say the same (a report lists each
+/// once); the errors inside are not comparable themselves.
+impl PartialEq for SpoolFailure {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for SpoolFailure {}
 
 /// Why a flush did not deliver everything.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +90,16 @@ pub enum Cause {
         /// Spans still being written or held in memory.
         not_durable: u64,
     },
-    /// The spool failed (disk full, I/O error, cannot be opened): what it said.
-    Spool(String),
+    /// The spool failed (disk full, I/O error, cannot be opened).
+    Spool(SpoolFailure),
+    /// The disk thread is not keeping up: its queue is full, so spans wait
+    /// in memory.
+    DiskBehind {
+        /// Spans waiting to be written.
+        waiting: u64,
+    },
     /// The spool's files were found damaged; what that cost.
-    Damage(String),
+    Damage(Box<Damage>),
     /// Spans the spool should have held were missing when it was reopened.
     LostOnReopen(u64),
     /// A spool record failed its checks and was quarantined.
@@ -45,7 +107,7 @@ pub enum Cause {
         /// Its key in the queue.
         key: u64,
         /// What was wrong with it.
-        why: String,
+        why: RecordError,
     },
     /// A damaged spool directory was set aside (its bytes kept there).
     SetAside(PathBuf),
@@ -97,18 +159,21 @@ impl FlushError {
     }
 
     /// The spool records quarantined by this flush: key and reason.
-    pub fn quarantined(&self) -> impl Iterator<Item = (u64, &str)> {
+    pub fn quarantined(&self) -> impl Iterator<Item = (u64, &RecordError)> {
         self.causes.iter().filter_map(|c| match c {
-            Cause::Quarantined { key, why } => Some((*key, why.as_str())),
+            Cause::Quarantined { key, why } => Some((*key, why)),
             _ => None,
         })
     }
 
     /// Whether the spool failed or was found damaged in this flush.
     pub fn spool_failed(&self) -> bool {
-        self.causes
-            .iter()
-            .any(|c| matches!(c, Cause::Spool(_) | Cause::Damage(_) | Cause::LostOnReopen(_)))
+        self.causes.iter().any(|c| {
+            matches!(
+                c,
+                Cause::Spool(_) | Cause::DiskBehind { .. } | Cause::Damage(_) | Cause::LostOnReopen(_)
+            )
+        })
     }
 
     /// Whether the collector refuses every request whatever it holds (a
@@ -141,7 +206,7 @@ impl FlushError {
 
     /// Adds a cause, once; a full disk is said once, with its latest figures.
     pub(crate) fn because(&mut self, cause: Cause) {
-        let disk_full = |c: &Cause| matches!(c, Cause::Spool(s) if s.contains(": disk full: "));
+        let disk_full = |c: &Cause| matches!(c, Cause::Spool(s) if s.is_disk_full());
         if disk_full(&cause) {
             self.causes.retain(|c| !disk_full(c));
         }
@@ -174,7 +239,7 @@ impl Cause {
     pub(crate) fn of_damage(d: &crate::spool::Damage) -> Vec<Cause> {
         let mut causes = Vec::new();
         if d.lost_spans > 0 || d.set_aside.is_some() {
-            causes.push(Cause::Damage(d.to_string()));
+            causes.push(Cause::Damage(Box::new(d.clone())));
         }
         if let Some(aside) = &d.set_aside {
             causes.push(Cause::SetAside(aside.clone()));
@@ -207,7 +272,11 @@ impl fmt::Display for Cause {
                 budget.as_millis()
             ),
             Cause::Spool(e) => write!(f, "spool failed: {e}"),
-            Cause::Damage(e) => write!(f, "{e}"),
+            Cause::DiskBehind { waiting } => write!(
+                f,
+                "spool failed: the disk is not keeping up ({waiting} spans waiting to be written)"
+            ),
+            Cause::Damage(d) => write!(f, "{d}"),
             Cause::LostOnReopen(n) => write!(
                 f,
                 "reopened the spool; {n} spooled spans were lost with the failed writes (counted as corrupt)"
@@ -294,8 +363,18 @@ mod tests {
             spilled: 3,
             ..FlushError::default()
         };
-        e.because(Cause::Damage("the spool's files were damaged".into()));
-        e.because(Cause::Spool("disk full".into()));
+        e.because(Cause::Damage(Box::default()));
+        let full = |free| {
+            Cause::Spool(SpoolFailure::from(SpoolError::DiskFull {
+                dir: "/spool".into(),
+                free,
+                needed: 4 << 20,
+            }))
+        };
+        e.because(full(1 << 20));
+        // A full disk is said once, with its latest figures.
+        e.because(full(2 << 20));
+        assert_eq!(e.causes.iter().filter(|c| matches!(c, Cause::Spool(_))).count(), 1);
         e.because(Cause::Collector(SendError::Unreachable("connection refused".into())));
         let msg = e.to_string();
         assert!(
@@ -305,7 +384,8 @@ mod tests {
             "{msg}"
         );
         let damage = msg.find("damaged").unwrap();
-        let spool = msg.find("spool failed: disk full").unwrap();
+        let spool = msg.find("spool failed: spool /spool: disk full").unwrap();
+        assert!(msg.contains("2.0 MiB free"), "the latest figures: {msg}");
         assert!(damage < spool, "{msg}");
         assert!(!e.is_clean());
     }

@@ -35,11 +35,11 @@ pub enum BuildError {
 /// read-only disk, too many open files, permissions) leaves the directory
 /// as it is, and the tracer starts without it, keeping spans in memory and
 /// trying again at every flush.
-pub(super) fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<Result<Spool, String>, SpoolError> {
+pub(super) fn open_spool(dir: &std::path::Path, max_bytes: u64) -> Result<Result<Spool, SpoolError>, SpoolError> {
     match Spool::open(dir, max_bytes) {
         Ok(s) => Ok(Ok(s)),
         Err(e @ (SpoolError::InUse { .. } | SpoolError::NotASpool { .. })) => Err(e),
-        Err(e) => Ok(Err(e.to_string())),
+        Err(e) => Ok(Err(e)),
     }
 }
 
@@ -168,7 +168,7 @@ impl TracerBuilder {
 /// `spooled` until the thread opens it and counts them exactly.
 pub(super) fn start_disk(
     dir: &std::path::Path,
-    opened: Result<Spool, String>,
+    opened: Result<Spool, SpoolError>,
     config: &Config,
     books: &Arc<Books>,
     moved_aside: &mut Option<PathBuf>,

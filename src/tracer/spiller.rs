@@ -12,7 +12,8 @@
 //! does not hold it up.
 
 use super::*;
-use crate::export::disk::{Done, Failed, Spilled};
+use crate::export::disk::{Done, Spilled};
+use crate::export::report::SpoolFailure;
 
 /// The most an early send takes before what is left is spilled.
 pub(super) const EARLY_SEND: Duration = Duration::from_millis(250);
@@ -54,7 +55,7 @@ impl Inner {
     /// Two batches are in flight at most: the one the disk thread writes
     /// and the one this thread drains and encodes meanwhile, so encoding
     /// and writing overlap and the disk still sets the pace.
-    pub(super) fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, Failed>>>) {
+    pub(super) fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, SpoolFailure>>>) {
         let Some(disk) = &self.disk else { return };
         if let Ok(mut exporter) = self.exporter.try_lock()
             && exporter.is_sending()
@@ -82,7 +83,7 @@ impl Inner {
     }
 
     /// Waits for a spill to be done, or for the tracer to stop.
-    pub(super) fn wait_for(&self, done: &Done<Result<Spilled, Failed>>) {
+    pub(super) fn wait_for(&self, done: &Done<Result<Spilled, SpoolFailure>>) {
         while done.wait(Instant::now() + Duration::from_millis(100)).is_none() {
             if self.wake.stop.load(Ordering::SeqCst) {
                 return;

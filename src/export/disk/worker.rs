@@ -35,7 +35,7 @@ impl Worker {
         }
         // Whatever is still queued is answered, so no waiter hangs.
         while let Ok(job) = rx.try_recv() {
-            self.refuse(job, "the spool is closing");
+            self.refuse(job, &SpoolFailure::Closing);
         }
     }
 
@@ -70,8 +70,8 @@ impl Worker {
             match committed {
                 Ok(()) => pending.into_iter().for_each(|p| self.finish(p)),
                 Err(e) => {
-                    let why = e.to_string();
-                    self.fail(&e);
+                    let why = SpoolFailure::from(e);
+                    self.fail(&why);
                     pending.into_iter().for_each(|p| self.unfinish(p, &why));
                 }
             }
@@ -89,7 +89,7 @@ impl Worker {
 
     /// Performs `job` without syncing; what needs the commit goes to
     /// `pending`. `Err` when the spool failed (the job is answered).
-    fn perform(&mut self, job: Job, pending: &mut Vec<Pending>) -> Result<(), SpoolError> {
+    fn perform(&mut self, job: Job, pending: &mut Vec<Pending>) -> Result<(), SpoolFailure> {
         let Some(spool) = &mut self.spool else { return Ok(()) };
         let shared = &self.shared;
         match job {
@@ -110,8 +110,9 @@ impl Worker {
                     Err(e @ SpoolError::DiskFull { .. }) => {
                         // Refused before sled saw it: the spool is fine.
                         shared.hand_back(spans);
-                        lock(&shared.status).causes.push(Cause::Spool(e.to_string()));
-                        done.set(Err(e.to_string()));
+                        let f = SpoolFailure::from(e);
+                        lock(&shared.status).causes.push(Cause::Spool(f.clone()));
+                        done.set(Err(f));
                     }
                     Ok(evicted) => pending.push(Pending::Spill {
                         spans: spans.len() as u64,
@@ -124,8 +125,9 @@ impl Worker {
                         // Room made before the failure stays made: count it.
                         shared.books.spilled(0, spool.take_dropped());
                         shared.hand_back(spans);
-                        done.set(Err(e.to_string()));
-                        return Err(e);
+                        let f = SpoolFailure::from(e);
+                        done.set(Err(f.clone()));
+                        return Err(f);
                     }
                 }
             }
@@ -141,19 +143,21 @@ impl Worker {
                 Ok(()) => pending.push(Pending::Dead(spans.len() as u64, done)),
                 Err(e @ SpoolError::DiskFull { .. }) => {
                     shared.books.rejected(spans.len() as u64);
-                    done.set(Err(e.to_string()));
+                    done.set(Err(e.into()));
                 }
                 Err(e) => {
                     shared.books.rejected(spans.len() as u64);
-                    done.set(Err(e.to_string()));
-                    return Err(e);
+                    let f = SpoolFailure::from(e);
+                    done.set(Err(f.clone()));
+                    return Err(f);
                 }
             },
             Job::Read { tree, max, done } => match spool.oldest(tree, max) {
                 Ok(entries) => done.set(Ok(entries)),
                 Err(e) => {
-                    done.set(Err(e.to_string()));
-                    return Err(e);
+                    let f = SpoolFailure::from(e);
+                    done.set(Err(f.clone()));
+                    return Err(f);
                 }
             },
             Job::Settle(settle, done) => {
@@ -170,19 +174,21 @@ impl Worker {
                 match result {
                     Ok(()) => pending.push(Pending::Settle(settle, done)),
                     Err(err) => {
-                        done.set(Err(err.to_string()));
+                        let f = SpoolFailure::from(err);
+                        done.set(Err(f.clone()));
                         if settle.entry.tree == Tree::Queue {
                             self.settled.push(settle);
                         }
-                        return Err(err);
+                        return Err(f);
                     }
                 }
             }
             Job::Quarantine { entry, done } => match spool.quarantine(&entry) {
                 Ok(()) => pending.push(Pending::Quarantine(entry.declared_spans, done)),
                 Err(e) => {
-                    done.set(Err(e.to_string()));
-                    return Err(e);
+                    let f = SpoolFailure::from(e);
+                    done.set(Err(f.clone()));
+                    return Err(f);
                 }
             },
             Job::Expire {
@@ -192,8 +198,9 @@ impl Worker {
             } => match spool.expire(now_unix_ms, max_age_ms) {
                 Ok(n) => pending.push(Pending::Expire(n, done)),
                 Err(e) => {
-                    done.set(Err(e.to_string()));
-                    return Err(e);
+                    let f = SpoolFailure::from(e);
+                    done.set(Err(f.clone()));
+                    return Err(f);
                 }
             },
             Job::Stop => {}
@@ -242,65 +249,64 @@ impl Worker {
     /// A job whose commit failed: spans go back to memory, settled records
     /// wait for the reopen; the books learn at the reopen what reached the
     /// disk.
-    fn unfinish(&mut self, p: Pending, why: &str) {
+    fn unfinish(&mut self, p: Pending, why: &SpoolFailure) {
         match p {
             Pending::Spill {
                 evicted, batch, done, ..
             } => {
                 self.shared.books.spilled(0, evicted);
                 self.shared.hand_back(batch);
-                done.set(Err(why.to_owned()));
+                done.set(Err(why.clone()));
             }
             Pending::Dead(n, done) => {
                 self.shared.books.rejected(n);
-                done.set(Err(why.to_owned()));
+                done.set(Err(why.clone()));
             }
             Pending::Settle(settle, done) => {
                 if settle.entry.tree == Tree::Queue {
                     self.settled.push(settle);
                 }
-                done.set(Err(why.to_owned()));
+                done.set(Err(why.clone()));
             }
-            Pending::Quarantine(_, done) => done.set(Err(why.to_owned())),
-            Pending::Expire(_, done) => done.set(Err(why.to_owned())),
+            Pending::Quarantine(_, done) => done.set(Err(why.clone())),
+            Pending::Expire(_, done) => done.set(Err(why.clone())),
         }
     }
 
     /// Answers `job` without performing it.
-    fn refuse(&mut self, job: Job, why: &str) {
-        let why = why.to_owned();
+    fn refuse(&mut self, job: Job, why: &SpoolFailure) {
         match job {
             Job::Spill { spans, done, .. } => {
                 self.shared.hand_back(spans);
-                done.set(Err(why));
+                done.set(Err(why.clone()));
             }
             Job::Dead { spans, done, .. } => {
                 self.shared.books.rejected(spans.len() as u64);
-                done.set(Err(why));
+                done.set(Err(why.clone()));
             }
-            Job::Read { done, .. } => done.set(Err(why)),
+            Job::Read { done, .. } => done.set(Err(why.clone())),
             Job::Settle(settle, done) => {
                 if settle.entry.tree == Tree::Queue {
                     self.settled.push(settle);
                 }
-                done.set(Err(why));
+                done.set(Err(why.clone()));
             }
-            Job::Quarantine { done, .. } => done.set(Err(why)),
-            Job::Expire { done, .. } => done.set(Err(why)),
+            Job::Quarantine { done, .. } => done.set(Err(why.clone())),
+            Job::Expire { done, .. } => done.set(Err(why.clone())),
             Job::Stop => {}
         }
     }
 
-    fn problem(&self) -> String {
+    fn problem(&self) -> SpoolFailure {
         lock(&self.shared.status)
             .problem
             .clone()
-            .unwrap_or_else(|| "the spool is not open".to_owned())
+            .unwrap_or(SpoolFailure::NotOpen)
     }
 
     /// The spool failed: close it off this thread and remember why.
-    fn fail(&mut self, e: &SpoolError) {
-        lock(&self.shared.status).problem = Some(e.to_string());
+    fn fail(&mut self, e: &SpoolFailure) {
+        lock(&self.shared.status).problem = Some(e.clone());
         if let Some(failed) = self.spool.take() {
             self.closing = close_elsewhere(failed);
         }
@@ -316,24 +322,21 @@ impl Worker {
             }
             if !closing.is_finished() {
                 self.closing = Some(closing);
-                lock(&self.shared.status).problem = Some(
-                    "the failed spool is still closing (sled is waiting on the disk); restart the process if this lasts"
-                        .to_owned(),
-                );
+                lock(&self.shared.status).problem = Some(SpoolFailure::StillClosing);
                 return;
             }
         }
         let mut spool = match Spool::open_with(&self.dir, self.max_bytes, Duration::ZERO) {
             Ok(s) => s,
             Err(e) => {
-                lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
+                lock(&self.shared.status).problem = Some(SpoolFailure::Reopening(Arc::new(e)));
                 return;
             }
         };
         // A loss found here shows as fewer spans than the books counted.
         let mut causes = spool.take_damage().map_or_else(Vec::new, |d| Cause::of_damage(&d));
         if let Err(e) = self.remove_settled(&mut spool) {
-            lock(&self.shared.status).problem = Some(format!("reopening after a failure: {e}"));
+            lock(&self.shared.status).problem = Some(SpoolFailure::Reopening(Arc::new(e)));
             self.closing = close_elsewhere(spool);
             return;
         }
