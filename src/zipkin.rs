@@ -218,7 +218,6 @@ impl Encoder {
             out.push(b':');
             match tag {
                 Tag::Text(text) => write_str(out, text),
-                Tag::Value(Value::String(s)) => write_str(out, s),
                 Tag::Value(value) => write_str_bytes(out, tag_text(value, scratch)),
                 Tag::Count(count) => {
                     out.push(b'"');
@@ -275,12 +274,13 @@ fn each_tag<'a>(span: &'a Span, mut each: impl FnMut(&'a str, Tag<'a>)) {
     }
 }
 
-/// A tag value as the text Zipkin's string holds: bools `true`/`false`,
-/// numbers as text, arrays as JSON. Written into `scratch`.
-fn tag_text<'s>(value: &Value, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+/// A tag value as the text Zipkin's string holds: a string as it is (not
+/// copied), bools `true`/`false`, numbers as text, arrays as JSON (those
+/// written into `scratch`).
+fn tag_text<'a>(value: &'a Value, scratch: &'a mut Vec<u8>) -> &'a [u8] {
     scratch.clear();
     match value {
-        Value::String(s) => scratch.extend_from_slice(s.as_bytes()),
+        Value::String(s) => return s.as_bytes(),
         Value::Bool(b) => scratch.extend_from_slice(if *b { b"true" } else { b"false" }),
         Value::I64(i) => scratch.extend_from_slice(itoa::Buffer::new().format(*i).as_bytes()),
         Value::F64(f) => write_f64_text(scratch, *f),
