@@ -201,6 +201,10 @@ pub struct Config {
     /// Time replay may take per flush, 1 ms to 10 minutes (checked between
     /// records; a request in flight is bounded by `timeout_ms`).
     pub replay_budget_ms: u64,
+    /// Optional cap on the bytes replay puts on the wire a second (request
+    /// bodies, retries included), 1 KiB/s to 10 GiB/s, for metered links:
+    /// the backlog drains no faster. Fresh spans are not held back by it.
+    pub replay_max_bytes_per_s: Option<u64>,
     /// The most a flush takes, 1 ms to 10 minutes, whatever the collector
     /// and the disk do: every request gets at most what is left, and what
     /// is not done by then is left, counted, for the spool's thread or the
@@ -245,6 +249,7 @@ impl Default for Config {
             max_spool_bytes: 512 << 20,
             max_spool_age_ms: None,
             replay_budget_ms: 2_000,
+            replay_max_bytes_per_s: None,
             flush_timeout_ms: 5_000,
             replay_budget_spans: 10_000_000,
             backoff_initial_ms: 1_000,
@@ -389,6 +394,9 @@ impl Config {
         range("replay_budget_spans", self.replay_budget_spans as u64, 1, 10_000_000)?;
         range("replay_budget_ms", self.replay_budget_ms, 1, 600_000)?;
         range("flush_timeout_ms", self.flush_timeout_ms, 1, 600_000)?;
+        if let Some(per_s) = self.replay_max_bytes_per_s {
+            range("replay_max_bytes_per_s", per_s, 1 << 10, 10 << 30)?;
+        }
         if let Some(age) = self.max_spool_age_ms {
             range("max_spool_age_ms", age, 1, 365 * 86_400_000)?;
         }

@@ -168,3 +168,101 @@ fn inspect_shows_the_age_the_measured_rate_and_the_time_to_drain() {
     assert!(!metrics.contains("_total"), "no process counters for a spool at rest");
     assert!(metrics.ends_with("# EOF\n"));
 }
+
+/// The bytes a record's requests may put on the wire at most in these
+/// tests: 512 spans of `common::record`'s JSON, with room to spare.
+const ONE_RECORD: u64 = 256 << 10;
+
+/// A spool in `dir` holding `n` spans a dead collector left.
+fn spool_backlog(dir: &Path, n: usize) {
+    let t = SpillwayTracer::new(spool_config(&refused_url(), dir)).unwrap();
+    common::record(&t, n, "GET /metered");
+    let _ = t.flush();
+    t.shutdown().expect("the backlog is durable");
+}
+
+#[test]
+fn replay_puts_no_more_bytes_on_the_wire_than_its_cap_and_still_drains() {
+    const CAP: u64 = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    spool_backlog(dir.path(), 10_240);
+    let sink = common::FaultServer::sink();
+    let t = SpillwayTracer::new(spillway::Config {
+        gzip: false, // the sink counts spans in plain JSON
+        replay_max_bytes_per_s: Some(CAP),
+        ..spool_config(&sink.url, dir.path())
+    })
+    .unwrap();
+    let began = std::time::Instant::now();
+    // Flushes far more often than bext's timer, so the cap is the limit.
+    for _ in 0..3_000 {
+        let _ = t.flush();
+        // The elapsed time is read after the bytes: the bound only loosens.
+        let bytes = sink.bytes_received.load(std::sync::atomic::Ordering::Relaxed);
+        let secs = began.elapsed().as_secs_f64();
+        let bound = CAP as f64 * (secs + 1.0) + ONE_RECORD as f64;
+        assert!(
+            bytes as f64 <= bound,
+            "{bytes} bytes in {secs:.2} s: over the cap of {CAP} a second"
+        );
+        let s = t.stats();
+        if s.spooled == 0 && s.in_memory == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let s = t.stats();
+    assert!(s.is_balanced(), "{s:?}");
+    assert_eq!(s.delivered, 10_240, "the capped backlog drained: {s:?}");
+    assert_eq!(sink.spans_received.load(std::sync::atomic::Ordering::Relaxed), 10_240);
+    eprintln!(
+        "capped replay: {} bytes in {:.1} s ({:.0} bytes/s, cap {CAP})",
+        sink.bytes_received.load(std::sync::atomic::Ordering::Relaxed),
+        began.elapsed().as_secs_f64(),
+        sink.bytes_received.load(std::sync::atomic::Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn the_replay_command_keeps_to_max_bytes_per_s() {
+    const CAP: u64 = 128 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    spool_backlog(dir.path(), 4_096);
+    let sink = common::FaultServer::sink();
+    let conf = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(conf.path(), r#"{"gzip": false}"#).unwrap();
+    let began = std::time::Instant::now();
+    let out = spillway(
+        dir.path(),
+        &[
+            "replay",
+            "--json",
+            "--endpoint",
+            &sink.url,
+            "--config",
+            conf.path().to_str().unwrap(),
+            "--max-bytes-per-s",
+            &CAP.to_string(),
+        ],
+    );
+    let secs = began.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["delivered"], 4_096, "{summary}");
+    assert_eq!(summary["remaining"], 0, "{summary}");
+    let bytes = sink.bytes_received.load(std::sync::atomic::Ordering::Relaxed);
+    // The command sleeps after each record until its bytes fit the cap.
+    assert!(
+        bytes as f64 <= CAP as f64 * secs + ONE_RECORD as f64,
+        "{bytes} bytes in {secs:.2} s: over the cap of {CAP} a second"
+    );
+    assert!(bytes > 2 * CAP, "the test sends enough to be capped: {bytes}");
+
+    // A cap below 1 KiB/s is refused, naming the option.
+    let out = spillway(
+        dir.path(),
+        &["replay", "--endpoint", &sink.url, "--max-bytes-per-s", "10"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-bytes-per-s"));
+}

@@ -45,6 +45,7 @@
 //! Every outcome is recorded once in the [`books`]; the flush report
 //! ([`report::FlushError`]) says what this flush did and why.
 
+mod allowance;
 pub mod backoff;
 pub mod books;
 pub mod circuit;
@@ -103,6 +104,8 @@ pub struct Exporter {
     books: Arc<Books>,
     /// The pace of replay, kept in the spool with each settled record.
     meter: rate::Meter,
+    /// Bytes replay may put on the wire (`replay_max_bytes_per_s`).
+    allowance: Option<allowance::Allowance>,
 }
 
 impl Exporter {
@@ -140,7 +143,16 @@ impl Exporter {
             flush_timeout: config.flush_timeout(),
             books,
             meter: rate::Meter::default(),
+            allowance: config
+                .replay_max_bytes_per_s
+                .map(|per_s| allowance::Allowance::new(per_s, Instant::now())),
         }
+    }
+
+    /// Bytes of request bodies this exporter put on the wire, every
+    /// attempt counted (for tools that pace themselves).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sender.bytes_sent()
     }
 
     /// An empty vector with capacity left from an earlier flush, for the

@@ -50,12 +50,14 @@ impl Exporter {
         let mut fresh_at = Instant::now() + FRESH_EVERY;
         // Checked between records; a request in flight has the flush's.
         let budget_ends = deadline.min(Instant::now() + self.replay_budget_time);
-        if !self.retry.is_empty() {
+        if !self.retry.is_empty() && self.allowed() {
             let n = self.retry.len().min(*budget);
             let head: Vec<Span> = self.retry.drain(..n).collect();
             *budget -= n;
             let service = Arc::clone(&self.service);
+            let wire = self.sender.bytes_sent();
             let sent = self.send_held(&head, &service, deadline, r);
+            self.charge(wire);
             if !sent.kept.is_empty() {
                 // What was kept, then what was behind it, go to disk where
                 // there is one (else back to the memory buffer, in order).
@@ -84,7 +86,7 @@ impl Exporter {
                 None => return Some(Stop::Deadline),
             };
             for entry in entries {
-                if *budget == 0 || (replayed_any && Instant::now() >= budget_ends) {
+                if *budget == 0 || (replayed_any && Instant::now() >= budget_ends) || !self.allowed() {
                     return None;
                 }
                 if Instant::now() >= fresh_at {
@@ -95,12 +97,29 @@ impl Exporter {
                 }
                 replayed_any = true;
                 *budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
-                if let Some(stop) = self.replay_entry(&disk, entry, deadline, r) {
-                    return Some(stop);
+                let wire = self.sender.bytes_sent();
+                let stopped = self.replay_entry(&disk, entry, deadline, r);
+                self.charge(wire);
+                if stopped.is_some() {
+                    return stopped;
                 }
             }
         }
         None
+    }
+
+    /// Whether the byte allowance (if one is set) lets replay send now.
+    fn allowed(&mut self) -> bool {
+        self.allowance.as_mut().is_none_or(|a| a.may_send(Instant::now()))
+    }
+
+    /// Charges the allowance with what went on the wire since `wire`
+    /// (a reading of the sender's byte count).
+    fn charge(&mut self, wire: u64) {
+        let spent = self.sender.bytes_sent().saturating_sub(wire);
+        if let Some(a) = &mut self.allowance {
+            a.spent(spent, Instant::now());
+        }
     }
 
     /// Sends one spool record and settles it on disk, waiting for that

@@ -162,6 +162,8 @@ pub struct Sender {
     /// or a `Retry-After`, since the last [`Sender::take_congested`].
     attempts: u32,
     congestion: u32,
+    /// Bytes of every request body put on the wire, retries included.
+    bytes_sent: u64,
 }
 
 /// The share of a flush's attempts that must show congestion before the
@@ -187,6 +189,7 @@ impl Sender {
             circuit: Circuit::default(),
             attempts: 0,
             congestion: 0,
+            bytes_sent: 0,
         }
     }
 
@@ -202,6 +205,11 @@ impl Sender {
         let (attempts, congestion) = (self.attempts, self.congestion);
         (self.attempts, self.congestion) = (0, 0);
         congestion > 0 && congestion * CONGESTED_ONE_IN >= attempts
+    }
+
+    /// Bytes of request bodies sent so far, every attempt counted.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
     }
 
     /// Where the transport sends.
@@ -356,6 +364,7 @@ impl Sender {
                 return Answer::Stopped(Stop::Deadline);
             }
             let result = self.transport.send(&self.body, left);
+            self.bytes_sent = self.bytes_sent.saturating_add(self.body.len() as u64);
             books.request(result.is_err());
             self.attempts = self.attempts.saturating_add(1);
             let e = match result {

@@ -171,13 +171,46 @@ pub struct FaultServer {
     pub url: String,
     /// Spans received, counted without decoding when the server is a sink.
     pub spans_received: Arc<std::sync::atomic::AtomicU64>,
+    /// Request body bytes a sink received, answered or not.
+    pub bytes_received: Arc<std::sync::atomic::AtomicU64>,
     script: Arc<Mutex<VecDeque<Answer>>>,
     pub received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
     port: u16,
     thread: Option<JoinHandle<()>>,
     policy: Arc<Mutex<Option<Policy>>>,
+    admission: Arc<Mutex<Option<Admission>>>,
     sink_requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A collector's admission control: a token bucket that admits `rate`
+/// spans a second (at most a second's worth at once); a request it cannot
+/// admit whole is answered 429 with `Retry-After: 1`.
+#[derive(Debug)]
+pub struct Admission {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    /// Requests answered 429.
+    pub refused: u64,
+}
+
+impl Admission {
+    fn admit(&mut self, spans: usize) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.at = now;
+        // A request larger than the bucket is admitted once it is full.
+        let need = (spans as f64).min(self.rate);
+        if self.tokens >= need {
+            self.tokens -= spans as f64;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
 }
 
 /// How a failing sink answers request `n`: a status, or `None` for 202.
@@ -186,8 +219,10 @@ pub type Policy = fn(u64) -> Option<u16>;
 /// What a sink counts with, and how it answers.
 struct Sink<'a> {
     spans: &'a std::sync::atomic::AtomicU64,
+    bytes: &'a std::sync::atomic::AtomicU64,
     requests: &'a std::sync::atomic::AtomicU64,
     policy: &'a Mutex<Option<Policy>>,
+    admission: &'a Mutex<Option<Admission>>,
 }
 
 impl FaultServer {
@@ -210,6 +245,23 @@ impl FaultServer {
         s
     }
 
+    /// A sink that admits `rate` spans a second (see [`Admission`]).
+    pub fn admitting(rate: u64) -> FaultServer {
+        let s = Self::start_with(vec![], false);
+        *s.admission.lock().unwrap() = Some(Admission {
+            rate: rate as f64,
+            tokens: rate as f64,
+            at: Instant::now(),
+            refused: 0,
+        });
+        s
+    }
+
+    /// Requests an admitting sink answered 429.
+    pub fn refused_requests(&self) -> u64 {
+        self.admission.lock().unwrap().as_ref().map_or(0, |a| a.refused)
+    }
+
     /// Requests a sink received, answered or not.
     pub fn sink_requests(&self) -> u64 {
         self.sink_requests.load(Ordering::Relaxed)
@@ -217,6 +269,7 @@ impl FaultServer {
 
     fn start_with(script: Vec<Answer>, keep: bool) -> FaultServer {
         let policy: Arc<Mutex<Option<Policy>>> = Arc::new(Mutex::new(None));
+        let admission: Arc<Mutex<Option<Admission>>> = Arc::new(Mutex::new(None));
         let sink_requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = listener.local_addr().expect("local addr").port();
@@ -224,10 +277,13 @@ impl FaultServer {
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let spans_received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let bytes_received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread = {
+            let bytes = bytes_received.clone();
             let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
             let counted = spans_received.clone();
             let (policy, numbered) = (policy.clone(), sink_requests.clone());
+            let admission = admission.clone();
             std::thread::spawn(move || {
                 // One thread per connection: ureq keeps connections alive,
                 // and a hanging answer must not block the next client.
@@ -237,16 +293,19 @@ impl FaultServer {
                     }
                     let Ok(conn) = conn else { continue };
                     let (script, received, stop) = (script.clone(), received.clone(), stop.clone());
-                    let counted = counted.clone();
+                    let (counted, bytes) = (counted.clone(), bytes.clone());
                     let (policy, numbered) = (policy.clone(), numbered.clone());
+                    let admission = admission.clone();
                     std::thread::spawn(move || {
                         let sink = if keep {
                             None
                         } else {
                             Some(Sink {
                                 spans: &counted,
+                                bytes: &bytes,
                                 requests: &numbered,
                                 policy: &policy,
+                                admission: &admission,
                             })
                         };
                         serve(conn, &script, &received, &stop, sink)
@@ -257,12 +316,14 @@ impl FaultServer {
         FaultServer {
             url: format!("http://127.0.0.1:{port}/api/v2/spans"),
             spans_received,
+            bytes_received,
             script,
             received,
             stop,
             port,
             thread: Some(thread),
             policy,
+            admission,
             sink_requests,
         }
     }
@@ -354,14 +415,19 @@ fn serve(
             // A sink expects plain JSON (gzip off) and counts span objects
             // by their traceId keys, in the requests it takes.
             let n = sink.requests.fetch_add(1, Ordering::Relaxed);
+            sink.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
             let policy = *sink.policy.lock().unwrap();
-            let answer = match policy.and_then(|fail| fail(n)) {
-                Some(status) => format!("HTTP/1.1 {status} Failed\r\ncontent-length: 0\r\n\r\n"),
-                None => {
-                    let spans = body.windows(9).filter(|w| w == b"\"traceId\"").count();
-                    sink.spans.fetch_add(spans as u64, Ordering::Relaxed);
-                    "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n".to_owned()
-                }
+            let spans = body.windows(9).filter(|w| w == b"\"traceId\"").count();
+            let admitted = sink.admission.lock().unwrap().as_mut().is_none_or(|a| a.admit(spans));
+            let answer = match admitted {
+                false => "HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n".to_owned(),
+                true => match policy.and_then(|fail| fail(n)) {
+                    Some(status) => format!("HTTP/1.1 {status} Failed\r\ncontent-length: 0\r\n\r\n"),
+                    None => {
+                        sink.spans.fetch_add(spans as u64, Ordering::Relaxed);
+                        "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n".to_owned()
+                    }
+                },
             };
             if conn.write_all(answer.as_bytes()).is_err() {
                 return;

@@ -30,6 +30,11 @@ pub struct Args {
     /// Send at most this many spans per second.
     #[arg(long, value_name = "SPANS_PER_S", value_parser = clap::value_parser!(u64).range(1..))]
     rate: Option<u64>,
+    /// Put at most this many bytes of requests on the wire per second,
+    /// retries included, for metered links (default: the config file's
+    /// `replay_max_bytes_per_s`, else no cap).
+    #[arg(long, value_name = "BYTES_PER_S", value_parser = clap::value_parser!(u64).range(1024..=10 << 30))]
+    max_bytes_per_s: Option<u64>,
     /// Stop after this many records (`--max-batches` is the old name).
     #[arg(long, value_name = "N", alias = "max-batches")]
     max_records: Option<u64>,
@@ -75,6 +80,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         max_spool_bytes: 1 << 40,
         ..Config::default()
     })?;
+    let max_bytes_per_s = args.max_bytes_per_s.or(config.replay_max_bytes_per_s);
     // Refuses a bad URL or TLS file before the spool is touched.
     let transport = HttpTransport::new(&config).map_err(crate::collector::Usage::from)?;
     let tree = if args.dead_letters { Tree::Dead } else { Tree::Queue };
@@ -143,12 +149,18 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
                 break;
             }
         }
-        if let Some(rate) = args.rate {
-            // Sleep until the spans sent so far fit the rate.
-            let due = Duration::from_secs_f64(settled as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
+        // Sleep until the spans and bytes sent so far fit the rates.
+        let due = [
+            args.rate.map(|rate| settled as f64 / rate as f64),
+            max_bytes_per_s.map(|rate| exporter.bytes_sent() as f64 / rate as f64),
+        ];
+        let due = Duration::from_secs_f64(due.into_iter().flatten().fold(0.0, f64::max));
+        // In steps, so a signal is answered within one.
+        while let Some(wait) = due.checked_sub(started.elapsed()) {
+            if wait.is_zero() || signals.caught().is_some() {
+                break;
             }
+            std::thread::sleep(wait.min(Duration::from_millis(100)));
         }
     }
     bar.finish_and_clear();
