@@ -104,14 +104,17 @@ impl Sent {
 pub const RETRIES: u32 = 3;
 
 /// The wait before retry `attempt` (1, 2, ...) given `jitter` in `0..1`:
-/// 2 ms doubling, drawn from its upper half, never below `retry_after`.
-/// Short: the other requests of the flush wait meanwhile, and a failure
-/// that is not the collector's overload (a bad backend behind a load
-/// balancer, a reset) is usually gone at the next attempt.
+/// 2 ms doubling, drawn from its upper half. Short: the other requests of
+/// the flush wait meanwhile, and a failure that is not the collector's
+/// overload (a bad backend behind a load balancer, a reset) is usually
+/// gone at the next attempt. A collector's `Retry-After` is honoured plus
+/// up to a quarter more, drawn by the same jitter, so the clients it
+/// refused at one moment do not all come back at the same instant.
 pub fn retry_wait(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+    let jitter = jitter.clamp(0.0, 1.0);
     let cap = Duration::from_millis(2 << attempt.clamp(1, 8).saturating_sub(1));
-    cap.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0)
-        .max(retry_after.unwrap_or_default())
+    let spread = retry_after.map_or(Duration::ZERO, |after| after + after.mul_f64(jitter / 4.0));
+    cap.mul_f64(0.5 + jitter / 2.0).max(spread)
 }
 
 /// Levels of splitting after which a chunk whose every request was
@@ -711,6 +714,14 @@ mod tests {
         assert_eq!(retry_wait(1, 1.0, None), Duration::from_millis(2));
         assert_eq!(retry_wait(2, 0.0, None), Duration::from_millis(2));
         assert_eq!(retry_wait(3, 1.0, None), Duration::from_millis(8));
-        assert_eq!(retry_wait(1, 0.5, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(retry_wait(1, 0.0, Some(Duration::from_secs(2))), Duration::from_secs(2));
+        assert_eq!(
+            retry_wait(1, 0.5, Some(Duration::from_secs(2))),
+            Duration::from_millis(2_250)
+        );
+        assert_eq!(
+            retry_wait(1, 1.0, Some(Duration::from_secs(2))),
+            Duration::from_millis(2_500)
+        );
     }
 }
