@@ -382,7 +382,7 @@ fn a_replay_killed_mid_way_sends_at_most_its_one_record_in_flight_twice() {
         .unwrap()
         .to_owned();
     let listen = toxiproxy.proxy("collector", &upstream);
-    toxiproxy.toxic("collector", "latency", "downstream", json!({"latency": 3000}));
+    toxiproxy.toxic("collector", "latency", "downstream", 1.0, json!({"latency": 3000}));
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_spillway"))
         .args(["replay", "--timeout-ms", "20000", "--endpoint"])

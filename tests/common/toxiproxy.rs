@@ -48,9 +48,10 @@ impl Toxiproxy {
     }
 
     /// Adds a toxic (`type` as Toxiproxy names it, `stream` "upstream" or
-    /// "downstream", its attributes) to proxy `name`.
-    pub fn toxic(&self, name: &str, kind: &str, stream: &str, attributes: serde_json::Value) {
-        let body = serde_json::json!({"type": kind, "stream": stream, "attributes": attributes});
+    /// "downstream", the share of connections it applies to, its
+    /// attributes) to proxy `name`.
+    pub fn toxic(&self, name: &str, kind: &str, stream: &str, toxicity: f64, attributes: serde_json::Value) {
+        let body = serde_json::json!({"type": kind, "stream": stream, "toxicity": toxicity, "attributes": attributes});
         ureq::post(&format!("{}/proxies/{name}/toxics", self.api))
             .header("Content-Type", "application/json")
             .send(body.to_string())
