@@ -20,7 +20,7 @@ pub mod ended {
 
 /// The flush pipeline, for tools that drive replay themselves.
 pub mod export {
-    pub use crate::export::{Exporter, Replayed};
+    pub use crate::export::{Exporter, Replayed, UNSETTLED};
 
     /// The books every outcome is recorded in.
     pub mod books {

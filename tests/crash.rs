@@ -105,3 +105,74 @@ fn kill_9_during_spill_loses_nothing_spilled() {
     assert!(rounds >= 10, "only {rounds} rounds ran");
     assert!(baseline > 0);
 }
+
+const REPLAY_CHILD_ENV: &str = "SPILLWAY_CRASH_REPLAY_CHILD";
+
+/// The child: a tracer reopening the spool in its first argument replays
+/// it to the collector in the second, flushing every 10 ms (bounded).
+#[test]
+#[ignore = "run by kill_9_during_replay_repeats_at_most_the_unsettled_records as its child process"]
+fn crash_replay_child() {
+    let Some(args) = common::child::args(REPLAY_CHILD_ENV) else {
+        return;
+    };
+    let t = SpillwayTracer::new(spillway::Config {
+        gzip: false, // the sink counts spans in plain JSON
+        ..common::spool_config(&args[1], args[0].as_ref())
+    })
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let _ = t.flush();
+        common::child::say(&format!("SPOOLED {}", t.stats().spooled));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn kill_9_during_replay_repeats_at_most_the_unsettled_records() {
+    use spillway::unstable::export::UNSETTLED;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let t = SpillwayTracer::new(common::spool_config(&common::refused_url(), dir.path())).unwrap();
+        common::record(&t, 200_000, "GET /backlog");
+        let _ = t.flush();
+        t.shutdown().expect("the backlog is durable");
+    }
+    let sink = common::FaultServer::sink();
+    let received = || sink.spans_received.load(std::sync::atomic::Ordering::Relaxed);
+    let most_repeated = (UNSETTLED * spillway::spool::RECORD_MAX_SPANS) as u64;
+    let mut left = spool_spans(dir.path());
+    let mut rounds = 0;
+    let mut repeated_at_most = 0;
+    while left > 0 && rounds < 20 {
+        rounds += 1;
+        let before = received();
+        let child = common::child::Reporter::start(
+            "crash_replay_child",
+            REPLAY_CHILD_ENV,
+            &[dir.path().to_str().unwrap(), &sink.url],
+        );
+        child.let_it_work(150);
+        let mut child = child.child;
+        child.kill().unwrap(); // SIGKILL, mid-replay or between flushes
+        let _ = child.wait();
+        let now_left = spool_spans(dir.path());
+        let sent = received() - before;
+        // Nothing lost: what the sink took and what the spool holds cover
+        // what it held; what both hold is what a crash may send twice.
+        assert!(
+            sent + now_left >= left,
+            "round {rounds}: {left} spans before, {sent} sent and {now_left} left"
+        );
+        let repeated = sent + now_left - left;
+        assert!(
+            repeated <= most_repeated,
+            "round {rounds}: {repeated} spans sent and still spooled, more than {UNSETTLED} records"
+        );
+        repeated_at_most = repeated_at_most.max(repeated);
+        left = now_left;
+    }
+    eprintln!("{rounds} kills during replay: at most {repeated_at_most} spans sent twice by one kill");
+    assert!(rounds >= 3, "only {rounds} rounds ran before the backlog was gone");
+}

@@ -23,9 +23,10 @@
 //!    window (AIMD: it grows while the collector takes everything and
 //!    halves on congestion; `replay_budget_spans` is its ceiling) and
 //!    `replay_budget_ms`: the memory buffer, then the spool's records.
-//!    A record leaves the spool only once the collector settled it, and the
-//!    next is sent only once that removal is durable, so a crash repeats at
-//!    most one record.
+//!    A record leaves the spool only once the collector settled it; the
+//!    next records are sent while the last ones' removals are made durable,
+//!    at most [`UNSETTLED`] records unsettled at once, so a crash repeats at
+//!    most that many.
 //!
 //! The spool is only ever touched through the disk thread ([`disk`]), and
 //! the flush waits for it no longer than its deadline: a spill still
@@ -66,7 +67,7 @@ use crate::zipkin::Encoder;
 use backoff::Backoff;
 use books::Books;
 use disk::{Disk, Settle};
-pub use replay::Replayed;
+pub use replay::{Replayed, UNSETTLED};
 use report::{Cause, FlushError};
 use send::{Sender, Stop};
 use std::sync::Arc;

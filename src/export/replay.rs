@@ -1,11 +1,39 @@
 //! Replay: the backlog back to the collector, oldest first. The memory
 //! buffer goes first, then the spool, a record at a time within the
 //! flush's budgets; a record leaves the spool only once settled (delivered,
-//! or refused for good and kept as a dead letter), and that removal is
-//! durable before the next record is sent, so a crash repeats at most the
-//! record in flight. Each settled record's pace feeds the replay rate.
+//! or refused for good and kept as a dead letter). Removals are pipelined:
+//! the next record is sent while the disk thread makes the last ones'
+//! removals durable (one commit covers several), and at most
+//! [`UNSETTLED`] records are ever sent without their removal durable, so a
+//! crash repeats at most that many. A flush's replay ends only once every
+//! removal it started is durable (or its deadline passed: then they
+//! complete on their own). Each settled record's pace feeds the replay
+//! rate.
 
+use super::report::SpoolFailure;
 use super::*;
+use disk::Done;
+use std::collections::VecDeque;
+
+/// Records sent whose removal is not yet durable, at most (the one being
+/// sent included): what a crash during replay may send twice.
+pub const UNSETTLED: usize = 4;
+
+/// A record sent whose settle (or quarantine) the disk thread has not
+/// answered yet.
+struct Unsettled {
+    done: Done<Result<(), SpoolFailure>>,
+    delivered: usize,
+    began: Instant,
+}
+
+/// The records a replay has in flight, oldest first, and when the last
+/// one settled (the replay rate counts each stretch of time once).
+#[derive(Default)]
+struct Pipeline {
+    unsettled: VecDeque<Unsettled>,
+    last_settled: Option<Instant>,
+}
 
 /// What [`Exporter::replay_next`] did with one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +74,20 @@ impl Exporter {
         deadline: Instant,
         fresh: &mut dyn FnMut() -> Vec<Span>,
         r: &mut FlushError,
+    ) -> Option<Stop> {
+        let mut pipeline = Pipeline::default();
+        let stopped = self.replay_records(budget, deadline, fresh, r, &mut pipeline);
+        let settled = self.await_settles(&mut pipeline, 0, deadline, r);
+        stopped.or(settled)
+    }
+
+    fn replay_records(
+        &mut self,
+        budget: &mut usize,
+        deadline: Instant,
+        fresh: &mut dyn FnMut() -> Vec<Span>,
+        r: &mut FlushError,
+        pipeline: &mut Pipeline,
     ) -> Option<Stop> {
         let mut fresh_at = Instant::now() + FRESH_EVERY;
         // Checked between records; a request in flight has the flush's.
@@ -97,9 +139,15 @@ impl Exporter {
                 }
                 replayed_any = true;
                 *budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
+                // Room in the pipeline first: at most UNSETTLED records
+                // unsettled, this one included.
+                if let Some(stop) = self.await_settles(pipeline, UNSETTLED - 1, deadline, r) {
+                    return Some(stop);
+                }
                 let wire = self.sender.bytes_sent();
-                let stopped = self.replay_entry(&disk, entry, deadline, r);
+                let (unsettled, stopped) = self.send_entry(&disk, entry, deadline, r);
                 self.charge(wire);
+                pipeline.unsettled.extend(unsettled);
                 if stopped.is_some() {
                     return stopped;
                 }
@@ -122,15 +170,50 @@ impl Exporter {
         }
     }
 
-    /// Sends one spool record and settles it on disk, waiting for that
-    /// (so the next record goes only once this one's removal is durable).
-    pub(super) fn replay_entry(
+    /// Waits, until `deadline`, for the oldest settles of `pipeline` until
+    /// at most `keep` remain; a spool failure is reported and stops replay
+    /// (so does the deadline).
+    fn await_settles(
+        &mut self,
+        pipeline: &mut Pipeline,
+        keep: usize,
+        deadline: Instant,
+        r: &mut FlushError,
+    ) -> Option<Stop> {
+        let mut stopped = None;
+        while pipeline.unsettled.len() > keep {
+            let Some(u) = pipeline.unsettled.pop_front() else { break };
+            match u.done.wait(deadline) {
+                Some(Ok(())) => {
+                    let now = Instant::now();
+                    let from = pipeline.last_settled.map_or(u.began, |last| last.max(u.began));
+                    pipeline.last_settled = Some(now);
+                    if u.delivered > 0 {
+                        self.meter.record(u.delivered, now.duration_since(from));
+                    }
+                }
+                Some(Err(e)) => {
+                    r.because(Cause::Spool(e));
+                    stopped = Some(Stop::Deadline);
+                }
+                // Still being written: it completes on its own.
+                None => return Some(Stop::Deadline),
+            }
+        }
+        stopped
+    }
+
+    /// Sends one spool record and hands its settle to the disk thread
+    /// without waiting (a record that failed its checks is quarantined the
+    /// same way); returns what to wait for, and why sending stopped.
+    fn send_entry(
         &mut self,
         disk: &Disk,
         entry: StoredRecord,
         deadline: Instant,
         r: &mut FlushError,
-    ) -> Option<Stop> {
+    ) -> (Option<Unsettled>, Option<Stop>) {
+        let began = Instant::now();
         let spans = match &entry.spans {
             Ok(spans) => spans,
             Err(why) => {
@@ -138,17 +221,19 @@ impl Exporter {
                     key: entry.key,
                     why: why.clone(),
                 });
-                return match disk.quarantine(entry).and_then(|d| d.wait(deadline)) {
-                    Some(Ok(())) => None,
-                    Some(Err(e)) => {
-                        r.because(Cause::Spool(e));
-                        None
-                    }
-                    None => Some(Stop::Deadline),
+                return match disk.quarantine(entry) {
+                    Some(done) => (
+                        Some(Unsettled {
+                            done,
+                            delivered: 0,
+                            began,
+                        }),
+                        None,
+                    ),
+                    None => (None, Some(Stop::Deadline)),
                 };
             }
         };
-        let began = Instant::now();
         let sent = self.sender.send(spans, &entry.service, deadline, &self.books);
         if entry.tree == Tree::Queue {
             self.books
@@ -157,13 +242,14 @@ impl Exporter {
         r.note(&sent);
         if sent.kept_spans() == spans.len() {
             // Nothing settled: the record stays first in line, with its age.
-            return sent.stopped;
+            return (None, sent.stopped);
         }
         let now_unix_ms = self.clock.now_unix_ms();
         let rate = self.meter.spans_per_s().map(|spans_per_s| ReplayRate {
             spans_per_s,
             measured_unix_ms: now_unix_ms,
         });
+        let delivered = sent.delivered;
         let settle = Settle {
             refused: sent.refused_of(spans),
             requeue: sent.kept_of(spans),
@@ -172,18 +258,9 @@ impl Exporter {
             rate,
             entry,
         };
-        match disk.settle(settle).and_then(|d| d.wait(deadline)) {
-            Some(Ok(())) => {
-                if sent.delivered > 0 {
-                    self.meter.record(sent.delivered, began.elapsed());
-                }
-                sent.stopped
-            }
-            Some(Err(e)) => {
-                r.because(Cause::Spool(e));
-                Some(sent.stopped.unwrap_or(Stop::Deadline))
-            }
-            None => Some(sent.stopped.unwrap_or(Stop::Deadline)),
+        match disk.settle(settle) {
+            Some(done) => (Some(Unsettled { done, delivered, began }), sent.stopped),
+            None => (None, Some(sent.stopped.unwrap_or(Stop::Deadline))),
         }
     }
 
@@ -215,7 +292,11 @@ impl Exporter {
             }
         };
         let (key, spans) = (entry.key, entry.declared_spans);
-        let stopped = self.replay_entry(&disk, entry, deadline, &mut r);
+        let mut pipeline = Pipeline::default();
+        let (unsettled, stopped) = self.send_entry(&disk, entry, deadline, &mut r);
+        pipeline.unsettled.extend(unsettled);
+        let settled = self.await_settles(&mut pipeline, 0, deadline, &mut r);
+        let stopped = stopped.or(settled);
         if let Some(stop) = &stopped {
             match stop.clone() {
                 Stop::Failed(e) => r.because(Cause::Collector(e)),

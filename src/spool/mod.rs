@@ -51,8 +51,9 @@
 //!   once, by whoever opens the spool first.
 //! - **At-least-once.** A record leaves the queue only by [`Spool::ack`]
 //!   (after a 2xx), [`Spool::dead_letter`], [`Spool::quarantine`], the cap
-//!   or the age cap; the caller commits each before sending the next, so a
-//!   crash repeats at most the one record in flight.
+//!   or the age cap; the caller keeps at most a few records sent whose
+//!   removal is not yet committed (the exporter's `UNSETTLED`), so a crash
+//!   repeats at most those.
 //! - **Bounds.** A record holds at most [`RECORD_TARGET`] bytes of payload
 //!   where the spans allow and [`RECORD_MAX_SPANS`] spans; records are held
 //!   to `max_bytes` divided by sled's amplification as measured on this
