@@ -50,6 +50,7 @@
 //! beyond this API is in [`unstable`], which may change in any release.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod tracer;
 

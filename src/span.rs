@@ -17,7 +17,7 @@
 //! - attribute keys are unique within `attributes` when set through
 //!   `set_attribute` (the last write wins).
 
-pub use bext_plugin_api::tracer::AttrValue;
+pub(crate) use bext_plugin_api::tracer::AttrValue;
 use bext_plugin_api::tracer::{SpanKind, SpanStatus};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -161,11 +161,11 @@ mod events_serde {
     use super::{Event, Events};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(events: &Events, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(events: &Events, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(events.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Events, D::Error> {
         Vec::<Event>::deserialize(d).map(Events::from_vec)
     }
 }
@@ -227,11 +227,11 @@ mod tagged_attrs {
         }
     }
 
-    pub fn serialize<S: Serializer>(attrs: &[(String, AttrValue)], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(attrs: &[(String, AttrValue)], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(attrs.iter().map(|(k, v)| (k, tag(v))))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, AttrValue)>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, AttrValue)>, D::Error> {
         let tagged = Vec::<(String, Owned)>::deserialize(d)?;
         Ok(tagged.into_iter().map(|(k, v)| (k, untag(v))).collect())
     }

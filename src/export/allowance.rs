@@ -14,7 +14,7 @@ use std::time::Instant;
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy)]
-pub struct Allowance {
+pub(super) struct Allowance {
     per_s: f64,
     balance: f64,
     at: Instant,
@@ -22,7 +22,7 @@ pub struct Allowance {
 
 impl Allowance {
     /// An allowance of `per_s` bytes a second, full at `now`.
-    pub fn new(per_s: u64, now: Instant) -> Allowance {
+    pub(super) fn new(per_s: u64, now: Instant) -> Allowance {
         let per_s = per_s.max(1) as f64;
         Allowance {
             per_s,
@@ -39,13 +39,13 @@ impl Allowance {
 
     /// Whether replay may send another record at `now` (the balance is
     /// positive).
-    pub fn may_send(&mut self, now: Instant) -> bool {
+    pub(super) fn may_send(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.balance > 0.0
     }
 
     /// Records `bytes` put on the wire at `now`.
-    pub fn spent(&mut self, bytes: u64, now: Instant) {
+    pub(super) fn spent(&mut self, bytes: u64, now: Instant) {
         self.refill(now);
         self.balance -= bytes as f64;
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Backoff state (see the module docs).
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
     last: Option<SendError>,
     until_ms: Option<u64>,
@@ -26,7 +26,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// No failure yet; waits start at `initial` and grow to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             failures: 0,
             last: None,
@@ -37,19 +37,19 @@ impl Backoff {
     }
 
     /// How long is left to wait at `now_ms`, if anything.
-    pub fn remaining(&self, now_ms: u64) -> Option<Duration> {
+    pub(crate) fn remaining(&self, now_ms: u64) -> Option<Duration> {
         let until = self.until_ms?;
         (until > now_ms).then(|| Duration::from_millis(until - now_ms))
     }
 
     /// The failure that started the current wait, if one was reported.
-    pub fn last(&self) -> Option<&SendError> {
+    pub(crate) fn last(&self) -> Option<&SendError> {
         self.last.as_ref()
     }
 
     /// Records a failure at `now_ms` with `jitter` in `0..1`; returns the
     /// wait before the next attempt.
-    pub fn failed(&mut self, cause: Option<SendError>, now_ms: u64, jitter: f64) -> Duration {
+    pub(crate) fn failed(&mut self, cause: Option<SendError>, now_ms: u64, jitter: f64) -> Duration {
         let retry_after = cause.as_ref().and_then(SendError::retry_after);
         self.last = cause;
         self.failures = self.failures.saturating_add(1);
@@ -66,7 +66,7 @@ impl Backoff {
     }
 
     /// Records a success: the next failure starts from `initial` again.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.failures = 0;
         self.last = None;
         self.until_ms = None;

@@ -16,13 +16,13 @@
 //! is back.
 
 /// Outcomes remembered.
-pub const WINDOW: u32 = 64;
+pub(crate) const WINDOW: u32 = 64;
 /// Failures in the window needed before it can open.
-pub const MIN_FAILURES: u32 = 4;
+pub(crate) const MIN_FAILURES: u32 = 4;
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Circuit {
+pub(crate) struct Circuit {
     /// One bit an attempt, newest lowest; 1 is a failure.
     failures: u64,
     seen: u32,
@@ -31,7 +31,7 @@ pub struct Circuit {
 
 impl Circuit {
     /// Records one attempt's outcome.
-    pub fn record(&mut self, ok: bool) {
+    pub(crate) fn record(&mut self, ok: bool) {
         if ok && self.open {
             *self = Circuit::default();
         }
@@ -44,7 +44,7 @@ impl Circuit {
     }
 
     /// Whether the collector fails most requests (see the module docs).
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open
     }
 }

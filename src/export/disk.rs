@@ -49,7 +49,7 @@ mod worker;
 use worker::Worker;
 
 /// The most jobs one round takes.
-pub const ROUND_JOBS: usize = 256;
+pub(crate) const ROUND_JOBS: usize = 256;
 /// How long a reopen waits for a failed instance to finish closing.
 const CLOSE_WAIT: Duration = Duration::from_millis(200);
 

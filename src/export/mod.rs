@@ -47,15 +47,15 @@
 //! ([`report::FlushError`]) says what this flush did and why.
 
 mod allowance;
-pub mod backoff;
-pub mod books;
-pub mod circuit;
-pub mod disk;
-pub mod pace;
-pub mod rate;
+pub(crate) mod backoff;
+pub(crate) mod books;
+pub(crate) mod circuit;
+pub(crate) mod disk;
+pub(crate) mod pace;
+pub(crate) mod rate;
 mod replay;
-pub mod report;
-pub mod send;
+pub(crate) mod report;
+pub(crate) mod send;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -81,7 +81,7 @@ const SHUTDOWN_PASSES: usize = 3;
 const INITIAL_REPLAY_SPANS: usize = 8_192;
 
 /// How often a replay takes the spans ended meanwhile and sends them first.
-pub const FRESH_EVERY: Duration = Duration::from_millis(100);
+pub(crate) const FRESH_EVERY: Duration = Duration::from_millis(100);
 
 /// Sends batches, spills what could not be sent, replays it later, and keeps
 /// the accounting.

@@ -15,7 +15,7 @@
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pace {
+pub(crate) struct Pace {
     window: usize,
     step: usize,
     floor: usize,
@@ -26,7 +26,7 @@ pub struct Pace {
 impl Pace {
     /// A pace starting at `initial` spans a flush, between `floor` and
     /// `ceiling`.
-    pub fn new(initial: usize, floor: usize, ceiling: usize) -> Pace {
+    pub(crate) fn new(initial: usize, floor: usize, ceiling: usize) -> Pace {
         let ceiling = ceiling.max(1);
         let floor = floor.clamp(1, ceiling);
         let window = initial.clamp(floor, ceiling);
@@ -40,13 +40,13 @@ impl Pace {
     }
 
     /// Spans this flush may replay.
-    pub fn window(&self) -> usize {
+    pub(crate) fn window(&self) -> usize {
         self.window
     }
 
     /// After a flush: whether it used its whole window, and whether the
     /// collector showed congestion.
-    pub fn update(&mut self, used_all: bool, congested: bool) {
+    pub(crate) fn update(&mut self, used_all: bool, congested: bool) {
         if congested {
             self.slow_start = false;
             self.window = (self.window / 2).max(self.floor);

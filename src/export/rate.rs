@@ -16,20 +16,20 @@ const KEEP: f64 = 0.8;
 
 /// A decaying measure of spans delivered per second of replay.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Meter {
+pub(crate) struct Meter {
     spans: f64,
     secs: f64,
 }
 
 impl Meter {
     /// `spans` were delivered from the spool in `took`.
-    pub fn record(&mut self, spans: usize, took: Duration) {
+    pub(crate) fn record(&mut self, spans: usize, took: Duration) {
         self.spans = self.spans * KEEP + spans as f64;
         self.secs = self.secs * KEEP + took.as_secs_f64();
     }
 
     /// Spans per second, once something was measured.
-    pub fn spans_per_s(&self) -> Option<u64> {
+    pub(crate) fn spans_per_s(&self) -> Option<u64> {
         (self.secs > 0.0 && self.spans > 0.0).then(|| (self.spans / self.secs).round().max(1.0) as u64)
     }
 }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 /// Why sending stopped before the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// The collector fails most requests (the [`Circuit`] opened), refuses
     /// every request ([`Class::Misconfigured`]), or asked for a
     /// `Retry-After` past the deadline: the exporter backs off.
@@ -55,7 +55,7 @@ pub enum Stop {
 /// What sending a run of spans did: every span is in exactly one of
 /// delivered, oversize, `refused` or `kept`.
 #[derive(Debug, Default)]
-pub struct Sent {
+pub(crate) struct Sent {
     /// Spans delivered.
     pub delivered: usize,
     /// Spans dropped as larger than a request.
@@ -76,22 +76,22 @@ pub struct Sent {
 
 impl Sent {
     /// Spans refused for good.
-    pub fn refused_spans(&self) -> usize {
+    pub(crate) fn refused_spans(&self) -> usize {
         self.refused.iter().map(|r| r.len()).sum()
     }
 
     /// Spans kept (not settled).
-    pub fn kept_spans(&self) -> usize {
+    pub(crate) fn kept_spans(&self) -> usize {
         self.kept.iter().map(|r| r.len()).sum()
     }
 
     /// Copies of the refused spans of `spans`, in order.
-    pub fn refused_of(&self, spans: &[Span]) -> Vec<Span> {
+    pub(crate) fn refused_of(&self, spans: &[Span]) -> Vec<Span> {
         Self::copies(&self.refused, spans)
     }
 
     /// Copies of the kept spans of `spans`, in order.
-    pub fn kept_of(&self, spans: &[Span]) -> Vec<Span> {
+    pub(crate) fn kept_of(&self, spans: &[Span]) -> Vec<Span> {
         Self::copies(&self.kept, spans)
     }
 
@@ -101,7 +101,7 @@ impl Sent {
 }
 
 /// Retries of a request that failed in a way worth retrying.
-pub const RETRIES: u32 = 3;
+pub(crate) const RETRIES: u32 = 3;
 
 /// The wait before retry `attempt` (1, 2, ...) given `jitter` in `0..1`:
 /// 2 ms doubling, drawn from its upper half. Short: the other requests of
@@ -110,7 +110,7 @@ pub const RETRIES: u32 = 3;
 /// gone at the next attempt. A collector's `Retry-After` is honoured plus
 /// up to a quarter more, drawn by the same jitter, so the clients it
 /// refused at one moment do not all come back at the same instant.
-pub fn retry_wait(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+pub(crate) fn retry_wait(attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
     let jitter = jitter.clamp(0.0, 1.0);
     let cap = Duration::from_millis(2 << attempt.clamp(1, 8).saturating_sub(1));
     let spread = retry_after.map_or(Duration::ZERO, |after| after + after.mul_f64(jitter / 4.0));
@@ -150,7 +150,7 @@ enum Answer {
 }
 
 /// Encodes and sends; see the module docs.
-pub struct Sender {
+pub(crate) struct Sender {
     transport: Box<dyn Transport>,
     encoder: Encoder,
     body: Vec<u8>,
@@ -176,7 +176,7 @@ const CONGESTED_ONE_IN: u32 = 16;
 
 impl Sender {
     /// A sender through `transport` with the request limits given.
-    pub fn new(
+    pub(crate) fn new(
         transport: Box<dyn Transport>,
         encoder: Encoder,
         max_batch_spans: usize,
@@ -197,33 +197,33 @@ impl Sender {
     }
 
     /// Whether the collector fails most requests (the circuit is open).
-    pub fn circuit_open(&self) -> bool {
+    pub(crate) fn circuit_open(&self) -> bool {
         self.circuit.is_open()
     }
 
     /// Whether the collector showed congestion since the last call (at
     /// least one attempt in [`CONGESTED_ONE_IN`] answered 429, 503, a
     /// timeout or a `Retry-After`); starts counting anew.
-    pub fn take_congested(&mut self) -> bool {
+    pub(crate) fn take_congested(&mut self) -> bool {
         let (attempts, congestion) = (self.attempts, self.congestion);
         (self.attempts, self.congestion) = (0, 0);
         congestion > 0 && congestion * CONGESTED_ONE_IN >= attempts
     }
 
     /// Bytes of request bodies sent so far, every attempt counted.
-    pub fn bytes_sent(&self) -> u64 {
+    pub(crate) fn bytes_sent(&self) -> u64 {
         self.bytes_sent
     }
 
     /// Where the transport sends.
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         self.transport.endpoint()
     }
 
     /// Sends `spans` as `service`'s, in order, until each is settled or
     /// kept, sending stops, or `deadline` comes. Requests are counted in
     /// `books`; the caller records the spans' outcomes.
-    pub fn send(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
+    pub(crate) fn send(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
         self.encoder.set_service(service);
         let mut sent = Sent::default();
         let mut i = 0;

@@ -45,7 +45,7 @@ thread_local! {
 
 /// The calling thread's home shard, handed out at its first call.
 #[inline]
-pub fn get() -> usize {
+pub(super) fn get() -> usize {
     HOME.try_with(|h| match h.0.get() {
         UNSET => {
             let n = first();
@@ -64,7 +64,7 @@ fn first() -> usize {
 }
 
 /// Moves the calling thread's home to `shard`.
-pub fn set(shard: usize) {
+pub(super) fn set(shard: usize) {
     let _ = HOME.try_with(|h| h.0.set(shard));
 }
 

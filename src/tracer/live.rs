@@ -30,18 +30,18 @@
 use crate::span::Span;
 
 /// Bits of an address that select the shard.
-pub const SHARD_BITS: u32 = 6;
+pub(crate) const SHARD_BITS: u32 = 6;
 /// Bits of an address that select the slot within the shard.
-pub const SLOT_BITS: u32 = 24;
+pub(crate) const SLOT_BITS: u32 = 24;
 const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 const SHARD_MASK: u64 = (1 << SHARD_BITS) - 1;
 const GENERATION_SHIFT: u32 = SHARD_BITS + SLOT_BITS;
 /// Generations wrap after this many spans of a shard.
-pub const GENERATION_MASK: u64 = (1 << (64 - GENERATION_SHIFT)) - 1;
+pub(crate) const GENERATION_MASK: u64 = (1 << (64 - GENERATION_SHIFT)) - 1;
 
 /// Where a live span lies: its shard and its slot there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Address {
+pub(crate) struct Address {
     /// The shard.
     pub shard: usize,
     /// The slot within the shard.
@@ -71,26 +71,26 @@ const fn inverse(m: u64) -> u64 {
 /// keyed by two random words. `x ^= x >> 33` is its own inverse and odd
 /// multipliers are invertible, so every step can be undone.
 #[derive(Debug, Clone, Copy)]
-pub struct Ids {
+pub(crate) struct Ids {
     k0: u64,
     k1: u64,
 }
 
 impl Ids {
     /// A permutation with a fresh random key.
-    pub fn new() -> Ids {
+    pub(crate) fn new() -> Ids {
         Ids::with_key(fastrand::u64(..), fastrand::u64(..))
     }
 
     /// The permutation keyed by `k0` and `k1` (tests pin it).
-    pub const fn with_key(k0: u64, k1: u64) -> Ids {
+    pub(crate) const fn with_key(k0: u64, k1: u64) -> Ids {
         Ids { k0, k1 }
     }
 
     /// The span id of `generation`'s span in `slot` of `shard`; `None`
     /// for the one address whose id would be zero.
     #[inline]
-    pub fn span_id(&self, generation: u64, slot: usize, shard: usize) -> Option<u64> {
+    pub(crate) fn span_id(&self, generation: u64, slot: usize, shard: usize) -> Option<u64> {
         let address =
             ((generation & GENERATION_MASK) << GENERATION_SHIFT) | ((slot as u64) << SHARD_BITS) | shard as u64;
         Some(self.scramble(address)).filter(|&id| id != 0)
@@ -99,7 +99,7 @@ impl Ids {
     /// Where the span `id` names would lie (whether it is live there is
     /// for [`Live`] to say).
     #[inline]
-    pub fn address(&self, id: u64) -> Address {
+    pub(crate) fn address(&self, id: u64) -> Address {
         let a = self.unscramble(id);
         Address {
             shard: (a & SHARD_MASK) as usize,
@@ -138,7 +138,7 @@ impl Default for Ids {
 
 /// One shard's live spans.
 #[derive(Default)]
-pub struct Live {
+pub(crate) struct Live {
     slots: Vec<Option<Span>>,
     free: Vec<u32>,
     live: usize,
@@ -146,14 +146,14 @@ pub struct Live {
 
 impl Live {
     /// Live spans.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.live
     }
 
     /// The slot the next [`Live::insert`] will use, or `None` when the
     /// shard holds as many spans as a slot number can name.
     #[inline]
-    pub fn vacant(&self) -> Option<usize> {
+    pub(crate) fn vacant(&self) -> Option<usize> {
         match self.free.last() {
             Some(&slot) => Some(slot as usize),
             None if (self.slots.len() as u64) <= SLOT_MASK => Some(self.slots.len()),
@@ -163,7 +163,7 @@ impl Live {
 
     /// Puts `span` in the slot [`Live::vacant`] named.
     #[inline]
-    pub fn insert(&mut self, span: Span) {
+    pub(crate) fn insert(&mut self, span: Span) {
         match self.free.pop() {
             Some(slot) => self.slots[slot as usize] = Some(span),
             None => self.slots.push(Some(span)),
@@ -181,7 +181,7 @@ impl Live {
 
     /// The live span in `slot`, if it is `id` of `trace_id`.
     #[inline]
-    pub fn get_mut(&mut self, slot: usize, id: u64, trace_id: &[u8; 16]) -> Option<&mut Span> {
+    pub(crate) fn get_mut(&mut self, slot: usize, id: u64, trace_id: &[u8; 16]) -> Option<&mut Span> {
         self.live_slot(slot, id, trace_id)?.as_mut()
     }
 
@@ -190,7 +190,7 @@ impl Live {
     /// frees its slot. Returns whether there was such a span. The span is
     /// never moved, so `f` reads it where start and record wrote it.
     #[inline]
-    pub fn remove_with(&mut self, slot: usize, id: u64, trace_id: &[u8; 16], f: impl FnOnce(&mut Span)) -> bool {
+    pub(crate) fn remove_with(&mut self, slot: usize, id: u64, trace_id: &[u8; 16], f: impl FnOnce(&mut Span)) -> bool {
         let Some(held) = self.live_slot(slot, id, trace_id) else {
             return false;
         };

@@ -34,20 +34,20 @@ use std::time::Duration;
 
 /// How long a waiter sleeps between looks, once spinning and yielding have
 /// not got it the lock.
-pub const SLEEP: Duration = Duration::from_micros(50);
+pub(crate) const SLEEP: Duration = Duration::from_micros(50);
 
 /// A lock taken with one atomic read-modify-write and released with a
 /// store; its waiters back off (see the module docs).
 #[derive(Default)]
-pub struct ShardLock<T>(SpinMutex<T>);
+pub(crate) struct ShardLock<T>(SpinMutex<T>);
 
 /// Access to what a [`ShardLock`] guards, until dropped.
-pub type ShardGuard<'a, T> = SpinMutexGuard<'a, T>;
+pub(crate) type ShardGuard<'a, T> = SpinMutexGuard<'a, T>;
 
 impl<T> ShardLock<T> {
     /// Takes the lock, waiting as the module docs describe.
     #[inline]
-    pub fn lock(&self) -> ShardGuard<'_, T> {
+    pub(crate) fn lock(&self) -> ShardGuard<'_, T> {
         match self.0.try_lock() {
             Some(guard) => guard,
             None => self.lock_contended(),
