@@ -135,7 +135,16 @@ impl Encoding {
 /// let cfg = Config::from_json(r#"{"service_name": "shop", "sample_ratio": 0.5}"#).unwrap();
 /// assert_eq!(cfg.service_name, "shop");
 /// assert!(Config::from_json(r#"{"endpoint": "ftp://x"}"#).unwrap_err().to_string().contains("endpoint"));
+/// // In code: name what you set, take the rest from the defaults.
+/// let cfg = Config { service_name: "shop".into(), ..Config::default() };
+/// assert!(cfg.validate().is_ok());
 /// ```
+///
+/// Minor releases add fields (each with a default that keeps the old
+/// behaviour), so build a `Config` from JSON or with `..Config::default()`
+/// as above, never by listing every field. The struct is deliberately not
+/// `#[non_exhaustive]`: that would forbid the `..Config::default()` form
+/// outside this crate, the way bext sites and tests build it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
