@@ -95,7 +95,7 @@ pub struct Tls {
 /// How request bodies are written; both are what Zipkin's
 /// `POST /api/v2/spans` and the OpenTelemetry Collector's zipkin receiver
 /// take.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     /// Zipkin v2 JSON, `Content-Type: application/json`.
@@ -104,18 +104,6 @@ pub enum Encoding {
     /// Zipkin's protocol buffers (`zipkin.proto3.ListOfSpans`),
     /// `Content-Type: application/x-protobuf`.
     Proto3,
-}
-
-impl<'de> Deserialize<'de> for Encoding {
-    /// By hand, so that a refusal names the field (serde's own message for
-    /// an unknown variant does not).
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "json" => Ok(Encoding::Json),
-            "proto3" => Ok(Encoding::Proto3),
-            _ => Err(serde::de::Error::custom("field `encoding` must be json or proto3")),
-        }
-    }
 }
 
 impl Encoding {
