@@ -76,7 +76,7 @@ impl Check {
         let log = dir.join("db");
         let mut findings = Vec::new();
         let synced_end = synced_end(&plan, &view, &log, &mut findings);
-        if super::ledger::Ledger::unsound(dir) {
+        if view.ledger_unsound {
             findings.push(Finding {
                 file: dir.join(super::ledger::FILE),
                 offset: 0,

@@ -60,6 +60,16 @@ pub struct Ledger {
     last: Option<State>,
 }
 
+/// What a ledger file holds, read once ([`Ledger::inspect`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// The last state written, if a sound slot holds one.
+    pub state: Option<State>,
+    /// The file has bytes of which no slot is sound (each fails its CRC or
+    /// claims what no spool can hold): damage.
+    pub unsound: bool,
+}
+
 impl Ledger {
     /// Opens (or creates) the ledger in `dir`; returns it with the last
     /// state written, if a sound one is there.
@@ -86,23 +96,23 @@ impl Ledger {
 
     /// The last state written in `dir`'s ledger, without creating one.
     pub fn read(dir: &Path) -> Option<State> {
-        let mut bytes = Vec::new();
-        let file = std::fs::File::open(dir.join(FILE)).ok()?;
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, 2 * SLOT as u64), &mut bytes).ok()?;
-        best(&bytes).map(|(_, s)| s)
+        Self::inspect(dir).state
     }
 
-    /// Whether `dir` has a ledger with bytes in it of which no slot is
-    /// sound (each fails its CRC or claims what no spool can hold): damage.
-    pub fn unsound(dir: &Path) -> bool {
+    /// Reads `dir`'s ledger once, without creating one: its last sound
+    /// state, and whether it is damaged.
+    pub fn inspect(dir: &Path) -> Reading {
         let mut bytes = Vec::new();
-        let Ok(file) = std::fs::File::open(dir.join(FILE)) else {
-            return false;
-        };
-        if std::io::Read::read_to_end(&mut std::io::Read::take(file, 2 * SLOT as u64), &mut bytes).is_err() {
-            return false;
+        let read = std::fs::File::open(dir.join(FILE))
+            .and_then(|file| std::io::Read::read_to_end(&mut std::io::Read::take(file, 2 * SLOT as u64), &mut bytes));
+        if read.is_err() {
+            return Reading::default();
         }
-        bytes.iter().any(|&b| b != 0) && best(&bytes).is_none()
+        let state = best(&bytes).map(|(_, s)| s);
+        Reading {
+            state,
+            unsound: state.is_none() && bytes.iter().any(|&b| b != 0),
+        }
     }
 
     /// Records `state`, durably, unless it is what was last recorded.
@@ -207,12 +217,12 @@ mod tests {
             bytes[..SLOT].copy_from_slice(&slot);
             std::fs::write(&path, &bytes).unwrap();
             assert_eq!(Ledger::read(dir.path()), Some(sane), "{bad:?} is not believed");
-            assert!(!Ledger::unsound(dir.path()), "the other slot stands");
+            assert!(!Ledger::inspect(dir.path()).unsound, "the other slot stands");
             // With no sound slot left, the ledger is damage.
             bytes[SLOT..].copy_from_slice(&slot);
             std::fs::write(&path, &bytes).unwrap();
             assert_eq!(Ledger::read(dir.path()), None);
-            assert!(Ledger::unsound(dir.path()));
+            assert!(Ledger::inspect(dir.path()).unsound);
         }
     }
 

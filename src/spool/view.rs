@@ -31,6 +31,8 @@ pub struct View {
     pub scan: Scan,
     /// The ledger, if it could be read.
     pub ledger: Option<ledger::State>,
+    /// The ledger has bytes of which no slot is sound: damage.
+    pub ledger_unsound: bool,
     /// The newest state frame: its watermarks decide what is held.
     pub state: Option<State>,
     /// The frame of the commit the ledger records as durable, if found.
@@ -57,11 +59,12 @@ impl View {
     /// Reads the spool in `dir` (only reads).
     pub fn read(dir: &Path) -> io::Result<View> {
         let scan = Scan::dir(dir)?;
-        Ok(View::of(scan, ledger::Ledger::read(dir)))
+        Ok(View::of(scan, ledger::Ledger::inspect(dir)))
     }
 
     /// Interprets a scan, given the ledger.
-    pub fn of(mut scan: Scan, ledger: Option<ledger::State>) -> View {
+    pub fn of(mut scan: Scan, reading: ledger::Reading) -> View {
+        let ledger = reading.state;
         let state = scan.newest_state();
         let confirmed = ledger.and_then(|l| scan.states.get(&l.round).map(|(s, _)| *s));
         let queue_below = match state {
@@ -137,6 +140,7 @@ impl View {
         View {
             scan,
             ledger,
+            ledger_unsound: reading.unsound,
             state,
             confirmed,
             queue,
