@@ -117,12 +117,41 @@ fn expected_entries(dir: &Path) -> Vec<(PathBuf, bool)> {
     out
 }
 
+/// Why another user could swap a directory that user `me` spills into, if
+/// one could: it is not owned by `me` or root, or it is writable by group
+/// or others; for a directory `above` the spool, sticky (as `/tmp` is)
+/// will do.
+fn untrusted(m: &std::fs::Metadata, me: u32, above: bool) -> Option<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let whose = if above {
+        "a directory above the spool is"
+    } else {
+        "it is"
+    };
+    if m.uid() != me && m.uid() != 0 {
+        return Some(format!(
+            "{whose} owned by uid {}, not by this process's user (uid {me}) or root",
+            m.uid()
+        ));
+    }
+    let mode = m.permissions().mode() & 0o7777;
+    let shared = mode & 0o022 != 0;
+    let sticky = mode & 0o1000 != 0;
+    match (shared, above) {
+        (false, _) => None,
+        (true, true) if sticky => None,
+        (true, true) => Some(format!(
+            "a directory above the spool has mode {mode:04o}: writable by group or others and not sticky, so another user could swap the spool for theirs"
+        )),
+        (true, false) => Some(format!("its mode is {mode:04o}: writable by group or others")),
+    }
+}
+
 /// Refuses a spool directory that could have been planted (see the module
 /// docs): owned by another user, writable by group or others, or an entry
 /// that is a symbolic link or of the wrong kind. `writer`: the owner and
 /// mode rules apply (a reader only refuses links).
 pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let insecure = |path: &Path, why: String| SpoolError::Insecure {
         path: path.to_path_buf(),
         why,
@@ -135,41 +164,17 @@ pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
     if writer {
         let me = rustix::process::geteuid().as_raw();
         // The spool itself, then every directory above it (the link
-        // resolved): owned by us or root; writable by no one else, or for
-        // a parent, sticky (as /tmp is), so no one else can swap it.
+        // resolved): see `untrusted`.
         let real = std::fs::canonicalize(dir).map_err(|source| SpoolError::Io {
             dir: dir.to_path_buf(),
             what: "cannot resolve",
             source,
         })?;
-        let above = real
-            .ancestors()
-            .skip(1)
-            .filter_map(|p| Some((p, std::fs::metadata(p).ok()?)));
-        for (i, (path, m)) in std::iter::once((dir, meta)).chain(above).enumerate() {
-            let (whose, sticky_will_do) = if i == 0 {
-                ("it is", false)
-            } else {
-                ("a directory above the spool is", true)
-            };
-            if m.uid() != me && m.uid() != 0 {
-                return Err(insecure(
-                    path,
-                    format!(
-                        "{whose} owned by uid {}, not by this process's user (uid {me}) or root",
-                        m.uid()
-                    ),
-                ));
-            }
-            let mode = m.permissions().mode() & 0o7777;
-            if mode & 0o022 != 0 && !(sticky_will_do && mode & 0o1000 != 0) {
-                let why = if sticky_will_do {
-                    format!(
-                        "a directory above the spool has mode {mode:04o}: writable by group or others and not sticky, so another user could swap the spool for theirs"
-                    )
-                } else {
-                    format!("its mode is {mode:04o}: writable by group or others")
-                };
+        if let Some(why) = untrusted(&meta, me, false) {
+            return Err(insecure(dir, why));
+        }
+        for path in real.ancestors().skip(1) {
+            if let Some(why) = std::fs::metadata(path).ok().and_then(|m| untrusted(&m, me, true)) {
                 return Err(insecure(path, why));
             }
         }
