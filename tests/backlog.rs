@@ -173,19 +173,11 @@ fn inspect_shows_the_age_the_measured_rate_and_the_time_to_drain() {
 /// tests: 512 spans of `common::record`'s JSON, with room to spare.
 const ONE_RECORD: u64 = 256 << 10;
 
-/// A spool in `dir` holding `n` spans a dead collector left.
-fn spool_backlog(dir: &Path, n: usize) {
-    let t = SpillwayTracer::new(spool_config(&refused_url(), dir)).unwrap();
-    common::record(&t, n, "GET /metered");
-    let _ = t.flush();
-    t.shutdown().expect("the backlog is durable");
-}
-
 #[test]
 fn replay_puts_no_more_bytes_on_the_wire_than_its_cap_and_still_drains() {
     const CAP: u64 = 256 << 10;
     let dir = tempfile::tempdir().unwrap();
-    spool_backlog(dir.path(), 10_240);
+    common::spool_backlog(dir.path(), 10_240, "GET /metered");
     let sink = common::FaultServer::sink();
     let t = SpillwayTracer::new(spillway::Config {
         gzip: false, // the sink counts spans in plain JSON
@@ -227,7 +219,7 @@ fn replay_puts_no_more_bytes_on_the_wire_than_its_cap_and_still_drains() {
 fn the_replay_command_keeps_to_max_bytes_per_s() {
     const CAP: u64 = 128 << 10;
     let dir = tempfile::tempdir().unwrap();
-    spool_backlog(dir.path(), 4_096);
+    common::spool_backlog(dir.path(), 4_096, "GET /metered");
     let sink = common::FaultServer::sink();
     let conf = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(conf.path(), r#"{"gzip": false}"#).unwrap();

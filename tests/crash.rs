@@ -133,12 +133,7 @@ fn crash_replay_child() {
 fn kill_9_during_replay_repeats_at_most_the_unsettled_records() {
     use spillway::unstable::export::UNSETTLED;
     let dir = tempfile::tempdir().unwrap();
-    {
-        let t = SpillwayTracer::new(common::spool_config(&common::refused_url(), dir.path())).unwrap();
-        common::record(&t, 200_000, "GET /backlog");
-        let _ = t.flush();
-        t.shutdown().expect("the backlog is durable");
-    }
+    common::spool_backlog(dir.path(), 200_000, "GET /backlog");
     let sink = common::FaultServer::sink();
     let received = || sink.spans_received.load(std::sync::atomic::Ordering::Relaxed);
     let most_repeated = (UNSETTLED * spillway::spool::RECORD_MAX_SPANS) as u64;

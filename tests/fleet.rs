@@ -22,7 +22,7 @@
 mod common;
 
 use bext_plugin_api::tracer::TracerPlugin;
-use common::{FaultServer, record, refused_url};
+use common::FaultServer;
 use spillway::{Config, SpillwayTracer};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -46,16 +46,6 @@ fn config(url: &str, dir: &std::path::Path) -> Config {
     }
 }
 
-/// A spool in `dir` holding `spans` spans that a dead collector left.
-fn backlog(dir: &std::path::Path, spans: usize) {
-    let t = SpillwayTracer::new(config(&refused_url(), dir)).unwrap();
-    record(&t, spans, "GET /backlog");
-    let _ = t.flush();
-    t.shutdown().expect("the backlog is durable");
-    let s = t.stats();
-    assert_eq!(s.spooled, spans as u64, "{s:?}");
-}
-
 #[test]
 fn a_fleet_of_backlogs_drains_through_a_collector_that_sheds_load() {
     let tracers = env("FLEET_TRACERS", 20) as usize;
@@ -63,7 +53,7 @@ fn a_fleet_of_backlogs_drains_through_a_collector_that_sheds_load() {
     let rate = env("FLEET_RATE", 25_000);
     let dirs: Vec<_> = (0..tracers).map(|_| tempfile::tempdir().unwrap()).collect();
     for d in &dirs {
-        backlog(d.path(), per);
+        common::spool_backlog(d.path(), per, "GET /backlog");
     }
     let collector = FaultServer::admitting(rate);
     let began = Instant::now();

@@ -31,7 +31,8 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// The spool never grows past this in these runs (the figures are printed).
+/// The spool never grows past this in these runs (the figures are printed),
+/// but for the outage's backlog (see [`outage_bound`]).
 const SPOOL_BOUND: u64 = 64 << 20;
 /// How long the final drain may take at most.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
@@ -46,6 +47,8 @@ struct Run {
     peak_spool_bytes: u64,
     /// The most spans the spool held at a flush during the load.
     peak_spooled: u64,
+    /// Seconds since the load began and spans spooled, at each flush.
+    spooled_at: Vec<(f64, u64)>,
     drain: Duration,
 }
 
@@ -81,6 +84,8 @@ fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
     let stop = AtomicBool::new(false);
     let peak = AtomicU64::new(0);
     let peak_spooled = AtomicU64::new(0);
+    let spooled_at = std::sync::Mutex::new(Vec::new());
+    let begin = Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut second = 0;
@@ -92,6 +97,9 @@ fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
                 let flushed = t.flush();
                 let s = t.stats();
                 peak_spooled.fetch_max(s.spooled, Ordering::Relaxed);
+                if let Ok(mut v) = spooled_at.lock() {
+                    v.push((begin.elapsed().as_secs_f64(), s.spooled));
+                }
                 if std::env::var_os("PARTIAL_TRACE").is_some() {
                     eprintln!(
                         "second {second}: flush {:?} {}; delivered {} spooled {} in memory {}",
@@ -105,7 +113,6 @@ fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
                 peak.fetch_max(dir_bytes(dir.path()), Ordering::Relaxed);
             }
         });
-        let begin = Instant::now();
         let mut recorded = 0u64;
         while begin.elapsed() < Duration::from_secs(secs) {
             let due = (begin.elapsed().as_secs_f64() * rate as f64) as u64;
@@ -136,12 +143,14 @@ fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
         drained: t.stats(),
         peak_spool_bytes: peak.load(Ordering::Relaxed),
         peak_spooled: peak_spooled.load(Ordering::Relaxed),
+        spooled_at: spooled_at.into_inner().unwrap_or_default(),
         drain: began.elapsed(),
     }
 }
 
-/// Checks a run whose collector took `on_server` spans.
-fn check(name: &str, r: &Run, on_server: u64) {
+/// Checks a run whose collector took `on_server` spans and whose spool
+/// may grow to `spool_bound` bytes.
+fn check(name: &str, r: &Run, on_server: u64, spool_bound: u64) {
     let (e, d) = (&r.at_end, &r.drained);
     eprintln!(
         "{name}: recorded {}; at the end of the load {:.3} % delivered, {} spooled, {} in memory; \
@@ -165,7 +174,7 @@ fn check(name: &str, r: &Run, on_server: u64) {
     );
     assert!(on_server >= d.delivered, "{name}: the server took {on_server}: {d:?}");
     assert!(
-        r.peak_spool_bytes <= SPOOL_BOUND,
+        r.peak_spool_bytes <= spool_bound,
         "{name}: the spool grew to {} bytes",
         r.peak_spool_bytes
     );
@@ -181,7 +190,7 @@ fn scenario(name: &str, policy: common::Policy) {
         env("PARTIAL_SECS", 30),
         |_| {},
     );
-    check(name, &r, server.spans_received.load(Ordering::Relaxed));
+    check(name, &r, server.spans_received.load(Ordering::Relaxed), SPOOL_BOUND);
 }
 
 #[test]
@@ -196,22 +205,45 @@ fn one_request_in_a_hundred_failing_costs_no_span() {
 
 static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);
 
+/// The spool's bound for an outage of `spans` spans: what they take on
+/// disk at most (sled's amplification included), and the usual bound.
+fn outage_bound(spans: u64) -> u64 {
+    SPOOL_BOUND + spans * 160
+}
+
 #[test]
 fn a_backlog_from_an_outage_drains_while_fresh_spans_flow() {
     let server = FaultServer::failing_sink(|_| (!OUTAGE_OVER.load(Ordering::Relaxed)).then_some(503));
-    let secs = env("PARTIAL_SECS", 30);
-    // The first third of the load is an outage.
-    let r = run(&server.url, env("PARTIAL_RATE", 50_000), secs, |second| {
-        if second + 1 >= secs / 3 {
+    let (secs, rate) = (env("PARTIAL_SECS", 30), env("PARTIAL_RATE", 50_000));
+    // An outage for the first third of the load, or `PARTIAL_OUTAGE_SECS`.
+    let outage = env("PARTIAL_OUTAGE_SECS", secs / 3).min(secs);
+    let r = run(&server.url, rate, secs, |second| {
+        if second + 1 >= outage {
             OUTAGE_OVER.store(true, Ordering::Relaxed);
         }
     });
     let on_server = server.spans_received.load(Ordering::Relaxed);
-    check("outage, then health", &r, on_server);
+    check("outage, then health", &r, on_server, outage_bound(rate * outage));
     // While fresh spans kept coming at the same pace, the backlog shrank.
+    let peak = r.spooled_at.iter().copied().max_by_key(|&(_, n)| n).unwrap_or_default();
+    let emptied = r
+        .spooled_at
+        .iter()
+        .find(|&&(t, n)| t > peak.0 && n == 0)
+        .map(|&(t, _)| t);
     eprintln!(
-        "outage: the spool peaked at {} spans and held {} when the load stopped",
-        r.peak_spooled, r.at_end.spooled
+        "outage: the spool peaked at {} spans ({:.0} s in) and held {} when the load stopped; {}",
+        r.peak_spooled,
+        peak.0,
+        r.at_end.spooled,
+        match emptied {
+            Some(t) => format!(
+                "empty {:.0} s after the outage ended: the backlog drained at {:.0} spans/s beside {rate} fresh spans/s",
+                t - outage as f64,
+                peak.1 as f64 / (t - outage as f64).max(1.0)
+            ),
+            None => "not empty before the load stopped".to_owned(),
+        }
     );
     assert!(
         r.at_end.spooled < r.peak_spooled,
@@ -262,7 +294,7 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
             (ids.len() >= delivered).then_some(ids.len())
         },
     );
-    check("30 % of connections reset", &r, written as u64);
+    check("30 % of connections reset", &r, written as u64, SPOOL_BOUND);
     assert_eq!(written as u64, r.drained.recorded, "the collector has every span");
     assert!(r.drained.failed_requests > 0, "the link did reset connections");
 }

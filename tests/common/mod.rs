@@ -602,6 +602,20 @@ pub fn record(t: &spillway::SpillwayTracer, n: usize, name: &str) {
     }
 }
 
+/// Fills the spool in `dir` with `n` spans named `name` that a dead
+/// collector left: all of them durable when this returns.
+pub fn spool_backlog(dir: &std::path::Path, n: usize, name: &str) {
+    use bext_plugin_api::tracer::TracerPlugin;
+    let t = spillway::SpillwayTracer::new(spool_config(&refused_url(), dir)).expect("a tracer");
+    // In steps below the ended-span queue's bound, each flush spilling it.
+    for step in (0..n).step_by(8_192) {
+        record(&t, (n - step).min(8_192), name);
+        let _ = t.flush();
+    }
+    t.shutdown().expect("the backlog is durable");
+    assert_eq!(t.stats().spooled, n as u64, "{:?}", t.stats());
+}
+
 /// A config that sends to `url`, spills to `dir`, and retries without
 /// backoff (tests that are about backoff set their own).
 pub fn spool_config(url: &str, dir: &std::path::Path) -> spillway::Config {
