@@ -76,7 +76,7 @@ fn replay(c: &mut Criterion) {
                     ..Config::default()
                 })
                 .expect("tracer");
-                // The replay window follows the collector (from 8,192 spans
+                // The replay window follows the collector (from 1,024 spans
                 // a flush, doubling): flushes back to back until drained.
                 let t = Instant::now();
                 for _ in 0..100 {

@@ -192,8 +192,10 @@ pub struct Config {
     pub max_spool_age_ms: Option<u64>,
     /// The most spans one flush replays from the backlog, 1 to 10,000,000:
     /// a ceiling an operator may set. The pace itself follows the collector
-    /// (from 8,192 a flush, doubling while it takes everything, halving on
-    /// 429, 503 and timeouts), and fresh spans always go first.
+    /// (from 1,024 spans a flush, doubling while the collector takes
+    /// everything until it first shows congestion, then growing by 1,024 a
+    /// flush; halving on 429, 503 and timeouts), and fresh spans always go
+    /// first.
     pub replay_budget_spans: usize,
     /// Time replay may take per flush, 1 ms to 10 minutes (checked between
     /// records; a request in flight is bounded by `timeout_ms`).

@@ -319,7 +319,7 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     let s = balanced(&t);
     assert!(s.spooled > 0, "{s:?}");
     UP.store(true, std::sync::atomic::Ordering::SeqCst);
-    // Replay takes a window (from 8,192 spans) per flush.
+    // Replay takes a window (from 1,024 spans) per flush.
     for _ in 0..10 {
         t.flush().unwrap();
         if t.stats().spooled == 0 {

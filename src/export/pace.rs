@@ -7,7 +7,9 @@
 //! no congestion), doubles (slow start) until the first sign of
 //! congestion, then grows by `initial` a flush. A flush that met
 //! congestion (429, 503, a timeout: [`SendError::is_congestion`]) halves it,
-//! never below `floor`. `replay_budget_spans` is the ceiling, so an
+//! never below `floor`. An outage (the collector failed most requests and
+//! the exporter backs off) starts it over from `initial`, doubling again
+//! ([`Pace::restart`]). `replay_budget_spans` is the ceiling, so an
 //! operator can still cap it; the flush's time budget (`replay_budget_ms`)
 //! bounds each flush whatever the window says.
 //!
@@ -37,6 +39,16 @@ impl Pace {
             ceiling,
             slow_start: true,
         }
+    }
+
+    /// Starts over from `initial`, doubling again (slow start), as TCP does
+    /// after a timeout: the collector failed most requests (an outage), so
+    /// what the window had learnt of its capacity no longer holds, and
+    /// the congestion its failures showed says nothing of the pace it will
+    /// take once back.
+    pub(crate) fn restart(&mut self) {
+        self.window = self.step.clamp(self.floor, self.ceiling);
+        self.slow_start = true;
     }
 
     /// Spans this flush may replay.
@@ -85,6 +97,20 @@ mod tests {
             p.update(true, false);
         }
         assert_eq!(p.window(), 1 << 20, "never above the ceiling");
+    }
+
+    #[test]
+    fn after_an_outage_it_starts_over_and_doubles_again() {
+        let mut p = Pace::new(1_024, 512, 1 << 20);
+        for _ in 0..5 {
+            p.update(false, true); // the outage's failures
+        }
+        assert_eq!(p.window(), 512);
+        p.restart();
+        assert_eq!(p.window(), 1_024);
+        p.update(true, false);
+        p.update(true, false);
+        assert_eq!(p.window(), 4_096, "doubling, not additive");
     }
 
     #[test]
