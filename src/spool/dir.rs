@@ -274,39 +274,50 @@ impl Lock {
             what: "cannot open the lock file of",
             source,
         })?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match file.try_lock() {
-                Ok(()) => {
-                    // Who holds it, for whoever is refused (best effort).
-                    let me = format!("{}\n", std::process::id());
-                    let _ = file.set_len(0).and_then(|()| file.write_all_at(me.as_bytes(), 0));
-                    return Ok(Lock(file));
-                }
-                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(std::fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse { dir: dir.to_path_buf() }),
-                Err(std::fs::TryLockError::Error(source)) => {
-                    return Err(SpoolError::Io {
-                        dir: dir.to_path_buf(),
-                        what: "cannot lock",
-                        source,
-                    });
-                }
+        match within(wait, || file.try_lock()) {
+            Ok(()) => {
+                // Who holds it, for whoever is refused (best effort).
+                let me = format!("{}\n", std::process::id());
+                let _ = file.set_len(0).and_then(|()| file.write_all_at(me.as_bytes(), 0));
+                Ok(Lock(file))
             }
+            Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::InUse { dir: dir.to_path_buf() }),
+            Err(std::fs::TryLockError::Error(source)) => Err(SpoolError::Io {
+                dir: dir.to_path_buf(),
+                what: "cannot lock",
+                source,
+            }),
+        }
+    }
+}
+
+/// Calls `try_lock` every 10 ms until it takes the lock, fails otherwise,
+/// or `wait` has passed: a holder letting go (a closing owner, or a fork
+/// of one that holds its descriptors until it execs) is waited for.
+fn within(
+    wait: Duration,
+    mut try_lock: impl FnMut() -> Result<(), std::fs::TryLockError>,
+) -> Result<(), std::fs::TryLockError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
         }
     }
 }
 
 /// A reader's shared locks on `dir` (the lock file and sled's `db`, those
-/// that exist), taken at once; opens nothing for writing, creates nothing.
+/// that exist); opens nothing for writing, creates nothing.
 #[derive(Debug)]
 pub struct ReadLock(#[allow(dead_code)] Vec<File>);
 
 impl ReadLock {
-    /// Takes the shared locks, or says who holds the spool.
-    pub fn shared(dir: &Path) -> Result<ReadLock, SpoolError> {
+    /// Takes the shared locks, waiting up to `wait` for a writer letting
+    /// go; [`SpoolError::InUse`] after that.
+    pub fn shared(dir: &Path, wait: Duration) -> Result<ReadLock, SpoolError> {
         let mut held = Vec::new();
         for name in [super::LOCK_FILE, "db"] {
             let file = match File::open(dir.join(name)) {
@@ -320,7 +331,7 @@ impl ReadLock {
                     });
                 }
             };
-            match file.try_lock_shared() {
+            match within(wait, || file.try_lock_shared()) {
                 Ok(()) => held.push(file),
                 Err(std::fs::TryLockError::WouldBlock) => return Err(SpoolError::InUse { dir: dir.to_path_buf() }),
                 // A filesystem without locks: read anyway.

@@ -137,7 +137,8 @@ pub use write::{Prepared, prepare};
 /// own lock on `db` once it opens; this one covers the checks before).
 pub const LOCK_FILE: &str = "spillway.lock";
 
-/// How long [`Spool::open`] waits for a lock another owner is releasing.
+/// How long opening a spool, to write or to read, waits for a lock another
+/// owner is releasing.
 pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Target payload size of one record.

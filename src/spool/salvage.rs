@@ -131,7 +131,7 @@ pub(crate) fn marker_key(from: &Path) -> Vec<u8> {
 /// (see the module docs). `from` is only read.
 pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
     super::dir::check_trust(from, false)?;
-    let _lock = super::dir::ReadLock::shared(from)?;
+    let _lock = super::dir::ReadLock::shared(from, super::LOCK_WAIT)?;
     let view = View::read(from).map_err(|source| SalvageError::Read {
         dir: from.to_path_buf(),
         source,

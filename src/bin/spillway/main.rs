@@ -193,7 +193,7 @@ fn read(
     }
     // No link where a spool's file belongs: a reader does not follow one.
     spillway::spool::dir::check_trust(dir, false)?;
-    let lock = ReadLock::shared(dir)?;
+    let lock = ReadLock::shared(dir, spillway::spool::LOCK_WAIT)?;
     let check =
         spillway::spool::check::Check::run(dir).map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;
     Ok((lock, check))
