@@ -24,7 +24,7 @@ mod fixtures;
 use bext_plugin_api::tracer::TracerPlugin;
 use fixtures::{Answer, FaultServer};
 use spillway::{Config, SpillwayTracer};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn slow(_: &str) -> u16 {
@@ -32,14 +32,9 @@ fn slow(_: &str) -> u16 {
     202
 }
 
-static FLAPS: AtomicU64 = AtomicU64::new(0);
-
-fn flapping(_: &str) -> u16 {
-    if FLAPS.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
-        500
-    } else {
-        202
-    }
+/// Every third request a 500, the others 202.
+fn flapping(n: u64) -> Option<u16> {
+    (n % 3 == 2).then_some(500)
 }
 
 /// Recording-call latencies in 10 ns buckets up to 1 ms (the last bucket
@@ -90,7 +85,8 @@ struct Run {
 fn run(collector: &str, rate: u64, seconds: u64) -> Run {
     let server = match collector {
         "slow" => Some(FaultServer::start(vec![Answer::By(slow); 1_000_000])),
-        "flapping" => Some(FaultServer::start(vec![Answer::By(flapping); 10_000_000])),
+        // A counting sink: it keeps no body, so its own cost is small.
+        "flapping" => Some(FaultServer::failing_sink(flapping)),
         _ => None,
     };
     let endpoint = server.as_ref().map_or_else(fixtures::refused_url, |s| s.url.clone());
