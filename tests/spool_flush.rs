@@ -343,6 +343,38 @@ fn a_full_batch_goes_early_to_a_healthy_collector_not_to_the_spool() {
 }
 
 #[test]
+fn a_collector_slower_than_the_spans_gets_what_it_takes_and_the_spool_the_rest() {
+    // Every request takes 50 ms: 64 spans a request is 1,280 spans/s, far
+    // below the 20,000 a second recorded. The spiller, woken at 3,200 spans
+    // of a 6,400-span batch, sends early a request at a time and stops as
+    // soon as the batch is half full again; sending the whole batch for
+    // its 250 ms would let 5,000 more spans arrive where 3,200 fit.
+    fn slow(_: &str) -> u16 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        202
+    }
+    let server = FaultServer::start(vec![Answer::By(slow); 100_000]);
+    let dir = tempfile::tempdir().unwrap();
+    let t = SpillwayTracer::new(Config {
+        max_queue_spans: spillway::unstable::SHARDS * 100,
+        max_batch_spans: 64,
+        ..common::spool_config(&server.url, dir.path())
+    })
+    .unwrap();
+    // 200 spans every 10 ms (slower when the machine is busy), no flush.
+    for _ in 0..200 {
+        record(&t, 200, "steady");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    t.shutdown().unwrap();
+    let s = balanced(&t);
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert_eq!(s.delivered + s.spooled, 40_000, "{s:?}");
+    assert!(s.delivered > 0 && s.spooled > 0, "{s:?}");
+    assert_eq!(server.span_ids().len() as u64, s.delivered);
+}
+
+#[test]
 fn spooled_spans_past_the_age_cap_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let t = SpillwayTracer::new(Config {

@@ -253,16 +253,31 @@ impl Exporter {
         self.backoff.remaining(self.clock.now_unix_ms()).is_none() && !self.sender.circuit_open()
     }
 
-    /// Sends `batch` (counted as held) without replaying, keeping (spilling)
-    /// what the collector does not take by `deadline`: the spiller's early
-    /// send while the collector is healthy. Outcomes go to the books; the
-    /// next flush reports what went wrong.
-    pub fn send_early(&mut self, batch: Vec<Span>, deadline: Instant) {
+    /// Sends `batch` (counted as held) without replaying, a request's worth
+    /// at a time, keeping (spilling) what the collector does not take: the
+    /// spiller's early send while the collector is healthy. It stops at
+    /// `deadline`, when sending stops, or as soon as `behind()` says the
+    /// spans ended meanwhile need the caller (the collector is not keeping
+    /// up), and returns the spans it did not try, for the caller to spill.
+    /// Outcomes go to the books; the next flush reports what went wrong.
+    pub fn send_early(&mut self, mut batch: Vec<Span>, deadline: Instant, behind: &dyn Fn() -> bool) -> Vec<Span> {
         let mut r = FlushError::default();
-        if let Some(Stop::Failed(e)) = self.send_fresh(&batch, deadline, &mut r) {
-            self.backoff.failed(Some(e), self.clock.now_unix_ms(), fastrand::f64());
+        let step = self.sender.max_batch_spans().max(1);
+        let mut start = 0;
+        while start < batch.len() && Instant::now() < deadline && (start == 0 || !behind()) {
+            let end = (start + step).min(batch.len());
+            let stop = self.send_fresh(&batch[start..end], deadline, &mut r);
+            start = end;
+            if let Some(stop) = stop {
+                if let Stop::Failed(e) = stop {
+                    self.backoff.failed(Some(e), self.clock.now_unix_ms(), fastrand::f64());
+                }
+                break;
+            }
         }
+        let rest = batch.split_off(start);
         self.reuse(batch);
+        rest
     }
 
     /// Keeps `batch`'s capacity for the next [`Exporter::take_buffer`].

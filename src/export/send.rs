@@ -210,6 +210,11 @@ impl Sender {
         congestion > 0 && congestion * CONGESTED_ONE_IN >= attempts
     }
 
+    /// The most spans one request carries.
+    pub(crate) fn max_batch_spans(&self) -> usize {
+        self.max_batch_spans
+    }
+
     /// Bytes of request bodies sent so far, every attempt counted.
     pub(crate) fn bytes_sent(&self) -> u64 {
         self.bytes_sent

@@ -5,11 +5,15 @@
 //!
 //! When the collector is taking spans (no backoff, the circuit closed) and
 //! no flush is running (the exporter's lock is free: `try_lock`, never a
-//! wait), it *sends* the batch early, within [`EARLY_SEND`], and spills
-//! only what the collector did not take by then: a healthy collector gets
-//! fresh spans at once instead of through the spool. Otherwise it spills
-//! the batch through the disk thread, so a flush waiting on the collector
-//! does not hold it up.
+//! wait), it *sends* the batch early, a request's worth at a time, and
+//! spills what the collector did not take and what it did not try: it
+//! stops trying at [`EARLY_SEND`] or as soon as the shards fill up to the
+//! spiller's mark again (the collector is not keeping up with the spans
+//! recorded), so a slow collector costs the spool, never a `queue_full`
+//! drop while the disk keeps up. A healthy collector gets fresh spans at
+//! once instead of through the spool. Otherwise it spills the batch
+//! through the disk thread, so a flush waiting on the collector does not
+//! hold it up.
 
 use super::*;
 use crate::export::disk::{Done, Spilled};
@@ -57,14 +61,13 @@ impl Inner {
     /// and writing overlap and the disk still sets the pace.
     pub(super) fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, SpoolFailure>>>) {
         let Some(disk) = &self.disk else { return };
-        if let Ok(mut exporter) = self.exporter.try_lock()
-            && exporter.is_sending()
-        {
-            let batch = self.drain(exporter.take_buffer());
-            exporter.send_early(batch, Instant::now() + EARLY_SEND);
-            return;
-        }
-        let batch = self.drain(Vec::new());
+        let batch = match self.exporter.try_lock() {
+            Ok(mut exporter) if exporter.is_sending() => {
+                let batch = self.drain(exporter.take_buffer());
+                exporter.send_early(batch, Instant::now() + EARLY_SEND, &|| self.is_behind())
+            }
+            _ => self.drain(Vec::new()),
+        };
         if !batch.is_empty() {
             let now_ms = self.clock.now_unix_ms();
             match disk.spill(Arc::clone(&self.service), batch, now_ms) {
@@ -80,6 +83,13 @@ impl Inner {
         if let Some(previous) = in_flight.take() {
             self.wait_for(&previous);
         }
+    }
+
+    /// Whether the shards need the spiller again (woken since it last
+    /// looked) or the tracer is stopping: an early send then stops and
+    /// what it has not tried is spilled.
+    fn is_behind(&self) -> bool {
+        *lock(&self.wake.pending) || self.wake.stop.load(Ordering::SeqCst)
     }
 
     /// Waits for a spill to be done, or for the tracer to stop.
