@@ -2,15 +2,16 @@
 //! (`replay_max_bytes_per_s`): a token bucket that refills at the
 //! configured rate and holds at most one second of it.
 //!
-//! A pure type: time comes in as an [`Instant`] so tests drive it. Replay
-//! asks [`Allowance::may_send`] before each record and reports what the
-//! record's requests put on the wire with [`Allowance::spent`]; a record
+//! A pure type: time comes in as an [`Instant`] so tests drive it. A
+//! flush's replay asks [`Allowance::may_send`] before each record (the
+//! `replay` command sleeps [`Allowance::wait`] instead) and reports what
+//! the record's requests put on the wire with [`Allowance::spent`]; a record
 //! may overdraw the balance (a record is never split for the allowance),
 //! and the debt is repaid before the next one goes, so over any window
 //! the bytes sent stay within `rate * window` plus one second's refill and
 //! one record's requests. Fresh spans are never held back by it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// See the module docs.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,16 @@ impl Allowance {
         self.balance > 0.0
     }
 
+    /// How long from `now` until replay may send again (zero when it may).
+    pub(super) fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.balance > 0.0 {
+            return Duration::ZERO;
+        }
+        // Just past the debt, so `may_send` then says yes.
+        Duration::from_secs_f64(-self.balance / self.per_s) + Duration::from_micros(1)
+    }
+
     /// Records `bytes` put on the wire at `now`.
     pub(super) fn spent(&mut self, bytes: u64, now: Instant) {
         self.refill(now);
@@ -54,7 +65,6 @@ impl Allowance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_record_may_overdraw_and_the_debt_is_repaid_at_the_rate() {
@@ -64,6 +74,14 @@ mod tests {
         a.spent(3_000, t0); // balance -2,000
         assert!(!a.may_send(t0 + Duration::from_millis(1_999)));
         assert!(a.may_send(t0 + Duration::from_millis(2_001)));
+        a.spent(3_000, t0 + Duration::from_millis(2_001));
+        let wait = a.wait(t0 + Duration::from_millis(2_001));
+        // A balance of 1 left, 3,000 spent: 2,999 to repay at 1,000 a second.
+        assert!(
+            wait > Duration::from_millis(2_990) && wait < Duration::from_millis(3_010),
+            "{wait:?}"
+        );
+        assert!(a.may_send(t0 + Duration::from_millis(2_001) + wait));
     }
 
     #[test]

@@ -19,7 +19,9 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pace {
     window: usize,
-    step: usize,
+    /// The window to start from, and the additive increase once
+    /// congestion was seen.
+    initial: usize,
     floor: usize,
     ceiling: usize,
     slow_start: bool,
@@ -34,7 +36,7 @@ impl Pace {
         let window = initial.clamp(floor, ceiling);
         Pace {
             window,
-            step: window,
+            initial: window,
             floor,
             ceiling,
             slow_start: true,
@@ -47,7 +49,7 @@ impl Pace {
     /// the congestion its failures showed says nothing of the pace it will
     /// take once back.
     pub(crate) fn restart(&mut self) {
-        self.window = self.step.clamp(self.floor, self.ceiling);
+        self.window = self.initial;
         self.slow_start = true;
     }
 
@@ -66,7 +68,7 @@ impl Pace {
             let grown = if self.slow_start {
                 self.window.saturating_mul(2)
             } else {
-                self.window.saturating_add(self.step)
+                self.window.saturating_add(self.initial)
             };
             self.window = grown.min(self.ceiling);
         }

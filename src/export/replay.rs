@@ -156,6 +156,15 @@ impl Exporter {
         None
     }
 
+    /// How long until the byte allowance (`replay_max_bytes_per_s`) lets
+    /// replay send again: zero when it does, or when there is none. For a
+    /// caller of [`Exporter::replay_next`], which does not wait itself.
+    pub fn replay_wait(&mut self) -> Duration {
+        self.allowance
+            .as_mut()
+            .map_or(Duration::ZERO, |a| a.wait(Instant::now()))
+    }
+
     /// Whether the byte allowance (if one is set) lets replay send now.
     fn allowed(&mut self) -> bool {
         self.allowance.as_mut().is_none_or(|a| a.may_send(Instant::now()))
@@ -270,7 +279,9 @@ impl Exporter {
     /// settled (delivered or refused for good; refused spans become a new
     /// dead letter); if sending stops part-way, the unsent rest is queued
     /// again with the record's age. `Err` when the collector could not take
-    /// it or the spool failed: the record stays first in line.
+    /// it or the spool failed: the record stays first in line. What it put
+    /// on the wire is charged to the byte allowance; the caller waits
+    /// [`Exporter::replay_wait`] before the next.
     pub fn replay_next(&mut self, tree: Tree) -> Result<Option<Replayed>, Box<FlushError>> {
         let mut r = FlushError::default();
         let deadline = Instant::now() + self.flush_timeout;
@@ -293,7 +304,9 @@ impl Exporter {
         };
         let (key, spans) = (entry.key, entry.declared_spans);
         let mut pipeline = Pipeline::default();
+        let wire = self.sender.bytes_sent();
         let (unsettled, stopped) = self.send_entry(&disk, entry, deadline, &mut r);
+        self.charge(wire);
         pipeline.unsettled.extend(unsettled);
         let settled = self.await_settles(&mut pipeline, 0, deadline, &mut r);
         let stopped = stopped.or(settled);

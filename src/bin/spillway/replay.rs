@@ -76,11 +76,11 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         )
         .into());
     }
-    let config = args.collector.config(Config {
+    let mut config = args.collector.config(Config {
         max_spool_bytes: 1 << 40,
         ..Config::default()
     })?;
-    let max_bytes_per_s = args.max_bytes_per_s.or(config.replay_max_bytes_per_s);
+    config.replay_max_bytes_per_s = args.max_bytes_per_s.or(config.replay_max_bytes_per_s);
     // Refuses a bad URL or TLS file before the spool is touched.
     let transport = HttpTransport::new(&config).map_err(crate::collector::Usage::from)?;
     let tree = if args.dead_letters { Tree::Dead } else { Tree::Queue };
@@ -149,14 +149,14 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
                 break;
             }
         }
-        // Sleep until the spans and bytes sent so far fit the rates.
-        let due = [
-            args.rate.map(|rate| settled as f64 / rate as f64),
-            max_bytes_per_s.map(|rate| exporter.bytes_sent() as f64 / rate as f64),
-        ];
-        let due = Duration::from_secs_f64(due.into_iter().flatten().fold(0.0, f64::max));
+        // Sleep until the spans sent so far fit `--rate` and the bytes the
+        // byte allowance.
+        let spans_due = args.rate.map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(settled as f64 / rate as f64).saturating_sub(started.elapsed())
+        });
+        let until = Instant::now() + spans_due.max(exporter.replay_wait());
         // In steps, so a signal is answered within one.
-        while let Some(wait) = due.checked_sub(started.elapsed()) {
+        while let Some(wait) = until.checked_duration_since(Instant::now()) {
             if wait.is_zero() || signals.caught().is_some() {
                 break;
             }
