@@ -38,4 +38,4 @@ pub mod workload {
     pub use crate::workload::request;
 }
 
-pub use crate::tracer::{MAX_INTERNED_LEN, MAX_NAMES_PER_SHARD, SHARDS};
+pub use crate::tracer::{MAX_INTERNED_LEN, MAX_INTERNED_NAMES, MAX_NAMES_PER_SHARD, SHARDS};

@@ -59,10 +59,11 @@
 //! Span and event names are low-cardinality in bext (route templates,
 //! `exception`), so each shard interns them: a name seen before costs a
 //! hash lookup under the lock already held instead of an allocation now and
-//! a free at flush. Interned names are leaked `&'static str`, bounded at
-//! [`MAX_NAMES_PER_SHARD`] names of at most [`MAX_INTERNED_LEN`] bytes per
-//! shard (2 MiB at worst per tracer, and never freed: a process that builds
-//! many tracers leaks each one's set); past that, names are owned.
+//! a free at flush. Interned names are leaked `&'static str` in one set for
+//! the process (`src/tracer/names.rs`), shared by every tracer it builds:
+//! at most [`MAX_INTERNED_NAMES`] names of at most [`MAX_INTERNED_LEN`]
+//! bytes, 2 MiB at worst for the process however many tracers it builds;
+//! past that, names are owned.
 //!
 //! ## Bounds
 //! Attributes and events per span are capped (the excess is counted on the
@@ -93,6 +94,7 @@ mod drain;
 pub(crate) mod ended;
 mod home;
 pub(crate) mod live;
+mod names;
 mod record;
 pub(crate) mod shard_lock;
 mod shards;
@@ -105,6 +107,9 @@ pub const SHARDS: usize = 64;
 // The full-shard mask is one `u64`.
 const _: () = assert!(SHARDS == u64::BITS as usize);
 
+/// Names the process interns at most, over every tracer (each shard's
+/// bound, once).
+pub const MAX_INTERNED_NAMES: usize = SHARDS * MAX_NAMES_PER_SHARD;
 /// Names each shard interns at most.
 pub const MAX_NAMES_PER_SHARD: usize = 256;
 /// Longest name that is interned.

@@ -1,57 +1,12 @@
 //! The shard table: each shard's state under its lock, claiming a shard
 //! with room for a new span (the thread's home first), finding the live
-//! span a handle names, and the names each shard interns.
+//! span a handle names.
 
 use super::*;
 use crate::span::Span;
 use live::{Address, Live};
+use names::Names;
 use shard_lock::{ShardGuard, ShardLock};
-use std::borrow::Cow;
-
-/// A bounded set of leaked names (see the module docs), fronted by a small
-/// cache keyed by the caller's string address: bext's names are mostly
-/// literals, so the same address comes back with the same text, and a hit
-/// costs a comparison instead of a hash and a probe. The text is always
-/// compared, so a reused address with other text is a miss, never a wrong
-/// name.
-#[derive(Default)]
-pub(super) struct Names {
-    pub(super) set: rustc_hash::FxHashSet<&'static str>,
-    pub(super) recent: [Option<(usize, &'static str)>; NAME_CACHE],
-}
-
-impl Names {
-    #[inline(always)]
-    pub(super) fn get(&mut self, name: &str) -> Cow<'static, str> {
-        let addr = name.as_ptr() as usize;
-        let slot = (addr >> 3 ^ name.len()) % NAME_CACHE;
-        if let Some((a, interned)) = self.recent[slot]
-            && a == addr
-            && interned == name
-        {
-            return Cow::Borrowed(interned);
-        }
-        self.get_uncached(name, slot)
-    }
-
-    /// [`Names::get`] past a cache miss: the set, then a new name.
-    #[cold]
-    fn get_uncached(&mut self, name: &str, slot: usize) -> Cow<'static, str> {
-        let addr = name.as_ptr() as usize;
-        let entry = &mut self.recent[slot];
-        if let Some(&interned) = self.set.get(name) {
-            *entry = Some((addr, interned));
-            return Cow::Borrowed(interned);
-        }
-        if self.set.len() < MAX_NAMES_PER_SHARD && name.len() <= MAX_INTERNED_LEN {
-            let leaked: &'static str = Box::leak(Box::from(name));
-            self.set.insert(leaked);
-            *entry = Some((addr, leaked));
-            return Cow::Borrowed(leaked);
-        }
-        Cow::Owned(name.to_owned())
-    }
-}
 
 /// What one shard holds: its live spans, its part of the ended batch, and
 /// its counters (kept here so the hot path updates them under the lock it
@@ -164,24 +119,5 @@ impl Inner {
         if let Some(span) = st.live.get_mut(a.slot, id, &h.trace_id) {
             f(span, &mut st.names);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_interned_and_a_reused_address_with_other_text_is_not_mistaken() {
-        let mut names = Names::default();
-        let mut buf = String::from("GET /a");
-        let first = names.get(&buf);
-        assert!(matches!(first, Cow::Borrowed("GET /a")));
-        assert!(matches!(names.get("GET /a"), Cow::Borrowed(s) if std::ptr::eq(s, &*first)));
-        // Same address and length, other text: a cache hit would be wrong.
-        buf.replace_range(.., "GET /b");
-        assert_eq!(names.get(&buf), "GET /b");
-        assert_eq!(names.get(&buf), "GET /b");
-        assert_eq!(names.set.len(), 2);
     }
 }
