@@ -1,6 +1,8 @@
 //! The bext `TracerPlugin` contract, checked call by call through a
 //! transport that records what it is asked to send.
 
+mod common;
+
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use serde_json::Value as Json;
 use spillway::clock::ManualClock;
@@ -437,4 +439,63 @@ fn high_cardinality_names_survive_past_the_interner_bound() {
             assert_eq!(s["annotations"][0]["value"], format!("event-{i}"));
         }
     }
+}
+
+const NAMES_CHILD_ENV: &str = "SPILLWAY_NAMES_CHILD";
+
+/// This process's resident set, in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+/// The child: builds and drops 1,000 tracers, each recording spans under
+/// 200 names of its own (about 100 bytes each, as a site's routes), and
+/// reports its resident set after the first 10 and after them all.
+#[test]
+#[ignore = "run by a thousand_tracers_built_and_dropped_leak_no_names as its child process"]
+fn names_child() {
+    if std::env::var_os(NAMES_CHILD_ENV).is_none() {
+        return;
+    }
+    let pad = "x".repeat(60);
+    for tracer_n in 0..1_000 {
+        let (t, _rec, _) = tracer();
+        for name_n in 0..200 {
+            let name = format!("GET /site-{tracer_n}/{pad}/route-{name_n}");
+            for _ in 0..3 {
+                let h = start(&t, &name, None);
+                t.end_span(h, None);
+            }
+        }
+        t.flush().unwrap();
+        drop(t);
+        if tracer_n == 9 {
+            common::child::say(&format!("rss {}", rss_bytes()));
+        }
+    }
+    common::child::say(&format!("rss {}", rss_bytes()));
+}
+
+#[test]
+fn a_thousand_tracers_built_and_dropped_leak_no_names() {
+    let out = common::child::spawn("names_child", NAMES_CHILD_ENV, "1")
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rss: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once("@@rss ")?.1.parse().ok())
+        .collect();
+    let [after_10, after_1000] = rss[..] else {
+        panic!("two readings: {rss:?}")
+    };
+    eprintln!("resident after 10 tracers {after_10} bytes, after 1,000 {after_1000}");
+    // Leaked per tracer, 200 names of 112 bytes would be 22 MB.
+    assert!(
+        after_1000 <= after_10 + (8 << 20),
+        "{after_10} bytes after 10 tracers, {after_1000} after 1,000"
+    );
 }
