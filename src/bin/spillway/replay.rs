@@ -67,6 +67,48 @@ struct Summary {
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
     let signals = crate::Signals::catch()?;
+    let config = parse(&args)?;
+    // Refuses a bad URL or TLS file before the spool is touched.
+    let transport = HttpTransport::new(&config).map_err(crate::collector::Usage::from)?;
+    let tree = if args.dead_letters { Tree::Dead } else { Tree::Queue };
+    let max_records = args.max_records.unwrap_or(u64::MAX);
+    if args.dry_run {
+        return dry_run(dir, tree, max_records, args.json);
+    }
+    let mut spool = open(dir)?;
+    let set_aside = spool
+        .take_damage()
+        .and_then(|d| d.set_aside)
+        .map(|p| p.display().to_string());
+    let books = Arc::new(Books::default());
+    let disk = Arc::new(Disk::start(
+        Ok(spool),
+        dir.to_path_buf(),
+        u64::MAX,
+        u64::MAX,
+        Arc::clone(&books),
+    )?);
+    let total = left(&disk, tree);
+    let mut exporter = Exporter::new(
+        &config,
+        Box::new(transport),
+        Some(Arc::clone(&disk)),
+        books,
+        Arc::new(SystemClock),
+    );
+    let started = Instant::now();
+    let (mut s, refusal) = drive(&mut exporter, tree, max_records, args.rate, total, &signals);
+    s.set_aside = set_aside;
+    s.seconds = started.elapsed().as_secs_f64();
+    drop(exporter);
+    disk.stop(Instant::now() + Duration::from_secs(10));
+    s.remaining = left(&disk, tree);
+    report(&s, &args, &signals, refusal)
+}
+
+/// The collector's config from the options: `--endpoint`, the environment
+/// or `--config` must name one; `--max-bytes-per-s` overrides the file.
+fn parse(args: &Args) -> Result<Config, Box<dyn std::error::Error>> {
     let given = args.collector.endpoint.is_some()
         || args.collector.config.is_some()
         || std::env::var_os("OTEL_EXPORTER_ZIPKIN_ENDPOINT").is_some_and(|v| !v.is_empty());
@@ -81,48 +123,36 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         ..Config::default()
     })?;
     config.replay_max_bytes_per_s = args.max_bytes_per_s.or(config.replay_max_bytes_per_s);
-    // Refuses a bad URL or TLS file before the spool is touched.
-    let transport = HttpTransport::new(&config).map_err(crate::collector::Usage::from)?;
-    let tree = if args.dead_letters { Tree::Dead } else { Tree::Queue };
-    let max_records = args.max_records.unwrap_or(u64::MAX);
-    if args.dry_run {
-        return dry_run(dir, tree, max_records, args.json);
-    }
-    let mut spool = open(dir)?;
-    let set_aside = spool
-        .take_damage()
-        .and_then(|d| d.set_aside)
-        .map(|p| p.display().to_string());
-    let left = |s: &spillway::spool::Spool| match tree {
-        Tree::Queue => s.stats().spans,
-        Tree::Dead => s.stats().dead_letter_spans,
-    };
-    let total = left(&spool);
+    Ok(config)
+}
+
+/// Spans left in `tree`, from the disk thread's view of the spool.
+fn left(disk: &Disk, tree: Tree) -> u64 {
+    disk.stats().map_or(0, |st| match tree {
+        Tree::Queue => st.spans,
+        Tree::Dead => st.dead_letter_spans,
+    })
+}
+
+/// Replays records of `tree` oldest first until none is left, `max_records`
+/// were sent, the collector fails or a signal comes, keeping to `rate`
+/// spans a second and the exporter's byte allowance; returns the counts
+/// and the collector's last refusal.
+fn drive(
+    exporter: &mut Exporter,
+    tree: Tree,
+    max_records: u64,
+    rate: Option<u64>,
+    total: u64,
+    signals: &crate::Signals,
+) -> (Summary, Option<spillway::transport::SendError>) {
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} spans {per_sec} eta {eta} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let books = Arc::new(Books::default());
-    let disk = Arc::new(Disk::start(
-        Ok(spool),
-        dir.to_path_buf(),
-        u64::MAX,
-        u64::MAX,
-        Arc::clone(&books),
-    )?);
-    let mut exporter = Exporter::new(
-        &config,
-        Box::new(transport),
-        Some(Arc::clone(&disk)),
-        books,
-        Arc::new(SystemClock),
-    );
     let started = Instant::now();
-    let mut s = Summary {
-        set_aside,
-        ..Summary::default()
-    };
+    let mut s = Summary::default();
     let mut settled = 0u64;
     let mut refusal = None;
     while s.records < max_records && signals.caught().is_none() {
@@ -151,7 +181,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         }
         // Sleep until the spans sent so far fit `--rate` and the bytes the
         // byte allowance.
-        let spans_due = args.rate.map_or(Duration::ZERO, |rate| {
+        let spans_due = rate.map_or(Duration::ZERO, |rate| {
             Duration::from_secs_f64(settled as f64 / rate as f64).saturating_sub(started.elapsed())
         });
         let until = Instant::now() + spans_due.max(exporter.replay_wait());
@@ -164,15 +194,18 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         }
     }
     bar.finish_and_clear();
-    s.seconds = started.elapsed().as_secs_f64();
-    drop(exporter);
-    disk.stop(Instant::now() + Duration::from_secs(10));
-    s.remaining = disk.stats().map_or(0, |st| match tree {
-        Tree::Queue => st.spans,
-        Tree::Dead => st.dead_letter_spans,
-    });
+    (s, refusal)
+}
+
+/// Prints the summary and says why the exit code is what it is.
+fn report(
+    s: &Summary,
+    args: &Args,
+    signals: &crate::Signals,
+    refusal: Option<spillway::transport::SendError>,
+) -> Outcome {
     if args.json {
-        say!("{}", serde_json::to_string(&s)?);
+        say!("{}", serde_json::to_string(s)?);
     } else {
         say!(
             "delivered {} spans in {} records ({:.1}s); {} dead-lettered; {} remain in {}",
