@@ -167,6 +167,10 @@ pub struct Config {
     /// Uncompressed body bytes per request, 1 KiB to 64 MiB (Zipkin refuses
     /// bodies over 10 MiB by default).
     pub max_request_bytes: usize,
+    /// Requests sent side by side at most, 1 to 64, each on its own
+    /// connection: the window starts at one and follows the collector
+    /// (one more while it takes everything, half on 429, 503 or a timeout).
+    pub max_requests_in_flight: usize,
     /// Ended spans held in memory between flushes, 1 to 100,000,000.
     pub max_queue_spans: usize,
     /// Spans started and not yet ended, 64 to 1,073,741,824: a bound on the
@@ -239,6 +243,7 @@ impl Default for Config {
             adopt_remote_parent: false,
             max_batch_spans: 512,
             max_request_bytes: 4 << 20,
+            max_requests_in_flight: 4,
             max_queue_spans: 65_536,
             max_live_spans: 262_144,
             max_retry_spans: 65_536,
@@ -379,6 +384,7 @@ impl Config {
         }
         range("max_batch_spans", self.max_batch_spans as u64, 1, 100_000)?;
         range("max_request_bytes", self.max_request_bytes as u64, 1024, 64 << 20)?;
+        range("max_requests_in_flight", self.max_requests_in_flight as u64, 1, 64)?;
         range("max_queue_spans", self.max_queue_spans as u64, 1, 100_000_000)?;
         range("max_live_spans", self.max_live_spans as u64, 64, 1 << 30)?;
         range("max_retry_spans", self.max_retry_spans as u64, 0, 100_000_000)?;

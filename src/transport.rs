@@ -138,6 +138,12 @@ pub trait Transport: Send {
     fn send(&mut self, body: &[u8], timeout: Duration) -> Result<(), SendError>;
     /// Where it sends, for messages.
     fn endpoint(&self) -> &str;
+    /// Another transport to the same collector with the same settings
+    /// (and its own connection), so requests can go side by side; `None`
+    /// (the default) keeps them one at a time.
+    fn try_clone(&self) -> Option<Box<dyn Transport>> {
+        None
+    }
 }
 
 /// The ureq-backed transport.
@@ -252,6 +258,8 @@ impl HttpTransport {
             .timeout_connect(Some(config.connect_timeout()))
             .http_status_as_error(false)
             .max_redirects(0)
+            // One kept-alive connection for each request side by side.
+            .max_idle_connections_per_host(config.max_requests_in_flight.max(1))
             .tls_config(tls_config(config)?)
             .user_agent(concat!("spillway/", env!("CARGO_PKG_VERSION")))
             .build();
@@ -330,7 +338,28 @@ impl HttpTransport {
     }
 }
 
+impl Clone for HttpTransport {
+    /// The same collector and settings, sharing the agent's connection
+    /// pool; its own gzip buffer.
+    fn clone(&self) -> Self {
+        HttpTransport {
+            agent: self.agent.clone(),
+            target: self.target.clone(),
+            endpoint: self.endpoint.clone(),
+            content_type: self.content_type,
+            gzip: self.gzip,
+            headers: self.headers.clone(),
+            gz_buf: Vec::new(),
+            timeout: self.timeout,
+        }
+    }
+}
+
 impl Transport for HttpTransport {
+    fn try_clone(&self) -> Option<Box<dyn Transport>> {
+        Some(Box::new(self.clone()))
+    }
+
     fn send(&mut self, body: &[u8], timeout: Duration) -> Result<(), SendError> {
         if timeout.is_zero() {
             return Err(SendError::Timeout("no time left in this flush".into()));

@@ -131,7 +131,8 @@ impl Exporter {
                 Encoder::with_encoding(config.encoding, &config.service_name),
                 config.max_batch_spans,
                 config.max_request_bytes,
-            ),
+            )
+            .with_in_flight(config.max_requests_in_flight),
             service: config.service_name.as_str().into(),
             retry: Vec::new(),
             spare: Vec::new(),
@@ -253,8 +254,8 @@ impl Exporter {
         self.backoff.remaining(self.clock.now_unix_ms()).is_none() && !self.sender.circuit_open()
     }
 
-    /// Sends `batch` (counted as held) without replaying, a request's worth
-    /// at a time, keeping (spilling) what the collector does not take: the
+    /// Sends `batch` (counted as held) without replaying, a window's worth
+    /// of requests at a time, keeping (spilling) what the collector does not take: the
     /// spiller's early send while the collector is healthy. It stops at
     /// `deadline`, when sending stops, or as soon as `behind()` says the
     /// spans ended meanwhile need the caller (the collector is not keeping
@@ -262,7 +263,9 @@ impl Exporter {
     /// Outcomes go to the books; the next flush reports what went wrong.
     pub fn send_early(&mut self, mut batch: Vec<Span>, deadline: Instant, behind: &dyn Fn() -> bool) -> Vec<Span> {
         let mut r = FlushError::default();
-        let step = self.sender.max_batch_spans().max(1);
+        // Two requests' worth for each request in flight, so the window
+        // can be used; `behind` is asked between steps.
+        let step = (2 * self.sender.max_batch_spans() * self.sender.in_flight()).max(1);
         let mut start = 0;
         while start < batch.len() && Instant::now() < deadline && (start == 0 || !behind()) {
             let end = (start + step).min(batch.len());

@@ -1,9 +1,10 @@
 //! Sending a run of spans: request sizing, encoding, retries, and what to
 //! do with a refusal, each request bounded by the flush's deadline.
 //!
-//! Spans go out in order, in requests of at most `max_batch_spans` spans
-//! and `max_request_bytes` bytes of JSON (a span alone over the byte limit
-//! is dropped as oversize). Each answer is classified by the transport
+//! Spans go out in requests of at most `max_batch_spans` spans and
+//! `max_request_bytes` bytes of JSON (a span alone over the byte limit is
+//! dropped as oversize), in order, or in up to `max_requests_in_flight`
+//! contiguous parts side by side, each in order ([`Sender::send`]). Each answer is classified by the transport
 //! ([`Class`]):
 //!
 //! - 2xx: delivered.
@@ -39,6 +40,7 @@ use crate::span::Span;
 use crate::transport::{Class, SendError, Transport};
 use crate::zipkin::Encoder;
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Why sending stopped before the end.
@@ -75,6 +77,18 @@ pub(crate) struct Sent {
 }
 
 impl Sent {
+    /// Adds what sending a later part, starting at `offset`, did.
+    fn add(&mut self, part: Sent, offset: usize) {
+        let shift = |r: Range<usize>| r.start + offset..r.end + offset;
+        self.delivered += part.delivered;
+        self.oversize += part.oversize;
+        self.refused.extend(part.refused.into_iter().map(shift));
+        self.kept.extend(part.kept.into_iter().map(shift));
+        self.last_refusal = part.last_refusal.or(self.last_refusal.take());
+        self.last_failure = part.last_failure.or(self.last_failure.take());
+        self.stopped = self.stopped.take().or(part.stopped);
+    }
+
     /// Spans refused for good.
     pub(crate) fn refused_spans(&self) -> usize {
         self.refused.iter().map(|r| r.len()).sum()
@@ -159,8 +173,15 @@ pub(crate) struct Sender {
     /// The last chunk was refused whole (every answer a refusal): a chunk
     /// refused at its first request is then refused at once.
     refusing_all: bool,
-    /// Whether the collector fails most requests.
-    circuit: Circuit,
+    /// Whether the collector fails most requests: one for every lane.
+    circuit: Arc<Mutex<Circuit>>,
+    /// Senders to the same collector for requests side by side (see
+    /// [`Sender::send`]), made as the window first needs them.
+    lanes: Vec<Sender>,
+    /// Requests this sender may have in flight now (AIMD, see
+    /// [`Sender::send`]), and at most.
+    in_flight: usize,
+    max_in_flight: usize,
     /// Attempts, and those answered with congestion (429, 503, a timeout)
     /// or a `Retry-After`, since the last [`Sender::take_congested`].
     attempts: u32,
@@ -189,16 +210,35 @@ impl Sender {
             max_batch_spans,
             max_request_bytes,
             refusing_all: false,
-            circuit: Circuit::default(),
+            circuit: Arc::default(),
+            lanes: Vec::new(),
+            in_flight: 1,
+            max_in_flight: 1,
             attempts: 0,
             congestion: 0,
             bytes_sent: 0,
         }
     }
 
+    /// The same sender with up to `max` requests in flight side by side,
+    /// where the transport can make more of itself ([`Transport::try_clone`]).
+    pub(crate) fn with_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max.max(1);
+        self
+    }
+
+    fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether the collector fails most requests (the circuit is open).
     pub(crate) fn circuit_open(&self) -> bool {
-        self.circuit.is_open()
+        self.circuit().is_open()
+    }
+
+    /// Requests in flight side by side now (the window).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// Whether the collector showed congestion since the last call (at
@@ -225,10 +265,112 @@ impl Sender {
         self.transport.endpoint()
     }
 
-    /// Sends `spans` as `service`'s, in order, until each is settled or
-    /// kept, sending stops, or `deadline` comes. Requests are counted in
-    /// `books`; the caller records the spans' outcomes.
+    /// Sends `spans` as `service`'s until each is settled or kept, sending
+    /// stops, or `deadline` comes. Requests are counted in `books`; the
+    /// caller records the spans' outcomes.
+    ///
+    /// With a window of `n` requests in flight and at least two requests'
+    /// worth of spans for each, the spans are cut into `n` contiguous parts
+    /// sent side by side, each in order by its own lane (a clone of the
+    /// transport, so its own connection) exactly as one sender would; the
+    /// lanes share the circuit, so a failing collector stops them all. The
+    /// window starts at one, grows by one after a send that met no
+    /// congestion (429, 503, a timeout, a `Retry-After`) and used it all,
+    /// up to `max_in_flight`, and halves after one that met congestion: it
+    /// follows what the collector takes (AIMD).
     pub(crate) fn send(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
+        let parts = self
+            .in_flight
+            .min(spans.len() / (2 * self.max_batch_spans.max(1)))
+            .max(1);
+        let congestion = self.congestion;
+        let sent = if parts > 1 && self.grow_lanes(parts - 1) {
+            self.send_side_by_side(spans, parts, service, deadline, books)
+        } else {
+            self.send_in_order(spans, service, deadline, books)
+        };
+        if self.congestion > congestion {
+            self.in_flight = (self.in_flight / 2).max(1);
+        } else if parts == self.in_flight && sent.stopped.is_none() {
+            self.in_flight = (self.in_flight + 1).min(self.max_in_flight);
+        }
+        sent
+    }
+
+    /// Makes lanes until there are `n`; false when the transport cannot
+    /// make more of itself.
+    fn grow_lanes(&mut self, n: usize) -> bool {
+        while self.lanes.len() < n {
+            let Some(transport) = self.transport.try_clone() else {
+                self.max_in_flight = self.lanes.len() + 1;
+                self.in_flight = self.in_flight.min(self.max_in_flight);
+                return false;
+            };
+            let mut lane = Sender::new(
+                transport,
+                self.encoder.clone(),
+                self.max_batch_spans,
+                self.max_request_bytes,
+            );
+            lane.circuit = Arc::clone(&self.circuit);
+            self.lanes.push(lane);
+        }
+        true
+    }
+
+    /// Sends `parts` contiguous parts of `spans` side by side: the first on
+    /// this thread, the others on their lanes' scoped threads; then adds
+    /// up what each did. A lane that panicked keeps its part whole.
+    fn send_side_by_side(
+        &mut self,
+        spans: &[Span],
+        parts: usize,
+        service: &str,
+        deadline: Instant,
+        books: &Books,
+    ) -> Sent {
+        let size = spans.len().div_ceil(parts);
+        let cuts: Vec<Range<usize>> = (0..parts)
+            .map(|i| (i * size).min(spans.len())..((i + 1) * size).min(spans.len()))
+            .collect();
+        let mut lanes = std::mem::take(&mut self.lanes);
+        let refusing_all = self.refusing_all;
+        let (mut sent, others) = std::thread::scope(|scope| {
+            let handles: Vec<_> = cuts[1..]
+                .iter()
+                .zip(lanes.iter_mut())
+                .map(|(cut, lane)| {
+                    lane.refusing_all = refusing_all;
+                    let part = &spans[cut.clone()];
+                    scope.spawn(move || lane.send_in_order(part, service, deadline, books))
+                })
+                .collect();
+            let mine = self.send_in_order(&spans[cuts[0].clone()], service, deadline, books);
+            let others: Vec<Sent> = (handles.into_iter().zip(&cuts[1..]))
+                .map(|(h, cut)| {
+                    h.join().unwrap_or_else(|_| Sent {
+                        kept: std::iter::once(0..cut.len()).collect(),
+                        ..Sent::default()
+                    })
+                })
+                .collect();
+            (mine, others)
+        });
+        for lane in &mut lanes {
+            self.attempts = self.attempts.saturating_add(std::mem::take(&mut lane.attempts));
+            self.congestion = self.congestion.saturating_add(std::mem::take(&mut lane.congestion));
+            self.bytes_sent = self.bytes_sent.saturating_add(std::mem::take(&mut lane.bytes_sent));
+            self.refusing_all |= lane.refusing_all;
+        }
+        self.lanes = lanes;
+        for (part, cut) in others.into_iter().zip(&cuts[1..]) {
+            sent.add(part, cut.start);
+        }
+        sent
+    }
+
+    /// Sends `spans` in order, one request at a time; see [`Sender::send`].
+    fn send_in_order(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
         self.encoder.set_service(service);
         let mut sent = Sent::default();
         let mut i = 0;
@@ -377,7 +519,7 @@ impl Sender {
             self.attempts = self.attempts.saturating_add(1);
             let e = match result {
                 Ok(()) => {
-                    self.circuit.record(true);
+                    self.circuit().record(true);
                     return Answer::Delivered;
                 }
                 Err(e) => e,
@@ -389,15 +531,15 @@ impl Sender {
                 Class::TooLarge => return Answer::TooLarge(e),
                 Class::Rejected => return Answer::Refused(e),
                 Class::Misconfigured => {
-                    self.circuit.record(false);
+                    self.circuit().record(false);
                     return Answer::Stopped(Stop::Failed(e));
                 }
-                Class::Retry => self.circuit.record(false),
+                Class::Retry => self.circuit().record(false),
             }
             if Instant::now() >= deadline && matches!(e, SendError::Timeout(_)) {
                 return Answer::Stopped(Stop::Deadline);
             }
-            if self.circuit.is_open() {
+            if self.circuit().is_open() {
                 return Answer::Stopped(Stop::Failed(e));
             }
             attempt += 1;
@@ -446,9 +588,13 @@ mod tests {
 
     /// Answers 400 to any request holding a span named "bad-span" (in
     /// either encoding), 202 otherwise; counts requests.
+    #[derive(Clone)]
     struct Picky(Arc<Mutex<usize>>, bool);
 
     impl Transport for Picky {
+        fn try_clone(&self) -> Option<Box<dyn Transport>> {
+            Some(Box::new(self.clone()))
+        }
         fn send(&mut self, body: &[u8], _: Duration) -> Result<(), SendError> {
             *self.0.lock().unwrap() += 1;
             if self.1 || body.windows(8).any(|w| w == b"bad-span") {
@@ -494,6 +640,106 @@ mod tests {
         );
         let r = *requests.lock().unwrap();
         (sent, r)
+    }
+
+    #[test]
+    fn parts_sent_side_by_side_settle_every_span_once_and_refusals_map_back() {
+        let requests = Arc::new(Mutex::new(0));
+        let mut s = Sender::new(Box::new(Picky(requests, false)), Encoder::new("svc"), 64, 1 << 20).with_in_flight(4);
+        let bad = [5, 1_500, 3_000, 4_095];
+        let all = spans(4_096, &bad);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for window in 1..=5 {
+            assert_eq!(s.in_flight(), window.min(4), "one more each send, up to the most");
+            let sent = s.send(&all, "svc", deadline, &Books::default());
+            assert_eq!((sent.delivered, sent.kept_spans(), sent.stopped), (4_092, 0, None));
+            let refused: Vec<usize> = sent.refused.iter().flat_map(|r| r.clone()).collect();
+            assert_eq!(refused, bad, "window {window}");
+            assert_eq!(s.lanes.len(), window.min(4) - 1);
+        }
+    }
+
+    /// Answers 202 after 2 ms, counting requests in flight at once; once
+    /// `armed`, the next request waits (up to 10 s) for a second to
+    /// arrive. With `congest` raised, the next request is answered 503
+    /// (congestion).
+    #[derive(Clone, Default)]
+    struct Overlap {
+        now: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        armed: Arc<std::sync::atomic::AtomicBool>,
+        congest: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Transport for Overlap {
+        fn send(&mut self, _: &[u8], _: Duration) -> Result<(), SendError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.congest.swap(false, SeqCst) {
+                return Err(SendError::Status {
+                    status: 503,
+                    retry_after: None,
+                    body: String::new(),
+                });
+            }
+            let now = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            if self.armed.swap(false, SeqCst) {
+                let until = Instant::now() + Duration::from_secs(10);
+                while self.most.load(SeqCst) < 2 && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            self.now.fetch_sub(1, SeqCst);
+            Ok(())
+        }
+        fn endpoint(&self) -> &str {
+            "test"
+        }
+        fn try_clone(&self) -> Option<Box<dyn Transport>> {
+            Some(Box::new(self.clone()))
+        }
+    }
+
+    #[test]
+    fn requests_go_side_by_side_and_congestion_halves_the_window() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let t = Overlap::default();
+        let mut s = Sender::new(Box::new(t.clone()), Encoder::new("svc"), 64, 1 << 20).with_in_flight(4);
+        let all = spans(1_024, &[]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
+        }
+        assert_eq!(s.in_flight(), 4);
+        t.armed.store(true, SeqCst);
+        assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
+        let most = t.most.load(SeqCst);
+        assert!((2..=4).contains(&most), "{most} requests at once");
+        t.congest.store(true, SeqCst);
+        assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
+        assert_eq!(s.in_flight(), 2, "halved after a 503");
+    }
+
+    #[test]
+    fn a_transport_that_cannot_clone_itself_sends_one_request_at_a_time() {
+        let t = Flaky {
+            n: 0,
+            fail: |_| false,
+            error: e500,
+            delivered: Arc::default(),
+        };
+        let mut s = Sender::new(Box::new(t), Encoder::new("svc"), 64, 1 << 20).with_in_flight(4);
+        for _ in 0..3 {
+            let sent = s.send(
+                &spans(1_024, &[]),
+                "svc",
+                Instant::now() + Duration::from_secs(60),
+                &Books::default(),
+            );
+            assert_eq!(sent.delivered, 1_024);
+        }
+        assert_eq!((s.in_flight(), s.lanes.len()), (1, 0));
     }
 
     #[test]
