@@ -82,8 +82,17 @@ impl Sent {
         let shift = |r: Range<usize>| r.start + offset..r.end + offset;
         self.delivered += part.delivered;
         self.oversize += part.oversize;
-        self.refused.extend(part.refused.into_iter().map(shift));
-        self.kept.extend(part.kept.into_iter().map(shift));
+        for (to, from) in [(&mut self.refused, part.refused), (&mut self.kept, part.kept)] {
+            let mut from = from.into_iter().map(shift);
+            // Ranges that meet at the part's edge are one range.
+            if let Some(first) = from.next() {
+                match to.last_mut() {
+                    Some(last) if last.end == offset && first.start == offset => last.end = first.end,
+                    _ => to.push(first),
+                }
+            }
+            to.extend(from);
+        }
         self.last_refusal = part.last_refusal.or(self.last_refusal.take());
         self.last_failure = part.last_failure.or(self.last_failure.take());
         self.stopped = self.stopped.take().or(part.stopped);
@@ -269,16 +278,37 @@ impl Sender {
     /// stops, or `deadline` comes. Requests are counted in `books`; the
     /// caller records the spans' outcomes.
     ///
-    /// With a window of `n` requests in flight and at least two requests'
-    /// worth of spans for each, the spans are cut into `n` contiguous parts
-    /// sent side by side, each in order by its own lane (a clone of the
-    /// transport, so its own connection) exactly as one sender would; the
-    /// lanes share the circuit, so a failing collector stops them all. The
-    /// window starts at one, grows by one after a send that met no
+    /// The spans go in rounds of two requests' worth for each request the
+    /// window lets be in flight: a round of `n` is cut into `n` contiguous
+    /// parts sent side by side, each in order by its own lane (a clone of
+    /// the transport, so its own connection) exactly as one sender would;
+    /// the lanes share the circuit, so a failing collector stops them all.
+    /// The window starts at one, grows by one after a round that met no
     /// congestion (429, 503, a timeout, a `Retry-After`) and used it all,
     /// up to `max_in_flight`, and halves after one that met congestion: it
     /// follows what the collector takes (AIMD).
     pub(crate) fn send(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
+        let mut sent = Sent::default();
+        let mut at = 0;
+        while at < spans.len() {
+            let end = (at + 2 * self.max_batch_spans.max(1) * self.in_flight).min(spans.len());
+            let round = self.send_round(&spans[at..end], service, deadline, books);
+            sent.add(round, at);
+            at = end;
+            if sent.stopped.is_some() {
+                let rest = Sent {
+                    kept: std::iter::once(0..spans.len() - at).collect(),
+                    ..Sent::default()
+                };
+                sent.add(rest, at);
+                break;
+            }
+        }
+        sent
+    }
+
+    /// One round of [`Sender::send`], then the window's update.
+    fn send_round(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
         let parts = self
             .in_flight
             .min(spans.len() / (2 * self.max_batch_spans.max(1)))
@@ -649,13 +679,14 @@ mod tests {
         let bad = [5, 1_500, 3_000, 4_095];
         let all = spans(4_096, &bad);
         let deadline = Instant::now() + Duration::from_secs(60);
-        for window in 1..=5 {
-            assert_eq!(s.in_flight(), window.min(4), "one more each send, up to the most");
+        assert_eq!(s.in_flight(), 1, "the window starts at one");
+        for send in 0..3 {
             let sent = s.send(&all, "svc", deadline, &Books::default());
             assert_eq!((sent.delivered, sent.kept_spans(), sent.stopped), (4_092, 0, None));
             let refused: Vec<usize> = sent.refused.iter().flat_map(|r| r.clone()).collect();
-            assert_eq!(refused, bad, "window {window}");
-            assert_eq!(s.lanes.len(), window.min(4) - 1);
+            assert_eq!(refused, bad, "send {send}");
+            // One more a round (1,024 spans at most): 4 in the first send.
+            assert_eq!((s.in_flight(), s.lanes.len()), (4, 3));
         }
     }
 
@@ -716,8 +747,9 @@ mod tests {
         assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
         let most = t.most.load(SeqCst);
         assert!((2..=4).contains(&most), "{most} requests at once");
+        // One round of the window: four parts of two requests.
         t.congest.store(true, SeqCst);
-        assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
+        assert_eq!(s.send(&all[..512], "svc", deadline, &Books::default()).delivered, 512);
         assert_eq!(s.in_flight(), 2, "halved after a 503");
     }
 
