@@ -13,6 +13,10 @@
 //! (delivered share at the end of the load, peak spool, drain rate) are
 //! printed for BENCHMARKS.md.
 //!
+//! Over a link that delays every answer by 50 ms (Toxiproxy), requests go
+//! side by side: the same spans are delivered whole one request at a time
+//! and up to four at once, and the two times are printed.
+//!
 //! `PARTIAL_SECS` (default 30) sets the load's length and `PARTIAL_RATE`
 //! (default 50,000 spans/s) its pace: CI runs the defaults, the long runs
 //! quoted in BENCHMARKS.md set them higher. `PARTIAL_TRACE=1` prints every
@@ -297,4 +301,63 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
     check("30 % of connections reset", &r, written as u64, SPOOL_BOUND);
     assert_eq!(written as u64, r.drained.recorded, "the collector has every span");
     assert!(r.drained.failed_requests > 0, "the link did reset connections");
+}
+
+#[test]
+fn a_link_with_50_ms_of_latency_takes_requests_side_by_side() {
+    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let sink = FaultServer::sink();
+    let toxiproxy = Toxiproxy::start();
+    let upstream = sink
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let listen = toxiproxy.proxy("far", &upstream);
+    // Every answer comes 50 ms late, as from a collector across a continent.
+    toxiproxy.toxic("far", "latency", "downstream", 1.0, serde_json::json!({"latency": 50}));
+    const SPANS: u64 = 50_000;
+    let mut took = Vec::new();
+    for in_flight in [1, 4] {
+        let before = sink.spans_received.load(Ordering::Relaxed);
+        let t = SpillwayTracer::new(Config {
+            endpoint: format!("http://{listen}/api/v2/spans"),
+            gzip: false, // the sink counts spans in plain JSON
+            max_requests_in_flight: in_flight,
+            max_queue_spans: SPANS as usize,
+            max_retry_spans: SPANS as usize,
+            ..Config::default()
+        })
+        .unwrap();
+        record(&t, SPANS as usize, "GET /far");
+        let began = Instant::now();
+        for _ in 0..100 {
+            let _ = t.flush();
+            if t.stats().delivered == SPANS {
+                break;
+            }
+        }
+        took.push(began.elapsed());
+        let s = t.stats();
+        assert!(s.is_balanced(), "{s:?}");
+        assert_eq!(
+            (s.delivered, s.dropped.total()),
+            (SPANS, 0),
+            "{in_flight} in flight: {s:?}"
+        );
+        // A request whose answer was lost is sent again: at least once.
+        let received = sink.spans_received.load(Ordering::Relaxed) - before;
+        assert!(
+            received >= SPANS && received - SPANS <= s.failed_requests * 512,
+            "{in_flight} in flight: {received} received; {s:?}"
+        );
+    }
+    eprintln!(
+        "50 ms link, {SPANS} spans: {:.1} s one request at a time, {:.1} s up to four side by side ({:.2}x)",
+        took[0].as_secs_f64(),
+        took[1].as_secs_f64(),
+        took[0].as_secs_f64() / took[1].as_secs_f64()
+    );
 }
