@@ -762,14 +762,10 @@ mod tests {
             delivered: Arc::default(),
         };
         let mut s = Sender::new(Box::new(t), Encoder::new("svc"), 64, 1 << 20).with_in_flight(4);
+        let all = spans(1_024, &[]);
+        let deadline = Instant::now() + Duration::from_secs(60);
         for _ in 0..3 {
-            let sent = s.send(
-                &spans(1_024, &[]),
-                "svc",
-                Instant::now() + Duration::from_secs(60),
-                &Books::default(),
-            );
-            assert_eq!(sent.delivered, 1_024);
+            assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
         }
         assert_eq!((s.in_flight(), s.lanes.len()), (1, 0));
     }
