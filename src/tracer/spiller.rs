@@ -5,7 +5,8 @@
 //!
 //! When the collector is taking spans (no backoff, the circuit closed) and
 //! no flush is running (the exporter's lock is free: `try_lock`, never a
-//! wait), it *sends* the batch early, a request's worth at a time, and
+//! wait), it *sends* the batch early, a window's worth of requests at a
+//! time (two requests for each the sender may have in flight), and
 //! spills what the collector did not take and what it did not try: it
 //! stops trying at [`EARLY_SEND`] or as soon as the shards fill up to the
 //! spiller's mark again (the collector is not keeping up with the spans
