@@ -263,9 +263,9 @@ impl Exporter {
     /// Outcomes go to the books; the next flush reports what went wrong.
     pub fn send_early(&mut self, mut batch: Vec<Span>, deadline: Instant, behind: &dyn Fn() -> bool) -> Vec<Span> {
         let mut r = FlushError::default();
-        // Two requests' worth for each request in flight, so the window
-        // can be used; `behind` is asked between steps.
-        let step = (2 * self.sender.max_batch_spans() * self.sender.in_flight()).max(1);
+        // A round of the sender's at a time, so the window can be used;
+        // `behind` is asked between rounds.
+        let step = self.sender.round_spans();
         let mut start = 0;
         while start < batch.len() && Instant::now() < deadline && (start == 0 || !behind()) {
             let end = (start + step).min(batch.len());

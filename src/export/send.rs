@@ -246,8 +246,21 @@ impl Sender {
     }
 
     /// Requests in flight side by side now (the window).
-    pub(crate) fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Two requests' worth of spans: what each part of a round carries at
+    /// least, so that its lane has a request queued behind the one in flight.
+    fn pair_spans(&self) -> usize {
+        2 * self.max_batch_spans.max(1)
+    }
+
+    /// The spans one round of [`Sender::send`] carries now: two requests'
+    /// worth for each request the window lets be in flight.
+    pub(crate) fn round_spans(&self) -> usize {
+        self.pair_spans() * self.in_flight
     }
 
     /// Whether the collector showed congestion since the last call (at
@@ -257,11 +270,6 @@ impl Sender {
         let (attempts, congestion) = (self.attempts, self.congestion);
         (self.attempts, self.congestion) = (0, 0);
         congestion > 0 && congestion * CONGESTED_ONE_IN >= attempts
-    }
-
-    /// The most spans one request carries.
-    pub(crate) fn max_batch_spans(&self) -> usize {
-        self.max_batch_spans
     }
 
     /// Bytes of request bodies sent so far, every attempt counted.
@@ -291,7 +299,7 @@ impl Sender {
         let mut sent = Sent::default();
         let mut at = 0;
         while at < spans.len() {
-            let end = (at + 2 * self.max_batch_spans.max(1) * self.in_flight).min(spans.len());
+            let end = (at + self.round_spans()).min(spans.len());
             let round = self.send_round(&spans[at..end], service, deadline, books);
             sent.add(round, at);
             at = end;
@@ -309,10 +317,7 @@ impl Sender {
 
     /// One round of [`Sender::send`], then the window's update.
     fn send_round(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
-        let parts = self
-            .in_flight
-            .min(spans.len() / (2 * self.max_batch_spans.max(1)))
-            .max(1);
+        let parts = self.in_flight.min(spans.len() / self.pair_spans()).max(1);
         let congestion = self.congestion;
         let sent = if parts > 1 && self.grow_lanes(parts - 1) {
             self.send_side_by_side(spans, parts, service, deadline, books)
