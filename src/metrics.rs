@@ -89,6 +89,21 @@ fn spans() -> Unit {
 pub fn render(s: &Snapshot) -> String {
     let mut root = Registry::default();
     let r = root.sub_registry_with_prefix("spillway");
+    register_queue(r, s);
+    if let Some(sp) = &s.spool {
+        register_spool(r, sp);
+    }
+    if let Some(st) = &s.stats {
+        register_stats(r, st);
+    }
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &root);
+    out
+}
+
+/// The queue's size by where spans wait, and the memory batch's capacity.
+fn register_queue(r: &mut Registry, s: &Snapshot) {
     let size: Family<Labels, Gauge> = Family::default();
     if let Some(st) = &s.stats {
         size.get_or_create(&vec![("store", "memory")]).set(clamp(st.in_memory));
@@ -112,110 +127,110 @@ pub fn render(s: &Snapshot) -> String {
             capacity,
         );
     }
-    if let Some(sp) = &s.spool {
+}
+
+/// The spool's gauges.
+fn register_spool(r: &mut Registry, sp: &SpoolGauges) {
+    gauge(
+        r,
+        "exporter_queue_size",
+        "Bytes of the spool's queued records",
+        Some(Unit::Bytes),
+        sp.bytes,
+    );
+    if let Some(cap) = sp.capacity_bytes {
         gauge(
             r,
-            "exporter_queue_size",
-            "Bytes of the spool's queued records",
+            "exporter_queue_capacity",
+            "The spool's cap on disk (max_spool_bytes)",
             Some(Unit::Bytes),
-            sp.bytes,
+            cap,
         );
-        if let Some(cap) = sp.capacity_bytes {
-            gauge(
-                r,
-                "exporter_queue_capacity",
-                "The spool's cap on disk (max_spool_bytes)",
-                Some(Unit::Bytes),
-                cap,
-            );
-        }
+    }
+    gauge(
+        r,
+        "exporter_dead_letter",
+        "Spans the collector refused for good, kept in the spool's dead letters",
+        Some(spans()),
+        sp.dead_letter_spans,
+    );
+    gauge(
+        r,
+        "spool_quarantined_records",
+        "Spool records that failed their checks, kept aside",
+        None,
+        sp.quarantined_records,
+    );
+    if let Some(age) = sp.oldest_age_seconds {
+        let g: Gauge<f64, AtomicU64> = Gauge::default();
+        g.set(age);
+        r.register_with_unit(
+            "exporter_queue_oldest_age",
+            "Time since the oldest spooled record was spilled",
+            Unit::Seconds,
+            g,
+        );
+    }
+    if let Some(rate) = sp.replay_spans_per_s {
         gauge(
             r,
-            "exporter_dead_letter",
-            "Spans the collector refused for good, kept in the spool's dead letters",
-            Some(spans()),
-            sp.dead_letter_spans,
+            "exporter_replay_rate",
+            "Spans per second the last replay delivered while sending",
+            Some(Unit::Other("spans_per_second".to_owned())),
+            rate,
         );
-        gauge(
-            r,
-            "spool_quarantined_records",
-            "Spool records that failed their checks, kept aside",
-            None,
-            sp.quarantined_records,
-        );
-        if let Some(age) = sp.oldest_age_seconds {
-            let g: Gauge<f64, AtomicU64> = Gauge::default();
-            g.set(age);
-            r.register_with_unit(
-                "exporter_queue_oldest_age",
-                "Time since the oldest spooled record was spilled",
-                Unit::Seconds,
-                g,
-            );
-        }
-        if let Some(rate) = sp.replay_spans_per_s {
-            gauge(
-                r,
-                "exporter_replay_rate",
-                "Spans per second the last replay delivered while sending",
-                Some(Unit::Other("spans_per_second".to_owned())),
-                rate,
-            );
-        }
     }
-    if let Some(st) = &s.stats {
-        counter(r, "tracer_recorded_spans", "Sampled spans that ended", st.recorded);
-        counter(
-            r,
-            "tracer_sampled_out_spans",
-            "Spans not recorded because sampling said no",
-            st.sampled_out,
-        );
-        gauge(r, "tracer_live_spans", "Spans started and not yet ended", None, st.live);
-        counter(
-            r,
-            "tracer_refused_live_full_spans",
-            "Starts refused because max_live_spans spans were live",
-            st.refused_live_full,
-        );
-        counter(
-            r,
-            "exporter_sent_spans",
-            "Spans the collector acknowledged",
-            st.delivered,
-        );
-        counter(
-            r,
-            "spool_recovered_spans",
-            "Spans found in the spool when this process opened it",
-            st.recovered,
-        );
-        counter(r, "exporter_requests", "Requests made to the collector", st.requests);
-        counter(
-            r,
-            "exporter_send_failed_requests",
-            "Requests that failed (any outcome but 2xx)",
-            st.failed_requests,
-        );
-        let dropped: Family<Labels, Counter> = Family::default();
-        let d = &st.dropped;
-        for (reason, n) in [
-            ("queue_full", d.queue_full),
-            ("retry_full", d.retry_full),
-            ("rejected", d.rejected),
-            ("oversize", d.oversize),
-            ("spool_full", d.spool_full),
-            ("spool_expired", d.spool_expired),
-            ("corrupt", d.corrupt),
-        ] {
-            dropped.get_or_create(&vec![("reason", reason)]).inc_by(n);
-        }
-        r.register("exporter_dropped_spans", "Spans given up, by reason", dropped);
+}
+
+/// The tracer's counters and the drops by reason.
+fn register_stats(r: &mut Registry, st: &Stats) {
+    counter(r, "tracer_recorded_spans", "Sampled spans that ended", st.recorded);
+    counter(
+        r,
+        "tracer_sampled_out_spans",
+        "Spans not recorded because sampling said no",
+        st.sampled_out,
+    );
+    gauge(r, "tracer_live_spans", "Spans started and not yet ended", None, st.live);
+    counter(
+        r,
+        "tracer_refused_live_full_spans",
+        "Starts refused because max_live_spans spans were live",
+        st.refused_live_full,
+    );
+    counter(
+        r,
+        "exporter_sent_spans",
+        "Spans the collector acknowledged",
+        st.delivered,
+    );
+    counter(
+        r,
+        "spool_recovered_spans",
+        "Spans found in the spool when this process opened it",
+        st.recovered,
+    );
+    counter(r, "exporter_requests", "Requests made to the collector", st.requests);
+    counter(
+        r,
+        "exporter_send_failed_requests",
+        "Requests that failed (any outcome but 2xx)",
+        st.failed_requests,
+    );
+    let dropped: Family<Labels, Counter> = Family::default();
+    let d = &st.dropped;
+    for (reason, n) in [
+        ("queue_full", d.queue_full),
+        ("retry_full", d.retry_full),
+        ("rejected", d.rejected),
+        ("oversize", d.oversize),
+        ("spool_full", d.spool_full),
+        ("spool_expired", d.spool_expired),
+        ("corrupt", d.corrupt),
+    ] {
+        dropped.get_or_create(&vec![("reason", reason)]).inc_by(n);
     }
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &root);
-    out
+    r.register("exporter_dropped_spans", "Spans given up, by reason", dropped);
 }
 
 fn clamp(v: u64) -> i64 {
