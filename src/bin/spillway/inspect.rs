@@ -70,6 +70,25 @@ struct Summary {
 
 pub fn run(args: Args, dir: &Path) -> Outcome {
     let (_lock, check) = read(dir)?;
+    let s = summarize(&check, dir, args.rate);
+    let code = if s.damaged || s.unreadable_records > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    };
+    if args.json {
+        say!("{}", serde_json::to_string(&s)?);
+    } else if args.openmetrics {
+        write!(std::io::stdout(), "{}", openmetrics(&s))?;
+    } else {
+        print_text(&s)?;
+    }
+    Ok(code)
+}
+
+/// What the checked files of the spool at `dir` hold; `rate` is the drain
+/// rate the operator gave, if any.
+fn summarize(check: &spillway::spool::check::Check, dir: &Path, rate: Option<u64>) -> Summary {
     let view = &check.view;
     let mut s = Summary {
         spool: dir.display().to_string(),
@@ -111,36 +130,33 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let measured = view.state.and_then(|st| st.replay);
     s.replay_spans_per_s = measured.map(|r| r.spans_per_s);
     s.replay_measured_unix_ms = measured.map(|r| r.measured_unix_ms);
-    (s.drain_spans_per_s, s.drain_rate) = match (args.rate, s.replay_spans_per_s) {
+    (s.drain_spans_per_s, s.drain_rate) = match (rate, s.replay_spans_per_s) {
         (Some(r), _) => (Some(r), Some("given")),
         (None, Some(r)) => (Some(r), Some("measured")),
         (None, None) => (None, None),
     };
     s.drain_eta_s = s.drain_spans_per_s.map(|r| s.spans as f64 / r as f64);
-    let code = if s.damaged || s.unreadable_records > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+    s
+}
+
+/// The spool's gauges in the OpenMetrics text format.
+fn openmetrics(s: &Summary) -> String {
+    let gauges = spillway::metrics::SpoolGauges {
+        dead_letter_spans: s.dead_letter_spans,
+        quarantined_records: s.quarantined_records,
+        oldest_age_seconds: s.oldest_age_ms.map(|ms| ms as f64 / 1000.0),
+        replay_spans_per_s: s.replay_spans_per_s,
+        ..spillway::metrics::SpoolGauges::new(s.spans, s.record_bytes)
     };
-    if args.json {
-        say!("{}", serde_json::to_string(&s)?);
-        return Ok(code);
-    }
-    if args.openmetrics {
-        let gauges = spillway::metrics::SpoolGauges {
-            dead_letter_spans: s.dead_letter_spans,
-            quarantined_records: s.quarantined_records,
-            oldest_age_seconds: s.oldest_age_ms.map(|ms| ms as f64 / 1000.0),
-            replay_spans_per_s: s.replay_spans_per_s,
-            ..spillway::metrics::SpoolGauges::new(s.spans, s.record_bytes)
-        };
-        let snapshot = spillway::metrics::Snapshot {
-            spool: Some(gauges),
-            ..Default::default()
-        };
-        write!(std::io::stdout(), "{}", spillway::metrics::render(&snapshot))?;
-        return Ok(code);
-    }
+    let snapshot = spillway::metrics::Snapshot {
+        spool: Some(gauges),
+        ..Default::default()
+    };
+    spillway::metrics::render(&snapshot)
+}
+
+/// The summary for a person, a line per fact.
+fn print_text(s: &Summary) -> std::io::Result<()> {
     say!("spool        {}", s.spool);
     say!(
         "queue        {} spans in {} records, {} of records, {} on disk",
@@ -154,11 +170,10 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     });
     say!("oldest       {}{ago}", human_time(s.oldest_unix_ms));
     say!("newest       {}", human_time(s.newest_unix_ms));
-    match measured {
-        Some(r) => say!(
-            "replay rate  {} spans/s, measured {}",
-            r.spans_per_s,
-            human_time(Some(r.measured_unix_ms))
+    match s.replay_spans_per_s {
+        Some(rate) => say!(
+            "replay rate  {rate} spans/s, measured {}",
+            human_time(s.replay_measured_unix_ms)
         ),
         None => say!("replay rate  not measured yet"),
     }
@@ -204,5 +219,5 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     for a in &s.set_aside {
         say!("set aside    {a}");
     }
-    Ok(code)
+    Ok(())
 }
