@@ -17,10 +17,12 @@
 //! side by side: the same spans are delivered whole one request at a time
 //! and up to four at once, and the two times are printed.
 //!
-//! `PARTIAL_SECS` (default 30) sets the load's length and `PARTIAL_RATE`
-//! (default 50,000 spans/s) its pace: CI runs the defaults, the long runs
-//! quoted in BENCHMARKS.md set them higher. `PARTIAL_TRACE=1` prints every
-//! flush.
+//! `PARTIAL_SECS` (default 120) sets the load's length, `PARTIAL_RATE`
+//! (default 100,000 spans/s) its pace and `PARTIAL_LINK_RATE` (default
+//! 20,000) the pace behind Toxiproxy: the suite runs the defaults, the
+//! stress run under a CPU hog shorter and slower ones, and the long runs
+//! quoted in BENCHMARKS.md longer ones.
+//! `PARTIAL_TRACE=1` prints every flush.
 
 mod common;
 
@@ -30,6 +32,10 @@ use common::{FaultServer, otelcol, record};
 use spillway::{Config, SpillwayTracer, Stats};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The load's default length (seconds) and pace (spans a second).
+const SECS: u64 = 120;
+const RATE: u64 = 100_000;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -82,6 +88,9 @@ fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
         timeout_ms: 2_000,
         backoff_initial_ms: 200,
         backoff_max_ms: 2_000,
+        // Room for an outage's backlog (two minutes at 100 k spans/s take
+        // more than the default 512 MiB); each run asserts its own bound.
+        max_spool_bytes: 4 << 30,
         ..common::spool_config(url, dir.path())
     })
     .unwrap();
@@ -190,8 +199,8 @@ fn scenario(name: &str, policy: common::Policy) {
     let server = FaultServer::failing_sink(policy);
     let r = run(
         &server.url,
-        env("PARTIAL_RATE", 50_000),
-        env("PARTIAL_SECS", 30),
+        env("PARTIAL_RATE", RATE),
+        env("PARTIAL_SECS", SECS),
         |_| {},
     );
     check(name, &r, server.spans_received.load(Ordering::Relaxed), SPOOL_BOUND);
@@ -218,7 +227,7 @@ fn outage_bound(spans: u64) -> u64 {
 #[test]
 fn a_backlog_from_an_outage_drains_while_fresh_spans_flow() {
     let server = FaultServer::failing_sink(|_| (!OUTAGE_OVER.load(Ordering::Relaxed)).then_some(503));
-    let (secs, rate) = (env("PARTIAL_SECS", 30), env("PARTIAL_RATE", 50_000));
+    let (secs, rate) = (env("PARTIAL_SECS", SECS), env("PARTIAL_RATE", RATE));
     // An outage for the first third of the load, or `PARTIAL_OUTAGE_SECS`.
     let outage = env("PARTIAL_OUTAGE_SECS", secs / 3).min(secs);
     let r = run(&server.url, rate, secs, |second| {
@@ -284,8 +293,8 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
     );
     let r = run(
         &format!("http://{listen}/api/v2/spans"),
-        env("PARTIAL_RATE", 20_000),
-        env("PARTIAL_SECS", 30),
+        env("PARTIAL_LINK_RATE", 20_000),
+        env("PARTIAL_SECS", SECS),
         |_| {},
     );
     // The file exporter writes every 100 ms: wait for what was delivered.
