@@ -10,10 +10,12 @@
 //! complete on their own). Each settled record's pace feeds the replay
 //! rate.
 
+use super::disk::Done;
 use super::report::SpoolFailure;
-use super::*;
-use disk::Done;
+use super::{Cause, Disk, Exporter, FRESH_EVERY, FlushError, ReplayRate, Settle, Span, Stop, StoredRecord, Tree};
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Records sent whose removal is not yet durable, at most (the one being
 /// sent included): what a crash during replay may send twice.

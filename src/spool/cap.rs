@@ -3,7 +3,11 @@
 //! dropped past it), the room left on the filesystem (a spill is refused
 //! before sled sees a full disk), and the age cap.
 
-use super::*;
+use super::{
+    AMPLIFICATION_EVERY, AMPLIFICATION_MIN_BYTES, CAP_HEADROOM, DISK_RESERVE, MEASURE_EVERY_CAP_FRACTION, Spool,
+    SpoolError, be, declared_spans, record,
+};
+use std::time::Instant;
 
 impl Spool {
     /// Whether the spool's filesystem has room for `incoming` more bytes of

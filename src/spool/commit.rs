@@ -4,7 +4,7 @@
 //! removal ([`Spool::lower_ledger`]). So whatever the crash order, sled
 //! holds at least what the ledger says, unless sled lost it.
 
-use super::*;
+use super::{STATE, Spool, SpoolError, be, durable, ledger, state};
 
 impl Spool {
     /// The durability point for everything done since the last one: syncs

@@ -4,7 +4,12 @@
 //! damaged files set aside and salvaged back, then sled opened, the trees
 //! counted, the ledger compared, and any salvage cut short resumed.
 
-use super::*;
+use super::{
+    AMPLIFICATION_GUESS, Damage, LOCK_WAIT, Ledger, NEXT_SEQ, STATE, Spool, SpoolError, SpoolStats, ages, be, check,
+    declared_spans, dir, durable, ledger, record, salvage, sled_log, state, view,
+};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 impl Spool {
     /// Opens (or creates) the spool in `dir`, capped at `max_bytes` on

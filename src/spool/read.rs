@@ -2,7 +2,7 @@
 //! operator tools that open the spool, and quarantine listings. (The
 //! read-only tools read the raw files instead: see `view`.)
 
-use super::*;
+use super::{Spool, SpoolError, StoredRecord, Tree, be, state};
 
 impl Spool {
     /// Every record of `tree`, oldest first, read lazily.

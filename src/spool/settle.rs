@@ -4,7 +4,7 @@
 //! trees leave oldest first, which is what lets the state frame's
 //! watermarks tell held records from sled's stale copies.
 
-use super::*;
+use super::{Cleared, Meta, NEXT_SEQ, Span, Spool, SpoolError, StoredRecord, Tree, be, declared_spans, record, state};
 
 impl Spool {
     /// Removes a delivered record, unsynced: durable at the next

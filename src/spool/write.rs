@@ -3,7 +3,10 @@
 //! inserted (unsynced until [`Spool::commit`]); salvage's restores and its
 //! resume markers.
 
-use super::*;
+use super::{
+    Meta, NEXT_SEQ, RECORD_MAX_SPANS, RECORD_TARGET, RecordError, Span, Spool, SpoolError, Tree, declared_spans,
+    record, salvage, state,
+};
 
 /// A batch encoded as queue records, not yet numbered: what [`prepare`]
 /// makes and [`Spool::append_prepared`] takes.

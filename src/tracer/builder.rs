@@ -2,12 +2,15 @@
 //! when damaged), the disk thread and the exporter started, the shards
 //! sized from the limits.
 
-use super::*;
+use super::{Books, Config, Disk, Exporter, Ids, Inner, SHARDS, Shard, SpillwayTracer, TracerClock, Wake, live};
 use crate::clock::{Clock, SystemClock, TscClock};
 use crate::config::ConfigError;
 use crate::export::report::Cause;
 use crate::spool::{Spool, SpoolError};
 use crate::transport::{HttpTransport, Transport};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 /// Errors from building a tracer.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
 //! The flush's side of the shards: the ended spans moved out in start
 //! order, the counters summed, the flush and the shutdown entered.
 
-use super::*;
+use super::{FlushError, Inner, Stats, lock};
+use crate::clock::Clock;
 use crate::span::Span;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 impl Inner {
     pub(super) fn stats(&self) -> Stats {

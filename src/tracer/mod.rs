@@ -72,7 +72,7 @@
 //! shard), past which ended spans are dropped and counted as `queue_full`;
 //! with a spool, the spiller is woken when half the shards are full.
 
-use crate::clock::{Clock, TracerClock};
+use crate::clock::TracerClock;
 use crate::config::Config;
 use crate::export::Exporter;
 use crate::export::books::Books;

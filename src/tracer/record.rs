@@ -3,8 +3,10 @@
 //! parent's, to check it is live, then the child's), performs no I/O and
 //! never panics; an unknown, ended or `INVALID` handle is a no-op.
 
-use super::*;
+use super::{AttrValue, Inner, SpanEvent, SpanHandle, SpanStart, SpanStatus, live};
+use crate::clock::Clock;
 use crate::span::{Event, Events, Kind, Span, Status};
+use std::sync::atomic::Ordering;
 
 impl Inner {
     #[inline]

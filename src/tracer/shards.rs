@@ -2,11 +2,12 @@
 //! with room for a new span (the thread's home first), finding the live
 //! span a handle names.
 
-use super::*;
+use super::live::{Address, Live};
+use super::names::Names;
+use super::shard_lock::{ShardGuard, ShardLock};
+use super::{Ended, Inner, SHARDS, SpanHandle, home};
 use crate::span::Span;
-use live::{Address, Live};
-use names::Names;
-use shard_lock::{ShardGuard, ShardLock};
+use std::sync::atomic::Ordering;
 
 /// What one shard holds: its live spans, its part of the ended batch, and
 /// its counters (kept here so the hot path updates them under the lock it

@@ -16,9 +16,13 @@
 //! through the disk thread, so a flush waiting on the collector does not
 //! hold it up.
 
-use super::*;
+use super::{Inner, lock};
+use crate::clock::Clock;
 use crate::export::disk::{Done, Spilled};
 use crate::export::report::SpoolFailure;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The most an early send takes before what is left is spilled.
 pub(super) const EARLY_SEND: Duration = Duration::from_millis(250);

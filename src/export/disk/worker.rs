@@ -3,7 +3,13 @@
 //! round; on a failure it closes the failed sled off this thread and
 //! reopens the spool at the next round.
 
-use super::*;
+use super::{
+    CLOSE_WAIT, Cause, Job, JoinHandle, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spilled, Spool,
+    SpoolError, SpoolFailure, StoredRecord, Tree, lock,
+};
+use std::path::PathBuf;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 /// The thread's own state.
 pub(super) struct Worker {
@@ -424,7 +430,9 @@ pub(super) fn close_elsewhere(spool: Spool) -> Option<JoinHandle<()>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Books, Status};
     use super::*;
+    use std::sync::{Condvar, Mutex};
 
     /// The real spool, with the `fail_at`th removal call (from 0) failing.
     struct Failing<'a> {

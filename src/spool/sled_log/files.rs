@@ -2,7 +2,11 @@
 //! varints and pointers its messages use, what recovery does with a
 //! message (`apply`), and blob files.
 
-use super::*;
+use super::{
+    BLOB_LINK, BLOB_META, BLOB_NODE, COUNTER, DEFAULT_SEGMENT_SIZE, FREE, INLINE_LINK, INLINE_META, INLINE_NODE, Lsn,
+};
+use std::io;
+use std::path::{Path, PathBuf};
 
 /// What `conf` says.
 pub(super) enum Conf {

@@ -2,7 +2,14 @@
 //! their checks, the tear, and which pages of the recovered snapshot read
 //! back.
 
-use super::*;
+use super::{
+    BATCH_MANIFEST, BLOB_LINK, BLOB_META, BLOB_NODE, Blob, CANCELED, CAP, CORRUPTED, File, Item, Lsn,
+    MAX_MSG_HEADER_LEN, Page, Ptr, Recovery, Region, SEG_HEADER_LEN, check_blob, take, varint,
+};
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 pub(super) struct Ctx<'a> {
     pub(super) log: &'a File,
