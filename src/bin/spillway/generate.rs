@@ -79,6 +79,40 @@ fn ratio(s: &str) -> Result<f64, String> {
 
 pub fn run(args: Args, spool: &Path) -> crate::Outcome {
     let signals = crate::Signals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
+    let tracer = build(&args, spool)?;
+    let bar = progress_bar(args.duration.is_none().then_some(args.spans.div_ceil(2) * 2));
+    let started = Instant::now();
+    drive(&args, &tracer, &signals, &bar);
+    // Stopped by a signal: spill what is held, without the network. Else
+    // the final flush, then the shutdown, as bext's does. What is still in
+    // memory after the shutdown leaves with the process: lost at exit.
+    let interrupted = signals.exit_code();
+    let last = match interrupted {
+        Some(_) => tracer.shutdown().map_err(|e| format!("spilling at the signal: {e}")),
+        None => {
+            let flushed = tracer.flush().map_err(|e| format!("final flush: {e}"));
+            let shut = tracer.shutdown().map_err(|e| format!("shutdown: {e}"));
+            flushed.and(shut)
+        }
+    };
+    let elapsed = started.elapsed();
+    let stats = tracer.stats();
+    bar.finish_and_clear();
+    report(&stats, elapsed, args.json).map_err(|e| e.to_string())?;
+    if let Err(e) = &last {
+        crate::tell!("spillway: {e}");
+    }
+    let delivered_none = warn_undelivered(&stats);
+    Ok(match (interrupted, last) {
+        (Some(code), _) => code,
+        (None, Ok(())) if !delivered_none && stats.in_memory == 0 => ExitCode::SUCCESS,
+        (None, _) => ExitCode::FAILURE,
+    })
+}
+
+/// The tracer `generate` records into: the collector's flags, this spool,
+/// and the service name if given.
+fn build(args: &Args, spool: &Path) -> Result<SpillwayTracer, Box<dyn std::error::Error>> {
     let mut config = args.collector.config(Config {
         service_name: "spillway-generate".to_owned(),
         spool_dir: Some(spool.to_path_buf()),
@@ -88,16 +122,20 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
         config.service_name = service.clone();
         config.validate().map_err(crate::collector::Usage::from)?;
     }
-    let tracer = SpillwayTracer::new(config).map_err(|e| match e {
+    SpillwayTracer::new(config).map_err(|e| match e {
         spillway::BuildError::Config(c) => Box::new(crate::collector::Usage::from(c)) as Box<dyn std::error::Error>,
         other => other.to_string().into(),
-    })?;
+    })
+}
+
+/// Records requests on `args.threads` threads, at `args.rate` if given,
+/// until `args.spans` are recorded, the duration ends or a signal comes,
+/// while one more thread flushes every `args.flush_every` ms.
+fn drive(args: &Args, tracer: &SpillwayTracer, signals: &crate::Signals, bar: &ProgressBar) {
     let requests = args.spans.div_ceil(2);
     let issued = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let deadline = args.duration.map(|d| Instant::now() + d);
-    let bar = progress_bar(args.duration.is_none().then_some(requests * 2));
-    let started = Instant::now();
     // Requests (two spans each) per second per thread.
     let pace = args.rate.map(|r| r as f64 / 2.0 / f64::from(args.threads));
     let stopping = || signals.caught().is_some() || deadline.is_some_and(|d| Instant::now() >= d);
@@ -125,7 +163,7 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
                         if deadline.is_none() && n >= requests {
                             break;
                         }
-                        spillway::unstable::workload::request(&tracer, &mut rng, n, args.error_ratio);
+                        spillway::unstable::workload::request(tracer, &mut rng, n, args.error_ratio);
                         mine += 1;
                     }
                 })
@@ -136,8 +174,7 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
                 // Sleep in small steps so the end of the run is noticed at once.
                 let until = Instant::now() + Duration::from_millis(args.flush_every);
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                    let recorded = tracer.stats().recorded;
-                    bar.set_position(recorded);
+                    bar.set_position(tracer.stats().recorded);
                     std::thread::sleep(Duration::from_millis(args.flush_every.min(50)));
                 }
                 match tracer.flush() {
@@ -151,27 +188,12 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    // Stopped by a signal: spill what is held, without the network. Else
-    // the final flush, then the shutdown, as bext's does. What is still in
-    // memory after the shutdown leaves with the process: lost at exit.
-    let interrupted = signals.exit_code();
-    let last = match interrupted {
-        Some(_) => tracer.shutdown().map_err(|e| format!("spilling at the signal: {e}")),
-        None => {
-            let flushed = tracer.flush().map_err(|e| format!("final flush: {e}"));
-            let shut = tracer.shutdown().map_err(|e| format!("shutdown: {e}"));
-            flushed.and(shut)
-        }
-    };
-    let elapsed = started.elapsed();
-    let stats = tracer.stats();
-    bar.finish_and_clear();
-    report(&stats, elapsed, args.json).map_err(|e| e.to_string())?;
-    if let Err(e) = &last {
-        crate::tell!("spillway: {e}");
-    }
-    // A run whose spans all wait in the spool did not do its job, even if
-    // nothing was lost: say so in the exit code too.
+}
+
+/// Says on stderr what the run did not deliver; whether the collector took
+/// none of it. A run whose spans all wait in the spool did not do its job,
+/// even if nothing was lost: the exit code says so too.
+fn warn_undelivered(stats: &Stats) -> bool {
     let delivered_none = stats.recorded > 0 && stats.delivered == 0;
     if delivered_none {
         crate::tell!(
@@ -187,11 +209,7 @@ pub fn run(args: Args, spool: &Path) -> crate::Outcome {
             stats.in_memory
         );
     }
-    Ok(match (interrupted, last) {
-        (Some(code), _) => code,
-        (None, Ok(())) if !delivered_none && stats.in_memory == 0 => ExitCode::SUCCESS,
-        (None, _) => ExitCode::FAILURE,
-    })
+    delivered_none
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {
