@@ -3,7 +3,7 @@
 //! was, so they can be loaded wherever a collector runs.
 
 use crate::{Outcome, read};
-use spillway::spool::record;
+use spillway::spool::scan::{Scan, SoundRecord};
 use spillway::unstable::zipkin::Encoder;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,9 +34,8 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let view = &check.view;
     let found = if args.dead_letters { &view.dead } else { &view.queue };
     let to_stdout = args.output.as_os_str() == "-";
-    let mut temp = None;
-    let sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
+    let (sink, temp) = if to_stdout {
+        (Box::new(std::io::stdout().lock()) as Box<dyn Write>, None)
     } else {
         if std::fs::symlink_metadata(&args.output).is_ok() && !args.force {
             return Err(crate::collector::Usage(format!(
@@ -46,54 +45,13 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
             .into());
         }
         let (path, file) = temp_beside(&args.output)?;
-        temp = Some(Temp(path));
-        Box::new(file)
+        (Box::new(file) as Box<dyn Write>, Some(Temp(path)))
     };
     let mut out = std::io::BufWriter::new(sink);
-    let mut encoder = Encoder::new(spillway::spool::record::UNKNOWN_SERVICE);
-    let (mut spans, mut records, mut skipped) = (0u64, 0u64, 0u64);
-    let mut buf = Vec::new();
-    if !args.ndjson {
-        out.write_all(b"[")?;
-    }
-    for f in found {
-        let decoded = view
-            .scan
-            .read(f.at)
-            .map_err(|e| e.to_string())
-            .and_then(|b| record::decode(&b).map_err(|e| e.to_string()));
-        let rec = match decoded {
-            Ok(r) => r,
-            Err(why) => {
-                crate::tell!("spillway: skipped record {}: {why}", f.meta.seq);
-                skipped += 1;
-                continue;
-            }
-        };
-        let batch = &rec.spans;
-        encoder.set_service(&rec.service);
-        buf.clear();
-        if args.ndjson {
-            encoder.encode_batch(batch, &mut buf);
-            buf.push(b'\n');
-        } else {
-            for span in batch {
-                if spans > 0 || !buf.is_empty() {
-                    buf.push(b',');
-                }
-                encoder.encode_span(span, &mut buf);
-            }
-        }
-        out.write_all(&buf)?;
-        spans += batch.len() as u64;
-        records += 1;
-    }
-    if !args.ndjson {
-        out.write_all(b"]\n")?;
-    }
+    let written = write_spans(&view.scan, found, args.ndjson, &mut out)?;
     out.flush()?;
     drop(out);
-    if let Some(temp) = temp.take() {
+    if let Some(temp) = temp {
         // Durable, then in place: a reader sees the old file or the whole
         // new one, and a link at the target is replaced, not followed.
         std::fs::File::open(&temp.0).and_then(|f| f.sync_all())?;
@@ -103,11 +61,13 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     }
     if !to_stdout {
         crate::tell!(
-            "exported {spans} spans from {records} records to {}",
+            "exported {} spans from {} records to {}",
+            written.spans,
+            written.records,
             args.output.display()
         );
     }
-    skipped += view.unreadable.len() as u64;
+    let skipped = written.skipped + view.unreadable.len() as u64;
     if skipped > 0 || check.damaged() {
         crate::tell!(
             "spillway: {skipped} unreadable records skipped; the spool's files are damaged (see `spillway verify`)"
@@ -115,6 +75,60 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What [`write_spans`] wrote, and the records it could not decode.
+struct Written {
+    spans: u64,
+    records: u64,
+    skipped: u64,
+}
+
+/// Writes the spans of the records `found` to `out`, as one JSON array, or
+/// one array per record and line with `ndjson`; a record that does not
+/// decode is skipped and said on stderr.
+fn write_spans(scan: &Scan, found: &[SoundRecord], ndjson: bool, out: &mut impl Write) -> std::io::Result<Written> {
+    let mut encoder = Encoder::new(spillway::spool::record::UNKNOWN_SERVICE);
+    let mut written = Written {
+        spans: 0,
+        records: 0,
+        skipped: 0,
+    };
+    let mut buf = Vec::new();
+    if !ndjson {
+        out.write_all(b"[")?;
+    }
+    for f in found {
+        let rec = match crate::decode_at(scan, f.at) {
+            Ok(r) => r,
+            Err(why) => {
+                crate::tell!("spillway: skipped record {}: {why}", f.meta.seq);
+                written.skipped += 1;
+                continue;
+            }
+        };
+        let batch = &rec.spans;
+        encoder.set_service(&rec.service);
+        buf.clear();
+        if ndjson {
+            encoder.encode_batch(batch, &mut buf);
+            buf.push(b'\n');
+        } else {
+            for span in batch {
+                if written.spans > 0 || !buf.is_empty() {
+                    buf.push(b',');
+                }
+                encoder.encode_span(span, &mut buf);
+            }
+        }
+        out.write_all(&buf)?;
+        written.spans += batch.len() as u64;
+        written.records += 1;
+    }
+    if !ndjson {
+        out.write_all(b"]\n")?;
+    }
+    Ok(written)
 }
 
 /// A temporary file, removed unless it was moved into place.

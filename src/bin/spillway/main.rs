@@ -181,6 +181,16 @@ fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolErro
     Ok(spool)
 }
 
+/// Reads and decodes the record at `at` of a read-only tool's scan; why
+/// not, if it cannot.
+fn decode_at(
+    scan: &spillway::spool::scan::Scan,
+    at: spillway::spool::scan::At,
+) -> Result<spillway::spool::record::Record, String> {
+    let bytes = scan.read(at).map_err(|e| e.to_string())?;
+    spillway::spool::record::decode(&bytes).map_err(|e| e.to_string())
+}
+
 /// Reads the spool in `dir` for a read-only tool (inspect, verify, export,
 /// a dry run): its raw files, under a shared lock, without sled; nothing is
 /// created or written, so it works on a read-only mount.

@@ -5,6 +5,7 @@
 use crate::{Outcome, read, say};
 use spillway::spool::record;
 use spillway::spool::scan::{Scan, SoundRecord};
+use spillway::spool::view::View;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -30,11 +31,7 @@ struct Bad {
 fn decode_all(scan: &Scan, part: &[(&'static str, &SoundRecord)]) -> (u64, Vec<Bad>) {
     let (mut spans, mut bad) = (0u64, Vec::new());
     for &(tree, found) in part {
-        let decoded = scan
-            .read(found.at)
-            .map_err(|e| e.to_string())
-            .and_then(|b| record::decode(&b).map_err(|e| e.to_string()));
-        match decoded {
+        match crate::decode_at(scan, found.at) {
             Ok(r) => spans += r.spans.len() as u64,
             Err(reason) => bad.push(Bad {
                 tree,
@@ -51,71 +48,10 @@ fn decode_all(scan: &Scan, part: &[(&'static str, &SoundRecord)]) -> (u64, Vec<B
 pub fn run(args: Args, dir: &Path) -> Outcome {
     let (_lock, check) = read(dir)?;
     let view = &check.view;
-    // Decoding is what verify spends its time on: the records are split
-    // over the cores, each part read and decoded on its own thread, and the
-    // findings kept in record order.
-    let sound_records: Vec<(&'static str, &SoundRecord)> = view
-        .queue
-        .iter()
-        .map(|f| ("queue", f))
-        .chain(view.dead.iter().map(|f| ("dead", f)))
-        .collect();
-    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let per_thread = sound_records.len().div_ceil(threads).max(1);
-    let parts: Vec<(u64, Vec<Bad>)> = std::thread::scope(|s| {
-        let running: Vec<_> = sound_records
-            .chunks(per_thread)
-            .map(|part| s.spawn(move || decode_all(&view.scan, part)))
-            .collect();
-        running
-            .into_iter()
-            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    let mut records = sound_records.len() as u64;
-    let mut spans = 0u64;
-    let mut bad = Vec::new();
-    for (n, found_bad) in parts {
-        spans += n;
-        bad.extend(found_bad);
-    }
-    for u in &view.unreadable {
-        records += 1;
-        bad.push(Bad {
-            tree: match u.seq {
-                Some((spillway::spool::Tree::Dead, _)) => "dead",
-                _ => "queue",
-            },
-            key: u.seq.map(|(_, k)| k),
-            reason: u.reason.clone(),
-            file: u.file.display().to_string(),
-            offset: u.offset,
-        });
-    }
-    // Quarantined records are unsound by definition; say why again.
-    for q in &view.quarantined {
-        records += 1;
-        let reason = match view
-            .scan
-            .read(q.at)
-            .ok()
-            .as_deref()
-            .and_then(spillway::spool::state::unquarantine)
-        {
-            Some((_, raw)) => match record::decode(raw) {
-                Err(why) => why.to_string(),
-                Ok(_) => "sound now, quarantined earlier".to_owned(),
-            },
-            None => "its quarantine frame does not read back".to_owned(),
-        };
-        bad.push(Bad {
-            tree: "quarantine",
-            key: Some(q.frame.queue_key),
-            reason,
-            file: view.scan.files[q.at.file].display().to_string(),
-            offset: q.at.offset,
-        });
-    }
+    let (spans, mut bad) = decode_sound(view);
+    bad.extend(unreadable(view));
+    bad.extend(quarantined(view));
+    let records = (view.queue.len() + view.dead.len() + view.unreadable.len() + view.quarantined.len()) as u64;
     let sound = bad.is_empty() && !check.damaged();
     if args.json {
         let out = serde_json::json!({
@@ -151,4 +87,77 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
         }
     }
     Ok(if sound { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Decodes every sound record of the queue and the dead letters: the spans
+/// they hold and the ones that do not decode. Decoding is what verify
+/// spends its time on: the records are split over the cores, each part
+/// read and decoded on its own thread, and the findings kept in record
+/// order.
+fn decode_sound(view: &View) -> (u64, Vec<Bad>) {
+    let sound_records: Vec<(&'static str, &SoundRecord)> = view
+        .queue
+        .iter()
+        .map(|f| ("queue", f))
+        .chain(view.dead.iter().map(|f| ("dead", f)))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let per_thread = sound_records.len().div_ceil(threads).max(1);
+    let parts: Vec<(u64, Vec<Bad>)> = std::thread::scope(|s| {
+        let running: Vec<_> = sound_records
+            .chunks(per_thread)
+            .map(|part| s.spawn(move || decode_all(&view.scan, part)))
+            .collect();
+        running
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut spans = 0u64;
+    let mut bad = Vec::new();
+    for (n, found_bad) in parts {
+        spans += n;
+        bad.extend(found_bad);
+    }
+    (spans, bad)
+}
+
+/// The records whose bytes do not read back.
+fn unreadable(view: &View) -> impl Iterator<Item = Bad> + '_ {
+    view.unreadable.iter().map(|u| Bad {
+        tree: match u.seq {
+            Some((spillway::spool::Tree::Dead, _)) => "dead",
+            _ => "queue",
+        },
+        key: u.seq.map(|(_, k)| k),
+        reason: u.reason.clone(),
+        file: u.file.display().to_string(),
+        offset: u.offset,
+    })
+}
+
+/// Quarantined records, unsound by definition, with why again.
+fn quarantined(view: &View) -> impl Iterator<Item = Bad> + '_ {
+    view.quarantined.iter().map(|q| {
+        let reason = match view
+            .scan
+            .read(q.at)
+            .ok()
+            .as_deref()
+            .and_then(spillway::spool::state::unquarantine)
+        {
+            Some((_, raw)) => match record::decode(raw) {
+                Err(why) => why.to_string(),
+                Ok(_) => "sound now, quarantined earlier".to_owned(),
+            },
+            None => "its quarantine frame does not read back".to_owned(),
+        };
+        Bad {
+            tree: "quarantine",
+            key: Some(q.frame.queue_key),
+            reason,
+            file: view.scan.files[q.at.file].display().to_string(),
+            offset: q.at.offset,
+        }
+    })
 }
