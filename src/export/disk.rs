@@ -93,6 +93,15 @@ impl<T> Done<T> {
     }
 }
 
+impl<T> Done<Result<T, SpoolFailure>> {
+    /// Answers with the spool's failure `e`, and returns it.
+    fn fail(&self, e: SpoolError) -> SpoolFailure {
+        let f = SpoolFailure::from(e);
+        self.set(Err(f.clone()));
+        f
+    }
+}
+
 /// What a spill did, once durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spilled {

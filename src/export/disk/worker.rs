@@ -4,7 +4,7 @@
 //! reopens the spool at the next round.
 
 use super::{
-    CLOSE_WAIT, Cause, Job, JoinHandle, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spilled, Spool,
+    CLOSE_WAIT, Cause, Done, Job, JoinHandle, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spilled, Spool,
     SpoolError, SpoolFailure, StoredRecord, Tree, lock,
 };
 use std::path::PathBuf;
@@ -106,36 +106,18 @@ impl Worker {
                 created_unix_ms,
                 done,
             } => {
-                let oversize = prepared.as_ref().map_or(0, Prepared::oversize);
-                match spool
-                    .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
-                    .and_then(|()| match prepared {
-                        Some(p) => spool.append_prepared(p),
-                        None => spool.append(&service, &spans, created_unix_ms),
-                    }) {
-                    Err(e @ SpoolError::DiskFull { .. }) => {
-                        // Refused before sled saw it: the spool is fine.
-                        shared.hand_back(spans);
-                        let f = SpoolFailure::from(e);
-                        lock(&shared.status).causes.push(Cause::Spool(f.clone()));
-                        done.set(Err(f));
-                    }
-                    Ok(evicted) => pending.push(Pending::Spill {
-                        spans: spans.len() as u64,
-                        oversize,
-                        evicted,
-                        batch: spans,
-                        done,
-                    }),
-                    Err(e) => {
-                        // Room made before the failure stays made: count it.
-                        shared.books.spilled(0, spool.take_dropped());
-                        shared.hand_back(spans);
-                        let f = SpoolFailure::from(e);
-                        done.set(Err(f.clone()));
-                        return Err(f);
-                    }
-                }
+                return spill(
+                    spool,
+                    shared,
+                    Spill {
+                        service,
+                        spans,
+                        prepared,
+                        created_unix_ms,
+                    },
+                    done,
+                    pending,
+                );
             }
             Job::Dead {
                 service,
@@ -153,49 +135,25 @@ impl Worker {
                 }
                 Err(e) => {
                     shared.books.rejected(spans.len() as u64);
-                    let f = SpoolFailure::from(e);
-                    done.set(Err(f.clone()));
-                    return Err(f);
+                    return Err(done.fail(e));
                 }
             },
             Job::Read { tree, max, done } => match spool.oldest(tree, max) {
                 Ok(entries) => done.set(Ok(entries)),
+                Err(e) => return Err(done.fail(e)),
+            },
+            Job::Settle(settle, done) => match settle_one(spool, shared, &settle) {
+                Ok(()) => pending.push(Pending::Settle(settle, done)),
                 Err(e) => {
-                    let f = SpoolFailure::from(e);
-                    done.set(Err(f.clone()));
-                    return Err(f);
+                    if settle.entry.tree == Tree::Queue {
+                        self.settled.push(settle);
+                    }
+                    return Err(done.fail(e));
                 }
             },
-            Job::Settle(settle, done) => {
-                if let Some(rate) = settle.rate {
-                    spool.note_replay_rate(rate);
-                }
-                // The unsent rest first, then the removal: a failure between
-                // them can queue the rest twice, never lose it.
-                let e = &settle.entry;
-                let result = spool
-                    .append(&e.service, &settle.requeue, e.created_unix_ms)
-                    .map(|evicted| shared.books.spilled(0, evicted))
-                    .and_then(|()| spool.dead_letter(e, &settle.refused, settle.now_unix_ms));
-                match result {
-                    Ok(()) => pending.push(Pending::Settle(settle, done)),
-                    Err(err) => {
-                        let f = SpoolFailure::from(err);
-                        done.set(Err(f.clone()));
-                        if settle.entry.tree == Tree::Queue {
-                            self.settled.push(settle);
-                        }
-                        return Err(f);
-                    }
-                }
-            }
             Job::Quarantine { entry, done } => match spool.quarantine(&entry) {
                 Ok(()) => pending.push(Pending::Quarantine(entry.declared_spans, done)),
-                Err(e) => {
-                    let f = SpoolFailure::from(e);
-                    done.set(Err(f.clone()));
-                    return Err(f);
-                }
+                Err(e) => return Err(done.fail(e)),
             },
             Job::Expire {
                 now_unix_ms,
@@ -203,11 +161,7 @@ impl Worker {
                 done,
             } => match spool.expire(now_unix_ms, max_age_ms) {
                 Ok(n) => pending.push(Pending::Expire(n, done)),
-                Err(e) => {
-                    let f = SpoolFailure::from(e);
-                    done.set(Err(f.clone()));
-                    return Err(f);
-                }
+                Err(e) => return Err(done.fail(e)),
             },
             Job::Stop => {}
         }
@@ -414,6 +368,77 @@ impl Removals for Spool {
     fn commit(&mut self) -> Result<(), SpoolError> {
         Spool::commit(self)
     }
+}
+
+/// A spill job's batch: the spans, as prepared by the spiller if it did.
+struct Spill {
+    service: Arc<str>,
+    spans: Vec<Span>,
+    prepared: Option<Prepared>,
+    created_unix_ms: u64,
+}
+
+/// Appends a spill job's batch if the filesystem has room; a full disk
+/// refuses it before sled sees it (the spans go back to the flush, the
+/// spool is fine), any other failure is the spool's.
+fn spill(
+    spool: &mut Spool,
+    shared: &Shared,
+    job: Spill,
+    done: Done<Result<Spilled, SpoolFailure>>,
+    pending: &mut Vec<Pending>,
+) -> Result<(), SpoolFailure> {
+    let Spill {
+        service,
+        spans,
+        prepared,
+        created_unix_ms,
+    } = job;
+    let oversize = prepared.as_ref().map_or(0, Prepared::oversize);
+    let appended = spool
+        .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
+        .and_then(|()| match prepared {
+            Some(p) => spool.append_prepared(p),
+            None => spool.append(&service, &spans, created_unix_ms),
+        });
+    match appended {
+        Err(e @ SpoolError::DiskFull { .. }) => {
+            shared.hand_back(spans);
+            let f = SpoolFailure::from(e);
+            lock(&shared.status).causes.push(Cause::Spool(f.clone()));
+            done.set(Err(f));
+            Ok(())
+        }
+        Ok(evicted) => {
+            pending.push(Pending::Spill {
+                spans: spans.len() as u64,
+                oversize,
+                evicted,
+                batch: spans,
+                done,
+            });
+            Ok(())
+        }
+        Err(e) => {
+            // Room made before the failure stays made: count it.
+            shared.books.spilled(0, spool.take_dropped());
+            shared.hand_back(spans);
+            Err(done.fail(e))
+        }
+    }
+}
+
+/// Settles a record: queues its unsent rest, then removes it (dead
+/// letters for the refused). The rest first: a failure between them can
+/// queue the rest twice, never lose it.
+fn settle_one(spool: &mut Spool, shared: &Shared, settle: &Settle) -> Result<(), SpoolError> {
+    if let Some(rate) = settle.rate {
+        spool.note_replay_rate(rate);
+    }
+    let e = &settle.entry;
+    let evicted = spool.append(&e.service, &settle.requeue, e.created_unix_ms)?;
+    shared.books.spilled(0, evicted);
+    spool.dead_letter(e, &settle.refused, settle.now_unix_ms)
 }
 
 /// Drops a failed spool on a thread of its own: sled may wait for ever to
