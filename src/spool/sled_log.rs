@@ -197,30 +197,7 @@ impl Recovery {
             apply(&mut pages, item);
         }
         r.skipped = it.skipped.clone();
-        let stable = match (it.cur_lsn, snapshot.stable_lsn) {
-            (None, s) if !progressed => s,
-            (Some(cur), s) if cur <= s.unwrap_or(0) && !progressed => s,
-            (Some(cur), _) => {
-                let progress = cur % ctx.seg as Lsn;
-                if progress + MAX_MSG_HEADER_LEN as Lsn >= ctx.seg as Lsn {
-                    Some(cur / ctx.seg as Lsn * ctx.seg as Lsn + ctx.seg as Lsn)
-                } else {
-                    if let Some((offset, _)) = &it.base {
-                        let from = offset + progress as u64;
-                        let to = offset + ctx.seg - 1;
-                        r.zeroed.push(Region {
-                            file: log_path.clone(),
-                            offset: from,
-                            len: to - from,
-                            lsn: Some(cur),
-                            why: "the rest of the segment after the recovered end",
-                        });
-                    }
-                    Some(cur)
-                }
-            }
-            (None, s) => s,
-        };
+        let stable = r.recovered_end(&it, snapshot.stable_lsn, progressed);
         r.tip = stable;
         for (&lsn, &offset) in &it.segments {
             r.zeroed.push(Region {
@@ -240,6 +217,39 @@ impl Recovery {
         }
         r.bad_pages = ctx.check_pages(&pages, &r.deleted_blobs);
         Ok(r)
+    }
+
+    /// Where sled's recovery ends the log after reading it with `it`: the
+    /// snapshot's own end if no message moved it (`progressed`), else the
+    /// last message read, or the next segment's start if the last one has
+    /// no room for another header. The rest of that segment is noted as
+    /// zeroed.
+    fn recovered_end(&mut self, it: &Iter, snapshot_lsn: Option<Lsn>, progressed: bool) -> Option<Lsn> {
+        let seg = it.ctx.seg;
+        match (it.cur_lsn, snapshot_lsn) {
+            (None, s) if !progressed => s,
+            (Some(cur), s) if cur <= s.unwrap_or(0) && !progressed => s,
+            (Some(cur), _) => {
+                let progress = cur % seg as Lsn;
+                if progress + MAX_MSG_HEADER_LEN as Lsn >= seg as Lsn {
+                    Some(cur / seg as Lsn * seg as Lsn + seg as Lsn)
+                } else {
+                    if let Some((offset, _)) = &it.base {
+                        let from = offset + progress as u64;
+                        let to = offset + seg - 1;
+                        self.zeroed.push(Region {
+                            file: it.ctx.log_path.to_path_buf(),
+                            offset: from,
+                            len: to - from,
+                            lsn: Some(cur),
+                            why: "the rest of the segment after the recovered end",
+                        });
+                    }
+                    Some(cur)
+                }
+            }
+            (None, s) => s,
+        }
     }
 }
 
