@@ -137,7 +137,33 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
         source,
     })?;
     let key = marker_key(from);
-    let (marker, resumed) = match into.marker(&key)? {
+    let (marker, resumed) = begin(from, into, &view, &key)?;
+    let mut report = Report {
+        files: view.scan.files.len(),
+        bytes_scanned: view.scan.bytes,
+        watermark: view.state.map(|s| s.queue_below).or(view.scan.watermark),
+        settled_records: view.settled,
+        copies: view.copies,
+        missing: view.missing,
+        unreadable: view.unreadable.clone(),
+        unreadable_files: view.scan.unreadable_files.clone(),
+        resumed,
+        ..Report::default()
+    };
+    restore_sound(&view, into, marker, &mut report)?;
+    restore_quarantined(&view, into, marker, &mut report)?;
+    if let Some(s) = view.state {
+        into.reserve_seq(s.next_seq + marker.offset);
+    }
+    into.set_marker(&key, Marker { done: true, ..marker })?;
+    into.commit()?;
+    Ok(report)
+}
+
+/// The marker of a salvage from `from` into `into`, and whether it resumes
+/// one cut short; a new one shifts `from`'s keys past `into`'s own.
+fn begin(from: &Path, into: &mut Spool, view: &View, key: &[u8]) -> Result<(Marker, bool), SalvageError> {
+    Ok(match into.marker(key)? {
         Some(m) if m.done => {
             return Err(SalvageError::AlreadyDone {
                 from: from.to_path_buf(),
@@ -158,23 +184,17 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
                 offset: into.next_seq().saturating_sub(lowest),
                 done: false,
             };
-            into.set_marker(&key, m)?;
+            into.set_marker(key, m)?;
             into.commit()?;
             (m, false)
         }
-    };
-    let mut report = Report {
-        files: view.scan.files.len(),
-        bytes_scanned: view.scan.bytes,
-        watermark: view.state.map(|s| s.queue_below).or(view.scan.watermark),
-        settled_records: view.settled,
-        copies: view.copies,
-        missing: view.missing,
-        unreadable: view.unreadable.clone(),
-        unreadable_files: view.scan.unreadable_files.clone(),
-        resumed,
-        ..Report::default()
-    };
+    })
+}
+
+/// Restores the queue's and the dead letters' sound records of `view`
+/// into `into`, committing every [`COMMIT_EVERY_BYTES`]; a record that
+/// does not read back or decode goes into the report instead.
+fn restore_sound(view: &View, into: &mut Spool, marker: Marker, report: &mut Report) -> Result<(), SalvageError> {
     let mut written = 0u64;
     for (tree, found) in view
         .queue
@@ -221,6 +241,11 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
             written = 0;
         }
     }
+    Ok(())
+}
+
+/// Restores `view`'s quarantined records into `into`'s quarantine.
+fn restore_quarantined(view: &View, into: &mut Spool, marker: Marker, report: &mut Report) -> Result<(), SalvageError> {
     for q in &view.quarantined {
         match view.scan.read(q.at) {
             Ok(bytes) => {
@@ -234,12 +259,7 @@ pub fn salvage(from: &Path, into: &mut Spool) -> Result<Report, SalvageError> {
                 .push((view.scan.files[q.at.file].clone(), e.to_string())),
         }
     }
-    if let Some(s) = view.state {
-        into.reserve_seq(s.next_seq + marker.offset);
-    }
-    into.set_marker(&key, Marker { done: true, ..marker })?;
-    into.commit()?;
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
