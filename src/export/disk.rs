@@ -112,15 +112,7 @@ pub struct Spilled {
 }
 
 enum Job {
-    Spill {
-        service: Arc<str>,
-        spans: Vec<Span>,
-        /// The spans encoded on the caller's thread (`None` if that failed:
-        /// the append then fails the same way, and says why).
-        prepared: Option<Prepared>,
-        created_unix_ms: u64,
-        done: Done<Result<Spilled, SpoolFailure>>,
-    },
+    Spill(Spill, Done<Result<Spilled, SpoolFailure>>),
     Dead {
         service: Arc<str>,
         spans: Vec<Span>,
@@ -143,6 +135,16 @@ enum Job {
         done: Done<Result<u64, SpoolFailure>>,
     },
     Stop,
+}
+
+/// A batch to spill: the spans, as prepared by the spiller if it did.
+struct Spill {
+    service: Arc<str>,
+    spans: Vec<Span>,
+    /// The spans encoded on the caller's thread (`None` if that failed:
+    /// the append then fails the same way, and says why).
+    prepared: Option<Prepared>,
+    created_unix_ms: u64,
 }
 
 /// A spool record the collector settled: remove it, keep `refused` as a
@@ -312,14 +314,15 @@ impl Disk {
         }
         let prepared = crate::spool::prepare(&service, &spans, created_unix_ms).ok();
         let done = Done::new();
-        let job = Job::Spill {
+        let batch = Spill {
             service,
             spans,
             prepared,
             created_unix_ms,
-            done: done.clone(),
         };
-        if let Err(mpsc::SendError(Job::Spill { spans, .. })) = self.jobs.send(job) {
+        if let Err(mpsc::SendError(Job::Spill(Spill { spans, .. }, _))) =
+            self.jobs.send(Job::Spill(batch, done.clone()))
+        {
             let mut st = lock(&self.shared.status);
             st.queued -= n;
             st.enqueued_total -= n;

@@ -4,8 +4,8 @@
 //! reopens the spool at the next round.
 
 use super::{
-    CLOSE_WAIT, Cause, Done, Job, JoinHandle, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spilled, Spool,
-    SpoolError, SpoolFailure, StoredRecord, Tree, lock,
+    CLOSE_WAIT, Cause, Done, Job, JoinHandle, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled,
+    Spool, SpoolError, SpoolFailure, StoredRecord, Tree, lock,
 };
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
@@ -99,26 +99,7 @@ impl Worker {
         let Some(spool) = &mut self.spool else { return Ok(()) };
         let shared = &self.shared;
         match job {
-            Job::Spill {
-                service,
-                spans,
-                prepared,
-                created_unix_ms,
-                done,
-            } => {
-                return spill(
-                    spool,
-                    shared,
-                    Spill {
-                        service,
-                        spans,
-                        prepared,
-                        created_unix_ms,
-                    },
-                    done,
-                    pending,
-                );
-            }
+            Job::Spill(batch, done) => return spill(spool, shared, batch, done, pending),
             Job::Dead {
                 service,
                 spans,
@@ -236,7 +217,7 @@ impl Worker {
     /// Answers `job` without performing it.
     fn refuse(&mut self, job: Job, why: &SpoolFailure) {
         match job {
-            Job::Spill { spans, done, .. } => {
+            Job::Spill(Spill { spans, .. }, done) => {
                 self.shared.hand_back(spans);
                 done.set(Err(why.clone()));
             }
@@ -368,14 +349,6 @@ impl Removals for Spool {
     fn commit(&mut self) -> Result<(), SpoolError> {
         Spool::commit(self)
     }
-}
-
-/// A spill job's batch: the spans, as prepared by the spiller if it did.
-struct Spill {
-    service: Arc<str>,
-    spans: Vec<Span>,
-    prepared: Option<Prepared>,
-    created_unix_ms: u64,
 }
 
 /// Appends a spill job's batch if the filesystem has room; a full disk
