@@ -77,10 +77,17 @@ fn ratio(s: &str) -> Result<f64, String> {
     }
 }
 
+impl Args {
+    /// The requests to record for `--spans`: two spans each, rounded up.
+    fn requests(&self) -> u64 {
+        self.spans.div_ceil(2)
+    }
+}
+
 pub fn run(args: Args, spool: &Path) -> crate::Outcome {
     let signals = crate::Signals::catch().map_err(|e| format!("cannot catch signals: {e}"))?;
     let tracer = build(&args, spool)?;
-    let bar = progress_bar(args.duration.is_none().then_some(args.spans.div_ceil(2) * 2));
+    let bar = progress_bar(args.duration.is_none().then_some(args.requests() * 2));
     let started = Instant::now();
     drive(&args, &tracer, &signals, &bar);
     // Stopped by a signal: spill what is held, without the network. Else
@@ -132,7 +139,7 @@ fn build(args: &Args, spool: &Path) -> Result<SpillwayTracer, Box<dyn std::error
 /// until `args.spans` are recorded, the duration ends or a signal comes,
 /// while one more thread flushes every `args.flush_every` ms.
 fn drive(args: &Args, tracer: &SpillwayTracer, signals: &crate::Signals, bar: &ProgressBar) {
-    let requests = args.spans.div_ceil(2);
+    let requests = args.requests();
     let issued = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let deadline = args.duration.map(|d| Instant::now() + d);
