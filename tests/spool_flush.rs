@@ -424,3 +424,46 @@ fn replay_stops_at_its_time_budget() {
     assert!(s.delivered > 0 && s.spooled > 0, "{s:?}");
     assert!(s.delivered <= 5 * spillway::spool::RECORD_MAX_SPANS as u64, "{s:?}");
 }
+
+#[test]
+fn while_a_backlog_drains_each_flush_delivers_its_own_fresh_spans() {
+    // A backlog of twelve replay ceilings: it drains over a dozen flushes
+    // or more, and every one of them sends the spans recorded since the
+    // one before it. Fresh spans never wait behind the backlog.
+    let dir = tempfile::tempdir().unwrap();
+    common::spool_backlog(dir.path(), 60_000, "old");
+    let server = FaultServer::start(vec![]);
+    let t = SpillwayTracer::new(Config {
+        replay_budget_spans: 5_000,
+        ..common::spool_config(&server.url, dir.path())
+    })
+    .unwrap();
+    let (mut seen, mut spooled, mut draining) = (0, 60_000, 0);
+    for flush in 0..40 {
+        let fresh = format!("fresh-{flush}");
+        record(&t, 300, &fresh);
+        t.flush().unwrap();
+        let requests = server.requests();
+        let arrived = requests[seen..]
+            .iter()
+            .flat_map(|r| r.spans())
+            .filter(|s| s["name"] == fresh.as_str())
+            .count();
+        seen = requests.len();
+        let s = balanced(&t);
+        assert_eq!(arrived, 300, "flush {flush} sent its own spans: {s:?}");
+        assert!(s.spooled <= spooled, "the backlog never grows while draining: {s:?}");
+        spooled = s.spooled;
+        if spooled == 0 {
+            break;
+        }
+        draining += 1;
+    }
+    let s = balanced(&t);
+    assert_eq!((s.spooled, s.dropped.total()), (0, 0), "drained, nothing lost: {s:?}");
+    assert!(
+        draining >= 11,
+        "fresh spans checked on every flush of the drain: {draining}"
+    );
+    assert_eq!(server.span_ids().len(), 60_000 + 300 * (draining + 1));
+}
