@@ -442,7 +442,7 @@ impl Sender {
         books: &Books,
         sent: &mut Sent,
     ) -> Result<(), Stop> {
-        let mut level = match answer {
+        let level = match answer {
             Answer::Delivered => {
                 self.refusing_all = false;
                 sent.delivered += chunk.len();
@@ -472,6 +472,21 @@ impl Sender {
                 vec![(chunk.clone(), false)]
             }
         };
+        self.bisect(spans, chunk, level, deadline, books, sent)
+    }
+
+    /// Splits a refused or too large `chunk` level by level, starting at
+    /// `level` (each range with whether its answer was a refusal), until
+    /// every part is delivered or refused alone; see [`Sender::settle`].
+    fn bisect(
+        &mut self,
+        spans: &[Span],
+        chunk: Range<usize>,
+        mut level: Vec<(Range<usize>, bool)>,
+        deadline: Instant,
+        books: &Books,
+        sent: &mut Sent,
+    ) -> Result<(), Stop> {
         let (mut delivered, mut refused) = (Vec::new(), Vec::new());
         // Whether every answer so far refused its spans (400s only).
         let mut only_refusals = matches!(level.first(), Some((_, true)));
