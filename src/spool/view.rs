@@ -101,42 +101,8 @@ impl View {
             .filter(|q| q.frame.key >= quarantine_below)
             .copied()
             .collect();
-        let missing = match (confirmed, ledger) {
-            (Some(c), _) => {
-                let held: Vec<&SoundRecord> = scan
-                    .records
-                    .values()
-                    .filter(|f| f.meta.tree == Tree::Queue && f.meta.seq >= c.queue_below && f.meta.seq < c.next_seq)
-                    .collect();
-                let mut seqs: Vec<u64> = held.iter().map(|f| f.meta.seq).collect();
-                seqs.dedup();
-                let spans: u64 = dedup_spans(&held);
-                Missing {
-                    records: c.queue_records.saturating_sub(seqs.len() as u64),
-                    spans: c.queue_spans.saturating_sub(spans),
-                }
-            }
-            (None, Some(l)) if state.is_none() => {
-                let spans: u64 = queue.iter().map(|f| u64::from(f.spans)).sum();
-                Missing {
-                    records: 0,
-                    spans: l.spans_at_least.saturating_sub(spans),
-                }
-            }
-            _ => Missing::default(),
-        };
-        let sound: std::collections::BTreeSet<(u8, u64)> =
-            scan.records.keys().map(|&(tree, seq, _)| (tree, seq)).collect();
-        let unreadable: Vec<Unreadable> = std::mem::take(&mut scan.unreadable)
-            .into_iter()
-            .filter(|u| match u.seq {
-                Some((tree, seq)) => {
-                    let below = if tree == Tree::Dead { dead_below } else { queue_below };
-                    seq >= below && !sound.contains(&(tree as u8, seq))
-                }
-                None => false,
-            })
-            .collect();
+        let missing = missing(&scan, confirmed, ledger, state, &queue);
+        let unreadable = unreadable(&mut scan, queue_below, dead_below);
         View {
             scan,
             ledger,
@@ -167,6 +133,58 @@ impl View {
     pub fn is_damaged(&self) -> bool {
         self.missing != Missing::default() || !self.unreadable.is_empty() || !self.scan.unreadable_files.is_empty()
     }
+}
+
+/// What the confirmed commit counted that `scan` no longer holds; with no
+/// confirmed frame and no state frames at all, what the ledger's lower
+/// bound of spans says is missing from `queue`.
+fn missing(
+    scan: &Scan,
+    confirmed: Option<State>,
+    ledger: Option<ledger::State>,
+    state: Option<State>,
+    queue: &[SoundRecord],
+) -> Missing {
+    match (confirmed, ledger) {
+        (Some(c), _) => {
+            let held: Vec<&SoundRecord> = scan
+                .records
+                .values()
+                .filter(|f| f.meta.tree == Tree::Queue && f.meta.seq >= c.queue_below && f.meta.seq < c.next_seq)
+                .collect();
+            let mut seqs: Vec<u64> = held.iter().map(|f| f.meta.seq).collect();
+            seqs.dedup();
+            let spans: u64 = dedup_spans(&held);
+            Missing {
+                records: c.queue_records.saturating_sub(seqs.len() as u64),
+                spans: c.queue_spans.saturating_sub(spans),
+            }
+        }
+        (None, Some(l)) if state.is_none() => {
+            let spans: u64 = queue.iter().map(|f| u64::from(f.spans)).sum();
+            Missing {
+                records: 0,
+                spans: l.spans_at_least.saturating_sub(spans),
+            }
+        }
+        _ => Missing::default(),
+    }
+}
+
+/// The scan's unreadable candidates still held (at or above their tree's
+/// watermark) with no sound copy anywhere.
+fn unreadable(scan: &mut Scan, queue_below: u64, dead_below: u64) -> Vec<Unreadable> {
+    let sound: std::collections::BTreeSet<(u8, u64)> = scan.records.keys().map(|&(tree, seq, _)| (tree, seq)).collect();
+    std::mem::take(&mut scan.unreadable)
+        .into_iter()
+        .filter(|u| match u.seq {
+            Some((tree, seq)) => {
+                let below = if tree == Tree::Dead { dead_below } else { queue_below };
+                seq >= below && !sound.contains(&(tree as u8, seq))
+            }
+            None => false,
+        })
+        .collect()
 }
 
 /// Spans of records counted once per sequence.
