@@ -355,23 +355,7 @@ impl Config {
     /// Checks every field; the error names the first one refused.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_endpoint(&self.endpoint)?;
-        if self.service_name.trim().is_empty() {
-            return Err(ConfigError::new("service_name", "\"\"", "must not be empty"));
-        }
-        if self.service_name.len() > MAX_SERVICE_NAME_BYTES {
-            return Err(ConfigError::new(
-                "service_name",
-                format!("({} bytes)", self.service_name.len()),
-                format!("must be at most {MAX_SERVICE_NAME_BYTES} bytes"),
-            ));
-        }
-        if self.service_name.chars().any(char::is_control) {
-            return Err(ConfigError::new(
-                "service_name",
-                self.service_name.escape_default(),
-                "must not hold control characters",
-            ));
-        }
+        validate_service_name(&self.service_name)?;
         range("timeout_ms", self.timeout_ms, 1, 600_000)?;
         range("connect_timeout_ms", self.connect_timeout_ms, 1, self.timeout_ms)?;
         range("gzip_level", self.gzip_level.into(), 0, 9)?;
@@ -415,30 +399,8 @@ impl Config {
         if self.spool_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Err(ConfigError::new("spool_dir", "\"\"", "must not be empty"));
         }
-        for (name, value) in &self.headers {
-            let field = format!("headers.{name}");
-            ureq::http::HeaderName::try_from(name.as_str())
-                .map_err(|_| ConfigError::new(&field, format!("{name:?}"), "not a valid HTTP header name"))?;
-            let bad = value.0.bytes().position(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
-            if let Some(at) = bad.or_else(|| ureq::http::HeaderValue::try_from(value.0.as_str()).err().map(|_| 0)) {
-                return Err(ConfigError::new(
-                    &field,
-                    format!("<redacted, {} bytes>", value.0.len()),
-                    format!("not a valid HTTP header value (a control character at byte {at})"),
-                ));
-            }
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            let (field, missing) = if self.tls.cert_file.is_some() {
-                ("tls.key_file", "tls.cert_file is set")
-            } else {
-                ("tls.cert_file", "tls.key_file is set")
-            };
-            return Err(ConfigError::new(field, "none", format!("must be set when {missing}")));
-        }
-        if self.tls.server_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
-            return Err(ConfigError::new("tls.server_name", "\"\"", "must not be empty"));
-        }
+        validate_headers(&self.headers)?;
+        validate_tls(&self.tls)?;
         Ok(())
     }
 
@@ -509,6 +471,63 @@ pub(crate) fn redact_url(endpoint: &str) -> String {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
+}
+
+/// A service name: not blank, at most [`MAX_SERVICE_NAME_BYTES`], no
+/// control characters.
+fn validate_service_name(name: &str) -> Result<(), ConfigError> {
+    if name.trim().is_empty() {
+        return Err(ConfigError::new("service_name", "\"\"", "must not be empty"));
+    }
+    if name.len() > MAX_SERVICE_NAME_BYTES {
+        return Err(ConfigError::new(
+            "service_name",
+            format!("({} bytes)", name.len()),
+            format!("must be at most {MAX_SERVICE_NAME_BYTES} bytes"),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ConfigError::new(
+            "service_name",
+            name.escape_default(),
+            "must not hold control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Each header a valid HTTP name and value; a value is never echoed.
+fn validate_headers(headers: &BTreeMap<String, Secret>) -> Result<(), ConfigError> {
+    for (name, value) in headers {
+        let field = format!("headers.{name}");
+        ureq::http::HeaderName::try_from(name.as_str())
+            .map_err(|_| ConfigError::new(&field, format!("{name:?}"), "not a valid HTTP header name"))?;
+        let bad = value.0.bytes().position(|b| (b < 0x20 && b != b'\t') || b == 0x7f);
+        if let Some(at) = bad.or_else(|| ureq::http::HeaderValue::try_from(value.0.as_str()).err().map(|_| 0)) {
+            return Err(ConfigError::new(
+                &field,
+                format!("<redacted, {} bytes>", value.0.len()),
+                format!("not a valid HTTP header value (a control character at byte {at})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A client certificate and its key together; a server name not blank.
+fn validate_tls(tls: &Tls) -> Result<(), ConfigError> {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        let (field, missing) = if tls.cert_file.is_some() {
+            ("tls.key_file", "tls.cert_file is set")
+        } else {
+            ("tls.cert_file", "tls.key_file is set")
+        };
+        return Err(ConfigError::new(field, "none", format!("must be set when {missing}")));
+    }
+    if tls.server_name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(ConfigError::new("tls.server_name", "\"\"", "must not be empty"));
+    }
+    Ok(())
 }
 
 fn validate_endpoint(endpoint: &str) -> Result<(), ConfigError> {
