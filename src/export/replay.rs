@@ -94,24 +94,8 @@ impl Exporter {
         let mut fresh_at = Instant::now() + FRESH_EVERY;
         // Checked between records; a request in flight has the flush's.
         let budget_ends = deadline.min(Instant::now() + self.replay_budget_time);
-        if !self.retry.is_empty() && self.allowed() {
-            let n = self.retry.len().min(*budget);
-            let head: Vec<Span> = self.retry.drain(..n).collect();
-            *budget -= n;
-            let service = Arc::clone(&self.service);
-            let wire = self.sender.bytes_sent();
-            let sent = self.send_held(&head, &service, deadline, r);
-            self.charge(wire);
-            if !sent.kept.is_empty() {
-                // What was kept, then what was behind it, go to disk where
-                // there is one (else back to the memory buffer, in order).
-                let mut rest = sent.kept_of(&head);
-                rest.append(&mut self.retry);
-                self.spill_or_hold(rest, deadline, r);
-            }
-            if let Some(stop) = sent.stopped {
-                return Some(stop);
-            }
+        if let Some(stop) = self.replay_held(budget, deadline, r) {
+            return Some(stop);
         }
         // At least one record per flush, however slow, so replay progresses.
         let mut replayed_any = false;
@@ -156,6 +140,30 @@ impl Exporter {
             }
         }
         None
+    }
+
+    /// Sends the head of the memory buffer (spans held while the spool
+    /// failed, or with no spool), within `budget`; what is kept goes to disk
+    /// with the rest behind it, or back to the buffer in order.
+    fn replay_held(&mut self, budget: &mut usize, deadline: Instant, r: &mut FlushError) -> Option<Stop> {
+        if self.retry.is_empty() || !self.allowed() {
+            return None;
+        }
+        let n = self.retry.len().min(*budget);
+        let head: Vec<Span> = self.retry.drain(..n).collect();
+        *budget -= n;
+        let service = Arc::clone(&self.service);
+        let wire = self.sender.bytes_sent();
+        let sent = self.send_held(&head, &service, deadline, r);
+        self.charge(wire);
+        if !sent.kept.is_empty() {
+            // What was kept, then what was behind it, go to disk where
+            // there is one (else back to the memory buffer, in order).
+            let mut rest = sent.kept_of(&head);
+            rest.append(&mut self.retry);
+            self.spill_or_hold(rest, deadline, r);
+        }
+        sent.stopped
     }
 
     /// How long until the byte allowance (`replay_max_bytes_per_s`) lets
