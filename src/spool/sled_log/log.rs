@@ -261,6 +261,12 @@ impl Ctx<'_> {
         if segment != expected_segment {
             return Read::Corrupted;
         }
+        self.message(kind, pid, lid, body, inline_len)
+    }
+
+    /// What a sound message of `kind` at `lid` with `body` is; a blob's
+    /// file is checked too.
+    fn message(&self, kind: u8, pid: u64, lid: u64, body: &[u8], inline_len: u64) -> Read {
         match kind {
             CANCELED => Read::Canceled(inline_len),
             CAP => Read::Cap,
