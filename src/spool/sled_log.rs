@@ -177,25 +177,13 @@ impl Recovery {
         // larger one is a crafted or damaged file, and sled would allocate
         // a page table that large (an abort) before reading a byte more.
         let max_pid = pages.len() as u64 + log.metadata()?.len() / MIN_MSG_LEN;
-        let mut progressed = false;
-        while let Some(item) = it.next() {
-            if item.lsn < snapshot.stable_lsn.unwrap_or(-1) {
-                continue;
-            }
-            if item.lsn >= end_of_last_msg {
-                r.refusal = Some(format!("log message at lsn {} past the recovered end", item.lsn));
+        let progressed = match apply_log(&mut it, &mut pages, snapshot.stable_lsn, end_of_last_msg, max_pid) {
+            Ok(progressed) => progressed,
+            Err(why) => {
+                r.refusal = Some(why);
                 return Ok(r);
             }
-            if item.pid > max_pid {
-                r.refusal = Some(format!(
-                    "log message at lsn {} names page {}, more pages than the log and snapshot can hold",
-                    item.lsn, item.pid
-                ));
-                return Ok(r);
-            }
-            progressed = true;
-            apply(&mut pages, item);
-        }
+        };
         r.skipped = it.skipped.clone();
         let stable = r.recovered_end(&it, snapshot.stable_lsn, progressed);
         r.tip = stable;
@@ -251,6 +239,37 @@ impl Recovery {
             (None, s) => s,
         }
     }
+}
+
+/// Applies the log's messages from the snapshot on to `pages`, as sled's
+/// recovery does; `Ok` says whether any moved the state, `Err` why sled
+/// must not open the directory (a message past the recovered `end`, or a
+/// page id beyond `max_pid`).
+fn apply_log(
+    it: &mut Iter,
+    pages: &mut Vec<Page>,
+    snapshot_lsn: Option<Lsn>,
+    end: Lsn,
+    max_pid: u64,
+) -> Result<bool, String> {
+    let mut progressed = false;
+    while let Some(item) = it.next() {
+        if item.lsn < snapshot_lsn.unwrap_or(-1) {
+            continue;
+        }
+        if item.lsn >= end {
+            return Err(format!("log message at lsn {} past the recovered end", item.lsn));
+        }
+        if item.pid > max_pid {
+            return Err(format!(
+                "log message at lsn {} names page {}, more pages than the log and snapshot can hold",
+                item.lsn, item.pid
+            ));
+        }
+        progressed = true;
+        apply(pages, item);
+    }
+    Ok(progressed)
 }
 
 #[cfg(test)]
