@@ -12,10 +12,11 @@
 #[allow(dead_code)]
 mod bench;
 
-use spillway::spool::check::Check;
-use spillway::spool::view::View;
-use spillway::spool::{Spool, record};
+use spillway::spool::Spool;
 use spillway::unstable::span::Span;
+use spillway::unstable::spool::check::Check;
+use spillway::unstable::spool::record;
+use spillway::unstable::spool::view::View;
 use std::time::Instant;
 
 fn median(mut v: Vec<f64>) -> f64 {

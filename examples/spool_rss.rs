@@ -38,11 +38,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let dir = tempfile::tempdir()?;
     let mut spool = Spool::open(dir.path(), u64::MAX)?;
-    spool.push("svc", &batch, 1)?;
+    spool.append("svc", &batch, 1)?;
+    spool.commit()?;
     let before = rss_kib();
     let started = std::time::Instant::now();
     while spool.stats().bytes < target_mb << 20 {
-        spool.push("svc", &batch, 1)?;
+        spool.append("svc", &batch, 1)?;
+        spool.commit()?;
     }
     let after = rss_kib();
     let st = spool.stats();

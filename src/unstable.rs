@@ -39,3 +39,44 @@ pub mod workload {
 }
 
 pub use crate::tracer::{MAX_INTERNED_LEN, MAX_INTERNED_NAMES, MAX_NAMES_PER_SHARD, SHARDS};
+
+/// The spool's files read without sled, for the operator commands, the
+/// fuzz targets and the damage tests.
+pub mod spool {
+    /// The check of a spool's files before sled opens them.
+    pub mod check {
+        pub use crate::spool::check::{Check, Finding};
+    }
+
+    /// The spool directory: locks, trust, what was set aside.
+    pub mod dir {
+        pub use crate::spool::dir::{Lock, ReadLock, check_trust, set_asides};
+    }
+
+    /// The ledger of durable commits.
+    pub mod ledger {
+        pub use crate::spool::ledger::FILE;
+    }
+
+    /// A record's bytes.
+    pub mod record {
+        pub use crate::spool::record::{
+            FLAG_DEFLATE, Meta, Record, UNKNOWN_SERVICE, VERSION, decode, encode, frame, header, service,
+        };
+    }
+
+    /// Records found in the raw files.
+    pub mod scan {
+        pub use crate::spool::scan::{At, Scan, SoundRecord};
+    }
+
+    /// The state frames.
+    pub mod state {
+        pub use crate::spool::state::unquarantine;
+    }
+
+    /// What a spool holds, read without sled.
+    pub mod view {
+        pub use crate::spool::view::View;
+    }
+}

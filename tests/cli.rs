@@ -203,7 +203,7 @@ fn export_is_valid_zipkin_json_that_zipkin_accepts_and_leaves_the_spool_alone() 
 /// Flips a byte in the raw log inside the queue's first record (as a disk
 /// would); returns the record's key and the spans it holds.
 fn damage_first_record(dir: &Path) -> (u64, usize) {
-    let view = spillway::spool::view::View::read(dir).unwrap();
+    let view = spillway::unstable::spool::view::View::read(dir).unwrap();
     let first = view.queue[0];
     let file = &view.scan.files[first.at.file];
     let mut bytes = std::fs::read(file).unwrap();
@@ -250,7 +250,7 @@ fn verify_names_damage_by_file_and_offset_and_replay_salvages_past_it() {
     assert_eq!(after["damaged"], false, "{after}");
     let purged = spillway(dir.path(), &["purge", "--set-aside", "--yes"]);
     assert!(purged.status.success(), "{}", stderr(&purged));
-    assert!(spillway::spool::dir::set_asides(dir.path()).is_empty());
+    assert!(spillway::unstable::spool::dir::set_asides(dir.path()).is_empty());
 }
 
 #[test]
@@ -335,7 +335,7 @@ fn salvage_recovers_what_was_owed_from_a_spool_sled_cannot_open() {
     assert_eq!(report["spans"], owed.len(), "{report}");
     assert_eq!(report["settled_records"], 2, "{report}");
     assert_eq!(spooled_ids(&spool), owed, "exactly what was owed, in a fresh spool");
-    let aside = spillway::spool::dir::set_asides(&spool);
+    let aside = spillway::unstable::spool::dir::set_asides(&spool);
     assert_eq!(aside.len(), 1, "the damaged files are kept aside: {aside:?}");
     assert_eq!(report["set_aside"], aside[0].display().to_string(), "{report}");
     // Salvaging again brings nothing back twice.
@@ -471,7 +471,7 @@ fn generate_spills_and_reports_on_sigint_and_sigterm() {
             .spawn()
             .unwrap();
         // At work once its first flush has spilled (the ledger is written).
-        let ledger = dir.path().join(spillway::spool::ledger::FILE);
+        let ledger = dir.path().join(spillway::unstable::spool::ledger::FILE);
         common::wait_for("a first spill", Duration::from_secs(20), || {
             (std::fs::metadata(&ledger).is_ok_and(|m| m.len() > 0)).then_some(())
         });

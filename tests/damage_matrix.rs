@@ -144,7 +144,7 @@ fn pick(dir: &Path, target: Target) -> Option<PathBuf> {
         Target::Conf => name(p) == "conf",
         Target::Snapshot => name(p).starts_with("snap."),
         Target::Blob => p.parent().is_some_and(|d| d.ends_with("blobs")),
-        Target::Ledger => name(p) == spillway::spool::ledger::FILE,
+        Target::Ledger => name(p) == spillway::unstable::spool::ledger::FILE,
     })
 }
 
@@ -203,11 +203,11 @@ fn hashes(dir: &Path) -> BTreeMap<PathBuf, (u64, u32)> {
 
 /// The spans a spool's files hold, read raw.
 fn held_ids(dir: &Path) -> Ids {
-    let view = spillway::spool::view::View::read(dir).unwrap();
+    let view = spillway::unstable::spool::view::View::read(dir).unwrap();
     let mut ids = Ids::new();
     for f in &view.queue {
         let bytes = view.scan.read(f.at).unwrap();
-        for s in spillway::spool::record::decode(&bytes).unwrap().spans {
+        for s in spillway::unstable::spool::record::decode(&bytes).unwrap().spans {
             ids.insert((
                 spillway::unstable::zipkin::hex(&s.trace_id),
                 spillway::unstable::zipkin::hex(&s.span_id),

@@ -86,7 +86,7 @@ fn a_reader_waits_for_a_fork_that_holds_the_writers_lock_until_it_execs() {
     use std::os::fd::{AsRawFd, BorrowedFd};
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
-    let lock = spillway::spool::dir::Lock::exclusive(dir.path(), std::time::Duration::ZERO).unwrap();
+    let lock = spillway::unstable::spool::dir::Lock::exclusive(dir.path(), std::time::Duration::ZERO).unwrap();
     // A child forked while the lock is open holds its copy until it
     // execs; this one waits for `go` before it does.
     let (mut forked_rx, forked_tx) = std::io::pipe().unwrap();
@@ -106,14 +106,14 @@ fn a_reader_waits_for_a_fork_that_holds_the_writers_lock_until_it_execs() {
     let child = std::thread::spawn(move || command.spawn().and_then(|mut c| c.wait()));
     forked_rx.read_exact(&mut [0u8; 1]).unwrap();
     drop(lock);
-    let err = spillway::spool::dir::ReadLock::shared(dir.path(), std::time::Duration::ZERO).unwrap_err();
+    let err = spillway::unstable::spool::dir::ReadLock::shared(dir.path(), std::time::Duration::ZERO).unwrap_err();
     assert!(
         matches!(err, spillway::spool::SpoolError::InUse { .. }),
         "the fork holds the lock: {err:?}"
     );
     let path = dir.path().to_path_buf();
     let reader = std::thread::spawn(move || {
-        spillway::spool::dir::ReadLock::shared(&path, std::time::Duration::from_secs(60)).map(drop)
+        spillway::unstable::spool::dir::ReadLock::shared(&path, std::time::Duration::from_secs(60)).map(drop)
     });
     go_tx.write_all(b"g").unwrap();
     reader.join().unwrap().expect("a reader waits for the fork to exec");

@@ -5,8 +5,8 @@
 
 mod common;
 
-use spillway::spool::view::View;
 use spillway::spool::{Spool, Tree};
+use spillway::unstable::spool::view::View;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -104,12 +104,12 @@ fn salvage_memory_is_bounded_whatever_the_file_sizes() {
     use std::os::unix::fs::FileExt;
     for i in 0..64u64 {
         let mut rec = Vec::new();
-        let meta = spillway::spool::record::Meta {
+        let meta = spillway::unstable::spool::record::Meta {
             seq: i,
             tree: Tree::Queue,
             created_unix_ms: 1,
         };
-        spillway::spool::record::encode("svc", &spans, meta, &mut rec).unwrap();
+        spillway::unstable::spool::record::encode("svc", &spans, meta, &mut rec).unwrap();
         log.write_all_at(&rec, i * (16 << 20) + 12_345).unwrap();
     }
     drop(log);

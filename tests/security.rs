@@ -90,7 +90,7 @@ fn everything_spillway_writes_is_private_under_umask_022() {
     std::fs::write(&db, bytes).unwrap();
     let out = spillway(&spool, &["salvage"]);
     assert!(out.status.success(), "{}", all_output(&out));
-    assert_eq!(spillway::spool::dir::set_asides(&spool).len(), 1);
+    assert_eq!(spillway::unstable::spool::dir::set_asides(&spool).len(), 1);
     assert_private(&spool, "set aside");
 }
 
@@ -130,7 +130,7 @@ fn a_planted_spool_directory_is_refused_naming_it_and_the_victim_is_untouched() 
     let planted = root.path().join("planted");
     std::fs::create_dir(&planted).unwrap();
     std::os::unix::fs::symlink(&victim, planted.join("db")).unwrap();
-    std::os::unix::fs::symlink(&victim, planted.join(spillway::spool::ledger::FILE)).unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join(spillway::unstable::spool::ledger::FILE)).unwrap();
     std::os::unix::fs::lchown(planted.join("db"), Some(65534), Some(65534)).unwrap();
     std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
     let out = spillway(&planted, &["generate", "--spans", "100", "--endpoint", &dead]);
@@ -248,7 +248,8 @@ fn no_control_character_from_a_file_reaches_the_terminal() {
         let spans: Vec<_> = (0..3u64)
             .map(|i| spillway::unstable::span::Span::new([1; 16], (i + 1).to_be_bytes(), "GET /"))
             .collect();
-        s.push(evil, &spans, 1).unwrap();
+        s.append(evil, &spans, 1).unwrap();
+        s.commit().unwrap();
     }
     let aside = spool.join("set-aside").join("x\u{1b}[31mred\rok");
     std::fs::create_dir_all(&aside).unwrap();
@@ -289,7 +290,7 @@ fn a_ledger_claiming_more_than_any_spool_holds_is_damage_not_a_count() {
     let crc = crc32fast::hash(&slot);
     slot.extend_from_slice(&crc.to_le_bytes());
     std::fs::write(
-        spool.join(spillway::spool::ledger::FILE),
+        spool.join(spillway::unstable::spool::ledger::FILE),
         [&slot[..], &slot[..]].concat(),
     )
     .unwrap();

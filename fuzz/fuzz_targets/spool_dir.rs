@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spillway::spool::check::Check;
+use spillway::unstable::spool::check::Check;
 use std::path::PathBuf;
 
 const NAMES: [&str; 7] = [

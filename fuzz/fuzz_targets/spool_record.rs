@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use spillway::spool::record;
+use spillway::unstable::spool::record;
 
 fuzz_target!(|data: &[u8]| {
     check(data);

@@ -8,7 +8,7 @@ use super::{STATE, Spool, SpoolError, be, durable, ledger, state};
 
 impl Spool {
     /// The durability point for everything done since the last one: syncs
-    /// sled's files (see [`durable`]), then raises the ledger to what is
+    /// sled's files (see `durable`), then raises the ledger to what is
     /// now on stable storage. Appends, removals, dead letters and
     /// quarantines are durable once this returns `Ok`; one call covers
     /// every change made before it began (group commit).

@@ -36,19 +36,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where set-aside files go, inside the spool directory.
-pub const SET_ASIDE: &str = "set-aside";
+pub(crate) const SET_ASIDE: &str = "set-aside";
 
 /// Entries a spool directory may hold.
 const SPOOL_ENTRIES: [&str; 5] = ["conf", "db", "blobs", super::ledger::FILE, super::LOCK_FILE];
 
 /// Whether `dir` holds a spool's files.
-pub fn holds_spool(dir: &Path) -> bool {
+pub(crate) fn holds_spool(dir: &Path) -> bool {
     SPOOL_ENTRIES[..4].iter().any(|e| dir.join(e).exists())
 }
 
 /// Refuses a path that cannot be a spool directory (see the module docs);
 /// `Ok(false)` if nothing is there yet.
-pub fn check_path(dir: &Path) -> Result<bool, SpoolError> {
+pub(crate) fn check_path(dir: &Path) -> Result<bool, SpoolError> {
     let meta = match std::fs::metadata(dir) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -199,7 +199,7 @@ pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
 /// Makes the spool private: the directory and `blobs/` 0700, every file
 /// 0600 (sled creates its files with the umask's modes). Returns the
 /// entries that were wider.
-pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
+pub(crate) fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
     use std::os::unix::fs::PermissionsExt;
     let mut widened = Vec::new();
     let mut fix = |path: &Path, want: u32| -> io::Result<()> {
@@ -223,7 +223,7 @@ pub fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Creates the spool directory, private (0700), with any missing parents.
-pub fn create(dir: &Path) -> Result<(), SpoolError> {
+pub(crate) fn create(dir: &Path) -> Result<(), SpoolError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -238,7 +238,7 @@ pub fn create(dir: &Path) -> Result<(), SpoolError> {
 /// Opens `path` to read and write, created 0600 if missing, refusing a
 /// symbolic link there (a planted link must not redirect spillway's own
 /// files).
-pub fn open_private(path: &Path) -> io::Result<File> {
+pub(crate) fn open_private(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -251,7 +251,7 @@ pub fn open_private(path: &Path) -> io::Result<File> {
 
 /// ` (pid N holds DIR/spillway.lock)` when the lock file names a process
 /// that is running, else nothing: for [`SpoolError::InUse`].
-pub fn holder_note(dir: &Path) -> String {
+pub(crate) fn holder_note(dir: &Path) -> String {
     let lock = dir.join(super::LOCK_FILE);
     let pid = std::fs::read_to_string(&lock)
         .ok()
@@ -344,7 +344,7 @@ impl ReadLock {
 
 /// Moves every spool file of `dir` into a fresh `set-aside/<name>/`, by
 /// rename, and syncs both directories; returns where.
-pub fn set_aside(dir: &Path) -> io::Result<PathBuf> {
+pub(crate) fn set_aside(dir: &Path) -> io::Result<PathBuf> {
     static N: AtomicU64 = AtomicU64::new(0);
     let ms = crate::clock::Clock::now_unix_ms(&crate::clock::SystemClock);
     let parent = dir.join(SET_ASIDE);

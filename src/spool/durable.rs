@@ -37,7 +37,7 @@ const BLOBS: &str = "blobs";
 
 /// Makes a sled directory's writes durable; see the module docs.
 #[derive(Debug)]
-pub struct Syncer {
+pub(crate) struct Syncer {
     dir: PathBuf,
     /// The log, opened once for syncing.
     log: Option<File>,
@@ -50,7 +50,7 @@ pub struct Syncer {
 impl Syncer {
     /// A syncer for the sled directory `dir`. Nothing counts as synced yet,
     /// so the first round syncs every file there.
-    pub fn new(dir: &Path) -> Syncer {
+    pub(crate) fn new(dir: &Path) -> Syncer {
         Syncer {
             dir: dir.to_path_buf(),
             log: None,
@@ -60,14 +60,14 @@ impl Syncer {
     }
 
     /// Makes everything `db` accepted so far durable. See the module docs.
-    pub fn sync(&mut self, db: &sled::Db) -> Result<(), SyncError> {
+    pub(crate) fn sync(&mut self, db: &sled::Db) -> Result<(), SyncError> {
         db.flush().map_err(SyncError::Sled)?;
         self.sync_files().map_err(SyncError::Io)
     }
 
     /// Steps 2 to 4 of the module docs, without sled's flush: for files
     /// spillway wrote itself (a salvaged spool's directory after a rename).
-    pub fn sync_files(&mut self) -> io::Result<()> {
+    pub(crate) fn sync_files(&mut self) -> io::Result<()> {
         if self.log.is_none() {
             self.log = Some(File::open(self.dir.join("db"))?);
         }
@@ -101,7 +101,7 @@ impl Syncer {
 
 /// Why a sync round failed.
 #[derive(Debug, thiserror::Error)]
-pub enum SyncError {
+pub(crate) enum SyncError {
     /// sled could not write its buffers.
     #[error("{0}")]
     Sled(sled::Error),
@@ -151,7 +151,7 @@ fn sync_file(path: &Path) -> io::Result<()> {
 
 /// `fsync` of a directory, so the entries created, removed or renamed in
 /// it are durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -54,7 +54,7 @@ pub struct State {
 
 /// The open ledger file.
 #[derive(Debug)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     file: File,
     generation: u32,
     last: Option<State>,
@@ -73,7 +73,7 @@ pub struct Reading {
 impl Ledger {
     /// Opens (or creates) the ledger in `dir`; returns it with the last
     /// state written, if a sound one is there.
-    pub fn open(dir: &Path) -> io::Result<(Ledger, Option<State>)> {
+    pub(crate) fn open(dir: &Path) -> io::Result<(Ledger, Option<State>)> {
         let file = super::dir::open_private(&dir.join(FILE))?;
         let mut buf = [0u8; 2 * SLOT];
         let mut n = 0;
@@ -95,13 +95,13 @@ impl Ledger {
     }
 
     /// The last state written in `dir`'s ledger, without creating one.
-    pub fn read(dir: &Path) -> Option<State> {
+    pub(crate) fn read(dir: &Path) -> Option<State> {
         Self::inspect(dir).state
     }
 
     /// Reads `dir`'s ledger once, without creating one: its last sound
     /// state, and whether it is damaged.
-    pub fn inspect(dir: &Path) -> Reading {
+    pub(crate) fn inspect(dir: &Path) -> Reading {
         let mut bytes = Vec::new();
         let read = std::fs::File::open(dir.join(FILE))
             .and_then(|file| std::io::Read::read_to_end(&mut std::io::Read::take(file, 2 * SLOT as u64), &mut bytes));
@@ -116,7 +116,7 @@ impl Ledger {
     }
 
     /// Records `state`, durably, unless it is what was last recorded.
-    pub fn write(&mut self, state: State) -> io::Result<()> {
+    pub(crate) fn write(&mut self, state: State) -> io::Result<()> {
         if self.last == Some(state) {
             return Ok(());
         }

@@ -7,11 +7,11 @@
 //!   kept through a power cut, not only a `kill -9` (a killed process leaves
 //!   the page cache behind; a power cut does not). sled 0.34.7's `flush`
 //!   stops at `sync_file_range`, so the spool completes every durability
-//!   point itself ([`durable`]).
+//!   point itself (`durable`).
 //! - **Damage costs only the records it hits, whoever opens first.** sled's
 //!   recovery treats a damaged log entry as the end of its log and zeroes
 //!   what follows *while it opens*, so the files are checked read-only
-//!   before sled sees them ([`check`], [`sled_log`]) and set aside, bytes
+//!   before sled sees them (`check`, `sled_log`) and set aside, bytes
 //!   kept, when opening would lose anything.
 //! - **Bounded.** The size on disk is capped, the filesystem is never
 //!   filled by a spill, and every read allocates within a limit.
@@ -22,18 +22,18 @@
 //!
 //! | file | what | written by |
 //! |---|---|---|
-//! | `db`, `conf`, `blobs/`, `snap.*` | sled's log, config, large values and snapshots | sled, synced by [`durable`] |
-//! | `spillway.ledger` | what sled must hold at least ([`ledger`]) | [`Spool::commit`] and removals |
-//! | `spillway.lock` | the writer's lock, naming its pid ([`dir`]) | the opener |
-//! | `set-aside/<ms>-<pid>-<n>/` | damaged files, as they were | [`dir::set_aside`] |
+//! | `db`, `conf`, `blobs/`, `snap.*` | sled's log, config, large values and snapshots | sled, synced by `durable` |
+//! | `spillway.ledger` | what sled must hold at least (`ledger`) | [`Spool::commit`] and removals |
+//! | `spillway.lock` | the writer's lock, naming its pid (`dir`) | the opener |
+//! | `set-aside/<ms>-<pid>-<n>/` | damaged files, as they were | `dir::set_aside` |
 //!
 //! sled holds four trees: `queue` and `dead` (the dead letters) map a
-//! big-endian u64 sequence to a [`record`]; `quarantine` maps a fresh
-//! sequence to a [`state`] quarantine frame holding a record that failed
+//! big-endian u64 sequence to a `record`; `quarantine` maps a fresh
+//! sequence to a `state` quarantine frame holding a record that failed
 //! its checks, byte for byte; `meta` holds `next_seq`, the state frame of
 //! the last commit, and salvage's resume markers. Every record carries its
-//! own sequence, tree and service, and every frame a CRC, so [`scan`] and
-//! [`view`] can read the raw files without sled. Format versions: records
+//! own sequence, tree and service, and every frame a CRC, so `scan` and
+//! `view` can read the raw files without sled. Format versions: records
 //! v2 (v1 read), state frames v2 (v1 read), ledger format 2 (1 read); a
 //! version is only ever added, and every older one stays readable (golden
 //! records under `tests/golden/`).
@@ -49,8 +49,9 @@
 //!   one place both happen), so under any crash order sled holds at least
 //!   that many spans, unless sled lost them: then the shortfall is counted,
 //!   once, by whoever opens the spool first.
-//! - **At-least-once.** A record leaves the queue only by [`Spool::ack`]
-//!   (after a 2xx), [`Spool::dead_letter`], [`Spool::quarantine`], the cap
+//! - **At-least-once.** A record leaves the queue only by
+//!   [`Spool::dead_letter`] (after a 2xx, keeping the spans refused, if
+//!   any), [`Spool::quarantine`], the cap
 //!   or the age cap; the caller keeps at most a few records sent whose
 //!   removal is not yet committed (the exporter's `UNSETTLED`), so a crash
 //!   repeats at most those.
@@ -61,25 +62,26 @@
 //!   [`DISK_RESERVE`] to spare) is refused before sled sees it.
 //!
 //! ## A walk through
-//! **Spill** (`write`, then `commit`): [`prepare`] encodes a batch into
-//! records on the caller's thread; [`Spool::append_prepared`] numbers them,
+//! **Spill** (`write`, then `commit`): `prepare` encodes a batch into
+//! records on the caller's thread; `Spool::append_prepared` numbers them,
 //! makes room under the cap (`cap`: the oldest go, the ledger lowered
 //! first) and inserts them, unsynced. [`Spool::commit`] then writes a state
-//! frame, syncs ([`durable`]: sled's flush, `fdatasync` of its files, the
+//! frame, syncs (`durable`: sled's flush, `fdatasync` of its files, the
 //! directory when entries changed) and raises the ledger to what is now
 //! durable. One commit covers every write before it began, so concurrent
 //! spills share one round (group commit).
 //!
 //! **Replay** (`read`, `settle`): the exporter reads the oldest records
-//! ([`Spool::oldest`]), sends one, and settles it: on a 2xx,
-//! [`Spool::ack`]; refused spans become a dead letter; an unsent rest is
-//! queued again with the record's age. Each removal lowers the ledger
-//! before it and is durable at the next commit, which the exporter waits
-//! for before it sends the next record.
+//! ([`Spool::oldest`]), sends them, and settles each
+//! ([`Spool::dead_letter`]): it leaves, its refused spans become a dead
+//! letter and an unsent rest is queued again with the record's age. Each
+//! removal lowers the ledger before it and is durable at the next commit;
+//! the exporter sends at most a few records whose removal is not yet
+//! durable.
 //!
 //! **Open** (`open`): the path is checked (a directory of its own, owned
 //! by this user, not writable by others, no links where files belong), the
-//! lock taken, and [`check`] decides, reading only, whether sled would lose
+//! lock taken, and `check` decides, reading only, whether sled would lose
 //! anything written before the last durable commit. If so, the files are
 //! set aside and [`salvage`] brings every sound record back with its key;
 //! what is gone is counted once ([`Damage`]). Then sled opens, the trees are
@@ -104,23 +106,23 @@
 
 mod ages;
 mod cap;
-pub mod check;
+pub(crate) mod check;
 mod commit;
-pub mod dir;
-pub mod durable;
+pub(crate) mod dir;
+pub(crate) mod durable;
 mod error;
-pub mod ledger;
+pub(crate) mod ledger;
 mod open;
 mod read;
-pub mod record;
+pub(crate) mod record;
 pub mod salvage;
-pub mod scan;
+pub(crate) mod scan;
 mod settle;
-pub mod sled_log;
-pub mod state;
+pub(crate) mod sled_log;
+pub(crate) mod state;
 #[cfg(test)]
 pub(crate) mod tests;
-pub mod view;
+pub(crate) mod view;
 mod write;
 
 use crate::span::Span;
@@ -131,7 +133,7 @@ use std::time::{Duration, Instant};
 
 pub use error::SpoolError;
 pub use record::Tree;
-pub use write::{Prepared, prepare};
+pub(crate) use write::{Prepared, prepare};
 
 /// The lock file spillway holds while it owns the spool (sled takes its
 /// own lock on `db` once it opens; this one covers the checks before).
@@ -236,7 +238,7 @@ pub struct SpoolStats {
 }
 
 /// What [`Spool::open`] found when sled held less than the ledger says it
-/// must (see [`ledger`]): spans sled lost without an error.
+/// must (see `ledger`): spans sled lost without an error.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Damage {

@@ -35,8 +35,8 @@ impl Spool {
 
     /// [`Spool::open`] with a chosen lock wait.
     ///
-    /// Before sled sees the files, the spool is checked ([`check`]): a
-    /// damaged one is set aside (its bytes kept, see [`dir`]) and its sound
+    /// Before sled sees the files, the spool is checked (`check`): a
+    /// damaged one is set aside (its bytes kept, see `dir`) and its sound
     /// records salvaged back into a fresh spool in its place, so opening
     /// never destroys what can be saved; [`Spool::take_damage`] says what
     /// was found and what it cost. A salvage that was interrupted is

@@ -37,16 +37,16 @@
 use crate::span::Span;
 
 /// The first four bytes of every record.
-pub const MAGIC: [u8; 4] = *b"SPWL";
+pub(crate) const MAGIC: [u8; 4] = *b"SPWL";
 /// The format this code writes.
 pub const VERSION: u8 = 2;
 /// Header length in bytes of the version written.
-pub const HEADER_LEN: usize = 36;
+pub(crate) const HEADER_LEN: usize = 36;
 /// Header length of version 1.
-pub const HEADER_LEN_V1: usize = 28;
+pub(crate) const HEADER_LEN_V1: usize = 28;
 /// The largest payload accepted, before or after inflating (and the
 /// decoder's allocation bound).
-pub const MAX_PAYLOAD: usize = 16 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 16 << 20;
 /// Flag bit: the payload is raw deflate.
 pub const FLAG_DEFLATE: u8 = 1;
 /// The service name of version 1 records, which did not carry one.
@@ -234,7 +234,7 @@ pub fn frame(version: u8, payload: &[u8], flags: u8, spans: u32, meta: Meta, out
 
 /// Gives a version 2 record (framed by [`encode`]) the sequence `seq` and
 /// its CRC anew: records are encoded before the spool numbers them.
-pub fn set_seq(record: &mut [u8], seq: u64) {
+pub(crate) fn set_seq(record: &mut [u8], seq: u64) {
     if record.len() < HEADER_LEN || record[4] < 2 {
         return;
     }
@@ -315,7 +315,7 @@ pub fn header(bytes: &[u8]) -> Result<Header, RecordError> {
 /// Reads a header at the start of `bytes`, which may run on past the
 /// record (a scan of raw files); the payload length is only checked
 /// against [`MAX_PAYLOAD`].
-pub fn peek_header(bytes: &[u8]) -> Result<Header, RecordError> {
+pub(crate) fn peek_header(bytes: &[u8]) -> Result<Header, RecordError> {
     let h = parse_header(bytes)?;
     if h.payload_len as usize > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(h.payload_len as usize));
@@ -324,7 +324,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<Header, RecordError> {
 }
 
 /// Checks a whole record's header and CRC without decoding its payload.
-pub fn check(bytes: &[u8]) -> Result<Header, RecordError> {
+pub(crate) fn check(bytes: &[u8]) -> Result<Header, RecordError> {
     let h = header(bytes)?;
     let expected = u32_at(bytes, 16);
     let actual = checksum(bytes);
@@ -402,53 +402,6 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         service,
         spans,
     })
-}
-
-/// A record found by [`scan`].
-#[derive(Debug)]
-pub struct Candidate {
-    /// Where it starts in the scanned bytes.
-    pub offset: usize,
-    /// Its length (the header's claim, when the record is unsound).
-    pub len: usize,
-    /// The record, or why the bytes at `offset` are not one.
-    pub record: Result<Record, RecordError>,
-}
-
-/// Every record candidate in `bytes`: for salvaging records from files
-/// sled can no longer open. A candidate is a magic followed by a header
-/// this code knows; it is sound if the record it declares fits and passes
-/// [`decode`]. A sound record is found however it is aligned, and damage to
-/// one never hides another that does not overlap it.
-pub fn scan(bytes: &[u8]) -> impl Iterator<Item = Candidate> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        while let Some(i) = find(&bytes[at..], &MAGIC) {
-            let offset = at + i;
-            at = offset + 1;
-            let Ok(h) = parse_header(&bytes[offset..]) else {
-                continue;
-            };
-            let len = h.record_len();
-            let record = match offset.checked_add(len).filter(|&e| e <= bytes.len()) {
-                Some(end) => decode(&bytes[offset..end]),
-                None => Err(RecordError::Length {
-                    declared: h.payload_len as usize,
-                    present: bytes.len() - offset - header_len(h.version),
-                }),
-            };
-            if record.is_ok() {
-                at = offset + len;
-            }
-            return Some(Candidate { offset, len, record });
-        }
-        at = bytes.len();
-        None
-    })
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Salvage: every sound record of a spool's raw files, without trusting
 //! sled, into a spool that works.
 //!
-//! The source is only read ([`super::view`]: a streaming scan, so memory
+//! The source is only read (`super::view`: a streaming scan, so memory
 //! stays bounded whatever the files' sizes), under a shared lock, so no
 //! tracer opens it meanwhile. What it holds goes into the target oldest
 //! first, bytes unchanged, each under its own sequence number shifted by

@@ -27,7 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Bytes read at a time.
-pub const CHUNK: usize = 4 << 20;
+pub(crate) const CHUNK: usize = 4 << 20;
 /// Candidates that fail their checks kept for the report at most.
 const MAX_UNREADABLE: usize = 10_000;
 const WATERMARK_MAGIC: [u8; 4] = *b"SPWM";

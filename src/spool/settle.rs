@@ -7,20 +7,17 @@
 use super::{Cleared, Meta, NEXT_SEQ, Span, Spool, SpoolError, StoredRecord, Tree, be, declared_spans, record, state};
 
 impl Spool {
-    /// Removes a delivered record, unsynced: durable at the next
-    /// [`Spool::commit`] (see the module docs).
-    ///
-    /// On an error the counts still include the record: whether its removal
-    /// reached the disk is known only once the spool is reopened (sled stays
-    /// failed after an I/O error), so the caller must look again there.
-    pub fn ack(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
+    /// Removes a delivered record, as [`Spool::dead_letter`] with no span
+    /// refused.
+    #[cfg(test)]
+    pub(crate) fn ack(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
         self.settle(entry, |_| Ok(()))
     }
 
     /// Runs `keep` (what the record leaves behind, if anything) and removes
     /// `entry`, unsynced (durable at the next commit); on an error puts the
     /// counts back as they were
-    /// (see [`Spool::ack`]).
+    /// (see [`Spool::dead_letter`]).
     pub(super) fn settle(
         &mut self,
         entry: &StoredRecord,
@@ -98,14 +95,19 @@ impl Spool {
     }
 
     /// Removes `entry`, keeping the `refused` spans as a dead letter (the
-    /// rest were delivered). Durable at the next [`Spool::commit`]; on an
-    /// error as [`Spool::ack`].
+    /// rest were delivered). Unsynced: durable at the next
+    /// [`Spool::commit`] (see the module docs).
+    ///
+    /// On an error the counts still include the record: whether its removal
+    /// reached the disk is known only once the spool is reopened (sled stays
+    /// failed after an I/O error), so the caller must look again there.
     pub fn dead_letter(&mut self, entry: &StoredRecord, refused: &[Span], now_unix_ms: u64) -> Result<(), SpoolError> {
         self.settle(entry, |s| s.put_dead(&entry.service, refused, now_unix_ms))
     }
 
     /// Moves a record that failed its checks to quarantine, bytes intact.
-    /// Durable at the next [`Spool::commit`]; on an error as [`Spool::ack`].
+    /// Durable at the next [`Spool::commit`]; on an error as
+    /// [`Spool::dead_letter`].
     pub fn quarantine(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
         self.settle(entry, |s| {
             let key = s.next_seq;

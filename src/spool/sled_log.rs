@@ -44,7 +44,7 @@ use files::*;
 use log::*;
 
 /// sled's log sequence numbers.
-pub type Lsn = i64;
+pub(crate) type Lsn = i64;
 
 const SEG_HEADER_LEN: u64 = 20;
 const MAX_MSG_HEADER_LEN: u64 = 32;
@@ -52,7 +52,7 @@ const MAX_MSG_HEADER_LEN: u64 = 32;
 /// length, segment and page id varints.
 const MIN_MSG_LEN: u64 = 8;
 /// sled's default segment size, used when `conf` is missing.
-pub const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024;
+pub(crate) const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024;
 
 // Message kinds (sled's `MessageKind`).
 const CORRUPTED: u8 = 0;

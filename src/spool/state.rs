@@ -26,9 +26,9 @@
 //! rate: 92 bytes.
 
 /// The frame's first bytes.
-pub const MAGIC: [u8; 4] = *b"SPST";
+pub(crate) const MAGIC: [u8; 4] = *b"SPST";
 /// The length of the frames written (version 2).
-pub const LEN: usize = 108;
+pub(crate) const LEN: usize = 108;
 /// The length of version 1 frames.
 const LEN_V1: usize = 92;
 const VERSION: u8 = 2;
@@ -150,9 +150,9 @@ impl State {
 /// oldest first), the key it had in the queue, the length of its bytes
 /// (u32 LE), a CRC32 of the 24 bytes before it and of the bytes, then the
 /// bytes as they were found.
-pub const QUARANTINE_MAGIC: [u8; 4] = *b"SPQR";
+pub(crate) const QUARANTINE_MAGIC: [u8; 4] = *b"SPQR";
 /// The quarantine frame's header length.
-pub const QUARANTINE_HEADER: usize = 28;
+pub(crate) const QUARANTINE_HEADER: usize = 28;
 
 /// A quarantine frame's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +174,7 @@ fn quarantine_crc(head: &[u8], raw: &[u8]) -> u32 {
 
 /// Frames `raw`, found in the queue under `queue_key`, for the quarantine
 /// under `key`.
-pub fn quarantine_frame(key: u64, queue_key: u64, raw: &[u8]) -> Vec<u8> {
+pub(crate) fn quarantine_frame(key: u64, queue_key: u64, raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(QUARANTINE_HEADER + raw.len());
     out.extend_from_slice(&QUARANTINE_MAGIC);
     out.extend_from_slice(&key.to_le_bytes());

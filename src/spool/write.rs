@@ -11,7 +11,7 @@ use super::{
 /// A batch encoded as queue records, not yet numbered: what [`prepare`]
 /// makes and [`Spool::append_prepared`] takes.
 #[derive(Debug, Default)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     /// Each record's bytes and span count.
     pub(super) records: Vec<(Vec<u8>, u32)>,
     /// When they were spilled (Unix ms).
@@ -25,17 +25,12 @@ pub struct Prepared {
 impl Prepared {
     /// Spans left out as too large for any record (counted as oversize
     /// by whoever spills them).
-    pub fn oversize(&self) -> u64 {
+    pub(crate) fn oversize(&self) -> u64 {
         self.oversize
     }
 
-    /// The spans its records hold.
-    pub fn spans(&self) -> u64 {
-        self.records.iter().map(|(_, n)| u64::from(*n)).sum()
-    }
-
     /// The bytes of its records.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.records.iter().map(|(r, _)| r.len() as u64).sum()
     }
 }
@@ -45,7 +40,7 @@ impl Prepared {
 /// [`RECORD_MAX_SPANS`] spans, first spilled at `created_unix_ms`; the
 /// spool numbers them when they are appended. A span too large for a
 /// record even alone is left out and counted ([`Prepared::oversize`]).
-pub fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Prepared, RecordError> {
+pub(crate) fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Prepared, RecordError> {
     let mut records = Vec::new();
     let (mut oversize, mut largest_oversize) = (0, 0);
     let mut rest = spans;
@@ -101,7 +96,8 @@ impl Spool {
     /// failed sled allows), so the spool counts only what it reported as
     /// spilled; spans dropped to make room stay dropped and are reported by
     /// [`Spool::take_dropped`].
-    pub fn push(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
+    #[cfg(test)]
+    pub(crate) fn push(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
         let written = self.append_records(service, spans, created_unix_ms)?;
         if let Err(e) = self.commit() {
             for (key, bytes, n) in written {
@@ -116,7 +112,10 @@ impl Spool {
         Ok(self.take_dropped())
     }
 
-    /// [`Spool::push`] without the sync: not durable until [`Spool::commit`].
+    /// Appends `service`'s `spans` as one or more records, unsynced: not
+    /// durable until [`Spool::commit`]. If the spool would exceed its cap,
+    /// the oldest records are dropped first; returns how many spans that
+    /// dropped.
     pub fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
         self.append_records(service, spans, created_unix_ms)?;
         Ok(self.take_dropped())
@@ -140,7 +139,7 @@ impl Spool {
 
     /// [`Spool::append`] of records [`prepare`]d elsewhere (the encoding is
     /// most of an append's work, and need not run where the spool is).
-    pub fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, SpoolError> {
+    pub(crate) fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, SpoolError> {
         self.insert_prepared(prepared)?;
         Ok(self.take_dropped())
     }

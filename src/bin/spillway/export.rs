@@ -3,7 +3,7 @@
 //! was, so they can be loaded wherever a collector runs.
 
 use crate::{Outcome, read};
-use spillway::spool::scan::{Scan, SoundRecord};
+use spillway::unstable::spool::scan::{Scan, SoundRecord};
 use spillway::unstable::zipkin::Encoder;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,7 +88,7 @@ struct Written {
 /// one array per record and line with `ndjson`; a record that does not
 /// decode is skipped and said on stderr.
 fn write_spans(scan: &Scan, found: &[SoundRecord], ndjson: bool, out: &mut impl Write) -> std::io::Result<Written> {
-    let mut encoder = Encoder::new(spillway::spool::record::UNKNOWN_SERVICE);
+    let mut encoder = Encoder::new(spillway::unstable::spool::record::UNKNOWN_SERVICE);
     let mut written = Written {
         spans: 0,
         records: 0,

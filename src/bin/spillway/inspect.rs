@@ -2,8 +2,8 @@
 //! sled and without changing a byte; exit 1 if the files are damaged.
 
 use crate::{Outcome, human_bytes, human_duration, human_time, read, say};
-use spillway::spool::check::Finding;
-use spillway::spool::record;
+use spillway::unstable::spool::check::Finding;
+use spillway::unstable::spool::record;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -88,7 +88,7 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
 
 /// What the checked files of the spool at `dir` hold; `rate` is the drain
 /// rate the operator gave, if any.
-fn summarize(check: &spillway::spool::check::Check, dir: &Path, rate: Option<u64>) -> Summary {
+fn summarize(check: &spillway::unstable::spool::check::Check, dir: &Path, rate: Option<u64>) -> Summary {
     let view = &check.view;
     let mut s = Summary {
         spool: dir.display().to_string(),
@@ -97,7 +97,7 @@ fn summarize(check: &spillway::spool::check::Check, dir: &Path, rate: Option<u64
         unreadable_records: view.unreadable.len() as u64,
         damaged: check.damaged(),
         damage: check.findings.clone(),
-        set_aside: spillway::spool::dir::set_asides(dir)
+        set_aside: spillway::unstable::spool::dir::set_asides(dir)
             .iter()
             .map(|p| p.display().to_string())
             .collect(),

@@ -184,11 +184,11 @@ fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolErro
 /// Reads and decodes the record at `at` of a read-only tool's scan; why
 /// not, if it cannot.
 fn decode_at(
-    scan: &spillway::spool::scan::Scan,
-    at: spillway::spool::scan::At,
-) -> Result<spillway::spool::record::Record, String> {
+    scan: &spillway::unstable::spool::scan::Scan,
+    at: spillway::unstable::spool::scan::At,
+) -> Result<spillway::unstable::spool::record::Record, String> {
     let bytes = scan.read(at).map_err(|e| e.to_string())?;
-    spillway::spool::record::decode(&bytes).map_err(|e| e.to_string())
+    spillway::unstable::spool::record::decode(&bytes).map_err(|e| e.to_string())
 }
 
 /// Reads the spool in `dir` for a read-only tool (inspect, verify, export,
@@ -196,16 +196,23 @@ fn decode_at(
 /// created or written, so it works on a read-only mount.
 fn read(
     dir: &Path,
-) -> Result<(spillway::spool::dir::ReadLock, spillway::spool::check::Check), Box<dyn std::error::Error>> {
-    use spillway::spool::{Spool, SpoolError, dir::ReadLock};
+) -> Result<
+    (
+        spillway::unstable::spool::dir::ReadLock,
+        spillway::unstable::spool::check::Check,
+    ),
+    Box<dyn std::error::Error>,
+> {
+    use spillway::spool::{Spool, SpoolError};
+    use spillway::unstable::spool::dir::ReadLock;
     if !Spool::exists(dir) {
         return Err(SpoolError::Missing { dir: dir.to_path_buf() }.into());
     }
     // No link where a spool's file belongs: a reader does not follow one.
-    spillway::spool::dir::check_trust(dir, false)?;
+    spillway::unstable::spool::dir::check_trust(dir, false)?;
     let lock = ReadLock::shared(dir, spillway::spool::LOCK_WAIT)?;
-    let check =
-        spillway::spool::check::Check::run(dir).map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;
+    let check = spillway::unstable::spool::check::Check::run(dir)
+        .map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;
     Ok((lock, check))
 }
 

@@ -78,8 +78,8 @@ fn purge_set_aside(dir: &Path, yes: bool) -> Outcome {
     // As a writer would: a `set-aside` that is a link (to directories
     // elsewhere) or a spool someone else could have planted is refused
     // before anything is listed or deleted.
-    spillway::spool::dir::check_trust(dir, true)?;
-    let asides = spillway::spool::dir::set_asides(dir);
+    spillway::unstable::spool::dir::check_trust(dir, true)?;
+    let asides = spillway::unstable::spool::dir::set_asides(dir);
     let size = |p: &Path| -> u64 {
         walk(p)
             .iter()
@@ -97,7 +97,7 @@ fn purge_set_aside(dir: &Path, yes: bool) -> Outcome {
         return Ok(ExitCode::from(2));
     }
     // Not while a tracer holds the spool.
-    let _lock = spillway::spool::dir::Lock::exclusive(dir, std::time::Duration::ZERO)?;
+    let _lock = spillway::unstable::spool::dir::Lock::exclusive(dir, std::time::Duration::ZERO)?;
     for a in &asides {
         std::fs::remove_dir_all(a).map_err(|e| format!("cannot delete {}: {e}", a.display()))?;
     }

@@ -263,7 +263,7 @@ fn dry_run(dir: &Path, tree: Tree, max_records: u64, json: bool) -> Outcome {
             .scan
             .read(f.at)
             .ok()
-            .is_some_and(|b| spillway::spool::record::decode(&b).is_ok());
+            .is_some_and(|b| spillway::unstable::spool::record::decode(&b).is_ok());
         unreadable += u64::from(!sound);
     }
     unreadable += view.unreadable.len() as u64;

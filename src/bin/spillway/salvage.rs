@@ -10,8 +10,8 @@
 //!   its set-aside directories not salvaged yet.
 
 use crate::{Outcome, human_bytes, open, say};
-use spillway::spool::dir::set_asides;
 use spillway::spool::salvage::{Report, SalvageError, salvage};
+use spillway::unstable::spool::dir::set_asides;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

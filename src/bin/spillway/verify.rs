@@ -3,9 +3,9 @@
 //! without sled and without changing a byte.
 
 use crate::{Outcome, read, say};
-use spillway::spool::record;
-use spillway::spool::scan::{Scan, SoundRecord};
-use spillway::spool::view::View;
+use spillway::unstable::spool::record;
+use spillway::unstable::spool::scan::{Scan, SoundRecord};
+use spillway::unstable::spool::view::View;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -144,7 +144,7 @@ fn quarantined(view: &View) -> impl Iterator<Item = Bad> + '_ {
             .read(q.at)
             .ok()
             .as_deref()
-            .and_then(spillway::spool::state::unquarantine)
+            .and_then(spillway::unstable::spool::state::unquarantine)
         {
             Some((_, raw)) => match record::decode(raw) {
                 Err(why) => why.to_string(),
