@@ -20,7 +20,7 @@
 //! When the spool fails (I/O error, full disk), the failed sled instance is
 //! closed on a thread of its own (sled can wait for ever while it closes on
 //! a failed disk, and this thread must stay responsive); spans of failed
-//! spills are handed back ([`Disk::take_returned`]) for the flush to hold
+//! spills are returned ([`Disk::take_returned`]) for the flush to hold
 //! in memory; records the collector settled but whose removal failed are
 //! kept and removed, without being sent again, once the spool reopens. The
 //! thread tries to reopen the spool at the start of every round while it
@@ -181,7 +181,7 @@ impl Settle {
 enum Pending {
     /// `spans` written, of which `oversize` were left out as too large
     /// for a record; `evicted` dropped to make room; the batch itself, to
-    /// hand back if the commit fails.
+    /// return if the commit fails.
     Spill {
         spans: u64,
         oversize: u64,
@@ -387,13 +387,13 @@ impl Disk {
         .then_some(done)
     }
 
-    /// Hands spans back to be held in memory (a spill that could not be
+    /// Returns spans to be held in memory (a spill that could not be
     /// queued); the next flush takes them.
-    pub fn give_back(&self, mut spans: Vec<Span>) {
+    pub fn return_spans(&self, mut spans: Vec<Span>) {
         lock(&self.shared.returned).append(&mut spans);
     }
 
-    /// Spans handed back by failed spills, oldest first (still counted as
+    /// Spans returned by failed spills, oldest first (still counted as
     /// held).
     pub fn take_returned(&self) -> Vec<Span> {
         std::mem::take(&mut *lock(&self.shared.returned))
@@ -435,7 +435,7 @@ impl Disk {
     }
 
     /// Waits until every spill job queued so far is done with (durable, or
-    /// its spans handed back), until `deadline` at most; returns whether
+    /// its spans returned), until `deadline` at most; returns whether
     /// none is left.
     pub fn wait_written(&self, deadline: Instant) -> bool {
         self.wait_until(deadline, |st| st.queued == 0).queued == 0
@@ -465,11 +465,11 @@ impl Disk {
     }
 
     /// Waits until the spill jobs queued before `mark` are done with
-    /// (durable, or handed back), until `deadline` at most; returns how many
+    /// (durable, or returned), until `deadline` at most; returns how many
     /// of their spans are not yet (jobs queued after the mark, such as the
     /// spiller's next, are not waited for). Jobs finish in the order they
     /// were queued, but for a spill refused as too large for the disk,
-    /// which is handed back at once: then the count is a lower bound.
+    /// which is returned at once: then the count is a lower bound.
     pub fn wait_through(&self, mark: u64, deadline: Instant) -> u64 {
         let st = self.wait_until(deadline, |st| st.dequeued_total >= mark);
         mark.saturating_sub(st.dequeued_total)
@@ -503,7 +503,7 @@ impl Drop for Disk {
 }
 
 impl Shared {
-    /// `n` spans of a spill job are done with (written or handed back).
+    /// `n` spans of a spill job are done with (written or returned).
     fn dequeue(&self, n: u64) {
         let mut st = lock(&self.status);
         st.queued = st.queued.saturating_sub(n);
@@ -514,7 +514,7 @@ impl Shared {
     /// The spans of a spill that failed go back to memory: in `returned`
     /// before they leave the queued count, so a waiter woken by that finds
     /// them.
-    fn hand_back(&self, spans: Vec<Span>) {
+    fn return_spans(&self, spans: Vec<Span>) {
         let n = spans.len() as u64;
         lock(&self.returned).extend(spans);
         self.dequeue(n);

@@ -200,7 +200,7 @@ impl Exporter {
         fresh: &mut dyn FnMut() -> Vec<Span>,
     ) -> Result<(), Box<FlushError>> {
         let mut r = FlushError::default();
-        self.take_back(&mut r);
+        self.take_from_disk(&mut r);
         if self.disk.is_some() && !self.retry.is_empty() {
             // Held in memory while the spool failed: to disk first, so the
             // spool (reopened by this very job if it can be) holds them.
@@ -293,7 +293,7 @@ impl Exporter {
     /// spool without touching the network, for shutdown: then waits, until
     /// `deadline` (`budget` from the start), for every spill job queued
     /// before, the spiller's included, and spills again what a failed
-    /// spill handed back (a few passes at most). `Ok(())` only when nothing
+    /// spill returned (a few passes at most). `Ok(())` only when nothing
     /// is left that is not durable; else the error names how many spans are
     /// still being written (`spilling`) or held in memory.
     pub fn spill_all(
@@ -303,7 +303,7 @@ impl Exporter {
         budget: Duration,
     ) -> Result<(), Box<FlushError>> {
         let mut r = FlushError::default();
-        self.take_back(&mut r);
+        self.take_from_disk(&mut r);
         let mut all = std::mem::take(&mut self.retry);
         all.append(&mut batch);
         for _ in 0..SHUTDOWN_PASSES {
@@ -313,7 +313,7 @@ impl Exporter {
             if !disk.wait_written(deadline) {
                 break;
             }
-            self.take_back(&mut r);
+            self.take_from_disk(&mut r);
             if self.retry.is_empty() || !disk.is_working() || Instant::now() >= deadline {
                 break;
             }
@@ -333,9 +333,9 @@ impl Exporter {
         Err(Box::new(r))
     }
 
-    /// Takes what the disk thread has to say, and the spans it handed back
+    /// Takes what the disk thread has to say, and the spans it returned
     /// (failed spills).
-    fn take_back(&mut self, r: &mut FlushError) {
+    fn take_from_disk(&mut self, r: &mut FlushError) {
         if let Some(disk) = &self.disk {
             for cause in disk.take_causes() {
                 r.because(cause);

@@ -118,18 +118,18 @@ impl Ended {
         let lost = self.len - unpacked;
         self.len = 0;
         self.bytes.clear();
-        give_back(&mut self.bytes, used.0);
-        give_back(&mut self.names, used.1);
+        release(&mut self.bytes, used.0);
+        release(&mut self.names, used.1);
         lost
     }
 }
 
 /// After a drain that used `used` of `buf`'s room: keeps all of it while
-/// that is at least a quarter, else gives half back. A load that wavers
+/// that is at least a quarter, else releases half. A load that wavers
 /// between flushes thus never regrows the buffer (regrowing faults fresh
 /// pages in on the hot path, 40 ns a span when it happened at every
-/// flush), and a burst's peak is given back over the quiet flushes after it.
-fn give_back<T>(buf: &mut Vec<T>, used: usize) {
+/// flush), and a burst's peak is released over the quiet flushes after it.
+fn release<T>(buf: &mut Vec<T>, used: usize) {
     if used < buf.capacity() / 4 {
         buf.shrink_to(buf.capacity() / 2);
     }

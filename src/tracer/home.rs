@@ -14,26 +14,26 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 const UNSET: usize = usize::MAX;
 static NEXT: AtomicUsize = AtomicUsize::new(0);
-/// Homes given back by exited threads, most recent last, each once (so
+/// Homes vacated by exited threads, most recent last, each once (so
 /// at most [`SHARDS`]).
 static VACATED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-/// A thread's home; given back when the thread exits.
+/// A thread's home; vacated when the thread exits.
 struct Home(Cell<usize>);
 
 impl Drop for Home {
     fn drop(&mut self) {
         let n = self.0.get();
         if n != UNSET {
-            give_back(&mut super::lock(&VACATED), n);
+            vacate(&mut super::lock(&VACATED), n);
         }
     }
 }
 
 /// Adds `n` to the vacated homes unless it is there already: threads
-/// that moved to one shard (see `claim`) give it back once, so new
+/// that moved to one shard (see `claim`) vacate it once, so new
 /// threads do not pile onto it.
-pub(super) fn give_back(vacated: &mut Vec<usize>, n: usize) {
+pub(super) fn vacate(vacated: &mut Vec<usize>, n: usize) {
     if !vacated.contains(&n) {
         vacated.push(n);
     }
@@ -76,7 +76,7 @@ mod tests {
     fn a_home_given_back_twice_is_vacated_once() {
         let mut vacated = Vec::new();
         for n in [3, 5, 3, 3, 7] {
-            give_back(&mut vacated, n);
+            vacate(&mut vacated, n);
         }
         assert_eq!(vacated, [3, 5, 7]);
     }

@@ -256,7 +256,7 @@ impl SpillwayTracer {
     }
 
     /// Stops the spiller thread and waits for it: whatever it drained is
-    /// then in a spill job (or handed back), never on its stack.
+    /// then in a spill job (or returned), never on its stack.
     fn stop_spiller(&self) {
         let Some(spiller) = lock(&self.spiller).take() else {
             return;

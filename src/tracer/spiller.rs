@@ -82,7 +82,7 @@ impl Inner {
                     }
                     return;
                 }
-                Err(spans) => disk.give_back(spans),
+                Err(spans) => disk.return_spans(spans),
             }
         }
         if let Some(previous) = in_flight.take() {

@@ -196,7 +196,7 @@ impl Worker {
                 evicted, batch, done, ..
             } => {
                 self.shared.books.spilled(0, evicted);
-                self.shared.hand_back(batch);
+                self.shared.return_spans(batch);
                 done.set(Err(why.clone()));
             }
             Pending::Dead(n, done) => {
@@ -218,7 +218,7 @@ impl Worker {
     fn refuse(&mut self, job: Job, why: &SpoolFailure) {
         match job {
             Job::Spill(Spill { spans, .. }, done) => {
-                self.shared.hand_back(spans);
+                self.shared.return_spans(spans);
                 done.set(Err(why.clone()));
             }
             Job::Dead { spans, done, .. } => {
@@ -376,7 +376,7 @@ fn spill(
         });
     match appended {
         Err(e @ SpoolError::DiskFull { .. }) => {
-            shared.hand_back(spans);
+            shared.return_spans(spans);
             let f = SpoolFailure::from(e);
             lock(&shared.status).causes.push(Cause::Spool(f.clone()));
             done.set(Err(f));
@@ -395,7 +395,7 @@ fn spill(
         Err(e) => {
             // Room made before the failure stays made: count it.
             shared.books.spilled(0, spool.take_dropped());
-            shared.hand_back(spans);
+            shared.return_spans(spans);
             Err(done.fail(e))
         }
     }
