@@ -187,24 +187,31 @@ impl Recovery {
         r.skipped = it.skipped.clone();
         let stable = r.recovered_end(&it, snapshot.stable_lsn, progressed);
         r.tip = stable;
+        r.past_the_end(&it, stable)?;
+        r.bad_pages = ctx.check_pages(&pages, &r.deleted_blobs);
+        Ok(r)
+    }
+
+    /// What sled drops past the recovered end `stable`: the segments `it`
+    /// did not reach (zeroed) and the blob files at or after it (deleted).
+    fn past_the_end(&mut self, it: &Iter, stable: Option<Lsn>) -> io::Result<()> {
         for (&lsn, &offset) in &it.segments {
-            r.zeroed.push(Region {
-                file: log_path.clone(),
+            self.zeroed.push(Region {
+                file: it.ctx.log_path.to_path_buf(),
                 offset,
-                len: ctx.seg,
+                len: it.ctx.seg,
                 lsn: Some(lsn),
                 why: "a segment after the recovered end",
             });
         }
         if let Some(stable) = stable {
-            for (path, lsn) in blob_files(&ctx.blobs)? {
+            for (path, lsn) in blob_files(&it.ctx.blobs)? {
                 if lsn >= stable {
-                    r.deleted_blobs.push((path, lsn));
+                    self.deleted_blobs.push((path, lsn));
                 }
             }
         }
-        r.bad_pages = ctx.check_pages(&pages, &r.deleted_blobs);
-        Ok(r)
+        Ok(())
     }
 
     /// Where sled's recovery ends the log after reading it with `it`: the
