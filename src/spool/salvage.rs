@@ -276,7 +276,7 @@ mod tests {
                 s.push("svc", &spans(30, &format!("r{i}")), 1).unwrap();
             }
             let first = s.oldest(Tree::Queue, 1).unwrap();
-            s.ack(&first[0]).unwrap();
+            s.dead_letter(&first[0], &[], 0).unwrap();
             s.commit().unwrap();
         }
         let dst = tempfile::tempdir().unwrap();

@@ -7,13 +7,6 @@
 use super::{Cleared, Meta, NEXT_SEQ, Span, Spool, SpoolError, StoredRecord, Tree, be, declared_spans, record, state};
 
 impl Spool {
-    /// Removes a delivered record, as [`Spool::dead_letter`] with no span
-    /// refused.
-    #[cfg(test)]
-    pub(crate) fn ack(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
-        self.settle(entry, |_| Ok(()))
-    }
-
     /// Runs `keep` (what the record leaves behind, if anything) and removes
     /// `entry`, unsynced (durable at the next commit); on an error puts the
     /// counts back as they were

@@ -51,7 +51,7 @@ fn fifo_across_reopen_and_records_stay_small() {
     assert_eq!(got.last().map(String::as_str), Some("b-2"));
     assert_eq!(got.len(), 2003);
     for e in &all[..all.len() - 1] {
-        s.ack(e).unwrap();
+        s.dead_letter(e, &[], 0).unwrap();
     }
     s.push("svc", &spans(1, "c"), 3).unwrap();
     let rest = names(&s.oldest(Tree::Queue, 10).unwrap());
@@ -68,7 +68,7 @@ fn records_sled_loses_behind_the_spools_back_are_reported_once() {
         }
         // Removals through the spool keep the ledger in step.
         let first = s.oldest(Tree::Queue, 1).unwrap();
-        s.ack(&first[0]).unwrap();
+        s.dead_letter(&first[0], &[], 0).unwrap();
     }
     let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(s.take_damage(), None, "acknowledged records are not a loss");
