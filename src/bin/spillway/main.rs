@@ -8,6 +8,10 @@
 //! naming the directory, and change nothing.
 
 use clap::{Parser, Subcommand};
+use spillway::unstable::spool::check::Check;
+use spillway::unstable::spool::dir::{ReadLock, check_trust};
+use spillway::unstable::spool::record::{self, Record};
+use spillway::unstable::spool::scan::{At, Scan};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -183,36 +187,23 @@ fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolErro
 
 /// Reads and decodes the record at `at` of a read-only tool's scan; why
 /// not, if it cannot.
-fn decode_at(
-    scan: &spillway::unstable::spool::scan::Scan,
-    at: spillway::unstable::spool::scan::At,
-) -> Result<spillway::unstable::spool::record::Record, String> {
+fn decode_at(scan: &Scan, at: At) -> Result<Record, String> {
     let bytes = scan.read(at).map_err(|e| e.to_string())?;
-    spillway::unstable::spool::record::decode(&bytes).map_err(|e| e.to_string())
+    record::decode(&bytes).map_err(|e| e.to_string())
 }
 
 /// Reads the spool in `dir` for a read-only tool (inspect, verify, export,
 /// a dry run): its raw files, under a shared lock, without sled; nothing is
 /// created or written, so it works on a read-only mount.
-fn read(
-    dir: &Path,
-) -> Result<
-    (
-        spillway::unstable::spool::dir::ReadLock,
-        spillway::unstable::spool::check::Check,
-    ),
-    Box<dyn std::error::Error>,
-> {
+fn read(dir: &Path) -> Result<(ReadLock, Check), Box<dyn std::error::Error>> {
     use spillway::spool::{Spool, SpoolError};
-    use spillway::unstable::spool::dir::ReadLock;
     if !Spool::exists(dir) {
         return Err(SpoolError::Missing { dir: dir.to_path_buf() }.into());
     }
     // No link where a spool's file belongs: a reader does not follow one.
-    spillway::unstable::spool::dir::check_trust(dir, false)?;
+    check_trust(dir, false)?;
     let lock = ReadLock::shared(dir, spillway::spool::LOCK_WAIT)?;
-    let check = spillway::unstable::spool::check::Check::run(dir)
-        .map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;
+    let check = Check::run(dir).map_err(|e| format!("cannot read spool {}: {e}", dir.display()))?;
     Ok((lock, check))
 }
 
