@@ -103,10 +103,7 @@ fn a_spool_left_readable_by_an_older_version_is_tightened_on_open() {
         let loose = if is_dir { 0o755 } else { 0o644 };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
     }
-    let mut s = spillway::spool::Spool::open(&spool, u64::MAX).unwrap();
-    assert!(!s.take_tightened().is_empty(), "said once");
-    assert!(s.take_tightened().is_empty());
-    drop(s);
+    drop(spillway::spool::Spool::open(&spool, u64::MAX).unwrap());
     assert_private(&spool, "reopened");
 }
 

@@ -197,12 +197,11 @@ pub fn check_trust(dir: &Path, writer: bool) -> Result<(), SpoolError> {
 }
 
 /// Makes the spool private: the directory and `blobs/` 0700, every file
-/// 0600 (sled creates its files with the umask's modes). Returns the
-/// entries that were wider.
-pub(crate) fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// 0600 (sled creates its files with the umask's modes, and an older
+/// version may have left them wider).
+pub(crate) fn tighten(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mut widened = Vec::new();
-    let mut fix = |path: &Path, want: u32| -> io::Result<()> {
+    let fix = |path: &Path, want: u32| -> io::Result<()> {
         let Ok(m) = std::fs::symlink_metadata(path) else {
             return Ok(());
         };
@@ -211,7 +210,6 @@ pub(crate) fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
         if m.permissions().mode() & 0o077 != 0 {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(want))?;
-            widened.push(path.to_path_buf());
         }
         Ok(())
     };
@@ -219,7 +217,7 @@ pub(crate) fn tighten(dir: &Path) -> io::Result<Vec<PathBuf>> {
     for (path, is_dir) in expected_entries(dir) {
         fix(&path, if is_dir { 0o700 } else { 0o600 })?;
     }
-    Ok(widened)
+    Ok(())
 }
 
 /// Creates the spool directory, private (0700), with any missing parents.

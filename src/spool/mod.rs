@@ -335,7 +335,6 @@ pub struct Spool {
     /// claim at most.
     durable_spans: u64,
     /// Entries found readable by others at open, and made private.
-    tightened: Vec<PathBuf>,
     /// The writer's lock on the directory, held while the spool is open.
     _lock: dir::Lock,
 }
@@ -354,12 +353,6 @@ impl Spool {
     /// The next sequence number the spool will give.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
-    }
-
-    /// The entries [`Spool::open`] found readable by others and made
-    /// private (0600 files, 0700 directories), once.
-    pub fn take_tightened(&mut self) -> Vec<PathBuf> {
-        std::mem::take(&mut self.tightened)
     }
 
     /// What [`Spool::open`] found damaged, without taking it.

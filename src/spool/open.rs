@@ -177,7 +177,7 @@ impl Spool {
         };
         // sled created its files with the umask's modes: private, before
         // any span is written.
-        let tightened = dir::tighten(dir).map_err(|source| SpoolError::Io {
+        dir::tighten(dir).map_err(|source| SpoolError::Io {
             dir: dir.to_path_buf(),
             what: "cannot make private the files of",
             source,
@@ -222,7 +222,6 @@ impl Spool {
             round,
             synced_round: round,
             durable_spans: stats.spans,
-            tightened,
             _lock: lock,
         };
         if let Some(owed) = owed {
