@@ -87,29 +87,13 @@ pub(crate) fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Re
 }
 
 impl Spool {
-    /// Appends `service`'s `spans` as one or more records and syncs them to
-    /// disk (the durability point). If the spool would exceed its cap, the
-    /// oldest records are dropped first; returns how many spans that
-    /// dropped.
-    ///
-    /// If the sync fails, the records are taken out again (as far as a
-    /// failed sled allows), so the spool counts only what it reported as
-    /// spilled; spans dropped to make room stay dropped and are reported by
-    /// [`Spool::take_dropped`].
+    /// [`Spool::append`] then [`Spool::commit`]: the spans are durable on
+    /// return. Returns how many spans the cap dropped to make room.
     #[cfg(test)]
     pub(crate) fn push(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
-        let written = self.append_records(service, spans, created_unix_ms)?;
-        if let Err(e) = self.commit() {
-            for (key, bytes, n) in written {
-                // Best effort: a failed sled refuses further writes. The
-                // counts are undone regardless; a record that did reach the
-                // disk is found and counted when the spool is reopened.
-                let _ = self.queue.remove(key.to_be_bytes());
-                self.uncount(key, bytes, u64::from(n));
-            }
-            return Err(e);
-        }
-        Ok(self.take_dropped())
+        let dropped = self.append(service, spans, created_unix_ms)?;
+        self.commit()?;
+        Ok(dropped)
     }
 
     /// Appends `service`'s `spans` as one or more records, unsynced: not
@@ -117,38 +101,20 @@ impl Spool {
     /// the oldest records are dropped first; returns how many spans that
     /// dropped.
     pub fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
-        self.append_records(service, spans, created_unix_ms)?;
-        Ok(self.take_dropped())
-    }
-
-    /// Writes `spans` as queue records (unsynced); returns each record's
-    /// key, size and span count.
-    pub(super) fn append_records(
-        &mut self,
-        service: &str,
-        spans: &[Span],
-        created_unix_ms: u64,
-    ) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
         let prepared = prepare(service, spans, created_unix_ms).map_err(|e| self.record_error(e))?;
         if prepared.oversize > 0 {
             // Here the caller owns the spans: refuse rather than drop.
             return Err(self.record_error(RecordError::TooLarge(prepared.largest_oversize)));
         }
-        self.insert_prepared(prepared)
+        self.append_prepared(prepared)
     }
 
     /// [`Spool::append`] of records [`prepare`]d elsewhere (the encoding is
-    /// most of an append's work, and need not run where the spool is).
+    /// most of an append's work, and need not run where the spool is):
+    /// numbers them, makes room under the cap and inserts them (unsynced).
     pub(crate) fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, SpoolError> {
-        self.insert_prepared(prepared)?;
-        Ok(self.take_dropped())
-    }
-
-    /// Numbers `prepared`'s records, makes room under the cap and inserts
-    /// them (unsynced); returns each record's key, size and span count.
-    pub(super) fn insert_prepared(&mut self, prepared: Prepared) -> Result<Vec<(u64, usize, u32)>, SpoolError> {
         if prepared.records.is_empty() {
-            return Ok(Vec::new());
+            return Ok(self.take_dropped());
         }
         let incoming: u64 = prepared.records.iter().map(|(r, _)| r.len() as u64).sum();
         self.make_room(incoming)?;
@@ -171,7 +137,7 @@ impl Spool {
             self.stats.bytes += bytes as u64;
             self.stats.spans += u64::from(n);
         }
-        Ok(written)
+        Ok(self.take_dropped())
     }
 
     pub(super) fn record_error(&self, source: RecordError) -> SpoolError {
@@ -182,7 +148,7 @@ impl Spool {
     }
 
     /// Spans dropped to make room since the last call (also after a failed
-    /// push, whose drops were still made).
+    /// append or commit, whose drops were still made).
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped_unreported)
     }
