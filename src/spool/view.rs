@@ -101,7 +101,7 @@ impl View {
             .filter(|q| q.frame.key >= quarantine_below)
             .copied()
             .collect();
-        let missing = missing(&scan, confirmed, ledger, state, &queue);
+        let missing = missing(&scan, confirmed, ledger, state, spans_of(&queue));
         let unreadable = unreadable(&mut scan, queue_below, dead_below);
         View {
             scan,
@@ -121,12 +121,12 @@ impl View {
 
     /// Spans in the queue (as the records' headers declare).
     pub fn queue_spans(&self) -> u64 {
-        self.queue.iter().map(|f| u64::from(f.spans)).sum()
+        spans_of(&self.queue)
     }
 
     /// Spans in the dead letters.
     pub fn dead_spans(&self) -> u64 {
-        self.dead.iter().map(|f| u64::from(f.spans)).sum()
+        spans_of(&self.dead)
     }
 
     /// Whether the files are missing anything they should hold.
@@ -137,13 +137,13 @@ impl View {
 
 /// What the confirmed commit counted that `scan` no longer holds; with no
 /// confirmed frame and no state frames at all, what the ledger's lower
-/// bound of spans says is missing from `queue`.
+/// bound of spans says is missing from the `queue_spans` found.
 fn missing(
     scan: &Scan,
     confirmed: Option<State>,
     ledger: Option<ledger::State>,
     state: Option<State>,
-    queue: &[SoundRecord],
+    queue_spans: u64,
 ) -> Missing {
     match (confirmed, ledger) {
         (Some(c), _) => {
@@ -160,13 +160,10 @@ fn missing(
                 spans: c.queue_spans.saturating_sub(spans),
             }
         }
-        (None, Some(l)) if state.is_none() => {
-            let spans: u64 = queue.iter().map(|f| u64::from(f.spans)).sum();
-            Missing {
-                records: 0,
-                spans: l.spans_at_least.saturating_sub(spans),
-            }
-        }
+        (None, Some(l)) if state.is_none() => Missing {
+            records: 0,
+            spans: l.spans_at_least.saturating_sub(queue_spans),
+        },
         _ => Missing::default(),
     }
 }
@@ -188,6 +185,11 @@ fn unreadable(scan: &mut Scan, queue_below: u64, dead_below: u64) -> Vec<Unreada
 }
 
 /// Spans of records counted once per sequence.
+/// The spans `records` declare.
+fn spans_of(records: &[SoundRecord]) -> u64 {
+    records.iter().map(|f| u64::from(f.spans)).sum()
+}
+
 fn dedup_spans(found: &[&SoundRecord]) -> u64 {
     let mut last = None;
     let mut spans = 0;
