@@ -334,7 +334,6 @@ pub struct Spool {
     /// Spans of the synced queue records still queued: what the ledger may
     /// claim at most.
     durable_spans: u64,
-    /// Entries found readable by others at open, and made private.
     /// The writer's lock on the directory, held while the spool is open.
     _lock: dir::Lock,
 }
