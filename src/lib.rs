@@ -66,6 +66,7 @@ pub mod config;
 pub mod metrics;
 mod span;
 mod stats;
+mod sync;
 pub mod unstable;
 mod workload;
 

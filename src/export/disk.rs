@@ -38,12 +38,13 @@ use super::report::{Cause, SpoolFailure};
 use crate::span::Span;
 use crate::spool::state::ReplayRate;
 use crate::spool::{Prepared, Spool, SpoolError, SpoolStats, StoredRecord, Tree};
+use crate::sync::{Condvar, Mutex, MutexGuard, mpsc, thread};
 use std::path::PathBuf;
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(all(test, feature = "model"))]
+mod model;
 mod worker;
 
 use worker::Worker;
@@ -201,7 +202,8 @@ struct Shared {
     /// Spans of failed spills, for the flush to hold in memory.
     returned: Mutex<Vec<Span>>,
     status: Mutex<Status>,
-    /// Notified whenever spill jobs are done with (`Status::queued` fell).
+    /// Notified whenever spill jobs are done with (`Status::queued` fell)
+    /// and when the thread stops.
     written: Condvar,
     max_queued: u64,
 }
@@ -220,13 +222,16 @@ struct Status {
     /// back): a mark of the first is reached once the second catches up.
     enqueued_total: u64,
     dequeued_total: u64,
+    /// The thread takes no more jobs: it answers those still queued and
+    /// ends.
+    stopped: bool,
 }
 
 /// The disk thread and its job queue; see the module docs.
 pub struct Disk {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
     dir: PathBuf,
 }
 
@@ -268,7 +273,7 @@ impl Disk {
             settled: Vec::new(),
             closing: None,
         };
-        let thread = std::thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("spillway-disk".into())
             .spawn(move || worker.run(rx))?;
         Ok(Disk {
@@ -284,8 +289,16 @@ impl Disk {
         &self.dir
     }
 
-    fn send(&self, job: Job) -> bool {
-        self.jobs.send(job).is_ok()
+    /// Queues `job`, or hands it back if the thread takes no more jobs.
+    /// The send happens under the status lock, so a job is either refused
+    /// here or queued before the thread's last drain, which begins only
+    /// after it marked itself stopped: no job is dropped unanswered.
+    fn send(&self, job: Job) -> Result<(), Box<Job>> {
+        let st = lock(&self.shared.status);
+        if st.stopped {
+            return Err(Box::new(job));
+        }
+        self.jobs.send(job).map_err(|mpsc::SendError(job)| Box::new(job))
     }
 
     /// Queues `spans` to be spilled; `Err` hands them back at once when the
@@ -320,8 +333,8 @@ impl Disk {
             prepared,
             created_unix_ms,
         };
-        if let Err(mpsc::SendError(Job::Spill(Spill { spans, .. }, _))) =
-            self.jobs.send(Job::Spill(batch, done.clone()))
+        if let Err(job) = self.send(Job::Spill(batch, done.clone()))
+            && let Job::Spill(Spill { spans, .. }, _) = *job
         {
             let mut st = lock(&self.shared.status);
             st.queued -= n;
@@ -346,7 +359,7 @@ impl Disk {
             created_unix_ms,
             done: done.clone(),
         };
-        self.send(job).then_some(done)
+        self.send(job).ok().map(|()| done)
     }
 
     /// Reads up to `max` of the oldest records of `tree`.
@@ -357,13 +370,14 @@ impl Disk {
             max,
             done: done.clone(),
         })
-        .then_some(done)
+        .ok()
+        .map(|()| done)
     }
 
     /// Settles a record (see `Settle`).
     pub fn settle(&self, settle: Settle) -> Option<Done<Result<(), SpoolFailure>>> {
         let done = Done::new();
-        self.send(Job::Settle(settle, done.clone())).then_some(done)
+        self.send(Job::Settle(settle, done.clone())).ok().map(|()| done)
     }
 
     /// Quarantines a record that failed its checks.
@@ -373,7 +387,8 @@ impl Disk {
             entry,
             done: done.clone(),
         })
-        .then_some(done)
+        .ok()
+        .map(|()| done)
     }
 
     /// Drops records older than `max_age_ms`.
@@ -384,7 +399,8 @@ impl Disk {
             max_age_ms,
             done: done.clone(),
         })
-        .then_some(done)
+        .ok()
+        .map(|()| done)
     }
 
     /// Returns spans to be held in memory (a spill that could not be
@@ -484,12 +500,9 @@ impl Disk {
         let Some(thread) = lock(&self.thread).take() else {
             return true;
         };
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                // Detached: it ends on its own.
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        if !self.wait_until(deadline, |st| st.stopped).stopped {
+            // Detached: it ends on its own.
+            return false;
         }
         let _ = thread.join();
         true

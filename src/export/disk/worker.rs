@@ -4,11 +4,13 @@
 //! reopens the spool at the next round.
 
 use super::{
-    CLOSE_WAIT, Cause, Done, Job, JoinHandle, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled,
-    Spool, SpoolError, SpoolFailure, StoredRecord, Tree, lock,
+    CLOSE_WAIT, Cause, Done, Job, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled, Spool,
+    SpoolError, SpoolFailure, StoredRecord, Tree, lock,
 };
+use crate::sync::mpsc;
 use std::path::PathBuf;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The thread's own state.
@@ -39,7 +41,10 @@ impl Worker {
                 break;
             }
         }
-        // Whatever is still queued is answered, so no waiter hangs.
+        // No job is queued after this (see `Disk::send`), and whatever
+        // is still queued is answered, so no waiter hangs.
+        lock(&self.shared.status).stopped = true;
+        self.shared.written.notify_all();
         while let Ok(job) = rx.try_recv() {
             self.refuse(job, &SpoolFailure::Closing);
         }
@@ -430,7 +435,7 @@ pub(super) fn close_elsewhere(spool: Spool) -> Option<JoinHandle<()>> {
 mod tests {
     use super::super::{Books, Status};
     use super::*;
-    use std::sync::{Condvar, Mutex};
+    use crate::sync::{Condvar, Mutex};
 
     /// The real spool, with the `fail_at`th removal call (from 0) failing.
     struct Failing<'a> {
