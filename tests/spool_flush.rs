@@ -71,14 +71,15 @@ fn a_span_too_large_for_the_spool_is_counted_oversize_and_the_rest_spilled() {
     record(&t, 100, "b");
     assert!(t.try_flush().is_err(), "the collector is down");
     // On a loaded machine one flush's budget may end before the spill
-    // does: what is left stays in memory for the next (bounded) flushes.
-    for _ in 0..50 {
+    // does: what is left stays in memory for the next flushes (a later one
+    // is Ok when it only waited for the spill to land).
+    common::wait_for("the spill to land", std::time::Duration::from_secs(60), || {
         if t.stats().in_memory == 0 {
-            break;
+            return Some(());
         }
-        // Ok when it only waited for the last flush's spill to land.
         let _ = t.try_flush();
-    }
+        None
+    });
     let s = balanced(&t);
     assert_eq!((s.recorded, s.spooled, s.dropped.oversize), (201, 200, 1), "{s:?}");
     drop(t);
