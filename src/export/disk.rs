@@ -359,7 +359,7 @@ impl Disk {
             created_unix_ms,
             done: done.clone(),
         };
-        self.send(job).ok().map(|()| done)
+        self.send(job).is_ok().then_some(done)
     }
 
     /// Reads up to `max` of the oldest records of `tree`.
@@ -370,14 +370,14 @@ impl Disk {
             max,
             done: done.clone(),
         })
-        .ok()
-        .map(|()| done)
+        .is_ok()
+        .then_some(done)
     }
 
     /// Settles a record (see `Settle`).
     pub fn settle(&self, settle: Settle) -> Option<Done<Result<(), SpoolFailure>>> {
         let done = Done::new();
-        self.send(Job::Settle(settle, done.clone())).ok().map(|()| done)
+        self.send(Job::Settle(settle, done.clone())).is_ok().then_some(done)
     }
 
     /// Quarantines a record that failed its checks.
@@ -387,8 +387,8 @@ impl Disk {
             entry,
             done: done.clone(),
         })
-        .ok()
-        .map(|()| done)
+        .is_ok()
+        .then_some(done)
     }
 
     /// Drops records older than `max_age_ms`.
@@ -399,8 +399,8 @@ impl Disk {
             max_age_ms,
             done: done.clone(),
         })
-        .ok()
-        .map(|()| done)
+        .is_ok()
+        .then_some(done)
     }
 
     /// Returns spans to be held in memory (a spill that could not be
