@@ -7,10 +7,11 @@ use crate::clock::{Clock, SystemClock, TscClock};
 use crate::config::ConfigError;
 use crate::export::report::Cause;
 use crate::spool::{Spool, SpoolError};
+use crate::sync::Mutex;
 use crate::transport::{HttpTransport, Transport};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 
 /// Errors from building a tracer.
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +151,7 @@ impl TracerBuilder {
         });
         let spiller = if has_spool {
             let inner = Arc::clone(&inner);
-            let spawned = std::thread::Builder::new()
+            let spawned = crate::sync::thread::Builder::new()
                 .name("spillway-spiller".into())
                 .spawn(move || inner.spiller());
             // Without the thread, a full batch drops (counted) as it would without a spool.

@@ -9,14 +9,21 @@
 
 use super::SHARDS;
 use std::cell::Cell;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const UNSET: usize = usize::MAX;
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// Homes vacated by exited threads, most recent last, each once (so
 /// at most [`SHARDS`]).
 static VACATED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// The vacated homes, recovering from poison (a panic elsewhere must not
+/// stop tracing). std's lock, whatever `crate::sync` is: a static, and
+/// held for a push or a pop only.
+fn vacated() -> MutexGuard<'static, Vec<usize>> {
+    VACATED.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A thread's home; vacated when the thread exits.
 struct Home(Cell<usize>);
@@ -25,7 +32,7 @@ impl Drop for Home {
     fn drop(&mut self) {
         let n = self.0.get();
         if n != UNSET {
-            vacate(&mut super::lock(&VACATED), n);
+            vacate(&mut vacated(), n);
         }
     }
 }
@@ -59,8 +66,8 @@ pub(super) fn get() -> usize {
 
 #[cold]
 fn first() -> usize {
-    let vacated = super::lock(&VACATED).pop();
-    vacated.unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS)
+    let last = vacated().pop();
+    last.unwrap_or_else(|| NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS)
 }
 
 /// Moves the calling thread's home to `shard`.

@@ -12,6 +12,7 @@
 //! | `shard_lock.rs` | the lock over one shard |
 //! | `spiller.rs` | the background thread that spills a filling batch |
 //! | `drain.rs` | moving the ended spans out for a flush, in start order |
+//! | `model.rs` | the model check of recording, flush, spiller and shutdown (test only) |
 //! | `clock.rs` | where the tracer's timestamps come from |
 //!
 //! ## Hot path
@@ -79,14 +80,15 @@ use crate::export::books::Books;
 use crate::export::disk::Disk;
 use crate::export::report::FlushError;
 use crate::stats::Stats;
+use crate::sync::{Mutex, MutexGuard};
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanStart, SpanStatus, TracerPlugin};
 use ended::Ended;
 use live::Ids;
 use shards::Shard;
 use spiller::Wake;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 mod builder;
@@ -94,6 +96,8 @@ mod drain;
 pub(crate) mod ended;
 mod home;
 pub(crate) mod live;
+#[cfg(all(test, feature = "model"))]
+mod model;
 mod names;
 mod record;
 pub(crate) mod shard_lock;
@@ -133,7 +137,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct SpillwayTracer {
     inner: Arc<Inner>,
     /// The spiller thread until shutdown stops it.
-    spiller: Mutex<Option<std::thread::JoinHandle<()>>>,
+    spiller: Mutex<Option<crate::sync::thread::JoinHandle<()>>>,
 }
 
 /// The tracer's state, shared with the spiller thread.

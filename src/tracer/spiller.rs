@@ -20,8 +20,9 @@ use super::{Inner, lock};
 use crate::clock::Clock;
 use crate::export::disk::{Done, Spilled};
 use crate::export::report::SpoolFailure;
+use crate::sync::{Condvar, Mutex};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The most an early send takes before what is left is spilled.
@@ -31,7 +32,7 @@ pub(super) const EARLY_SEND: Duration = Duration::from_millis(250);
 #[derive(Default)]
 pub(super) struct Wake {
     pub(super) pending: Mutex<bool>,
-    pub(super) cond: std::sync::Condvar,
+    pub(super) cond: Condvar,
     pub(super) stop: std::sync::atomic::AtomicBool,
 }
 

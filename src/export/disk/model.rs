@@ -20,14 +20,6 @@ use crate::sync::thread;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Schedules explored per scenario: `SPILLWAY_MODEL_SCHEDULES`, or 300.
-fn schedules() -> usize {
-    std::env::var("SPILLWAY_MODEL_SCHEDULES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
-}
-
 fn spans(n: usize, tag: u8) -> Vec<Span> {
     (0..n)
         .map(|i| Span::new([tag; 16], (i as u64 + 1).to_be_bytes(), "s"))
@@ -109,10 +101,10 @@ fn scenario(stop_early: bool) {
 
 #[test]
 fn spills_racing_each_other_are_all_durable() {
-    shuttle::check_random(|| scenario(false), schedules());
+    crate::sync::check_random(|| scenario(false));
 }
 
 #[test]
 fn spills_racing_a_stop_are_durable_or_handed_back() {
-    shuttle::check_random(|| scenario(true), schedules());
+    crate::sync::check_random(|| scenario(true));
 }
