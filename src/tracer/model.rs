@@ -11,8 +11,9 @@
 //! - every recorded span ends in exactly one place of the accounting
 //!   equation ([`Stats::is_balanced`]);
 //! - `shutdown` `Ok` means every span recorded before the call is
-//!   delivered, durable or counted as dropped: none is left in memory,
-//!   and the spool, opened again, holds what `spooled` says;
+//!   delivered, durable or counted as dropped (none is left in memory
+//!   once nothing records any more), and the spool, opened again, holds
+//!   what `spooled` says;
 //! - nothing deadlocks (every wait ends by a notification: shuttle has no
 //!   timeouts), and dropping the tracer joins its threads.
 
@@ -62,16 +63,20 @@ fn record(tracer: &Arc<SpillwayTracer>) -> thread::JoinHandle<()> {
     })
 }
 
-/// Shuts `tracer` down, which must succeed; then nothing recorded before
-/// is left in memory. Returns the stats after.
-fn shut_down(tracer: &SpillwayTracer) -> Stats {
+/// Shuts `tracer` down, which must succeed; then every span recorded
+/// before is delivered, durable or dropped (counted), and, when nothing
+/// records meanwhile (`alone`), nothing is left in memory. Returns the
+/// stats after.
+fn shut_down(tracer: &SpillwayTracer, alone: bool) -> Stats {
     let recorded = tracer.stats().recorded;
     if let Err(e) = tracer.shutdown() {
         panic!("shutdown failed with a healthy disk: {e}");
     }
     let s = tracer.stats();
     assert!(s.is_balanced(), "{s:?}");
-    assert_eq!(s.in_memory, 0, "shutdown Ok left spans in memory: {s:?}");
+    if alone {
+        assert_eq!(s.in_memory, 0, "shutdown Ok left spans in memory: {s:?}");
+    }
     assert!(
         s.delivered + s.spooled + s.dropped.total() >= recorded,
         "shutdown Ok but not every span recorded before it is accounted for: {recorded} recorded, {s:?}"
@@ -106,13 +111,13 @@ fn scenario(up: bool, racing: bool) {
         })
     };
     if racing {
-        shut_down(&tracer);
+        shut_down(&tracer, false);
     }
     for t in recorders {
         t.join().expect("a recording thread");
     }
     flusher.join().expect("the flushing thread");
-    let s = shut_down(&tracer);
+    let s = shut_down(&tracer, true);
     assert_eq!((s.started, s.recorded), (2 * SPANS as u64, 2 * SPANS as u64), "{s:?}");
     if !up {
         assert_eq!(s.delivered, 0, "{s:?}");
