@@ -1,8 +1,16 @@
 //! Whatever the collector does, every flush ends on time, the spool takes
-//! what the network cannot, and no span is dropped while the disk has
-//! room. In-test HTTP servers on 127.0.0.1 play the faults (slow, flapping,
+//! what the network cannot, and no span is dropped while the disk keeps
+//! pace. In-test HTTP servers on 127.0.0.1 play the faults (slow, flapping,
 //! refusing everything, wrong path); a paced load records meanwhile, and a
 //! flusher calls `flush` as bext's timer would, timing each call.
+//!
+//! The spool lives on tmpfs (`/dev/shm`): at 40,000 spans a second the
+//! memory batch holds 0.8 s of spans, and another process's writeback can
+//! stall an fsync on a real disk for longer; the tracer then drops and
+//! counts `queue_full`, as designed (`tracer_contract` shows the count),
+//! but these tests are about the collector, so the disk must keep pace
+//! whatever else the machine writes. The real-disk paths are
+//! `spool_flush`, `crash`, `power_cut` and `full_disk`.
 
 mod common;
 
@@ -57,7 +65,10 @@ static ONE_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// another flushes every 200 ms; returns the stats after a last flush.
 fn run(url: &str, rate: u64, secs: u64, tweak: impl FnOnce(&mut Config)) -> (SpillwayTracer, tempfile::TempDir, Run) {
     let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("spillway-bounded-flush")
+        .tempdir_in("/dev/shm")
+        .expect("a spool on tmpfs at /dev/shm");
     let mut config = Config {
         flush_timeout_ms: BUDGET.as_millis() as u64,
         timeout_ms: 10_000,
@@ -123,7 +134,7 @@ fn check(name: &str, r: &Run, server: &FaultServer) {
     assert!(s.is_balanced(), "{name}: {s:?}");
     assert_eq!(
         s.dropped.queue_full, 0,
-        "{name}: spans dropped while the disk had room: {s:?}"
+        "{name}: spans dropped while the disk kept pace: {s:?}"
     );
     assert_eq!(s.dropped.total(), 0, "{name}: {s:?}");
     assert!(
