@@ -9,8 +9,8 @@
 //! stall an fsync on a real disk for longer; the tracer then drops and
 //! counts `queue_full`, as designed (`tracer_contract` shows the count),
 //! but these tests are about the collector, so the disk must keep pace
-//! whatever else the machine writes. The real-disk paths are
-//! `spool_flush`, `crash`, `power_cut` and `full_disk`.
+//! whatever else the machine writes. The real-disk paths are `spool_flush`,
+//! `crash` and `power_cut` (`full_disk` fills a small tmpfs of its own).
 
 mod common;
 
