@@ -8,7 +8,10 @@
 //! crash repeats at most that many. A flush's replay ends only once every
 //! removal it started is durable (or its deadline passed: then they
 //! complete on their own). Each settled record's pace feeds the replay
-//! rate.
+//! rate. Once the collector answers with a `Retry-After` (it sheds load
+//! and says when to come back), the flush's replay ends after the record
+//! under way: the rest waits for the next flush, as the collector asked,
+//! instead of pressing on with the window it had.
 
 use super::disk::Done;
 use super::report::SpoolFailure;
@@ -115,6 +118,12 @@ impl Exporter {
             };
             for entry in entries {
                 if *budget == 0 || (replayed_any && Instant::now() >= budget_ends) || !self.allowed() {
+                    return None;
+                }
+                // The collector sheds load and said when to come back: the
+                // rest waits for the next flush (the request it refused was
+                // sent again after its wait).
+                if replayed_any && self.sender.asked_to_wait() {
                     return None;
                 }
                 if Instant::now() >= fresh_at {

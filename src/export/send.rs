@@ -195,6 +195,9 @@ pub(crate) struct Sender {
     /// or a `Retry-After`, since the last [`Sender::take_congested`].
     attempts: u32,
     congestion: u32,
+    /// Whether an answer carried a `Retry-After` since the last
+    /// [`Sender::take_congested`]: the collector asked for a wait.
+    asked_to_wait: bool,
     /// Bytes of every request body put on the wire, retries included.
     bytes_sent: u64,
 }
@@ -225,6 +228,7 @@ impl Sender {
             max_in_flight: 1,
             attempts: 0,
             congestion: 0,
+            asked_to_wait: false,
             bytes_sent: 0,
         }
     }
@@ -268,8 +272,15 @@ impl Sender {
     /// timeout or a `Retry-After`); starts counting anew.
     pub(crate) fn take_congested(&mut self) -> bool {
         let (attempts, congestion) = (self.attempts, self.congestion);
-        (self.attempts, self.congestion) = (0, 0);
+        (self.attempts, self.congestion, self.asked_to_wait) = (0, 0, false);
         congestion > 0 && congestion * CONGESTED_ONE_IN >= attempts
+    }
+
+    /// Whether the collector answered with a `Retry-After` since the last
+    /// [`Sender::take_congested`] (it sheds load and said when to come
+    /// back).
+    pub(crate) fn asked_to_wait(&self) -> bool {
+        self.asked_to_wait
     }
 
     /// Bytes of request bodies sent so far, every attempt counted.
@@ -396,6 +407,7 @@ impl Sender {
             self.congestion = self.congestion.saturating_add(std::mem::take(&mut lane.congestion));
             self.bytes_sent = self.bytes_sent.saturating_add(std::mem::take(&mut lane.bytes_sent));
             self.refusing_all |= lane.refusing_all;
+            self.asked_to_wait |= std::mem::take(&mut lane.asked_to_wait);
         }
         self.lanes = lanes;
         for (part, cut) in others.into_iter().zip(&cuts[1..]) {
@@ -577,6 +589,7 @@ impl Sender {
             if e.is_congestion() || e.retry_after().is_some() {
                 self.congestion = self.congestion.saturating_add(1);
             }
+            self.asked_to_wait |= e.retry_after().is_some();
             match e.class() {
                 Class::TooLarge => return Answer::TooLarge(e),
                 Class::Rejected => return Answer::Refused(e),
