@@ -117,13 +117,12 @@ impl Exporter {
                 None => return Some(Stop::Deadline),
             };
             for entry in entries {
-                if *budget == 0 || (replayed_any && Instant::now() >= budget_ends) || !self.allowed() {
-                    return None;
-                }
-                // The collector sheds load and said when to come back: the
-                // rest waits for the next flush (the request it refused was
-                // sent again after its wait).
-                if replayed_any && self.sender.asked_to_wait() {
+                // Past the first record, the rest waits for the next flush
+                // once the replay's time is spent or the collector sheds
+                // load and said when to come back (the request it refused
+                // was sent again after its wait).
+                let enough = replayed_any && (Instant::now() >= budget_ends || self.sender.asked_to_wait());
+                if *budget == 0 || enough || !self.allowed() {
                     return None;
                 }
                 if Instant::now() >= fresh_at {

@@ -269,7 +269,8 @@ impl Sender {
 
     /// Whether the collector showed congestion since the last call (at
     /// least one attempt in [`CONGESTED_ONE_IN`] answered 429, 503, a
-    /// timeout or a `Retry-After`); starts counting anew.
+    /// timeout or a `Retry-After`); starts counting anew and forgets any
+    /// `Retry-After` ([`Sender::asked_to_wait`]).
     pub(crate) fn take_congested(&mut self) -> bool {
         let (attempts, congestion) = (self.attempts, self.congestion);
         (self.attempts, self.congestion, self.asked_to_wait) = (0, 0, false);
