@@ -18,9 +18,11 @@ bash scripts/test.sh "${args[@]}" --no-run >/dev/null 2>&1 || bash scripts/test.
 stress-ng --cpu 0 --cpu-method matrixprod --timeout 3h --quiet &
 hog=$!
 trap 'kill "$hog" 2>/dev/null || true; wait "$hog" 2>/dev/null || true' EXIT
-# The partial-failure loads run for 30 s at 50 k spans/s here (the suite
-# alone runs them for 120 s at 100 k): what the hog leaves of two cores.
+# The partial-failure loads run for 30 s at 50 k spans/s here, 20 k behind
+# Toxiproxy (the suite alone runs them for 120 s at 100 k, 40 k behind
+# Toxiproxy): what the hog leaves of two cores.
 export PARTIAL_SECS=${PARTIAL_SECS:-30} PARTIAL_RATE=${PARTIAL_RATE:-50000}
+export PARTIAL_LINK_RATE=${PARTIAL_LINK_RATE:-20000}
 passed=0
 for i in $(seq 1 "$runs"); do
   began=$(date +%s)

@@ -6,8 +6,10 @@
 //! requests by a rule (every third 500, one in a hundred 503, a whole
 //! outage then health), and against the real OpenTelemetry Collector
 //! behind a Toxiproxy link that resets 30 % of connections as they open
-//! (20,000 spans/s by default there: the collector writes every span to a
-//! file on the same two cores). After the load a final drain flushes until nothing
+//! (40,000 spans/s by default there: the collector, which writes every
+//! span to a file on the same two cores, takes about 70,000 spans/s on the
+//! 2-core CI machine even with no fault on the link, so a faster load only
+//! measures its backlog). After the load a final drain flushes until nothing
 //! is left; the tests assert conservation, no drop, every span delivered
 //! once the drain ends, and a bound on the spool's peak size. The figures
 //! (delivered share at the end of the load, peak spool, drain rate) are
@@ -19,7 +21,7 @@
 //!
 //! `PARTIAL_SECS` (default 120) sets the load's length, `PARTIAL_RATE`
 //! (default 100,000 spans/s) its pace and `PARTIAL_LINK_RATE` (default
-//! 20,000) the pace behind Toxiproxy: the suite runs the defaults, the
+//! 40,000) the pace behind Toxiproxy: the suite runs the defaults, the
 //! stress run under a CPU hog shorter and slower ones, and the long runs
 //! quoted in BENCHMARKS.md longer ones.
 //! `PARTIAL_TRACE=1` prints every flush.
@@ -293,7 +295,7 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
     );
     let r = run(
         &format!("http://{listen}/api/v2/spans"),
-        env("PARTIAL_LINK_RATE", 20_000),
+        env("PARTIAL_LINK_RATE", 40_000),
         env("PARTIAL_SECS", SECS),
         |_| {},
     );
