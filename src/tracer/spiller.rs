@@ -14,13 +14,15 @@
 //! drop while the disk keeps up. A healthy collector gets fresh spans at
 //! once instead of through the spool. Otherwise it spills the batch
 //! through the disk thread, so a flush waiting on the collector does not
-//! hold it up.
+//! hold it up. It waits for the disk only when the disk thread's queue is
+//! full ([`Inner::spill_early`]).
 
 use super::{Inner, lock};
 use crate::clock::Clock;
 use crate::export::disk::{Done, Spilled};
 use crate::export::report::SpoolFailure;
 use crate::sync::{Condvar, Mutex};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -38,12 +40,10 @@ pub(super) struct Wake {
 
 impl Inner {
     /// The spiller thread: waits to be woken, then hands the batch to the
-    /// disk thread and waits for it to be written (so the shards, not an
-    /// ever longer job queue, hold what the disk has not taken yet). It
-    /// never takes the exporter's lock: a flush waiting on the collector
-    /// does not hold it up.
+    /// disk thread. It never takes the exporter's lock: a flush waiting on
+    /// the collector does not hold it up.
     pub(super) fn spiller(&self) {
-        let mut in_flight = None;
+        let mut in_flight = VecDeque::new();
         loop {
             {
                 let mut pending = lock(&self.wake.pending);
@@ -62,32 +62,46 @@ impl Inner {
     /// Spills what the shards hold; outcomes are the disk thread's to count
     /// (a failed spill's spans come back to the next flush).
     ///
-    /// Two batches are in flight at most: the one the disk thread writes
-    /// and the one this thread drains and encodes meanwhile, so encoding
-    /// and writing overlap and the disk still sets the pace.
-    pub(super) fn spill_early(&self, in_flight: &mut Option<Done<Result<Spilled, SpoolFailure>>>) {
+    /// Nothing between the shards reaching the mark and their drain waits
+    /// on the disk: an early send that stopped because the shards filled
+    /// again drains them at once, before what it left is encoded and
+    /// spilled, and the spills not yet written (`in_flight`, oldest first)
+    /// queue on the disk thread, whose queue is bounded (twice
+    /// `max_queue_spans`). Only at that bound does this thread wait, for
+    /// its oldest spill: the shards then fill and, past them, spans are
+    /// dropped as `queue_full`, so memory stays bounded when the disk does
+    /// not keep up.
+    pub(super) fn spill_early(&self, in_flight: &mut VecDeque<Done<Result<Spilled, SpoolFailure>>>) {
         let Some(disk) = &self.disk else { return };
-        let batch = match self.exporter.try_lock() {
+        let now = Instant::now();
+        in_flight.retain(|done| done.wait(now).is_none());
+        let mut batch = match self.exporter.try_lock() {
             Ok(mut exporter) if exporter.is_sending() => {
                 let batch = self.drain(exporter.take_buffer());
-                exporter.send_early(batch, Instant::now() + EARLY_SEND, &|| self.is_behind())
+                let left = exporter.send_early(batch, Instant::now() + EARLY_SEND, &|| self.is_behind());
+                if self.is_behind() {
+                    *lock(&self.wake.pending) = false;
+                    self.drain(left)
+                } else {
+                    left
+                }
             }
             _ => self.drain(Vec::new()),
         };
-        if !batch.is_empty() {
+        while !batch.is_empty() {
             let now_ms = self.clock.now_unix_ms();
             match disk.spill(Arc::clone(&self.service), batch, now_ms) {
-                Ok(done) => {
-                    if let Some(previous) = in_flight.replace(done) {
-                        self.wait_for(&previous);
+                Ok(done) => in_flight.push_back(done),
+                Err(spans) => match in_flight.pop_front() {
+                    Some(oldest) => {
+                        self.wait_for(&oldest);
+                        batch = spans;
+                        continue;
                     }
-                    return;
-                }
-                Err(spans) => disk.return_spans(spans),
+                    None => disk.return_spans(spans),
+                },
             }
-        }
-        if let Some(previous) = in_flight.take() {
-            self.wait_for(&previous);
+            break;
         }
     }
 
