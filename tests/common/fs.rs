@@ -1,6 +1,7 @@
 //! Loop-mounted filesystem images for the tests that need a filesystem of
 //! their own: power cuts (shut down without flushing the log), read-only
-//! mounts. Needs root; each mount is undone when the value goes.
+//! mounts, stalls (frozen). Needs root; each mount is undone when the value
+//! goes.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -81,6 +82,15 @@ impl Fs {
         self.mount();
     }
 
+    /// A stalled disk: every write to the filesystem waits until [`Fs::thaw`].
+    pub fn freeze(&self) {
+        sh(Command::new("fsfreeze").arg("-f").arg(&self.mnt));
+    }
+
+    pub fn thaw(&self) {
+        sh(Command::new("fsfreeze").arg("-u").arg(&self.mnt));
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.mnt.join(name)
     }
@@ -89,6 +99,8 @@ impl Fs {
 impl Drop for Fs {
     fn drop(&mut self) {
         if self.mounted {
+            // A test that failed while the filesystem was frozen.
+            let _ = Command::new("fsfreeze").arg("-u").arg(&self.mnt).output();
             let ok = Command::new("umount")
                 .arg(&self.mnt)
                 .status()
