@@ -155,17 +155,7 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
                 peak.fetch_max(dir_bytes(dir), Ordering::Relaxed);
             }
         });
-        let mut recorded = 0u64;
-        while begin.elapsed() < Duration::from_secs(secs) {
-            let due = (begin.elapsed().as_secs_f64() * rate as f64) as u64;
-            if recorded < due {
-                let n = (due - recorded).min(10_000);
-                record(&t, n as usize, "GET /paced");
-                recorded += n;
-            } else {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
+        pace(&t, rate, 10_000, Duration::from_secs(secs), u64::MAX);
         stop.store(true, Ordering::Relaxed);
     });
     let at_end = t.stats();
@@ -189,6 +179,25 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
         trace: trace.into_inner().unwrap_or_default(),
         drain: began.elapsed(),
     }
+}
+
+/// Records `rate` spans a second, in steps of at most `step` (a load that
+/// fell behind catches up), until `secs` have passed or `spans` are
+/// recorded, whichever comes first.
+fn pace(t: &SpillwayTracer, rate: u64, step: u64, secs: Duration, spans: u64) -> u64 {
+    let begin = Instant::now();
+    let mut recorded = 0u64;
+    while recorded < spans && begin.elapsed() < secs {
+        let due = ((begin.elapsed().as_secs_f64() * rate as f64) as u64).min(spans);
+        if recorded < due {
+            let n = (due - recorded).min(step);
+            record(t, n as usize, "GET /paced");
+            recorded += n;
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    recorded
 }
 
 /// Checks a run whose collector took `on_server` spans and whose spool
@@ -319,18 +328,7 @@ fn a_disk_stall_between_flushes_costs_no_span() {
     record(&t, 1, "GET /before");
     assert!(t.flush().is_err(), "the collector is down");
     fs.freeze();
-    let began = Instant::now();
-    let mut recorded = 0;
-    while recorded < SPANS {
-        let due = ((began.elapsed().as_secs_f64() * 50_000.0) as u64).min(SPANS);
-        if recorded < due {
-            let n = (due - recorded).min(1_000);
-            record(&t, n as usize, "GET /stalled");
-            recorded += n;
-        } else {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
+    pace(&t, 50_000, 1_000, Duration::MAX, SPANS);
     let during = t.stats();
     fs.thaw();
     let shut = t.shutdown_within(Duration::from_secs(300));
