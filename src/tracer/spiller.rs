@@ -88,20 +88,23 @@ impl Inner {
             }
             _ => self.drain(Vec::new()),
         };
-        while !batch.is_empty() {
-            let now_ms = self.clock.now_unix_ms();
-            match disk.spill(Arc::clone(&self.service), batch, now_ms) {
-                Ok(done) => in_flight.push_back(done),
-                Err(spans) => match in_flight.pop_front() {
-                    Some(oldest) => {
-                        self.wait_for(&oldest);
-                        batch = spans;
-                        continue;
-                    }
-                    None => disk.return_spans(spans),
-                },
+        if batch.is_empty() {
+            return;
+        }
+        // The disk thread refuses a spill only at its bound: wait for the
+        // oldest spill in flight and try again; with none left, the spans
+        // go back to the exporter.
+        loop {
+            match disk.spill(Arc::clone(&self.service), batch, self.clock.now_unix_ms()) {
+                Ok(done) => return in_flight.push_back(done),
+                Err(spans) => {
+                    let Some(oldest) = in_flight.pop_front() else {
+                        return disk.return_spans(spans);
+                    };
+                    self.wait_for(&oldest);
+                    batch = spans;
+                }
             }
-            break;
         }
     }
 
