@@ -91,9 +91,9 @@ impl Inner {
         if batch.is_empty() {
             return;
         }
-        // The disk thread refuses a spill only at its bound: wait for the
-        // oldest spill in flight and try again; with none left, the spans
-        // go back to the exporter.
+        // The disk thread refuses a spill at its bound (or once stopped):
+        // wait for the oldest spill in flight and try again; with none
+        // left, the spans go back to the exporter.
         loop {
             match disk.spill(Arc::clone(&self.service), batch, self.clock.now_unix_ms()) {
                 Ok(done) => return in_flight.push_back(done),
