@@ -182,12 +182,12 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
 }
 
 /// Records `rate` spans a second, in steps of at most `step` (a load that
-/// fell behind catches up), until `secs` have passed or `spans` are
+/// fell behind catches up), until `limit` has passed or `spans` are
 /// recorded, whichever comes first.
-fn pace(t: &SpillwayTracer, rate: u64, step: u64, secs: Duration, spans: u64) -> u64 {
+fn pace(t: &SpillwayTracer, rate: u64, step: u64, limit: Duration, spans: u64) {
     let begin = Instant::now();
     let mut recorded = 0u64;
-    while recorded < spans && begin.elapsed() < secs {
+    while recorded < spans && begin.elapsed() < limit {
         let due = ((begin.elapsed().as_secs_f64() * rate as f64) as u64).min(spans);
         if recorded < due {
             let n = (due - recorded).min(step);
@@ -197,7 +197,6 @@ fn pace(t: &SpillwayTracer, rate: u64, step: u64, secs: Duration, spans: u64) ->
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    recorded
 }
 
 /// Checks a run whose collector took `on_server` spans and whose spool
