@@ -341,15 +341,30 @@ fn a_full_batch_spills_early_instead_of_dropping() {
 }
 
 #[test]
-fn a_full_batch_goes_early_to_a_healthy_collector_not_to_the_spool() {
+fn a_full_batch_goes_early_to_a_healthy_collector() {
     let server = FaultServer::start(vec![]);
     let dir = tempfile::tempdir().unwrap();
-    // No flush at all: the spiller sends what fills the batch.
-    let t = bursts(&server.url, dir.path(), 50);
+    // No flush at all: the spiller sends what fills the batch. An early
+    // send stops at its time bound (250 ms) and spills what it has not
+    // sent, which a loaded machine can make happen: so the spool may hold
+    // some (seen once in a run under a CPU hog: one wake's 3,200 spans of
+    // three), and nothing is dropped. 20,000 spans wake it six times.
+    let t = bursts(&server.url, dir.path(), 100);
     let s = balanced(&t);
-    assert_eq!((s.spooled, s.dropped.total()), (0, 0), "{s:?}");
-    assert!(s.delivered > 0, "{s:?}");
+    assert_eq!(s.dropped.total(), 0, "{s:?}");
+    assert!(s.delivered > 0, "sent before any flush: {s:?}");
     assert_eq!(server.span_ids().len() as u64, s.delivered);
+    // Then a flush sends what memory and the spool hold: every span once.
+    for _ in 0..10 {
+        t.flush().unwrap();
+        if t.stats().spooled == 0 {
+            break;
+        }
+    }
+    let s = balanced(&t);
+    assert_eq!((s.delivered, s.spooled, s.in_memory), (20_000, 0, 0), "{s:?}");
+    let received: usize = server.requests().iter().map(|r| r.spans().len()).sum();
+    assert_eq!((server.span_ids().len(), received), (20_000, 20_000), "each span once");
 }
 
 #[test]
@@ -381,7 +396,11 @@ fn a_collector_slower_than_the_spans_gets_what_it_takes_and_the_spool_the_rest()
     assert_eq!(s.dropped.total(), 0, "{s:?}");
     assert_eq!(s.delivered + s.spooled, 40_000, "{s:?}");
     assert!(s.delivered > 0 && s.spooled > 0, "{s:?}");
-    assert_eq!(server.span_ids().len() as u64, s.delivered);
+    // The collector has every delivered span, and may have more: a request
+    // the early send's 250 ms bound cut short is spilled whole though the
+    // collector took it late (at-least-once; seen under a CPU hog).
+    let received = server.span_ids().len() as u64;
+    assert!(s.delivered <= received && received <= 40_000, "{received}: {s:?}");
 }
 
 #[test]
