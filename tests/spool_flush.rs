@@ -20,6 +20,18 @@ fn balanced(t: &SpillwayTracer) -> spillway::Stats {
     s
 }
 
+/// Flushes until the spool is empty, ten flushes at most (each replays a
+/// window of it, from 1,024 spans), then the stats.
+fn flush_until_drained(t: &SpillwayTracer) -> spillway::Stats {
+    for _ in 0..10 {
+        t.flush().unwrap();
+        if t.stats().spooled == 0 {
+            break;
+        }
+    }
+    balanced(t)
+}
+
 #[test]
 fn failed_batches_spill_and_replay_when_the_collector_returns() {
     // The first flush's request fails through its retries (the circuit
@@ -329,14 +341,7 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     let s = balanced(&t);
     assert!(s.spooled > 0, "{s:?}");
     UP.store(true, std::sync::atomic::Ordering::SeqCst);
-    // Replay takes a window (from 1,024 spans) per flush.
-    for _ in 0..10 {
-        t.flush().unwrap();
-        if t.stats().spooled == 0 {
-            break;
-        }
-    }
-    let s = balanced(&t);
+    let s = flush_until_drained(&t);
     assert_eq!((s.delivered, s.spooled, s.in_memory), (21_000, 0, 0), "{s:?}");
 }
 
@@ -354,14 +359,8 @@ fn a_full_batch_goes_early_to_a_healthy_collector() {
     assert_eq!(s.dropped.total(), 0, "{s:?}");
     assert!(s.delivered > 0, "sent before any flush: {s:?}");
     assert_eq!(server.span_ids().len() as u64, s.delivered);
-    // Then a flush sends what memory and the spool hold: every span once.
-    for _ in 0..10 {
-        t.flush().unwrap();
-        if t.stats().spooled == 0 {
-            break;
-        }
-    }
-    let s = balanced(&t);
+    // Then flushes send what memory and the spool hold: every span once.
+    let s = flush_until_drained(&t);
     assert_eq!((s.delivered, s.spooled, s.in_memory), (20_000, 0, 0), "{s:?}");
     let received: usize = server.requests().iter().map(|r| r.spans().len()).sum();
     assert_eq!((server.span_ids().len(), received), (20_000, 20_000), "each span once");
