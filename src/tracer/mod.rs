@@ -71,7 +71,8 @@
 //! span and exported as `otel.dropped_*_count`); the ended batch is capped
 //! at `max_queue_spans` (split evenly over the shards and used up shard by
 //! shard), past which ended spans are dropped and counted as `queue_full`;
-//! with a spool, the spiller is woken when half the shards are full.
+//! with a spool, the spiller is woken when half the shards are full, and
+//! again by every shard found full past that.
 
 use crate::clock::TracerClock;
 use crate::config::Config;

@@ -50,13 +50,18 @@ impl Inner {
         live < self.live_per_shard && live + st.ended.len() < self.shard_capacity
     }
 
-    /// Marks `shard` full (call under its lock). Returns whether that makes
-    /// the count of full shards reach `spill_at`: the caller then wakes the
-    /// spiller, after releasing the lock.
+    /// Marks `shard` full (call under its lock). Returns whether the count
+    /// of full shards, this one newly counted, is at or past `spill_at`: the
+    /// caller then wakes the spiller, after releasing the lock. Past, not
+    /// only at: a drain clears the marks one shard at a time while
+    /// recording refills the shards it has drained, so the count can stay
+    /// past the mark from one drain to the next without ever reaching it
+    /// from below, and a spiller woken only on reaching it would sleep
+    /// while spans drop as `queue_full` until the next flush.
     pub(super) fn mark_full(&self, shard: usize) -> bool {
         let bit = 1 << shard;
         let before = self.full.fetch_or(bit, Ordering::Relaxed);
-        before & bit == 0 && before.count_ones() + 1 == self.spill_at
+        before & bit == 0 && before.count_ones() + 1 >= self.spill_at
     }
 
     /// The shard a new span goes to, locked: the calling thread's home
@@ -119,6 +124,38 @@ impl Inner {
         let st = &mut *guard;
         if let Some(span) = st.live.get_mut(a.slot, id, &h.trace_id) {
             f(span, &mut st.names);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::SpillwayTracer;
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn every_shard_found_full_past_the_mark_wakes_the_spiller() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = SpillwayTracer::new(Config {
+            endpoint: "http://127.0.0.1:9/api/v2/spans".into(),
+            spool_dir: Some(dir.path().join("spool")),
+            ..Config::default()
+        })
+        .unwrap();
+        let inner = &t.inner;
+        let mark = inner.spill_at as usize;
+        assert!(mark > 1 && mark < SHARDS, "{mark}");
+        let wakes: Vec<bool> = (0..SHARDS).map(|n| inner.mark_full(n)).collect();
+        let want: Vec<bool> = (0..SHARDS).map(|n| n + 1 >= mark).collect();
+        assert_eq!(wakes, want, "shards marked one by one");
+        assert!(!inner.mark_full(0), "a shard already marked wakes nothing");
+        // The worst interleaving of a drain with recording: each shard is
+        // found full again right after the drain cleared its mark, so the
+        // count never drops to the mark; every refill must wake.
+        for n in 0..SHARDS {
+            inner.full.fetch_and(!(1 << n), Ordering::Relaxed);
+            assert!(inner.mark_full(n), "shard {n} refilled during a drain");
         }
     }
 }
