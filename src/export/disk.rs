@@ -29,7 +29,9 @@
 //! that did land: a possible duplicate), fewer as lost.
 //!
 //! ## Bounds
-//! Jobs queued but not done hold at most `max_queued` spans: past that,
+//! Jobs queued but not done hold at most `max_queued` spans, as their
+//! records' bytes (the spans themselves only where encoding failed or
+//! left some out; see `Spill`): past that,
 //! [`Disk::spill`] hands the spans back at once (the disk is not keeping
 //! up, or hangs) and the caller holds them in memory, bounded there.
 
@@ -138,14 +140,51 @@ enum Job {
     Stop,
 }
 
-/// A batch to spill: the spans, as prepared by the spiller if it did.
+/// A batch to spill, encoded on the caller's thread. Only the records'
+/// bytes wait in the queue and for the commit (a tenth of the spans'
+/// memory or less); the spans themselves are kept only when the encoding
+/// failed or left some out as oversize, so that a spill that fails hands
+/// back every span it was given.
 struct Spill {
     service: Arc<str>,
-    spans: Vec<Span>,
-    /// The spans encoded on the caller's thread (`None` if that failed:
-    /// the append then fails the same way, and says why).
+    /// How many spans it was given.
+    len: u64,
+    /// The spans encoded (`None` if that failed: the append then fails the
+    /// same way, and says why).
     prepared: Option<Prepared>,
+    /// The spans themselves, unless `prepared` holds every one.
+    spans: Vec<Span>,
     created_unix_ms: u64,
+}
+
+impl Spill {
+    fn new(service: Arc<str>, spans: Vec<Span>, created_unix_ms: u64) -> Spill {
+        let len = spans.len() as u64;
+        let prepared = crate::spool::prepare(&service, &spans, created_unix_ms).ok();
+        let whole = prepared.as_ref().is_some_and(|p| p.oversize() == 0);
+        Spill {
+            service,
+            len,
+            prepared,
+            spans: if whole { Vec::new() } else { spans },
+            created_unix_ms,
+        }
+    }
+
+    /// The spans back, kept or decoded from the records; those a record
+    /// that would not decode held are counted as lost (`corrupt`).
+    fn into_spans(self, books: &Books) -> Vec<Span> {
+        match self.prepared {
+            Some(p) if self.spans.is_empty() => {
+                let (spans, lost) = p.spans();
+                if lost > 0 {
+                    books.lost_in_memory(lost);
+                }
+                spans
+            }
+            _ => self.spans,
+        }
+    }
 }
 
 /// A spool record the collector settled: remove it, keep `refused` as a
@@ -180,14 +219,13 @@ impl Settle {
 
 /// What waits for a round's commit.
 enum Pending {
-    /// `spans` written, of which `oversize` were left out as too large
-    /// for a record; `evicted` dropped to make room; the batch itself, to
-    /// return if the commit fails.
+    /// The batch written, of which `oversize` spans were left out as too
+    /// large for a record; `evicted` dropped to make room; the batch is
+    /// kept to hand back if the commit fails.
     Spill {
-        spans: u64,
         oversize: u64,
         evicted: u64,
-        batch: Vec<Span>,
+        batch: Spill,
         done: Done<Result<Spilled, SpoolFailure>>,
     },
     Dead(u64, Done<Result<(), SpoolFailure>>),
@@ -325,21 +363,17 @@ impl Disk {
             st.queued += n;
             st.enqueued_total += n;
         }
-        let prepared = crate::spool::prepare(&service, &spans, created_unix_ms).ok();
         let done = Done::new();
-        let batch = Spill {
-            service,
-            spans,
-            prepared,
-            created_unix_ms,
-        };
+        let batch = Spill::new(service, spans, created_unix_ms);
         if let Err(job) = self.send(Job::Spill(batch, done.clone()))
-            && let Job::Spill(Spill { spans, .. }, _) = *job
+            && let Job::Spill(batch, _) = *job
         {
-            let mut st = lock(&self.shared.status);
-            st.queued -= n;
-            st.enqueued_total -= n;
-            return Err(spans);
+            {
+                let mut st = lock(&self.shared.status);
+                st.queued -= n;
+                st.enqueued_total -= n;
+            }
+            return Err(batch.into_spans(&self.shared.books));
         }
         Ok(done)
     }
@@ -527,8 +561,10 @@ impl Shared {
     /// The spans of a spill that failed go back to memory: in `returned`
     /// before they leave the queued count, so a waiter woken by that finds
     /// them.
-    fn return_spans(&self, spans: Vec<Span>) {
-        let n = spans.len() as u64;
+    /// Hands back the spans of a spill that failed or was refused.
+    fn return_spill(&self, batch: Spill) {
+        let n = batch.len;
+        let spans = batch.into_spans(&self.books);
         lock(&self.returned).extend(spans);
         self.dequeue(n);
     }

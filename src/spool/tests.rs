@@ -95,6 +95,25 @@ fn records_sled_loses_behind_the_spools_back_are_reported_once() {
 }
 
 #[test]
+fn prepared_records_decode_back_to_their_spans_also_after_the_append() {
+    let batch = spans(3_000, "a");
+    let prepared = prepare("svc", &batch, 1).unwrap();
+    assert!(prepared.records.len() > 1, "{} records", prepared.records.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    s.append_prepared(&prepared).unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.stats().spans, 3_000);
+    assert_eq!(prepared.spans(), (batch.clone(), 0));
+    // A record damaged in memory costs its own spans, counted.
+    let mut damaged = prepared;
+    let first = damaged.records[0].1 as usize;
+    let last = damaged.records[0].0.len() - 1;
+    damaged.records[0].0[last] ^= 1;
+    assert_eq!(damaged.spans(), (batch[first..].to_vec(), first as u64));
+}
+
+#[test]
 fn a_span_too_large_for_any_record_is_left_out_and_counted_not_the_batch() {
     let mut batch = spans(50, "a");
     let mut huge = batch[0].clone();
@@ -111,7 +130,7 @@ fn a_span_too_large_for_any_record_is_left_out_and_counted_not_the_batch() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
-    s.append_prepared(prepared).unwrap();
+    s.append_prepared(&prepared).unwrap();
     s.commit().unwrap();
     let all = names(&s.oldest(Tree::Queue, usize::MAX).unwrap());
     assert_eq!(all.len(), 50);

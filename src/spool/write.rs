@@ -33,6 +33,20 @@ impl Prepared {
     pub(crate) fn bytes(&self) -> u64 {
         self.records.iter().map(|(r, _)| r.len() as u64).sum()
     }
+
+    /// The spans its records hold, decoded back in order, and how many a
+    /// record that would not decode held (none unless memory was damaged).
+    pub(crate) fn spans(&self) -> (Vec<Span>, u64) {
+        let mut spans = Vec::with_capacity(self.records.iter().map(|&(_, n)| n as usize).sum());
+        let mut lost = 0;
+        for (bytes, n) in &self.records {
+            match record::decode(bytes) {
+                Ok(r) => spans.extend(r.spans),
+                Err(_) => lost += u64::from(*n),
+            }
+        }
+        (spans, lost)
+    }
 }
 
 /// Encodes `service`'s `spans` as queue records of at most
@@ -106,13 +120,15 @@ impl Spool {
             // Here the caller owns the spans: refuse rather than drop.
             return Err(self.record_error(RecordError::TooLarge(prepared.largest_oversize)));
         }
-        self.append_prepared(prepared)
+        self.append_prepared(&prepared)
     }
 
     /// [`Spool::append`] of records [`prepare`]d elsewhere (the encoding is
     /// most of an append's work, and need not run where the spool is):
     /// numbers them, makes room under the cap and inserts them (unsynced).
-    pub(crate) fn append_prepared(&mut self, prepared: Prepared) -> Result<u64, SpoolError> {
+    /// `prepared` stays as it was, so that the spans can still be decoded
+    /// from it if the commit fails.
+    pub(crate) fn append_prepared(&mut self, prepared: &Prepared) -> Result<u64, SpoolError> {
         if prepared.records.is_empty() {
             return Ok(self.take_dropped());
         }
@@ -120,9 +136,10 @@ impl Spool {
         self.make_room(incoming)?;
         let mut batch = sled::Batch::default();
         let mut written = Vec::with_capacity(prepared.records.len());
-        for (mut bytes, n) in prepared.records {
+        for &(ref bytes, n) in &prepared.records {
             let key = self.next_seq;
             self.next_seq += 1;
+            let mut bytes = bytes.clone();
             record::set_seq(&mut bytes, key);
             written.push((key, bytes.len(), n));
             batch.insert(&key.to_be_bytes(), bytes);

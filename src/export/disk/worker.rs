@@ -159,12 +159,12 @@ impl Worker {
         let books = &self.shared.books;
         match p {
             Pending::Spill {
-                spans,
                 oversize,
                 evicted,
+                batch,
                 done,
-                ..
             } => {
+                let spans = batch.len;
                 books.spilled(spans - oversize, evicted);
                 books.oversize(oversize);
                 self.shared.dequeue(spans);
@@ -201,7 +201,7 @@ impl Worker {
                 evicted, batch, done, ..
             } => {
                 self.shared.books.spilled(0, evicted);
-                self.shared.return_spans(batch);
+                self.shared.return_spill(batch);
                 done.set(Err(why.clone()));
             }
             Pending::Dead(n, done) => {
@@ -222,8 +222,8 @@ impl Worker {
     /// Answers `job` without performing it.
     fn refuse(&mut self, job: Job, why: &SpoolFailure) {
         match job {
-            Job::Spill(Spill { spans, .. }, done) => {
-                self.shared.return_spans(spans);
+            Job::Spill(batch, done) => {
+                self.shared.return_spill(batch);
                 done.set(Err(why.clone()));
             }
             Job::Dead { spans, done, .. } => {
@@ -366,22 +366,16 @@ fn spill(
     done: Done<Result<Spilled, SpoolFailure>>,
     pending: &mut Vec<Pending>,
 ) -> Result<(), SpoolFailure> {
-    let Spill {
-        service,
-        spans,
-        prepared,
-        created_unix_ms,
-    } = job;
-    let oversize = prepared.as_ref().map_or(0, Prepared::oversize);
+    let oversize = job.prepared.as_ref().map_or(0, Prepared::oversize);
     let appended = spool
-        .room_for(prepared.as_ref().map_or(spans.len() as u64 * 512, Prepared::bytes))
-        .and_then(|()| match prepared {
+        .room_for(job.prepared.as_ref().map_or(job.len * 512, Prepared::bytes))
+        .and_then(|()| match &job.prepared {
             Some(p) => spool.append_prepared(p),
-            None => spool.append(&service, &spans, created_unix_ms),
+            None => spool.append(&job.service, &job.spans, job.created_unix_ms),
         });
     match appended {
         Err(e @ SpoolError::DiskFull { .. }) => {
-            shared.return_spans(spans);
+            shared.return_spill(job);
             let f = SpoolFailure::from(e);
             lock(&shared.status).causes.push(Cause::Spool(f.clone()));
             done.set(Err(f));
@@ -389,10 +383,9 @@ fn spill(
         }
         Ok(evicted) => {
             pending.push(Pending::Spill {
-                spans: spans.len() as u64,
                 oversize,
                 evicted,
-                batch: spans,
+                batch: job,
                 done,
             });
             Ok(())
@@ -400,7 +393,7 @@ fn spill(
         Err(e) => {
             // Room made before the failure stays made: count it.
             shared.books.spilled(0, spool.take_dropped());
-            shared.return_spans(spans);
+            shared.return_spill(job);
             Err(done.fail(e))
         }
     }
