@@ -558,10 +558,9 @@ impl Shared {
         self.written.notify_all();
     }
 
-    /// The spans of a spill that failed go back to memory: in `returned`
-    /// before they leave the queued count, so a waiter woken by that finds
-    /// them.
-    /// Hands back the spans of a spill that failed or was refused.
+    /// The spans of a spill that failed or was refused go back to memory
+    /// (kept, or decoded from its records): in `returned` before they
+    /// leave the queued count, so a waiter woken by that finds them.
     fn return_spill(&self, batch: Spill) {
         let n = batch.len;
         let spans = batch.into_spans(&self.books);
