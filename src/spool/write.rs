@@ -139,10 +139,11 @@ impl Spool {
         for &(ref bytes, n) in &prepared.records {
             let key = self.next_seq;
             self.next_seq += 1;
-            let mut bytes = bytes.clone();
-            record::set_seq(&mut bytes, key);
-            written.push((key, bytes.len(), n));
-            batch.insert(&key.to_be_bytes(), bytes);
+            // One copy: into sled's own buffer, stamped there.
+            let mut value = sled::IVec::from(&bytes[..]);
+            record::set_seq(value.as_mut(), key);
+            written.push((key, value.len(), n));
+            batch.insert(&key.to_be_bytes(), value);
         }
         self.queue.apply_batch(batch).map_err(|e| self.storage(e))?;
         self.meta
