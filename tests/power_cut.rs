@@ -442,7 +442,7 @@ fn quarantine_child() {
 /// with one payload byte flipped, through sled, so only spillway's CRC can
 /// tell; returns their keys.
 fn corrupt_records(dir: &Path, every: usize) -> BTreeSet<u64> {
-    let db = sled::open(dir).unwrap();
+    let db = common::open_sled(dir);
     let queue = db.open_tree("queue").unwrap();
     let mut keys = BTreeSet::new();
     for (i, item) in queue.iter().enumerate() {

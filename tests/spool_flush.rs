@@ -212,7 +212,7 @@ fn a_corrupt_record_is_quarantined_by_key_and_the_rest_delivered() {
     // Flip one byte in the middle record, as a bad disk would.
     let key;
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = common::open_sled(dir.path());
         let queue = db.open_tree("queue").unwrap();
         let (k, v) = queue.iter().nth(1).unwrap().unwrap();
         let mut bad = v.to_vec();

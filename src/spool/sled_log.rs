@@ -317,7 +317,7 @@ mod tests {
         assert!(plan.deleted_blobs.is_empty(), "{plan:?}");
         // Reopened (a snapshot now) and written to again: still nothing.
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::spool::tests::reopen_sled(dir.path());
             db.open_tree("queue").unwrap().insert(b"x", vec![1; 300]).unwrap();
             db.flush().unwrap();
         }

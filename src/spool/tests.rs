@@ -2,6 +2,13 @@
 use super::*;
 use crate::span::{Kind, Status, Value};
 
+/// sled over the spool in `dir`, closed a moment ago in this process: sled
+/// lets go of its lock only once its I/O threads are done, so the product's
+/// opener is used, which waits for it.
+pub(crate) fn reopen_sled(dir: &std::path::Path) -> sled::Db {
+    super::open::open_sled(dir, std::time::Duration::from_secs(60)).unwrap()
+}
+
 pub(super) fn spans(n: usize, tag: &str) -> Vec<Span> {
     (0..n)
         .map(|i| Span {
@@ -75,7 +82,7 @@ fn records_sled_loses_behind_the_spools_back_are_reported_once() {
     drop(s);
     {
         // What sled does to a damaged log: a record vanishes, no error.
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen_sled(dir.path());
         let queue = db.open_tree("queue").unwrap();
         queue.pop_max().unwrap().unwrap();
         db.flush().unwrap();

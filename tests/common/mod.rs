@@ -36,6 +36,23 @@ pub fn get_json(url: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
 }
 
+/// sled over the spool in `dir`, closed a moment ago in this process, as a
+/// damaging disk or a foreign tool would open it. sled lets go of its lock
+/// only once its I/O threads are done, so a lock error is waited out.
+pub fn open_sled(dir: &std::path::Path) -> sled::Db {
+    wait_for(
+        "sled to let go of its lock",
+        Duration::from_secs(60),
+        || match sled::open(dir) {
+            Ok(db) => Some(db),
+            Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") => {
+                None
+            }
+            Err(e) => panic!("opening {}: {e}", dir.display()),
+        },
+    )
+}
+
 /// Polls `f` until it returns `Some`, at most `limit` (Zipkin stores
 /// asynchronously after its 202). Fails the test with `what` on timeout.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
