@@ -149,40 +149,57 @@ struct Spill {
     service: Arc<str>,
     /// How many spans it was given.
     len: u64,
-    /// The spans encoded (`None` if that failed: the append then fails the
-    /// same way, and says why).
-    prepared: Option<Prepared>,
-    /// The spans themselves, unless `prepared` holds every one.
-    spans: Vec<Span>,
+    held: Held,
     created_unix_ms: u64,
+}
+
+/// What a spill holds of its spans while it waits for the disk.
+enum Held {
+    /// Encoded whole: the spans are decoded back only if the spill fails.
+    Records(Prepared),
+    /// Encoded, some spans too large for a record: the spans are kept too.
+    Partly(Prepared, Vec<Span>),
+    /// Not encoded: that failed, and the append fails the same way and
+    /// says why.
+    Spans(Vec<Span>),
 }
 
 impl Spill {
     fn new(service: Arc<str>, spans: Vec<Span>, created_unix_ms: u64) -> Spill {
         let len = spans.len() as u64;
-        let prepared = crate::spool::prepare(&service, &spans, created_unix_ms).ok();
-        let whole = prepared.as_ref().is_some_and(|p| p.oversize() == 0);
+        let held = match crate::spool::prepare(&service, &spans, created_unix_ms) {
+            Ok(p) if p.oversize() == 0 => Held::Records(p),
+            Ok(p) => Held::Partly(p, spans),
+            Err(_) => Held::Spans(spans),
+        };
         Spill {
             service,
             len,
-            prepared,
-            spans: if whole { Vec::new() } else { spans },
+            held,
             created_unix_ms,
+        }
+    }
+
+    /// The spans encoded, if that worked.
+    fn prepared(&self) -> Option<&Prepared> {
+        match &self.held {
+            Held::Records(p) | Held::Partly(p, _) => Some(p),
+            Held::Spans(_) => None,
         }
     }
 
     /// The spans back, kept or decoded from the records; those a record
     /// that would not decode held are counted as lost (`corrupt`).
     fn into_spans(self, books: &Books) -> Vec<Span> {
-        match self.prepared {
-            Some(p) if self.spans.is_empty() => {
+        match self.held {
+            Held::Records(p) => {
                 let (spans, lost) = p.spans();
                 if lost > 0 {
                     books.lost_in_memory(lost);
                 }
                 spans
             }
-            _ => self.spans,
+            Held::Partly(_, spans) | Held::Spans(spans) => spans,
         }
     }
 }

@@ -24,7 +24,7 @@
 //!
 //! The service name travels with the spans so a spool carried to another
 //! machine replays and exports under the right `localEndpoint`; the
-//! sequence and tree travel with them so [`scan`] can rebuild a queue from
+//! sequence and tree travel with them so [`scan`](super::scan) can rebuild a queue from
 //! raw files in order when sled cannot open them.
 //!
 //! Invariants: [`decode`] never panics and never allocates more than

@@ -1,8 +1,9 @@
-//! Records leaving: delivered ([`Spool::ack`]), refused for good (a dead
-//! letter), damaged (quarantined), or purged. Every removal lowers the
-//! ledger first (see `commit`) and is durable at the next commit; the
-//! trees leave oldest first, which is what lets the state frame's
-//! watermarks tell held records from sled's stale copies.
+//! Records leaving: delivered or refused for good (both through
+//! [`Spool::dead_letter`], the refused kept as a dead letter), damaged
+//! (quarantined), or purged. Every removal lowers the ledger first (see
+//! `commit`) and is durable at the next commit; the trees leave oldest
+//! first, which is what lets the state frame's watermarks tell held
+//! records from sled's stale copies.
 
 use super::{Cleared, Meta, NEXT_SEQ, Span, Spool, SpoolError, StoredRecord, Tree, be, declared_spans, record, state};
 

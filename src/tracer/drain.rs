@@ -43,7 +43,7 @@ impl Inner {
 
     /// Spills what the shards hold and waits for every spill, the
     /// spiller's included (the caller stopped it): see
-    /// [`SpillwayTracer::shutdown`].
+    /// [`crate::SpillwayTracer::shutdown`].
     pub(super) fn shutdown(&self, deadline: Instant, budget: Duration) -> Result<(), Box<FlushError>> {
         let mut exporter = lock(&self.exporter);
         let batch = self.drain(exporter.take_buffer());

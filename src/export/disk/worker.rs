@@ -4,7 +4,7 @@
 //! reopens the spool at the next round.
 
 use super::{
-    CLOSE_WAIT, Cause, Done, Job, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled, Spool,
+    CLOSE_WAIT, Cause, Done, Held, Job, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled, Spool,
     SpoolError, SpoolFailure, StoredRecord, Tree, lock,
 };
 use crate::sync::mpsc;
@@ -366,12 +366,12 @@ fn spill(
     done: Done<Result<Spilled, SpoolFailure>>,
     pending: &mut Vec<Pending>,
 ) -> Result<(), SpoolFailure> {
-    let oversize = job.prepared.as_ref().map_or(0, Prepared::oversize);
+    let oversize = job.prepared().map_or(0, Prepared::oversize);
     let appended = spool
-        .room_for(job.prepared.as_ref().map_or(job.len * 512, Prepared::bytes))
-        .and_then(|()| match &job.prepared {
-            Some(p) => spool.append_prepared(p),
-            None => spool.append(&job.service, &job.spans, job.created_unix_ms),
+        .room_for(job.prepared().map_or(job.len * 512, Prepared::bytes))
+        .and_then(|()| match &job.held {
+            Held::Records(p) | Held::Partly(p, _) => spool.append_prepared(p),
+            Held::Spans(spans) => spool.append(&job.service, spans, job.created_unix_ms),
         });
     match appended {
         Err(e @ SpoolError::DiskFull { .. }) => {
