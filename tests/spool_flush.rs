@@ -20,16 +20,18 @@ fn balanced(t: &SpillwayTracer) -> spillway::Stats {
     s
 }
 
-/// Flushes until the spool is empty, ten flushes at most (each replays a
-/// window of it, from 1,024 spans), then the stats.
-fn flush_until_drained(t: &SpillwayTracer) -> spillway::Stats {
-    for _ in 0..10 {
+/// Flushes until the spool is empty, at least once and `limit` times at
+/// most (each replays a window of it); the stats then, and how many
+/// flushes that took.
+fn flush_until_drained(t: &SpillwayTracer, limit: usize) -> (spillway::Stats, usize) {
+    let mut flushes = 0;
+    loop {
         t.flush().unwrap();
-        if t.stats().spooled == 0 {
-            break;
+        flushes += 1;
+        if flushes == limit || t.stats().spooled == 0 {
+            return (balanced(t), flushes);
         }
     }
-    balanced(t)
 }
 
 #[test]
@@ -149,12 +151,9 @@ fn replay_is_bounded_per_flush() {
         s.delivered >= 1_003 && s.delivered < 2_200,
         "fresh first, then about one budget: {s:?}"
     );
-    let mut flushes = 1;
-    while t.stats().spooled > 0 && flushes < 20 {
-        t.flush().unwrap();
-        flushes += 1;
-    }
-    assert_eq!(balanced(&t).delivered, 5_003);
+    let (s, more) = flush_until_drained(&t, 19);
+    assert_eq!(s.delivered, 5_003, "{s:?}");
+    let flushes = 1 + more;
     assert!(flushes >= 4, "drained over several flushes, not at once: {flushes}");
 }
 
@@ -341,7 +340,7 @@ fn a_full_batch_spills_early_instead_of_dropping() {
     let s = balanced(&t);
     assert!(s.spooled > 0, "{s:?}");
     UP.store(true, std::sync::atomic::Ordering::SeqCst);
-    let s = flush_until_drained(&t);
+    let (s, _) = flush_until_drained(&t, 10);
     assert_eq!((s.delivered, s.spooled, s.in_memory), (21_000, 0, 0), "{s:?}");
 }
 
@@ -360,7 +359,7 @@ fn a_full_batch_goes_early_to_a_healthy_collector() {
     assert!(s.delivered > 0, "sent before any flush: {s:?}");
     assert_eq!(server.span_ids().len() as u64, s.delivered);
     // Then flushes send what memory and the spool hold: every span once.
-    let s = flush_until_drained(&t);
+    let (s, _) = flush_until_drained(&t, 10);
     assert_eq!((s.delivered, s.spooled, s.in_memory), (20_000, 0, 0), "{s:?}");
     let received: usize = server.requests().iter().map(|r| r.spans().len()).sum();
     assert_eq!((server.span_ids().len(), received), (20_000, 20_000), "each span once");
@@ -524,12 +523,7 @@ fn a_collector_asking_for_a_wait_ends_the_flushs_replay() {
     // The refused request, its retry and the record's other request.
     let requests = server.requests().len() - before;
     assert_eq!(requests, 3, "{s:?}");
-    let mut flushes = 2;
-    while t.stats().spooled > 0 && flushes < 20 {
-        t.flush().unwrap();
-        flushes += 1;
-    }
-    let s = balanced(&t);
+    let (s, _) = flush_until_drained(&t, 18);
     assert_eq!((s.delivered, s.spooled), (6 * per as u64, 0), "{s:?}");
     assert_eq!(server.span_ids().len(), 6 * per);
 }
