@@ -4,17 +4,18 @@
 # fail. The hog is stress-ng (--cpu 0: one worker per core), started here
 # and stopped on exit, also on failure; it ends by itself after 3 hours at
 # most. Every run must be green: a flake is a bug, never noise.
-#   scripts/stress-test.sh [N] [extra cargo test arguments]
+#   scripts/stress-test.sh [N] [extra libtest arguments, as --nocapture]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-1}
 shift || true
 command -v stress-ng >/dev/null || { echo "stress-test: stress-ng is missing (apt-get install stress-ng)" >&2; exit 1; }
-files=(bounded_flush cli cli_conventions disk_faults crash power_cut full_disk spool_flush outage otelcol_e2e partial_failure)
-args=()
-for f in "${files[@]}"; do args+=(--test "$f"); done
+# The test modules (files) of tests/it.rs, each selected by its prefix.
+modules=(bounded_flush cli cli_conventions disk_faults crash power_cut full_disk spool_flush outage otelcol_e2e partial_failure)
+filters=()
+for m in "${modules[@]}"; do filters+=("$m::"); done
 # Build first, without the hog, so the runs measure the tests, not rustc.
-bash scripts/test.sh "${args[@]}" --no-run >/dev/null 2>&1 || bash scripts/test.sh "${args[@]}" --no-run
+bash scripts/test.sh --test it --no-run >/dev/null 2>&1 || bash scripts/test.sh --test it --no-run
 stress-ng --cpu 0 --cpu-method matrixprod --timeout 3h --quiet &
 hog=$!
 trap 'kill "$hog" 2>/dev/null || true; wait "$hog" 2>/dev/null || true' EXIT
@@ -26,7 +27,7 @@ export PARTIAL_LINK_RATE=${PARTIAL_LINK_RATE:-20000}
 passed=0
 for i in $(seq 1 "$runs"); do
   began=$(date +%s)
-  if bash scripts/test.sh "${args[@]}" "$@"; then
+  if bash scripts/test.sh --test it -- "${filters[@]}" "$@"; then
     passed=$((passed + 1))
     echo "stress-test: run $i of $runs green in $(( $(date +%s) - began )) s (hog: stress-ng --cpu 0, pid $hog)"
   else

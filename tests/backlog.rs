@@ -5,7 +5,7 @@
 //! the time to drain, and the OpenMetrics rendering carries them. Replays
 //! go to the real Zipkin (started by scripts/test.sh).
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use common::{refused_url, spool_config, zipkin_url};

@@ -12,7 +12,7 @@
 //! whatever else the machine writes. The real-disk paths are `spool_flush`,
 //! `crash` and `power_cut` (`full_disk` fills a small tmpfs of its own).
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::TracerPlugin;
 use common::{Answer, FaultServer, record};
@@ -57,14 +57,10 @@ struct Run {
     flushes: usize,
 }
 
-/// One paced load at a time: each measures the product on this machine,
-/// not how several loads share its cores.
-static ONE_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Records `rate` spans a second for `secs` seconds on one thread while
 /// another flushes every 200 ms; returns the stats after a last flush.
 fn run(url: &str, rate: u64, secs: u64, tweak: impl FnOnce(&mut Config)) -> (SpillwayTracer, tempfile::TempDir, Run) {
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let dir = tempfile::Builder::new()
         .prefix("spillway-bounded-flush")
         .tempdir_in("/dev/shm")

@@ -3,7 +3,7 @@
 //! with `kill -9` and rerun, export, verify, purge, salvage, the in-use
 //! refusal and the exit codes.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use common::{FaultServer, Ids, ids_of, refused_url, spool_config, validator, zipkin_ids, zipkin_url};

@@ -4,7 +4,7 @@
 //! or a flag, is a usage error (exit 2) naming the variable or flag and the
 //! value. Against the real Zipkin (started by scripts/test.sh).
 
-mod common;
+use crate::common;
 
 use common::{wait_for, zipkin_url};
 use std::process::Output;

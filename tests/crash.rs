@@ -3,7 +3,7 @@
 //! the child had reported as durably spilled is there. The same spool is
 //! reused across rounds, so recovery after recovery is exercised too.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use spillway::SpillwayTracer;
@@ -75,7 +75,7 @@ fn kill_9_during_spill_loses_nothing_spilled() {
     let mut rounds = 0;
     while rounds < 50 && started.elapsed() < Duration::from_secs(240) {
         rounds += 1;
-        let mut child = common::child::spawn("crash_child", CHILD_ENV, dir.path().to_str().unwrap());
+        let mut child = common::child::spawn("crash::crash_child", CHILD_ENV, dir.path().to_str().unwrap());
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
@@ -144,7 +144,7 @@ fn kill_9_during_replay_repeats_at_most_the_unsettled_records() {
         rounds += 1;
         let before = received();
         let child = common::child::Reporter::start(
-            "crash_replay_child",
+            "crash::crash_replay_child",
             REPLAY_CHILD_ENV,
             &[dir.path().to_str().unwrap(), &sink.url],
         );

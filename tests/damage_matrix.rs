@@ -17,7 +17,7 @@
 //! case, never the run. CI runs a fixed sample of at least 12 damage kinds
 //! over the files and ages; `DAMAGE_MATRIX=full` runs every combination.
 
-mod common;
+use crate::common;
 
 use common::{Ids, refused_url, zipkin_ids};
 use std::collections::BTreeMap;
@@ -262,7 +262,7 @@ fn case(root: &Path, n: usize, target: Target, how: Damage, reopened: bool, rest
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "restarted_tracer_child",
+                "damage_matrix::restarted_tracer_child",
                 "--ignored",
                 "--nocapture",
                 "--test-threads",

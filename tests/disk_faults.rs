@@ -12,7 +12,7 @@
 //!    spans are counted once (delivered, not also spooled), and once the
 //!    disk works the record is removed without being sent a second time.
 
-mod common;
+use crate::common;
 
 use common::{Answer, FaultServer};
 use spillway::{SpillwayTracer, Stats};
@@ -182,7 +182,7 @@ fn faults(pid: &str, which: &[(&str, i32)], failing: bool) {
 #[test]
 fn a_failing_disk_is_reported_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child::start("disk_child", dir.path(), &common::refused_url());
+    let mut child = Child::start("disk_faults::disk_child", dir.path(), &common::refused_url());
 
     let (s, msg) = child.next("healthy");
     assert_eq!((s.spooled, s.in_memory), (100, 0), "{msg}");
@@ -228,7 +228,7 @@ fn a_disk_failing_between_delivery_and_removal_neither_counts_nor_sends_twice() 
     let dir = tempfile::tempdir().unwrap();
     // Enough 503s that the first flush keeps (spills) its spans.
     let server = FaultServer::start(common::failures(503, common::ATTEMPTS));
-    let mut child = Child::start("ack_child", dir.path(), &server.url);
+    let mut child = Child::start("disk_faults::ack_child", dir.path(), &server.url);
     ACK_CHILD_PID.set(child.pid()).unwrap();
 
     let (s, msg) = child.next("spilled");
@@ -276,7 +276,7 @@ fn a_failing_fsync_is_never_reported_as_spilled() {
     // succeeds, so only the durability layer's fsyncs can notice.
     const SYNCS: [(&str, i32); 2] = [("posix/io/sync/fsync", 5), ("posix/io/sync/fdatasync", 5)];
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Child::start("sync_child", dir.path(), &common::refused_url());
+    let mut child = Child::start("disk_faults::sync_child", dir.path(), &common::refused_url());
     let (s, msg) = child.next("healthy");
     assert_eq!((s.spooled, s.in_memory), (100, 0), "{msg}");
 

@@ -5,7 +5,7 @@
 //! on any thread, or an abort, fails the test instead of passing unnoticed.
 //! Each attempt must end with every span delivered or counted as `corrupt`.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use common::FaultServer;
@@ -106,7 +106,7 @@ fn damaged_spool_files_never_crash_the_process() {
         let out = Command::new(&exe)
             .args([
                 "--exact",
-                "damage_child",
+                "file_damage::damage_child",
                 "--ignored",
                 "--nocapture",
                 "--test-threads",

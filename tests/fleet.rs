@@ -19,7 +19,7 @@
 //! default 25,000) and `FLEET_RATE` (spans a second the collector admits,
 //! default 25,000) size the run.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::TracerPlugin;
 use common::FaultServer;
@@ -48,6 +48,7 @@ fn config(url: &str, dir: &std::path::Path) -> Config {
 
 #[test]
 fn a_fleet_of_backlogs_drains_through_a_collector_that_sheds_load() {
+    let _one = common::one_load();
     let tracers = env("FLEET_TRACERS", 20) as usize;
     let per = env("FLEET_SPANS", 25_000) as usize;
     let rate = env("FLEET_RATE", 25_000);

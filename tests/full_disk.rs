@@ -7,7 +7,7 @@
 //! Needs root (to mount the tmpfs); the mount is undone however the test
 //! ends.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

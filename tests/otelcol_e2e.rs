@@ -14,7 +14,7 @@
 //! the replay test here sees the one record a `kill -9` mid-replay sends
 //! twice.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use common::otelcol::{self, Span as OtlpSpan};

@@ -3,7 +3,7 @@
 //! recorded and flushed while it is down, then it comes up: every span
 //! arrives, nothing is lost, and the spool ends empty.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use common::{get_json, wait_for};

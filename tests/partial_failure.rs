@@ -15,7 +15,7 @@
 //! figures (delivered share at the end of the load, peak spool, drain rate)
 //! are printed for BENCHMARKS.md.
 //!
-//! The link test holds [`ONE_LOAD`] until its checks end: they read the
+//! The link test holds [`common::one_load`] until its checks end: they read the
 //! collector's output (gigabytes of JSON) in this process, and when that
 //! overlapped the start of the every-third load, four runs of this file in
 //! seven dropped 9,000 to 60,000 spans in that load's first seconds, with
@@ -38,7 +38,7 @@
 //! `PARTIAL_TRACE=1` prints every flush as it ends; a failed check prints
 //! them all.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::TracerPlugin;
 use common::toxiproxy::Toxiproxy;
@@ -62,9 +62,6 @@ fn env(name: &str, default: u64) -> u64 {
 const SPOOL_BOUND: u64 = 64 << 20;
 /// How long the final drain may take at most.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
-
-/// One load at a time (see `bounded_flush`).
-static ONE_LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Run {
     /// Stats when the load stopped, then after the final drain.
@@ -99,12 +96,12 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// every second, calling `at(second)` once a second; then flushes until
 /// nothing is left (bounded by [`DRAIN_LIMIT`]).
 fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let dir = tempfile::tempdir().unwrap();
     run_in(dir.path(), url, rate, secs, at)
 }
 
-/// [`run`], with the spool in `dir`; the caller holds [`ONE_LOAD`].
+/// [`run`], with the spool in `dir`; the caller holds [`common::one_load`].
 fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
     let t = SpillwayTracer::new(Config {
         gzip: false, // the sink counts spans in plain JSON
@@ -238,7 +235,7 @@ fn check(name: &str, r: &Run, on_server: u64, spool_bound: u64) {
 /// answers by `policy`, checked.
 fn scenario(name: &str, policy: common::Policy) {
     let server = FaultServer::failing_sink(policy);
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let dir = tempfile::tempdir().unwrap();
     let r = run_in(
         dir.path(),
@@ -274,7 +271,7 @@ fn a_disk_that_stalls_for_seconds_costs_no_span() {
     fn up() -> bool {
         UP_AT.get().is_some_and(|&at| Instant::now() >= at)
     }
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let server = FaultServer::failing_sink(|_| (!up()).then_some(503));
     let fs = common::fs::Fs::new("xfs");
     let dir = fs.path("spool");
@@ -314,7 +311,7 @@ fn a_disk_that_stalls_for_seconds_costs_no_span() {
 #[test]
 fn a_disk_stall_between_flushes_costs_no_span() {
     const SPANS: u64 = 160_000;
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let fs = common::fs::Fs::new("xfs");
     let t = SpillwayTracer::new(Config {
         backoff_initial_ms: 600_000,
@@ -406,7 +403,7 @@ fn span_ids_written(out: &std::path::Path) -> std::collections::HashSet<String> 
 fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span() {
     // Held until the collector's output is checked: reading gigabytes of
     // JSON in this process must not overlap the next test's load.
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let dir = tempfile::tempdir().unwrap();
     // A collector of the test's own, so its output holds only these spans.
     let collector = otelcol::Collector::start(None);
@@ -444,7 +441,7 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
 
 #[test]
 fn a_link_with_50_ms_of_latency_takes_requests_side_by_side() {
-    let _one = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = common::one_load();
     let sink = FaultServer::sink();
     let toxiproxy = Toxiproxy::start();
     let upstream = sink

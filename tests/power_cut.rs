@@ -12,7 +12,7 @@
 //! is undone when the test ends, also when it fails. `POWER_CUTS` sets how
 //! many cuts each test makes in all (default: enough for 24 in the file).
 
-mod common;
+use crate::common;
 
 use common::child::{self, Reporter};
 use common::fs::{Fs, sh};
@@ -142,7 +142,11 @@ fn spills_survive(kind: &'static str, rounds: usize) -> usize {
     let dir = fs.path("spool");
     let mut all = BTreeSet::new();
     for round in 0..rounds {
-        let mut child = Reporter::start("spill_child", CHILD_ENV, &[dir.to_str().unwrap(), "1099511627776"]);
+        let mut child = Reporter::start(
+            "power_cut::spill_child",
+            CHILD_ENV,
+            &[dir.to_str().unwrap(), "1099511627776"],
+        );
         let mut lines = child.let_it_work(400);
         fs.cut_and_restart(&mut child.child);
         lines.extend(child.rest());
@@ -257,7 +261,7 @@ fn replay_survives_power_cuts_nothing_owed_is_lost_nothing_removed_comes_back() 
         let owed: BTreeSet<String> = before.iter().flat_map(|(_, s)| s.iter().map(span_key)).collect();
         for _ in 0..cuts(4).div_ceil(2) {
             cut += 1;
-            let mut child = Reporter::start("replay_child", CHILD_ENV, &[dir.to_str().unwrap(), &url]);
+            let mut child = Reporter::start("power_cut::replay_child", CHILD_ENV, &[dir.to_str().unwrap(), &url]);
             let mut lines = child.let_it_work(300);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -334,7 +338,11 @@ fn dead_letters_survive_power_cuts() {
                 }
             }
             let before: BTreeSet<String> = records(&dir).iter().flat_map(|(_, s)| s.iter().map(span_key)).collect();
-            let mut child = Reporter::start("dead_letter_child", CHILD_ENV, &[dir.to_str().unwrap(), &server.url]);
+            let mut child = Reporter::start(
+                "power_cut::dead_letter_child",
+                CHILD_ENV,
+                &[dir.to_str().unwrap(), &server.url],
+            );
             let mut lines = child.let_it_work(300);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -369,7 +377,7 @@ fn cap_evictions_survive_power_cuts_oldest_first() {
         let dir = fs.path("spool");
         for cut in 0..cuts(4).div_ceil(2) {
             // A 1 MiB cap: the child's spills evict the oldest records.
-            let mut child = Reporter::start("spill_child", CHILD_ENV, &[dir.to_str().unwrap(), "1048576"]);
+            let mut child = Reporter::start("power_cut::spill_child", CHILD_ENV, &[dir.to_str().unwrap(), "1048576"]);
             let mut lines = child.let_it_work(1_500);
             fs.cut_and_restart(&mut child.child);
             lines.extend(child.rest());
@@ -415,7 +423,7 @@ fn salvaged_spools_survive_power_cuts() {
         for cut in 0..cuts(4).div_ceil(2) {
             let into = fs.path(&format!("into-{cut}"));
             let mut child = Reporter::start(
-                "salvage_child",
+                "power_cut::salvage_child",
                 CHILD_ENV,
                 &[from.to_str().unwrap(), into.to_str().unwrap()],
             );
@@ -471,7 +479,7 @@ fn quarantined_records_survive_power_cuts() {
             // The rewrite is made durable before the cuts start.
             fs.unmount();
             fs.mount();
-            let mut child = Reporter::start("quarantine_child", CHILD_ENV, &[dir.to_str().unwrap(), &url]);
+            let mut child = Reporter::start("power_cut::quarantine_child", CHILD_ENV, &[dir.to_str().unwrap(), &url]);
             let _ = child.let_it_work(300);
             fs.cut_and_restart(&mut child.child);
             let mut spool = Spool::open(&dir, u64::MAX).unwrap();

@@ -3,7 +3,7 @@
 //! 127.0.0.1 (Debian's tinyproxy, which `.ci/run` installs) in front of
 //! the real Zipkin.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -5,7 +5,7 @@
 //! Needs root (a loop-mounted ext4 image); the mount is undone however the
 //! test ends.
 
-mod common;
+use crate::common;
 
 use common::fs::Fs;
 use std::path::Path;

@@ -3,8 +3,6 @@
 //! (`kill -9`) and run again, it ends with every recoverable record in the
 //! target exactly once.
 
-mod common;
-
 use spillway::spool::{Spool, Tree};
 use spillway::unstable::spool::view::View;
 use std::collections::BTreeMap;

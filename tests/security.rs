@@ -7,7 +7,7 @@
 //! tests hand a directory to `nobody` and plant links to a victim file in
 //! the test's own temporary directory.
 
-mod common;
+use crate::common;
 
 use common::{Answer, FaultServer};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

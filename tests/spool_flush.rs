@@ -3,7 +3,7 @@
 //! restart, dead letters, quarantine, ownership, and damaged directories.
 //! The accounting invariant is asserted after every step.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::TracerPlugin;
 use common::{Answer, FaultServer, record};

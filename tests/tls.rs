@@ -7,7 +7,7 @@
 //! 1 at once. `tls.server_name` checks the certificate against another
 //! name than the endpoint's host.
 
-mod common;
+use crate::common;
 
 use common::otelcol::{Collector, Tls, wait_spans};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};

@@ -1,7 +1,7 @@
 //! The bext `TracerPlugin` contract, checked call by call through a
 //! transport that records what it is asked to send.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{AttrValue, SpanEvent, SpanHandle, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use serde_json::Value as Json;
@@ -481,7 +481,7 @@ fn names_child() {
 
 #[test]
 fn a_thousand_tracers_built_and_dropped_leak_no_names() {
-    let out = common::child::spawn("names_child", NAMES_CHILD_ENV, "1")
+    let out = common::child::spawn("tracer_contract::names_child", NAMES_CHILD_ENV, "1")
         .wait_with_output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

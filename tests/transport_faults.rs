@@ -3,7 +3,7 @@
 //! and 413 are bisected, other 4xx are dropped and counted, and no fault
 //! makes a flush hang past the configured timeout or panic.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::TracerPlugin;
 use common::{Answer, FaultServer, record};

@@ -3,7 +3,7 @@
 //! query API must match field by field; the `generate` command's accounting
 //! must match what Zipkin stored.
 
-mod common;
+use crate::common;
 
 use bext_plugin_api::tracer::{AttrValue, SpanHandle, SpanKind, SpanStart, SpanStatus, TracerPlugin};
 use common::{get_json, wait_for, zipkin_url};

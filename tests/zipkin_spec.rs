@@ -10,7 +10,7 @@
 //! the vendored `zipkin.proto` (`common::proto3`), to exactly that JSON,
 //! field by field.
 
-mod common;
+use crate::common;
 
 use common::{proto3, validator};
 use proptest::prelude::*;

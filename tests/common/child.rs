@@ -8,8 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Runs the ignored test `test` of this binary alone, with `env` set to
-/// `value`; its stdout is piped, its stderr dropped.
+/// Runs the ignored test `test` of this binary alone (its full name,
+/// `module::test`), with `env` set to `value`; its stdout is piped, its
+/// stderr dropped.
 pub fn spawn(test: &str, env: &str, value: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"])
@@ -43,7 +44,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts the ignored test `test` with `args` in `env`.
+    /// Starts the ignored test `test` (its full name) with `args` in `env`.
     pub fn start(test: &str, env: &str, args: &[&str]) -> Reporter {
         let mut child = spawn(test, env, &args.join("\t"));
         let (tx, rx) = mpsc::channel();

@@ -53,6 +53,14 @@ pub fn open_sled(dir: &std::path::Path) -> sled::Db {
     )
 }
 
+/// One paced load at a time in the whole suite: each load measures the
+/// product on this machine, not how several loads share its cores. A load
+/// test holds the guard until its checks end.
+pub fn one_load() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_LOAD: Mutex<()> = Mutex::new(());
+    ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Polls `f` until it returns `Some`, at most `limit` (Zipkin stores
 /// asynchronously after its 202). Fails the test with `what` on timeout.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
