@@ -31,7 +31,7 @@
 //! ## Bounds
 //! Jobs queued but not done hold at most `max_queued` spans, as their
 //! records' bytes (the spans themselves only where encoding failed or
-//! left some out; see `Spill`): past that,
+//! left some out; see `Held`): past that,
 //! [`Disk::spill`] hands the spans back at once (the disk is not keeping
 //! up, or hangs) and the caller holds them in memory, bounded there.
 
