@@ -139,11 +139,10 @@ impl Spool {
         for &(ref bytes, n) in &prepared.records {
             let key = self.next_seq;
             self.next_seq += 1;
-            // One copy: into sled's own buffer, stamped there.
-            let mut value = sled::IVec::from(&bytes[..]);
-            record::set_seq(value.as_mut(), key);
-            written.push((key, value.len(), n));
-            batch.insert(&key.to_be_bytes(), value);
+            let mut bytes = bytes.clone();
+            record::set_seq(&mut bytes, key);
+            written.push((key, bytes.len(), n));
+            batch.insert(&key.to_be_bytes(), bytes);
         }
         self.queue.apply_batch(batch).map_err(|e| self.storage(e))?;
         self.meta
