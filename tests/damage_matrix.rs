@@ -22,7 +22,7 @@ use crate::common;
 use common::{Ids, refused_url, zipkin_ids};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 const CHILD_ENV: &str = "SPILLWAY_MATRIX_CHILD";
 
@@ -259,15 +259,7 @@ fn case(root: &Path, n: usize, target: Target, how: Damage, reopened: bool, rest
 
     let endpoint = format!("{}/api/v2/spans", common::zipkin_url());
     if restart {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "damage_matrix::restarted_tracer_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+        let out = common::child::command(&[], "damage_matrix::restarted_tracer_child")
             .env(CHILD_ENV, format!("{}\t{endpoint}", dir.display()))
             .output()
             .unwrap();

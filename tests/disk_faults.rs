@@ -101,10 +101,7 @@ struct Child {
 
 impl Child {
     fn start(test: &str, dir: &std::path::Path, url: &str) -> Child {
-        let mut process = Command::new("fiu-run")
-            .arg("-x")
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"])
+        let mut process = common::child::command(&["fiu-run", "-x"], test)
             .env(CHILD_ENV, format!("{}\t{url}", dir.display()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -11,7 +11,6 @@ use bext_plugin_api::tracer::{SpanStart, TracerPlugin};
 use common::FaultServer;
 use spillway::SpillwayTracer;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const CHILD_DIR: &str = "SPILLWAY_DAMAGE_DIR";
 const CHILD_URL: &str = "SPILLWAY_DAMAGE_URL";
@@ -84,7 +83,6 @@ fn damaged_spool_files_never_crash_the_process() {
     }
     let server = FaultServer::start(vec![]);
     let mut rng = fastrand::Rng::with_seed(0x5eed);
-    let exe = std::env::current_exe().unwrap();
     for attempt in 0..24 {
         let dir = root.path().join(format!("attempt-{attempt}"));
         copy_dir(&pristine, &dir);
@@ -103,15 +101,7 @@ fn damaged_spool_files_never_crash_the_process() {
             format!("flipped bits in {}", file.display())
         };
         std::fs::write(file, &bytes).unwrap();
-        let out = Command::new(&exe)
-            .args([
-                "--exact",
-                "file_damage::damage_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+        let out = common::child::command(&[], "file_damage::damage_child")
             .env(CHILD_DIR, &dir)
             .env(CHILD_URL, &server.url)
             .output()

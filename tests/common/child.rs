@@ -8,12 +8,27 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Runs the ignored test `test` of this binary alone (its full name,
-/// `module::test`), with `env` set to `value`; its stdout is piped, its
-/// stderr dropped.
+/// The command that runs the ignored test `test` of this binary alone (its
+/// full name, `module::test`) in a fresh process, under `wrapper` (a program
+/// and its arguments that take the binary to run, say `fiu-run -x`) if any.
+pub fn command(wrapper: &[&str], test: &str) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = match wrapper {
+        [] => Command::new(exe),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+    };
+    command.args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"]);
+    command
+}
+
+/// Runs the ignored test `test` of this binary alone (its full name), with
+/// `env` set to `value`; its stdout is piped, its stderr dropped.
 pub fn spawn(test: &str, env: &str, value: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--ignored", "--nocapture", "--test-threads", "1"])
+    command(&[], test)
         .env(env, value)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
