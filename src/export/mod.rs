@@ -189,10 +189,10 @@ impl Exporter {
 
     /// Exports `batch` (whose spans the caller counted as held), then
     /// replays the backlog, returning by `deadline`. While replaying, it
-    /// calls `fresh` every `FRESH_EVERY` (100 ms) for spans ended since (counted
-    /// as held) and sends them first, so a long replay neither delays fresh
-    /// spans nor lets them be spilled behind the backlog. See the module
-    /// docs.
+    /// calls `fresh` every `FRESH_EVERY` (100 ms), between records and while
+    /// it waits for the disk thread, for spans ended since (counted as held)
+    /// and sends them first, so a long replay neither delays fresh spans nor
+    /// lets them be spilled behind the backlog. See the module docs.
     pub fn export(
         &mut self,
         batch: Vec<Span>,

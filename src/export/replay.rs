@@ -11,7 +11,10 @@
 //! rate. Once the collector answers with a `Retry-After` (it sheds load
 //! and says when to come back), the flush's replay ends after the record
 //! under way: the rest waits for the next flush, as the collector asked,
-//! instead of pressing on with the window it had.
+//! instead of pressing on with the window it had. Every [`FRESH_EVERY`] the
+//! spans ended meanwhile are sent first, between records and while replay
+//! waits for the disk thread (a read, a removal), so a disk busy with the
+//! spiller's writes does not leave them to the spiller too.
 
 use super::disk::Done;
 use super::report::SpoolFailure;
@@ -38,6 +41,23 @@ struct Unsettled {
 struct Pipeline {
     unsettled: VecDeque<Unsettled>,
     last_settled: Option<Instant>,
+}
+
+/// The spans ended while a replay runs: taken every [`FRESH_EVERY`] and
+/// sent first, between records and while replay waits for the disk thread,
+/// so a busy disk does not leave them to the spiller.
+struct Fresh<'a> {
+    take: &'a mut dyn FnMut() -> Vec<Span>,
+    at: Instant,
+}
+
+impl<'a> Fresh<'a> {
+    fn new(take: &'a mut dyn FnMut() -> Vec<Span>) -> Self {
+        Fresh {
+            take,
+            at: Instant::now() + FRESH_EVERY,
+        }
+    }
 }
 
 /// What [`Exporter::replay_next`] did with one record.
@@ -69,32 +89,23 @@ impl Exporter {
         r: &mut FlushError,
     ) -> (Option<Stop>, bool) {
         let mut budget = self.pace.window();
-        let stopped = self.replay_within(&mut budget, deadline, fresh, r);
-        (stopped, budget == 0)
-    }
-
-    fn replay_within(
-        &mut self,
-        budget: &mut usize,
-        deadline: Instant,
-        fresh: &mut dyn FnMut() -> Vec<Span>,
-        r: &mut FlushError,
-    ) -> Option<Stop> {
+        let mut fresh = Fresh::new(fresh);
         let mut pipeline = Pipeline::default();
-        let stopped = self.replay_records(budget, deadline, fresh, r, &mut pipeline);
-        let settled = self.await_settles(&mut pipeline, 0, deadline, r);
-        stopped.or(settled)
+        let stopped = self.replay_records(&mut budget, deadline, &mut fresh, r, &mut pipeline);
+        // Once sending stopped, fresh spans wait for the next flush.
+        let fresh = if stopped.is_none() { Some(&mut fresh) } else { None };
+        let settled = self.await_settles(&mut pipeline, 0, deadline, fresh, r);
+        (stopped.or(settled), budget == 0)
     }
 
     fn replay_records(
         &mut self,
         budget: &mut usize,
         deadline: Instant,
-        fresh: &mut dyn FnMut() -> Vec<Span>,
+        fresh: &mut Fresh,
         r: &mut FlushError,
         pipeline: &mut Pipeline,
     ) -> Option<Stop> {
-        let mut fresh_at = Instant::now() + FRESH_EVERY;
         // Checked between records; a request in flight has the flush's.
         let budget_ends = deadline.min(Instant::now() + self.replay_budget_time);
         if let Some(stop) = self.replay_held(budget, deadline, r) {
@@ -107,14 +118,18 @@ impl Exporter {
             if !disk.has_records() {
                 return None;
             }
-            let entries = match disk.read(Tree::Queue, 4).and_then(|d| d.wait(deadline)) {
-                Some(Ok(entries)) if entries.is_empty() => return None,
-                Some(Ok(entries)) => entries,
-                Some(Err(e)) => {
+            let Some(read) = disk.read(Tree::Queue, 4) else {
+                return Some(Stop::Deadline);
+            };
+            let entries = match self.wait_sending_fresh(&read, deadline, Some(&mut *fresh), r) {
+                Err(stop) => return Some(stop),
+                Ok(Some(Ok(entries))) if entries.is_empty() => return None,
+                Ok(Some(Ok(entries))) => entries,
+                Ok(Some(Err(e))) => {
                     r.because(Cause::Spool(e));
                     return None;
                 }
-                None => return Some(Stop::Deadline),
+                Ok(None) => return Some(Stop::Deadline),
             };
             for entry in entries {
                 // Past the first record, the rest waits for the next flush
@@ -125,17 +140,14 @@ impl Exporter {
                 if *budget == 0 || enough || !self.allowed() {
                     return None;
                 }
-                if Instant::now() >= fresh_at {
-                    fresh_at = Instant::now() + FRESH_EVERY;
-                    if let Some(stop) = self.send_fresh(&fresh(), deadline, r) {
-                        return Some(stop);
-                    }
+                if let Some(stop) = self.send_fresh_due(fresh, deadline, r) {
+                    return Some(stop);
                 }
                 replayed_any = true;
                 *budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
                 // Room in the pipeline first: at most UNSETTLED records
                 // unsettled, this one included.
-                if let Some(stop) = self.await_settles(pipeline, UNSETTLED - 1, deadline, r) {
+                if let Some(stop) = self.await_settles(pipeline, UNSETTLED - 1, deadline, Some(&mut *fresh), r) {
                     return Some(stop);
                 }
                 let wire = self.sender.bytes_sent();
@@ -197,21 +209,64 @@ impl Exporter {
         }
     }
 
+    /// Sends the spans ended since it last did, once [`FRESH_EVERY`] has
+    /// passed; why sending stopped, if it did.
+    fn send_fresh_due(&mut self, fresh: &mut Fresh, deadline: Instant, r: &mut FlushError) -> Option<Stop> {
+        if Instant::now() < fresh.at {
+            return None;
+        }
+        fresh.at = Instant::now() + FRESH_EVERY;
+        self.send_fresh(&(fresh.take)(), deadline, r)
+    }
+
+    /// Waits for `done` until `deadline`, sending `fresh` spans when due
+    /// meanwhile; `Err` when sending them stopped.
+    fn wait_sending_fresh<T>(
+        &mut self,
+        done: &Done<T>,
+        deadline: Instant,
+        mut fresh: Option<&mut Fresh>,
+        r: &mut FlushError,
+    ) -> Result<Option<T>, Stop> {
+        loop {
+            let until = fresh.as_ref().map_or(deadline, |f| deadline.min(f.at));
+            if let Some(v) = done.wait(until) {
+                return Ok(Some(v));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            if let Some(f) = fresh.as_deref_mut()
+                && let Some(stop) = self.send_fresh_due(f, deadline, r)
+            {
+                return Err(stop);
+            }
+        }
+    }
+
     /// Waits, until `deadline`, for the oldest settles of `pipeline` until
-    /// at most `keep` remain; a spool failure is reported and stops replay
-    /// (so does the deadline).
+    /// at most `keep` remain, sending `fresh` spans when due meanwhile; a
+    /// spool failure is reported and stops replay (so does the deadline,
+    /// and sending fresh spans stopping).
     fn await_settles(
         &mut self,
         pipeline: &mut Pipeline,
         keep: usize,
         deadline: Instant,
+        mut fresh: Option<&mut Fresh>,
         r: &mut FlushError,
     ) -> Option<Stop> {
         let mut stopped = None;
         while pipeline.unsettled.len() > keep {
             let Some(u) = pipeline.unsettled.pop_front() else { break };
-            match u.done.wait(deadline) {
-                Some(Ok(())) => {
+            match self.wait_sending_fresh(&u.done, deadline, fresh.as_deref_mut(), r) {
+                Err(stop) => {
+                    // Still being written: the caller waits for it without
+                    // sending.
+                    pipeline.unsettled.push_front(u);
+                    return Some(stop);
+                }
+                Ok(Some(Ok(()))) => {
                     let now = Instant::now();
                     let from = pipeline.last_settled.map_or(u.began, |last| last.max(u.began));
                     pipeline.last_settled = Some(now);
@@ -219,12 +274,12 @@ impl Exporter {
                         self.meter.record(u.delivered, now.duration_since(from));
                     }
                 }
-                Some(Err(e)) => {
+                Ok(Some(Err(e))) => {
                     r.because(Cause::Spool(e));
                     stopped = Some(Stop::Deadline);
                 }
                 // Still being written: it completes on its own.
-                None => return Some(Stop::Deadline),
+                Ok(None) => return Some(Stop::Deadline),
             }
         }
         stopped
@@ -326,7 +381,7 @@ impl Exporter {
         let (unsettled, stopped) = self.send_entry(&disk, entry, deadline, &mut r);
         self.charge(wire);
         pipeline.unsettled.extend(unsettled);
-        let settled = self.await_settles(&mut pipeline, 0, deadline, &mut r);
+        let settled = self.await_settles(&mut pipeline, 0, deadline, None, &mut r);
         let stopped = stopped.or(settled);
         if let Some(stop) = &stopped {
             match stop.clone() {
