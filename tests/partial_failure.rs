@@ -11,9 +11,11 @@
 //! on the 2-core CI machine even with no fault on the link, so a faster load
 //! only measures its backlog). After the load a final drain flushes until
 //! nothing is left; the tests assert conservation, no drop, every span
-//! delivered once the drain ends, and a bound on the spool's peak size. The
-//! figures (delivered share at the end of the load, peak spool, drain rate)
-//! are printed for BENCHMARKS.md.
+//! delivered once the drain ends, a bound on the spool's peak size (the
+//! default cap, see [`spool_bound`]) and, while the collector takes most
+//! requests, that the exporter never backs off from it. The figures
+//! (delivered share at the end of the load, peak spool, drain rate) are
+//! printed for BENCHMARKS.md.
 //!
 //! The link test holds [`common::one_load`] until its checks end: they read the
 //! collector's output (gigabytes of JSON) in this process, and when that
@@ -58,9 +60,22 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// The spool never grows past this in these runs (the figures are printed),
-/// but for the outage's backlog (see [`outage_bound`]).
-const SPOOL_BOUND: u64 = 64 << 20;
+/// The spool's bound while a collector fails some requests: the default
+/// `max_spool_bytes`, so a tracer with the defaults would have lost nothing
+/// to the cap. How much of it a run uses is the machine's spare capacity,
+/// not the product's: the backlog is what a collector that takes most
+/// requests has not yet taken, and it grows whenever the host runs slower
+/// than the load (on the 2 vCPU CI host, every third request failing at
+/// 100,000 spans/s left 0.9 to 175.7 MiB at the peak as its steal time went
+/// from 0 to a third). The figures are printed and go to BENCHMARKS.md;
+/// the collapse these runs guard against (issue-style: the exporter backing
+/// off from a collector that takes most requests, the spool filling) is
+/// checked as such, by [`Run::backed_off`].
+fn spool_bound() -> u64 {
+    Config::default().max_spool_bytes
+}
+/// The spool's size besides what an outage's spans take (see [`outage_bound`]).
+const SPOOL_SLACK: u64 = 64 << 20;
 /// How long the final drain may take at most.
 const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 
@@ -73,6 +88,9 @@ struct Run {
     peak_spooled: u64,
     /// Seconds since the load began and the stats, as each flush ended.
     at_flush: Vec<(f64, Stats)>,
+    /// Flushes during the load that found the exporter backing off (the
+    /// circuit open: the collector failing most requests).
+    backed_off: u64,
     /// A line for each flush during the load: printed when a check fails.
     trace: Vec<String>,
     drain: Duration,
@@ -118,6 +136,7 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
     let stop = AtomicBool::new(false);
     let peak = AtomicU64::new(0);
     let peak_spooled = AtomicU64::new(0);
+    let backed_off = AtomicU64::new(0);
     let at_flush = std::sync::Mutex::new(Vec::new());
     let trace = std::sync::Mutex::new(Vec::new());
     let begin = Instant::now();
@@ -130,6 +149,9 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
                 second += 1;
                 let began = Instant::now();
                 let flushed = t.flush();
+                if flushed.as_ref().is_err_and(|e| e.contains("next attempt in")) {
+                    backed_off.fetch_add(1, Ordering::Relaxed);
+                }
                 let s = t.stats();
                 peak_spooled.fetch_max(s.spooled, Ordering::Relaxed);
                 if let Ok(mut v) = at_flush.lock() {
@@ -173,6 +195,7 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
         drained: t.stats(),
         peak_spool_bytes: peak.load(Ordering::Relaxed),
         peak_spooled: peak_spooled.load(Ordering::Relaxed),
+        backed_off: backed_off.load(Ordering::Relaxed),
         at_flush: at_flush.into_inner().unwrap_or_default(),
         trace: trace.into_inner().unwrap_or_default(),
         drain: began.elapsed(),
@@ -245,7 +268,13 @@ fn scenario(name: &str, policy: common::Policy) {
         env("PARTIAL_SECS", SECS),
         |_| {},
     );
-    check(name, &r, server.spans_received.load(Ordering::Relaxed), SPOOL_BOUND);
+    check(name, &r, server.spans_received.load(Ordering::Relaxed), spool_bound());
+    assert_eq!(
+        r.backed_off,
+        0,
+        "{name}: the exporter backed off:\n{}",
+        r.trace.join("\n")
+    );
 }
 
 #[test]
@@ -404,7 +433,7 @@ static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);
 /// The spool's bound for an outage of `spans` spans: what they take on
 /// disk at most (sled's amplification included), and the usual bound.
 fn outage_bound(spans: u64) -> u64 {
-    SPOOL_BOUND + spans * 160
+    SPOOL_SLACK + spans * 160
 }
 
 #[test]
@@ -492,7 +521,7 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
             (ids.len() >= delivered).then_some(ids.len())
         },
     );
-    check("30 % of connections reset", &r, written as u64, SPOOL_BOUND);
+    check("30 % of connections reset", &r, written as u64, spool_bound());
     assert_eq!(written as u64, r.drained.recorded, "the collector has every span");
     assert!(r.drained.failed_requests > 0, "the link did reset connections");
 }
