@@ -62,15 +62,15 @@ fn env(name: &str, default: u64) -> u64 {
 
 /// The spool's bound while a collector fails some requests: the default
 /// `max_spool_bytes`, so a tracer with the defaults would have lost nothing
-/// to the cap. How much of it a run uses is the machine's spare capacity,
-/// not the product's: the backlog is what a collector that takes most
-/// requests has not yet taken, and it grows whenever the host runs slower
-/// than the load (on the 2 vCPU CI host, every third request failing at
-/// 100,000 spans/s left 0.9 to 175.7 MiB at the peak as its steal time went
-/// from 0 to a third). The figures are printed and go to BENCHMARKS.md;
-/// the collapse these runs guard against (issue-style: the exporter backing
-/// off from a collector that takes most requests, the spool filling) is
-/// checked as such, by [`Run::backed_off`].
+/// to the cap. How much of it a run uses depends on the host's spare
+/// capacity: the backlog is what a collector that takes most requests has
+/// not yet taken, and it grows whenever the host runs slower than the load
+/// (on the 2 vCPU CI host, every third request failing at 100,000 spans/s
+/// left 0.9 to 175.7 MiB at the peak as its steal time went from 0 to a
+/// third). The figures are printed and go to BENCHMARKS.md. The collapse
+/// these runs guard against, the exporter backing off from a collector
+/// that takes most requests while the spool fills, is checked as such
+/// ([`Run::backed_off`]).
 fn spool_bound() -> u64 {
     Config::default().max_spool_bytes
 }
