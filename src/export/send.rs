@@ -4,7 +4,9 @@
 //! Spans go out in requests of at most `max_batch_spans` spans and
 //! `max_request_bytes` bytes of JSON (a span alone over the byte limit is
 //! dropped as oversize), in order, or in up to `max_requests_in_flight`
-//! contiguous parts side by side, each in order ([`Sender::send`]). Each answer is classified by the transport
+//! contiguous parts side by side, each in order ([`Sender::send`]); replay's
+//! records go side by side the same way, each its own part
+//! ([`Sender::send_each`]). Each answer is classified by the transport
 //! ([`Class`]):
 //!
 //! - 2xx: delivered.
@@ -250,8 +252,7 @@ impl Sender {
     }
 
     /// Requests in flight side by side now (the window).
-    #[cfg(test)]
-    fn in_flight(&self) -> usize {
+    pub(crate) fn window(&self) -> usize {
         self.in_flight
     }
 
@@ -330,18 +331,61 @@ impl Sender {
     /// One round of [`Sender::send`], then the window's update.
     fn send_round(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
         let parts = self.in_flight.min(spans.len() / self.pair_spans()).max(1);
+        let size = spans.len().div_ceil(parts).max(1);
+        let cuts: Vec<&[Span]> = spans.chunks(size).collect();
+        let each: Vec<(&[Span], &str)> = cuts.iter().map(|cut| (*cut, service)).collect();
+        let mut sent = Sent::default();
+        for (part, at) in self
+            .send_parts(&each, deadline, books)
+            .into_iter()
+            .zip((0..).step_by(size))
+        {
+            sent.add(part, at);
+        }
+        sent
+    }
+
+    /// Sends each of `parts` (spans, and whose they are) as [`Sender::send`]
+    /// sends one, side by side: at most the window's worth (the caller asks
+    /// [`Sender::window`]), each in order by its own lane. For replay,
+    /// whose records are settled one by one. The window follows the
+    /// collector as a round of [`Sender::send`] does.
+    pub(crate) fn send_each(&mut self, parts: &[(&[Span], &str)], deadline: Instant, books: &Books) -> Vec<Sent> {
+        match parts {
+            [(spans, service)] => vec![self.send(spans, service, deadline, books)],
+            _ => self.send_parts(parts, deadline, books),
+        }
+    }
+
+    /// Sends `parts` side by side where the transport can make lanes
+    /// enough, else one after another (once sending stops, the parts left
+    /// are kept whole); then updates the window.
+    fn send_parts(&mut self, parts: &[(&[Span], &str)], deadline: Instant, books: &Books) -> Vec<Sent> {
         let congestion = self.congestion;
-        let sent = if parts > 1 && self.grow_lanes(parts - 1) {
-            self.send_side_by_side(spans, parts, service, deadline, books)
+        let each = if parts.len() > 1 && self.grow_lanes(parts.len() - 1) {
+            self.send_side_by_side(parts, deadline, books)
         } else {
-            self.send_in_order(spans, service, deadline, books)
+            let mut each = Vec::with_capacity(parts.len());
+            let mut stopped = false;
+            for (spans, service) in parts {
+                each.push(if stopped {
+                    Sent {
+                        kept: std::iter::once(0..spans.len()).collect(),
+                        ..Sent::default()
+                    }
+                } else {
+                    self.send_in_order(spans, service, deadline, books)
+                });
+                stopped = each.last().is_some_and(|s| s.stopped.is_some());
+            }
+            each
         };
         if self.congestion > congestion {
             self.in_flight = (self.in_flight / 2).max(1);
-        } else if parts == self.in_flight && sent.stopped.is_none() {
+        } else if parts.len() >= self.in_flight && each.iter().all(|s| s.stopped.is_none()) {
             self.in_flight = (self.in_flight + 1).min(self.max_in_flight);
         }
-        sent
+        each
     }
 
     /// Makes lanes until there are `n`; false when the transport cannot
@@ -365,43 +409,30 @@ impl Sender {
         true
     }
 
-    /// Sends `parts` contiguous parts of `spans` side by side: the first on
-    /// this thread, the others on their lanes' scoped threads; then adds
-    /// up what each did. A lane that panicked keeps its part whole.
-    fn send_side_by_side(
-        &mut self,
-        spans: &[Span],
-        parts: usize,
-        service: &str,
-        deadline: Instant,
-        books: &Books,
-    ) -> Sent {
-        let size = spans.len().div_ceil(parts);
-        let cuts: Vec<Range<usize>> = (0..parts)
-            .map(|i| (i * size).min(spans.len())..((i + 1) * size).min(spans.len()))
-            .collect();
+    /// Sends `parts` side by side: the first on this thread, the others on
+    /// their lanes' scoped threads; what each did, in order. A lane that
+    /// panicked keeps its part whole.
+    fn send_side_by_side(&mut self, parts: &[(&[Span], &str)], deadline: Instant, books: &Books) -> Vec<Sent> {
         let mut lanes = std::mem::take(&mut self.lanes);
         let refusing_all = self.refusing_all;
-        let (mut sent, others) = std::thread::scope(|scope| {
-            let handles: Vec<_> = cuts[1..]
+        let each = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts[1..]
                 .iter()
                 .zip(lanes.iter_mut())
-                .map(|(cut, lane)| {
+                .map(|(&(part, service), lane)| {
                     lane.refusing_all = refusing_all;
-                    let part = &spans[cut.clone()];
                     scope.spawn(move || lane.send_in_order(part, service, deadline, books))
                 })
                 .collect();
-            let mine = self.send_in_order(&spans[cuts[0].clone()], service, deadline, books);
-            let others: Vec<Sent> = (handles.into_iter().zip(&cuts[1..]))
-                .map(|(h, cut)| {
-                    h.join().unwrap_or_else(|_| Sent {
-                        kept: std::iter::once(0..cut.len()).collect(),
-                        ..Sent::default()
-                    })
+            let (first, service) = parts[0];
+            let mut each = vec![self.send_in_order(first, service, deadline, books)];
+            each.extend(handles.into_iter().zip(&parts[1..]).map(|(h, (part, _))| {
+                h.join().unwrap_or_else(|_| Sent {
+                    kept: std::iter::once(0..part.len()).collect(),
+                    ..Sent::default()
                 })
-                .collect();
-            (mine, others)
+            }));
+            each
         });
         for lane in &mut lanes {
             self.attempts = self.attempts.saturating_add(std::mem::take(&mut lane.attempts));
@@ -411,10 +442,7 @@ impl Sender {
             self.asked_to_wait |= std::mem::take(&mut lane.asked_to_wait);
         }
         self.lanes = lanes;
-        for (part, cut) in others.into_iter().zip(&cuts[1..]) {
-            sent.add(part, cut.start);
-        }
-        sent
+        each
     }
 
     /// Sends `spans` in order, one request at a time; see [`Sender::send`].
@@ -713,14 +741,49 @@ mod tests {
         let bad = [5, 1_500, 3_000, 4_095];
         let all = spans(4_096, &bad);
         let deadline = Instant::now() + Duration::from_secs(60);
-        assert_eq!(s.in_flight(), 1, "the window starts at one");
+        assert_eq!(s.window(), 1, "the window starts at one");
         for send in 0..3 {
             let sent = s.send(&all, "svc", deadline, &Books::default());
             assert_eq!((sent.delivered, sent.kept_spans(), sent.stopped), (4_092, 0, None));
             let refused: Vec<usize> = sent.refused.iter().flat_map(|r| r.clone()).collect();
             assert_eq!(refused, bad, "send {send}");
             // One more a round (1,024 spans at most): 4 in the first send.
-            assert_eq!((s.in_flight(), s.lanes.len()), (4, 3));
+            assert_eq!((s.window(), s.lanes.len()), (4, 3));
+        }
+    }
+
+    #[test]
+    fn parts_sent_each_on_its_own_keep_their_service_and_their_own_outcome() {
+        let t = Bodies::default();
+        let mut s = Sender::new(Box::new(t.clone()), Encoder::new("svc"), 64, 1 << 20).with_in_flight(4);
+        let (a, b, c) = (spans(100, &[]), spans(100, &[7, 70]), spans(30, &[]));
+        let parts: Vec<(&[Span], &str)> = vec![(&a, "alpha"), (&b, "beta"), (&c, "gamma")];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let each = s.send_each(&parts, deadline, &Books::default());
+        let outcome: Vec<_> = each
+            .iter()
+            .map(|s| (s.delivered, s.refused.clone(), s.kept_spans()))
+            .collect();
+        assert_eq!(
+            outcome,
+            vec![(100, vec![], 0), (98, vec![7..8, 70..71], 0), (30, vec![], 0)],
+            "each part's ranges are its own"
+        );
+        assert_eq!(s.window(), 2, "a window used whole grows by one");
+        let bodies: Vec<String> =
+            t.0.lock()
+                .unwrap()
+                .iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect();
+        for (service, spans) in [("alpha", 100), ("beta", 98), ("gamma", 30)] {
+            let named = format!(r#""serviceName":"{service}""#);
+            let delivered: usize = bodies
+                .iter()
+                .filter(|b| !b.contains("bad-span"))
+                .map(|b| b.matches(&named).count())
+                .sum();
+            assert_eq!(delivered, spans, "{service}'s spans went as {service}'s");
         }
     }
 
@@ -776,7 +839,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
         }
-        assert_eq!(s.in_flight(), 4);
+        assert_eq!(s.window(), 4);
         t.armed.store(true, SeqCst);
         assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
         let most = t.most.load(SeqCst);
@@ -784,7 +847,7 @@ mod tests {
         // One round of the window: four parts of two requests.
         t.congest.store(true, SeqCst);
         assert_eq!(s.send(&all[..512], "svc", deadline, &Books::default()).delivered, 512);
-        assert_eq!(s.in_flight(), 2, "halved after a 503");
+        assert_eq!(s.window(), 2, "halved after a 503");
     }
 
     #[test]
@@ -801,7 +864,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(s.send(&all, "svc", deadline, &Books::default()).delivered, 1_024);
         }
-        assert_eq!((s.in_flight(), s.lanes.len()), (1, 0));
+        assert_eq!((s.window(), s.lanes.len()), (1, 0));
     }
 
     #[test]
@@ -831,12 +894,23 @@ mod tests {
         }
     }
 
-    /// Records every body; takes them all.
+    /// Keeps every request body; answers 400 to those holding "bad-span".
+    #[derive(Clone, Default)]
     struct Bodies(Arc<Mutex<Vec<Vec<u8>>>>);
 
     impl Transport for Bodies {
+        fn try_clone(&self) -> Option<Box<dyn Transport>> {
+            Some(Box::new(self.clone()))
+        }
         fn send(&mut self, body: &[u8], _: Duration) -> Result<(), SendError> {
             self.0.lock().unwrap().push(body.to_vec());
+            if body.windows(8).any(|w| w == b"bad-span") {
+                return Err(SendError::Status {
+                    status: 400,
+                    retry_after: None,
+                    body: String::new(),
+                });
+            }
             Ok(())
         }
         fn endpoint(&self) -> &str {
