@@ -497,33 +497,41 @@ fn while_a_backlog_drains_each_flush_delivers_its_own_fresh_spans() {
 
 #[test]
 fn a_collector_asking_for_a_wait_ends_the_flushs_replay() {
-    // A backlog of six records, then a collector that takes the first
-    // flush's replay whole (so the pace's window doubles to two records)
-    // and answers the second flush's first request 429 with a
-    // `Retry-After`: that request is sent again after the wait, its record
-    // settles, and the rest of the replay waits for the next flush instead
-    // of pressing on against a collector that sheds load.
+    // A backlog of eight records, then a collector that takes the first two
+    // flushes' replay whole: the pace's window doubles to four records,
+    // and the request window grows to three, so the second flush sends its
+    // two records side by side. The third flush's first request is
+    // answered 429 with a `Retry-After`: that request is sent again after
+    // the wait, the three records under way settle, and the fourth its
+    // window allowed waits for the next flush instead of pressing on
+    // against a collector that sheds load.
     let dir = tempfile::tempdir().unwrap();
-    let per = spillway::spool::RECORD_MAX_SPANS;
-    common::spool_backlog(dir.path(), 6 * per, "backlog");
+    let per = spillway::spool::RECORD_MAX_SPANS as u64;
+    common::spool_backlog(dir.path(), 8 * per as usize, "backlog");
     let server = FaultServer::start(vec![]);
     let t = tracer(&server.url, dir.path());
     t.flush().unwrap();
-    let first = balanced(&t).delivered;
-    assert_eq!(first, per as u64, "the first flush replays its window, one record");
+    assert_eq!(
+        balanced(&t).delivered,
+        per,
+        "the first flush replays its window, one record"
+    );
+    t.flush().unwrap();
+    let second = balanced(&t).delivered;
+    assert_eq!(second, 3 * per, "then two records, side by side");
     let before = server.requests().len();
     server.then(vec![Answer::Status(429, vec![("Retry-After", "0".to_owned())], "")]);
     t.flush().unwrap();
     let s = balanced(&t);
     assert_eq!(
-        s.delivered - first,
-        per as u64,
-        "one record, then the replay waits: {s:?}"
+        s.delivered - second,
+        3 * per,
+        "the three under way, then the replay waits: {s:?}"
     );
-    // The refused request, its retry and the record's other request.
+    // Two requests a record, and the refused one's retry.
     let requests = server.requests().len() - before;
-    assert_eq!(requests, 3, "{s:?}");
+    assert_eq!(requests, 7, "{s:?}");
     let (s, _) = flush_until_drained(&t, 18);
-    assert_eq!((s.delivered, s.spooled), (6 * per as u64, 0), "{s:?}");
-    assert_eq!(server.span_ids().len(), 6 * per);
+    assert_eq!((s.delivered, s.spooled), (8 * per, 0), "{s:?}");
+    assert_eq!(server.span_ids().len(), 8 * per as usize);
 }

@@ -124,6 +124,7 @@ enum Job {
     },
     Read {
         tree: Tree,
+        from: u64,
         max: usize,
         done: Done<Result<Vec<StoredRecord>, SpoolFailure>>,
     },
@@ -413,11 +414,13 @@ impl Disk {
         self.send(job).is_ok().then_some(done)
     }
 
-    /// Reads up to `max` of the oldest records of `tree`.
-    pub fn read(&self, tree: Tree, max: usize) -> Option<Done<Result<Vec<StoredRecord>, SpoolFailure>>> {
+    /// Reads up to `max` of the oldest records of `tree` whose key is at
+    /// least `from`.
+    pub fn read(&self, tree: Tree, from: u64, max: usize) -> Option<Done<Result<Vec<StoredRecord>, SpoolFailure>>> {
         let done = Done::new();
         self.send(Job::Read {
             tree,
+            from,
             max,
             done: done.clone(),
         })

@@ -23,10 +23,11 @@
 //!    window (AIMD: it grows while the collector takes everything and
 //!    halves on congestion; `replay_budget_spans` is its ceiling) and
 //!    `replay_budget_ms`: the memory buffer, then the spool's records.
-//!    A record leaves the spool only once the collector settled it; the
-//!    next records are sent while the last ones' removals are made durable,
-//!    at most [`UNSETTLED`] records unsettled at once, so a crash repeats at
-//!    most that many.
+//!    Records go side by side as the sender's window allows, each settled
+//!    on its own, and leave the spool only once the collector settled
+//!    them; the next records are read while these are sent, and sent while
+//!    the last ones' removals are made durable, at most [`UNSETTLED`]
+//!    records unsettled at once, so a crash repeats at most that many.
 //!
 //! The spool is only ever touched through the disk thread ([`disk`]), and
 //! the flush waits for it no longer than its deadline: a spill still

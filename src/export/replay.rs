@@ -1,20 +1,28 @@
 //! Replay: the backlog back to the collector, oldest first. The memory
-//! buffer goes first, then the spool, a record at a time within the
-//! flush's budgets; a record leaves the spool only once settled (delivered,
-//! or refused for good and kept as a dead letter). Removals are pipelined:
-//! the next record is sent while the disk thread makes the last ones'
-//! removals durable (one commit covers several), and at most
+//! buffer goes first, then the spool's records, within the flush's
+//! budgets; a record leaves the spool only once settled (delivered, or
+//! refused for good and kept as a dead letter).
+//!
+//! Records go side by side, as many as the sender's window lets be in
+//! flight (at most [`SIDE_BY_SIDE`]; one at a time under a byte allowance),
+//! each in order on its own connection and settled on its own. The disk
+//! thread reads the next records while these are sent. Removals are
+//! pipelined: the next records are sent while the disk thread makes the
+//! last ones' removals durable (one commit covers several), and at most
 //! [`UNSETTLED`] records are ever sent without their removal durable, so a
 //! crash repeats at most that many. A flush's replay ends only once every
 //! removal it started is durable (or its deadline passed: then they
-//! complete on their own). Each settled record's pace feeds the replay
-//! rate. Once the collector answers with a `Retry-After` (it sheds load
-//! and says when to come back), the flush's replay ends after the record
-//! under way: the rest waits for the next flush, as the collector asked,
-//! instead of pressing on with the window it had. Every [`FRESH_EVERY`] the
-//! spans ended meanwhile are sent first, between records and while replay
-//! waits for the disk thread (a read, a removal), so a disk busy with the
-//! spiller's writes does not leave them to the spiller too.
+//! complete on their own). A record none of whose spans settled stays
+//! first in line; the flush goes on with the records after it.
+//!
+//! Each settled record's pace feeds the replay rate. Once the collector
+//! answers with a `Retry-After` (it sheds load and says when to come
+//! back), the flush's replay ends after the records under way: the rest
+//! waits for the next flush, as the collector asked, instead of pressing
+//! on with the window it had. Every [`FRESH_EVERY`] the spans ended
+//! meanwhile are sent first, between records and while replay waits for
+//! the disk thread (a read, a removal), so a disk busy with the spiller's
+//! writes does not leave them to the spiller too.
 
 use super::disk::Done;
 use super::report::SpoolFailure;
@@ -25,7 +33,12 @@ use std::time::{Duration, Instant};
 
 /// Records sent whose removal is not yet durable, at most (the one being
 /// sent included): what a crash during replay may send twice.
-pub const UNSETTLED: usize = 4;
+pub const UNSETTLED: usize = 8;
+
+/// Records sent side by side at most (as the sender's window allows), and
+/// read ahead at a time: half of [`UNSETTLED`], so that one batch is sent
+/// while the removals of the last one are made durable.
+const SIDE_BY_SIDE: usize = UNSETTLED / 2;
 
 /// A record sent whose settle (or quarantine) the disk thread has not
 /// answered yet.
@@ -113,50 +126,72 @@ impl Exporter {
         }
         // At least one record per flush, however slow, so replay progresses.
         let mut replayed_any = false;
+        let mut ahead = VecDeque::new();
+        // The next records are read while those before them are sent.
+        let (mut from, mut reading) = (0, None);
         while *budget > 0 {
             let disk = self.disk.clone()?;
-            if !disk.has_records() {
-                return None;
-            }
-            let Some(read) = disk.read(Tree::Queue, 4) else {
-                return Some(Stop::Deadline);
-            };
-            let entries = match self.wait_sending_fresh(&read, deadline, Some(&mut *fresh), r) {
-                Err(stop) => return Some(stop),
-                Ok(Some(Ok(entries))) if entries.is_empty() => return None,
-                Ok(Some(Ok(entries))) => entries,
-                Ok(Some(Err(e))) => {
-                    r.because(Cause::Spool(e));
-                    return None;
+            if ahead.is_empty() {
+                let read = match reading.take() {
+                    Some(read) => read,
+                    None if !disk.has_records() => return None,
+                    None => match disk.read(Tree::Queue, from, SIDE_BY_SIDE) {
+                        Some(read) => read,
+                        None => return Some(Stop::Deadline),
+                    },
+                };
+                match self.wait_sending_fresh(&read, deadline, Some(&mut *fresh), r) {
+                    Err(stop) => return Some(stop),
+                    Ok(Some(Ok(entries))) => ahead.extend(entries),
+                    Ok(Some(Err(e))) => {
+                        r.because(Cause::Spool(e));
+                        return None;
+                    }
+                    Ok(None) => return Some(Stop::Deadline),
                 }
-                Ok(None) => return Some(Stop::Deadline),
+                let last = ahead.back()?;
+                from = last.key.saturating_add(1);
+                reading = disk.read(Tree::Queue, from, SIDE_BY_SIDE);
+            }
+            // Side by side as the sender's window allows; one at a time
+            // under a byte allowance, which is checked before each record.
+            let most = match self.allowance {
+                Some(_) => 1,
+                None => self.sender.window().min(SIDE_BY_SIDE),
             };
-            for entry in entries {
+            let mut batch = Vec::with_capacity(most);
+            while batch.len() < most {
                 // Past the first record, the rest waits for the next flush
                 // once the replay's time is spent or the collector sheds
                 // load and said when to come back (the request it refused
                 // was sent again after its wait).
-                let enough = replayed_any && (Instant::now() >= budget_ends || self.sender.asked_to_wait());
+                let enough = (replayed_any || !batch.is_empty())
+                    && (Instant::now() >= budget_ends || self.sender.asked_to_wait());
                 if *budget == 0 || enough || !self.allowed() {
-                    return None;
+                    break;
                 }
-                if let Some(stop) = self.send_fresh_due(fresh, deadline, r) {
-                    return Some(stop);
-                }
-                replayed_any = true;
+                let Some(entry) = ahead.pop_front() else { break };
                 *budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
-                // Room in the pipeline first: at most UNSETTLED records
-                // unsettled, this one included.
-                if let Some(stop) = self.await_settles(pipeline, UNSETTLED - 1, deadline, Some(&mut *fresh), r) {
-                    return Some(stop);
-                }
-                let wire = self.sender.bytes_sent();
-                let (unsettled, stopped) = self.send_entry(&disk, entry, deadline, r);
-                self.charge(wire);
-                pipeline.unsettled.extend(unsettled);
-                if stopped.is_some() {
-                    return stopped;
-                }
+                batch.push(entry);
+            }
+            if batch.is_empty() {
+                return None;
+            }
+            replayed_any = true;
+            if let Some(stop) = self.send_fresh_due(fresh, deadline, r) {
+                return Some(stop);
+            }
+            // Room in the pipeline first: at most UNSETTLED records
+            // unsettled, these included.
+            if let Some(stop) = self.await_settles(pipeline, UNSETTLED - batch.len(), deadline, Some(&mut *fresh), r) {
+                return Some(stop);
+            }
+            let wire = self.sender.bytes_sent();
+            let (unsettled, stopped) = self.send_entries(&disk, batch, deadline, r);
+            self.charge(wire);
+            pipeline.unsettled.extend(unsettled);
+            if stopped.is_some() {
+                return stopped;
             }
         }
         None
@@ -285,45 +320,81 @@ impl Exporter {
         stopped
     }
 
-    /// Sends one spool record and hands its settle to the disk thread
-    /// without waiting (a record that failed its checks is quarantined the
-    /// same way); returns what to wait for, and why sending stopped.
-    fn send_entry(
+    /// Sends spool records side by side and hands each one's settle to the
+    /// disk thread without waiting (a record that failed its checks is
+    /// quarantined the same way); returns what to wait for, oldest first,
+    /// and why sending stopped.
+    fn send_entries(
+        &mut self,
+        disk: &Disk,
+        batch: Vec<StoredRecord>,
+        deadline: Instant,
+        r: &mut FlushError,
+    ) -> (Vec<Unsettled>, Option<Stop>) {
+        let began = Instant::now();
+        // Every readable record's spans, in order.
+        let parts: Vec<(&[Span], &str)> = batch
+            .iter()
+            .filter_map(|e| Some((e.spans.as_deref().ok()?, e.service.as_str())))
+            .collect();
+        let each = if parts.is_empty() {
+            Vec::new()
+        } else {
+            self.sender.send_each(&parts, deadline, &self.books)
+        };
+        let mut each = each.into_iter();
+        // Settles and quarantines go in the records' order: the queue
+        // leaves oldest first where it can.
+        let mut unsettled = Vec::with_capacity(batch.len());
+        let mut stopped = None;
+        for entry in batch {
+            let (done, stop) = match &entry.spans {
+                Ok(_) => match each.next() {
+                    Some(sent) => self.settle_entry(disk, entry, sent, began, r),
+                    None => (None, None),
+                },
+                Err(why) => {
+                    r.because(Cause::Quarantined {
+                        key: entry.key,
+                        why: why.clone(),
+                    });
+                    match disk.quarantine(entry) {
+                        Some(done) => (
+                            Some(Unsettled {
+                                done,
+                                delivered: 0,
+                                began,
+                            }),
+                            None,
+                        ),
+                        None => (None, Some(Stop::Deadline)),
+                    }
+                }
+            };
+            unsettled.extend(done);
+            stopped = stopped.or(stop);
+        }
+        (unsettled, stopped)
+    }
+
+    /// Records what sending `entry` did and hands its settle to the disk
+    /// thread, unless nothing settled (then the record stays first in
+    /// line, with its age); what to wait for, and why sending stopped.
+    fn settle_entry(
         &mut self,
         disk: &Disk,
         entry: StoredRecord,
-        deadline: Instant,
+        sent: super::send::Sent,
+        began: Instant,
         r: &mut FlushError,
     ) -> (Option<Unsettled>, Option<Stop>) {
-        let began = Instant::now();
-        let spans = match &entry.spans {
-            Ok(spans) => spans,
-            Err(why) => {
-                r.because(Cause::Quarantined {
-                    key: entry.key,
-                    why: why.clone(),
-                });
-                return match disk.quarantine(entry) {
-                    Some(done) => (
-                        Some(Unsettled {
-                            done,
-                            delivered: 0,
-                            began,
-                        }),
-                        None,
-                    ),
-                    None => (None, Some(Stop::Deadline)),
-                };
-            }
-        };
-        let sent = self.sender.send(spans, &entry.service, deadline, &self.books);
+        let spans = entry.spans.as_deref().unwrap_or_default();
         if entry.tree == Tree::Queue {
             self.books
                 .settled_from_spool(sent.delivered as u64, sent.oversize as u64);
         }
         r.note(&sent);
         if sent.kept_spans() == spans.len() {
-            // Nothing settled: the record stays first in line, with its age.
             return (None, sent.stopped);
         }
         let now_unix_ms = self.clock.now_unix_ms();
@@ -359,7 +430,7 @@ impl Exporter {
         let mut r = FlushError::default();
         let deadline = Instant::now() + self.flush_timeout;
         let Some(disk) = self.disk.clone() else { return Ok(None) };
-        let entry = match disk.read(tree, 1).and_then(|d| d.wait(deadline)) {
+        let entry = match disk.read(tree, 0, 1).and_then(|d| d.wait(deadline)) {
             Some(Ok(mut entries)) => match entries.pop() {
                 Some(e) => e,
                 None => return Ok(None),
@@ -378,7 +449,7 @@ impl Exporter {
         let (key, spans) = (entry.key, entry.declared_spans);
         let mut pipeline = Pipeline::default();
         let wire = self.sender.bytes_sent();
-        let (unsettled, stopped) = self.send_entry(&disk, entry, deadline, &mut r);
+        let (unsettled, stopped) = self.send_entries(&disk, vec![entry], deadline, &mut r);
         self.charge(wire);
         pipeline.unsettled.extend(unsettled);
         let settled = self.await_settles(&mut pipeline, 0, deadline, None, &mut r);

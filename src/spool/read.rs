@@ -21,7 +21,21 @@ impl Spool {
 
     /// Up to `max_records` of the oldest records of `tree`, decoded.
     pub fn oldest(&self, tree: Tree, max_records: usize) -> Result<Vec<StoredRecord>, SpoolError> {
-        self.records(tree).take(max_records).collect()
+        self.oldest_from(tree, 0, max_records)
+    }
+
+    /// Up to `max_records` of the oldest records of `tree` whose key is at
+    /// least `from`, decoded: replay reads the next records while it sends
+    /// those before them.
+    pub fn oldest_from(&self, tree: Tree, from: u64, max_records: usize) -> Result<Vec<StoredRecord>, SpoolError> {
+        self.tree(tree)
+            .range(from.to_be_bytes()..)
+            .take(max_records)
+            .map(|item| {
+                item.map(|(k, v)| StoredRecord::read(tree, &k, v))
+                    .map_err(|e| self.storage(e))
+            })
+            .collect()
     }
 
     /// The quarantined records, by the key they had in the queue, bytes as

@@ -124,7 +124,7 @@ impl Worker {
                     return Err(done.fail(e));
                 }
             },
-            Job::Read { tree, max, done } => match spool.oldest(tree, max) {
+            Job::Read { tree, from, max, done } => match spool.oldest_from(tree, from, max) {
                 Ok(entries) => done.set(Ok(entries)),
                 Err(e) => return Err(done.fail(e)),
             },
