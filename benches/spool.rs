@@ -50,47 +50,51 @@ fn spill(c: &mut Criterion) {
 }
 
 fn replay(c: &mut Criterion) {
-    const SPANS: usize = 51_200;
     let batch = encode::batch();
     let sink = fixtures::FaultServer::sink();
     let mut g = c.benchmark_group("spool_replay");
-    g.throughput(Throughput::Elements(SPANS as u64));
     g.sample_size(10);
-    g.bench_function("51200_spans_to_loopback", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let dir = tempfile::tempdir().expect("tempdir");
-                {
-                    let mut spool = Spool::open(dir.path(), u64::MAX).expect("spool");
-                    for _ in 0..SPANS / batch.len() {
-                        let _ = spool.append("bench", &batch, 1);
+    // The window starts small and doubles a flush: the larger spool shows
+    // the rate once it has grown.
+    for spans in [51_200, 409_600] {
+        g.throughput(Throughput::Elements(spans as u64));
+        g.bench_function(format!("{spans}_spans_to_loopback"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    {
+                        let mut spool = Spool::open(dir.path(), u64::MAX).expect("spool");
+                        for _ in 0..spans / batch.len() {
+                            let _ = spool.append("bench", &batch, 1);
+                        }
+                        let _ = spool.commit();
                     }
-                    let _ = spool.commit();
-                }
-                let tracer = SpillwayTracer::new(Config {
-                    endpoint: sink.url.clone(),
-                    gzip: false,
-                    spool_dir: Some(dir.path().to_path_buf()),
-                    replay_budget_spans: SPANS,
-                    ..Config::default()
-                })
-                .expect("tracer");
-                // The replay window follows the collector (from 1,024 spans
-                // a flush, doubling): flushes back to back until drained.
-                let t = Instant::now();
-                for _ in 0..100 {
-                    let _ = tracer.flush();
-                    if tracer.stats().spooled == 0 {
-                        break;
+                    let tracer = SpillwayTracer::new(Config {
+                        endpoint: sink.url.clone(),
+                        gzip: false,
+                        spool_dir: Some(dir.path().to_path_buf()),
+                        replay_budget_spans: spans,
+                        ..Config::default()
+                    })
+                    .expect("tracer");
+                    // The replay window follows the collector (from 1,024
+                    // spans a flush, doubling): flushes back to back until
+                    // drained.
+                    let t = Instant::now();
+                    for _ in 0..100 {
+                        let _ = tracer.flush();
+                        if tracer.stats().spooled == 0 {
+                            break;
+                        }
                     }
+                    spent += t.elapsed();
+                    assert_eq!(tracer.stats().spooled, 0, "drained");
                 }
-                spent += t.elapsed();
-                assert_eq!(tracer.stats().spooled, 0, "drained");
-            }
-            spent
-        })
-    });
+                spent
+            })
+        });
+    }
     g.finish();
 }
 
