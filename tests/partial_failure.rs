@@ -383,9 +383,11 @@ fn a_disk_stall_during_replay_holds_no_fresh_span_back() {
     let server = FaultServer::failing_sink(|_| (!UP.load(Ordering::Relaxed)).then_some(503));
     let _one = common::one_load();
     let fs = common::fs::Fs::new("xfs");
-    // 8 s of outage (a backlog), then 12 s frozen with the collector back
-    // (the thaw comes at the first flush after, before the load's 32 s end):
-    // well within what this machine sends even under a CPU hog.
+    // 8 s of outage (a backlog). The disk freezes once a flush has found
+    // the collector back, so replay is under way (a flush still backing
+    // off would only spill, and wait for the frozen disk with its spans),
+    // and thaws 12 s later, at the first flush after, before the load's
+    // 32 s end: well within what this machine sends even under a CPU hog.
     let (rate, outage, frozen) = (30_000, 8.0, 12.0);
     let begin = Instant::now();
     let span = std::sync::Mutex::new((f64::MAX, f64::MAX));
@@ -394,15 +396,16 @@ fn a_disk_stall_during_replay_holds_no_fresh_span_back() {
         let Ok(mut span) = span.lock() else { return };
         if now >= outage && !UP.load(Ordering::Relaxed) {
             UP.store(true, Ordering::Relaxed);
+        } else if span.0 == f64::MAX && server.spans_received.load(Ordering::Relaxed) > 0 {
             fs.freeze();
             span.0 = begin.elapsed().as_secs_f64();
-        } else if now >= outage + frozen && span.1 == f64::MAX {
+        } else if span.0 != f64::MAX && now >= span.0 + frozen && span.1 == f64::MAX {
             fs.thaw();
             span.1 = begin.elapsed().as_secs_f64();
         }
     });
     let (froze, thawed) = span.into_inner().unwrap();
-    if thawed == f64::MAX {
+    if froze != f64::MAX && thawed == f64::MAX {
         fs.thaw();
     }
     let on_server = server.spans_received.load(Ordering::Relaxed);
