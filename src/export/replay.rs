@@ -151,7 +151,11 @@ impl Exporter {
                 }
                 let last = ahead.back()?;
                 from = last.key.saturating_add(1);
-                reading = disk.read(Tree::Queue, from, SIDE_BY_SIDE);
+                // Only what the flush's budget can still take past these.
+                let in_hand: usize = ahead.iter().map(|e| e.declared_spans.max(1) as usize).sum();
+                if *budget > in_hand {
+                    reading = disk.read(Tree::Queue, from, SIDE_BY_SIDE);
+                }
             }
             // Side by side as the sender's window allows; one at a time
             // under a byte allowance, which is checked before each record.

@@ -332,8 +332,7 @@ impl Sender {
     fn send_round(&mut self, spans: &[Span], service: &str, deadline: Instant, books: &Books) -> Sent {
         let parts = self.in_flight.min(spans.len() / self.pair_spans()).max(1);
         let size = spans.len().div_ceil(parts).max(1);
-        let cuts: Vec<&[Span]> = spans.chunks(size).collect();
-        let each: Vec<(&[Span], &str)> = cuts.iter().map(|cut| (*cut, service)).collect();
+        let each: Vec<(&[Span], &str)> = spans.chunks(size).map(|cut| (cut, service)).collect();
         let mut sent = Sent::default();
         for (part, at) in self
             .send_parts(&each, deadline, books)

@@ -7,10 +7,7 @@ use super::{Spool, SpoolError, StoredRecord, Tree, be, state};
 impl Spool {
     /// Every record of `tree`, oldest first, read lazily.
     pub fn records(&self, tree: Tree) -> impl Iterator<Item = Result<StoredRecord, SpoolError>> + '_ {
-        self.tree(tree).iter().map(move |item| {
-            item.map(|(k, v)| StoredRecord::read(tree, &k, v))
-                .map_err(|e| self.storage(e))
-        })
+        self.decoded(tree, self.tree(tree).iter())
     }
 
     /// The record `key` of `tree`, decoded, if it is there.
@@ -28,14 +25,17 @@ impl Spool {
     /// least `from`, decoded: replay reads the next records while it sends
     /// those before them.
     pub fn oldest_from(&self, tree: Tree, from: u64, max_records: usize) -> Result<Vec<StoredRecord>, SpoolError> {
-        self.tree(tree)
-            .range(from.to_be_bytes()..)
+        self.decoded(tree, self.tree(tree).range(from.to_be_bytes()..))
             .take(max_records)
-            .map(|item| {
-                item.map(|(k, v)| StoredRecord::read(tree, &k, v))
-                    .map_err(|e| self.storage(e))
-            })
             .collect()
+    }
+
+    /// The records `items` walks over in `tree`, each decoded.
+    fn decoded(&self, tree: Tree, items: sled::Iter) -> impl Iterator<Item = Result<StoredRecord, SpoolError>> + '_ {
+        items.map(move |item| {
+            item.map(|(k, v)| StoredRecord::read(tree, &k, v))
+                .map_err(|e| self.storage(e))
+        })
     }
 
     /// The quarantined records, by the key they had in the queue, bytes as
