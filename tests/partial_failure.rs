@@ -112,16 +112,17 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 }
 
 /// Records `rate` spans a second for `secs` seconds while a flusher flushes
-/// every second, calling `at(second)` once a second; then flushes until
+/// every second, calling `at(second, backoff)` before each flush (`backoff`:
+/// the wait the flush before reported, in seconds); then flushes until
 /// nothing is left (bounded by [`DRAIN_LIMIT`]).
-fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
+fn run(url: &str, rate: u64, secs: u64, at: impl Fn(u64, Option<f64>) + Sync) -> Run {
     let _one = common::one_load();
     let dir = tempfile::tempdir().unwrap();
     run_in(dir.path(), url, rate, secs, at)
 }
 
 /// [`run`], with the spool in `dir`; the caller holds [`common::one_load`].
-fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u64) + Sync) -> Run {
+fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u64, Option<f64>) + Sync) -> Run {
     let t = SpillwayTracer::new(Config {
         gzip: false, // the sink counts spans in plain JSON
         timeout_ms: 2_000,
@@ -142,14 +143,15 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
     let begin = Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut second = 0;
+            let (mut second, mut backoff) = (0, None);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
-                at(second);
+                at(second, backoff);
                 second += 1;
                 let began = Instant::now();
                 let flushed = t.flush();
-                if flushed.as_ref().is_err_and(|e| e.contains("next attempt in")) {
+                backoff = flushed.as_ref().err().and_then(|e| next_attempt_in(e));
+                if backoff.is_some() {
                     backed_off.fetch_add(1, Ordering::Relaxed);
                 }
                 let s = t.stats();
@@ -200,6 +202,12 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
         trace: trace.into_inner().unwrap_or_default(),
         drain: began.elapsed(),
     }
+}
+
+/// The wait a flush error reports ("next attempt in 1.9s"), in seconds.
+fn next_attempt_in(error: &str) -> Option<f64> {
+    let (_, after) = error.split_once("next attempt in ")?;
+    after.split('s').next()?.parse().ok()
 }
 
 /// Records `rate` spans a second, in steps of at most `step` (a load that
@@ -266,7 +274,7 @@ fn scenario(name: &str, policy: common::Policy) {
         &server.url,
         env("PARTIAL_RATE", RATE),
         env("PARTIAL_SECS", SECS),
-        |_| {},
+        |_, _| {},
     );
     check(name, &r, server.spans_received.load(Ordering::Relaxed), spool_bound());
     assert_eq!(
@@ -322,7 +330,7 @@ fn a_disk_that_stalls_for_seconds_costs_no_span() {
                 stalls.fetch_add(1, Ordering::Relaxed);
             }
         });
-        run_in(&dir, &server.url, rate, secs, |_| {})
+        run_in(&dir, &server.url, rate, secs, |_, _| {})
     });
     let stalls = stalls.load(Ordering::Relaxed);
     eprintln!("{stalls} stalls of {stall:?}");
@@ -391,7 +399,7 @@ fn a_disk_stall_during_replay_holds_no_fresh_span_back() {
     let (rate, outage, frozen) = (30_000, 8.0, 12.0);
     let begin = Instant::now();
     let span = std::sync::Mutex::new((f64::MAX, f64::MAX));
-    let r = run_in(&fs.path("spool"), &server.url, rate, 32, |_| {
+    let r = run_in(&fs.path("spool"), &server.url, rate, 32, |_, _| {
         let now = begin.elapsed().as_secs_f64();
         let Ok(mut span) = span.lock() else { return };
         if now >= outage && !UP.load(Ordering::Relaxed) {
@@ -431,6 +439,54 @@ fn a_disk_stall_during_replay_holds_no_fresh_span_back() {
     check("a disk stall during replay", &r, on_server, outage_bound(rate * 8));
 }
 
+#[test]
+fn a_backoff_ending_while_the_disk_is_frozen_holds_no_fresh_span_back() {
+    static UP: AtomicBool = AtomicBool::new(false);
+    // 429 with a Retry-After past the deadline: each failing flush backs
+    // off for exactly `backoff_max_ms` (2 s), so the flush after it, a
+    // second later, is backing off, and its backoff ends within a second.
+    let server = FaultServer::failing_sink(|_| (!UP.load(Ordering::Relaxed)).then_some(429));
+    let _one = common::one_load();
+    let fs = common::fs::Fs::new("xfs");
+    // After 4 s of outage (a backlog), the disk freezes right before a
+    // flush that is backing off, and the collector comes back at once;
+    // the disk thaws 12 s later. Waiting out its deadline (5 s) for the
+    // frozen disk, that flush would leave more spans than the shards hold
+    // to pile up; once its backoff ends it sends them instead.
+    let (rate, outage, frozen) = (30_000, 4.0, 12.0);
+    let begin = Instant::now();
+    let span = std::sync::Mutex::new((f64::MAX, f64::MAX));
+    let r = run_in(&fs.path("spool"), &server.url, rate, 28, |_, backoff| {
+        let now = begin.elapsed().as_secs_f64();
+        let Ok(mut span) = span.lock() else { return };
+        if span.0 == f64::MAX && now >= outage && backoff.is_some_and(|b| b > 1.5) {
+            fs.freeze();
+            UP.store(true, Ordering::Relaxed);
+            span.0 = begin.elapsed().as_secs_f64();
+        } else if span.0 != f64::MAX && now >= span.0 + frozen && span.1 == f64::MAX {
+            fs.thaw();
+            span.1 = begin.elapsed().as_secs_f64();
+        }
+    });
+    let (froze, thawed) = span.into_inner().unwrap();
+    if froze != f64::MAX && thawed == f64::MAX {
+        fs.thaw();
+    }
+    let on_server = server.spans_received.load(Ordering::Relaxed);
+    eprintln!("a backoff ending while the disk is frozen: frozen from {froze:.1} s to {thawed:.1} s");
+    assert!(
+        froze != f64::MAX && thawed != f64::MAX,
+        "froze and thawed: {:?}",
+        r.trace
+    );
+    check(
+        "a backoff ending while the disk is frozen",
+        &r,
+        on_server,
+        outage_bound(rate * 8),
+    );
+}
+
 static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);
 
 /// The spool's bound for an outage of `spans` spans: what they take on
@@ -445,7 +501,7 @@ fn a_backlog_from_an_outage_drains_while_fresh_spans_flow() {
     let (secs, rate) = (env("PARTIAL_SECS", SECS), env("PARTIAL_RATE", RATE));
     // An outage for the first third of the load, or `PARTIAL_OUTAGE_SECS`.
     let outage = env("PARTIAL_OUTAGE_SECS", secs / 3).min(secs);
-    let r = run(&server.url, rate, secs, |second| {
+    let r = run(&server.url, rate, secs, |second, _| {
         if second + 1 >= outage {
             OUTAGE_OVER.store(true, Ordering::Relaxed);
         }
@@ -512,7 +568,7 @@ fn a_link_resetting_three_connections_in_ten_to_the_real_collector_costs_no_span
         &format!("http://{listen}/api/v2/spans"),
         env("PARTIAL_LINK_RATE", LINK_RATE),
         env("PARTIAL_SECS", SECS),
-        |_| {},
+        |_, _| {},
     );
     // The file exporter writes every 100 ms: wait for what was delivered.
     let delivered = r.drained.delivered as usize;

@@ -15,8 +15,11 @@
 //!
 //! 1. **Backoff** ([`backoff`]). Once the collector failed most requests
 //!    (the [`circuit`] opened) the exporter waits; a flush inside that
-//!    window spills the fresh batch without touching the network. A
-//!    success closes the circuit and resets the wait.
+//!    window spills the fresh batch without touching the network; if the
+//!    disk is still spilling it when the window ends (a slow or frozen
+//!    disk), the flush goes on to the collector with the spans ended
+//!    meanwhile instead of waiting out its deadline. A success closes the
+//!    circuit and resets the wait.
 //! 2. **Fresh batch first** ([`send`]), so new spans are never starved by a
 //!    backlog. Every request is bounded by what the deadline leaves.
 //! 3. **Replay** of the backlog, oldest first, within the [`pace`]'s
@@ -88,6 +91,16 @@ const INITIAL_REPLAY_SPANS: usize = 1_024;
 
 /// How often a replay takes the spans ended meanwhile and sends them first.
 pub(crate) const FRESH_EVERY: Duration = Duration::from_millis(100);
+
+/// How long a flush waits for the disk thread to spill a batch.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Until the flush's deadline.
+    Deadline,
+    /// Until the deadline or the end of the backoff, whichever comes
+    /// first (checked every [`FRESH_EVERY`]).
+    WhileBackingOff,
+}
 
 /// Sends batches, spills what could not be sent, replays it later, and keeps
 /// the accounting.
@@ -206,17 +219,27 @@ impl Exporter {
             // Held in memory while the spool failed: to disk first, so the
             // spool (reopened by this very job if it can be) holds them.
             let held = std::mem::take(&mut self.retry);
-            self.spill_or_hold(held, deadline, &mut r);
+            self.spill_or_hold(held, deadline, Wait::Deadline, &mut r);
         }
         let now = self.clock.now_unix_ms();
         self.expire(now, deadline, &mut r);
-        if let Some(wait) = self.backoff.remaining(now) {
-            self.spill_or_hold(batch, deadline, &mut r);
-            r.next_attempt_in = Some(wait);
-            r.because(Cause::BackingOff {
-                last: self.backoff.last().cloned(),
-            });
-            return self.finish(r);
+        let mut batch = batch;
+        if self.backoff.remaining(now).is_some() {
+            self.spill_or_hold(batch, deadline, Wait::WhileBackingOff, &mut r);
+            match self.backoff.remaining(self.clock.now_unix_ms()) {
+                Some(wait) => {
+                    r.next_attempt_in = Some(wait);
+                    r.because(Cause::BackingOff {
+                        last: self.backoff.last().cloned(),
+                    });
+                    return self.finish(r);
+                }
+                // The backoff ended while the disk was still spilling (a
+                // slow or frozen disk): the collector is tried now, with
+                // the spans ended meanwhile, rather than letting them pile
+                // up until the deadline.
+                None => batch = fresh(),
+            }
         }
         let stopped = self.send_fresh(&batch, deadline, &mut r);
         self.reuse(batch);
@@ -309,7 +332,7 @@ impl Exporter {
         all.append(&mut batch);
         for _ in 0..SHUTDOWN_PASSES {
             // Without a working spool this holds them in memory.
-            self.spill_or_hold(all, deadline, &mut r);
+            self.spill_or_hold(all, deadline, Wait::Deadline, &mut r);
             let Some(disk) = self.disk.clone() else { break };
             if !disk.wait_written(deadline) {
                 break;
@@ -381,7 +404,7 @@ impl Exporter {
         let service = Arc::clone(&self.service);
         let sent = self.send_held(spans, &service, deadline, r);
         if !sent.kept.is_empty() {
-            self.spill_or_hold(sent.kept_of(spans), deadline, r);
+            self.spill_or_hold(sent.kept_of(spans), deadline, Wait::Deadline, r);
         }
         sent.stopped
     }
@@ -414,10 +437,10 @@ impl Exporter {
         sent
     }
 
-    /// Keeps held `spans`: the disk thread spills them (waiting for it
-    /// until `deadline`), or, without a working spool, the bounded memory
+    /// Keeps held `spans`: the disk thread spills them (waiting for it as
+    /// `wait` says), or, without a working spool, the bounded memory
     /// buffer holds them.
-    fn spill_or_hold(&mut self, spans: Vec<Span>, deadline: Instant, r: &mut FlushError) {
+    fn spill_or_hold(&mut self, spans: Vec<Span>, deadline: Instant, wait: Wait, r: &mut FlushError) {
         if spans.is_empty() {
             return;
         }
@@ -435,7 +458,18 @@ impl Exporter {
                 return self.hold(spans, r);
             }
         };
-        match done.wait(deadline) {
+        let outcome = loop {
+            let until = match wait {
+                Wait::Deadline => deadline,
+                Wait::WhileBackingOff => deadline.min(Instant::now() + FRESH_EVERY),
+            };
+            let outcome = done.wait(until);
+            let backoff_ended = || self.backoff.remaining(self.clock.now_unix_ms()).is_none();
+            if outcome.is_some() || Instant::now() >= deadline || backoff_ended() {
+                break outcome;
+            }
+        };
+        match outcome {
             Some(Ok(spilled)) => {
                 r.spilled += spilled.spans as usize;
                 r.dropped_full += spilled.evicted;

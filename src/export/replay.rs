@@ -26,7 +26,7 @@
 
 use super::disk::Done;
 use super::report::SpoolFailure;
-use super::{Cause, Disk, Exporter, FRESH_EVERY, FlushError, ReplayRate, Settle, Span, Stop, StoredRecord, Tree};
+use super::{Cause, Disk, Exporter, FRESH_EVERY, FlushError, ReplayRate, Settle, Span, Stop, StoredRecord, Tree, Wait};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -220,7 +220,7 @@ impl Exporter {
             // there is one (else back to the memory buffer, in order).
             let mut rest = sent.kept_of(&head);
             rest.append(&mut self.retry);
-            self.spill_or_hold(rest, deadline, r);
+            self.spill_or_hold(rest, deadline, Wait::Deadline, r);
         }
         sent.stopped
     }

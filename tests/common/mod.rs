@@ -238,7 +238,10 @@ impl Admission {
     }
 }
 
-/// How a failing sink answers request `n`: a status, or `None` for 202.
+/// How a failing sink answers request `n`: a status, or `None` for 202. A
+/// 429 carries `Retry-After: 10`, longer than a flush's deadline: the
+/// tracer stops and backs off for its whole `backoff_max_ms` (when that
+/// is shorter), with no jitter.
 pub type Policy = fn(u64) -> Option<u16>;
 
 /// What a sink counts with, and how it answers.
@@ -447,6 +450,9 @@ fn serve(
             let answer = match admitted {
                 false => "HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nretry-after: 1\r\n\r\n".to_owned(),
                 true => match policy.and_then(|fail| fail(n)) {
+                    Some(429) => {
+                        "HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nretry-after: 10\r\n\r\n".to_owned()
+                    }
                     Some(status) => format!("HTTP/1.1 {status} Failed\r\ncontent-length: 0\r\n\r\n"),
                     None => {
                         sink.spans.fetch_add(spans as u64, Ordering::Relaxed);
