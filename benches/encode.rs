@@ -134,7 +134,7 @@ fn encode_both(c: &mut Criterion, group: &str, spans: &[Span], peer: bool) {
 /// The spans of `requests` requests as `spillway generate` records them,
 /// through the real tracer (random ids, clock times), spilled with the
 /// collector unreachable and read back from the spool.
-fn generate_spans(requests: u64) -> Vec<Span> {
+pub fn generate_spans(requests: u64) -> Vec<Span> {
     let dir = tempfile::tempdir().expect("a temporary spool");
     let tracer = SpillwayTracer::new(Config {
         endpoint: "http://127.0.0.1:1/api/v2/spans".into(),

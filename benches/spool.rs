@@ -1,7 +1,8 @@
 //! The spool: spilling a 512-span batch (with and without the commit that
 //! makes it durable: sled's flush and the fsyncs), replaying a spool to a
-//! loopback receiver, the size on disk per spilled span, and this
-//! machine's fsync latency, so the figures scale to another disk.
+//! loopback receiver, the size on disk per spilled span, the codecs a
+//! record's payload could be compressed with, and this machine's fsync
+//! latency, so the figures scale to another disk.
 
 use bext_plugin_api::tracer::TracerPlugin;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -98,6 +99,108 @@ fn replay(c: &mut Criterion) {
     g.finish();
 }
 
+/// The codecs a record's payload could use, on `generate`'s request spans
+/// (random ids, as a site's): the bincode payload as records hold it,
+/// compressed and back, for records of 512 spans and blocks of 64. The
+/// bytes a span each codec leaves are printed.
+fn codec(c: &mut Criterion) {
+    use std::io::{Read, Write};
+    type Pack = fn(&[u8], &mut Vec<u8>);
+    type Unpack = fn(&[u8], usize, &mut Vec<u8>);
+    fn deflate(plain: &[u8], out: &mut Vec<u8>) {
+        let mut enc = flate2::write::DeflateEncoder::new(out, flate2::Compression::fast());
+        let _ = enc.write_all(plain);
+        let _ = enc.finish();
+    }
+    fn inflate(packed: &[u8], _: usize, out: &mut Vec<u8>) {
+        let _ = flate2::read::DeflateDecoder::new(packed).read_to_end(out);
+    }
+    fn lz4(plain: &[u8], out: &mut Vec<u8>) {
+        out.resize(lz4_flex::block::get_maximum_output_size(plain.len()), 0);
+        let n = lz4_flex::block::compress_into(plain, out).unwrap_or(0);
+        out.truncate(n);
+    }
+    fn unlz4(packed: &[u8], len: usize, out: &mut Vec<u8>) {
+        out.resize(len, 0);
+        let _ = lz4_flex::block::decompress_into(packed, out);
+    }
+    fn zstd1(plain: &[u8], out: &mut Vec<u8>) {
+        let _ = zstd::stream::copy_encode(plain, out, 1);
+    }
+    fn unzstd(packed: &[u8], _: usize, out: &mut Vec<u8>) {
+        let _ = zstd::stream::copy_decode(packed, out);
+    }
+    let codecs: [(&str, Pack, Unpack); 3] = [
+        ("deflate1", deflate, inflate),
+        ("lz4", lz4, unlz4),
+        ("zstd1", zstd1, unzstd),
+    ];
+    let spans = encode::generate_spans(256);
+    let config = bincode::config::standard();
+    for per in [512, 64] {
+        let plains: Vec<Vec<u8>> = spans
+            .chunks(per)
+            .map(|c| bincode::serde::encode_to_vec(("bext-site", c), config).expect("encodes"))
+            .collect();
+        let plain_bytes: usize = plains.iter().map(Vec::len).sum();
+        let mut g = c.benchmark_group(format!("record_codec_{per}"));
+        g.throughput(Throughput::Elements(spans.len() as u64));
+        eprintln!(
+            "{per} spans a payload: bincode {:.1} bytes/span",
+            plain_bytes as f64 / spans.len() as f64
+        );
+        g.bench_function("bincode_decode", |b| {
+            b.iter(|| {
+                for plain in &plains {
+                    let decoded: Result<((String, Vec<spillway::unstable::span::Span>), usize), _> =
+                        bincode::serde::decode_from_slice(plain, config);
+                    std::hint::black_box(decoded.is_ok());
+                }
+            })
+        });
+        for (name, pack, unpack) in codecs {
+            let packed: Vec<Vec<u8>> = plains
+                .iter()
+                .map(|p| {
+                    let mut out = Vec::new();
+                    pack(p, &mut out);
+                    out
+                })
+                .collect();
+            let mut check = Vec::new();
+            for (p, z) in plains.iter().zip(&packed) {
+                check.clear();
+                unpack(z, p.len(), &mut check);
+                assert_eq!(&check, p, "{name} round trip");
+            }
+            let packed_bytes: usize = packed.iter().map(Vec::len).sum();
+            eprintln!(
+                "{per} spans a payload, {name}: {:.1} bytes/span ({:.2}x smaller)",
+                packed_bytes as f64 / spans.len() as f64,
+                plain_bytes as f64 / packed_bytes as f64
+            );
+            let mut out = Vec::with_capacity(2 * plains[0].len());
+            g.bench_function(format!("{name}_compress"), |b| {
+                b.iter(|| {
+                    for p in &plains {
+                        out.clear();
+                        pack(p, &mut out);
+                    }
+                })
+            });
+            g.bench_function(format!("{name}_decompress"), |b| {
+                b.iter(|| {
+                    for (p, z) in plains.iter().zip(&packed) {
+                        out.clear();
+                        unpack(z, p.len(), &mut out);
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
 /// What one durable write costs on this machine's disk: 4 KiB written in
 /// place, then `fdatasync`; and a directory `fsync`.
 fn fsync(c: &mut Criterion) {
@@ -129,5 +232,5 @@ fn fsync(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, spill, replay, fsync);
+criterion_group!(benches, spill, replay, codec, fsync);
 criterion_main!(benches);
