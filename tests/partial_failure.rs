@@ -397,25 +397,13 @@ fn a_disk_stall_during_replay_holds_no_fresh_span_back() {
     // and thaws 12 s later, at the first flush after, before the load's
     // 32 s end: well within what this machine sends even under a CPU hog.
     let (rate, outage, frozen) = (30_000, 8.0, 12.0);
-    let begin = Instant::now();
-    let span = std::sync::Mutex::new((f64::MAX, f64::MAX));
-    let r = run_in(&fs.path("spool"), &server.url, rate, 32, |_, _| {
-        let now = begin.elapsed().as_secs_f64();
-        let Ok(mut span) = span.lock() else { return };
+    let (r, froze, thawed) = run_frozen(&fs, &server.url, (rate, 32), frozen, |now, _| {
         if now >= outage && !UP.load(Ordering::Relaxed) {
             UP.store(true, Ordering::Relaxed);
-        } else if span.0 == f64::MAX && server.spans_received.load(Ordering::Relaxed) > 0 {
-            fs.freeze();
-            span.0 = begin.elapsed().as_secs_f64();
-        } else if span.0 != f64::MAX && now >= span.0 + frozen && span.1 == f64::MAX {
-            fs.thaw();
-            span.1 = begin.elapsed().as_secs_f64();
+            return false;
         }
+        server.spans_received.load(Ordering::Relaxed) > 0
     });
-    let (froze, thawed) = span.into_inner().unwrap();
-    if froze != f64::MAX && thawed == f64::MAX {
-        fs.thaw();
-    }
     let on_server = server.spans_received.load(Ordering::Relaxed);
     let while_frozen: Vec<Stats> = (r.at_flush.iter())
         .filter(|&&(t, _)| t > froze && t < thawed)
@@ -454,24 +442,13 @@ fn a_backoff_ending_while_the_disk_is_frozen_holds_no_fresh_span_back() {
     // frozen disk, that flush would leave more spans than the shards hold
     // to pile up; once its backoff ends it sends them instead.
     let (rate, outage, frozen) = (30_000, 4.0, 12.0);
-    let begin = Instant::now();
-    let span = std::sync::Mutex::new((f64::MAX, f64::MAX));
-    let r = run_in(&fs.path("spool"), &server.url, rate, 28, |_, backoff| {
-        let now = begin.elapsed().as_secs_f64();
-        let Ok(mut span) = span.lock() else { return };
-        if span.0 == f64::MAX && now >= outage && backoff.is_some_and(|b| b > 1.5) {
-            fs.freeze();
+    let (r, froze, thawed) = run_frozen(&fs, &server.url, (rate, 28), frozen, |now, backoff| {
+        let now_backing_off = now >= outage && backoff.is_some_and(|b| b > 1.5);
+        if now_backing_off {
             UP.store(true, Ordering::Relaxed);
-            span.0 = begin.elapsed().as_secs_f64();
-        } else if span.0 != f64::MAX && now >= span.0 + frozen && span.1 == f64::MAX {
-            fs.thaw();
-            span.1 = begin.elapsed().as_secs_f64();
         }
+        now_backing_off
     });
-    let (froze, thawed) = span.into_inner().unwrap();
-    if froze != f64::MAX && thawed == f64::MAX {
-        fs.thaw();
-    }
     let on_server = server.spans_received.load(Ordering::Relaxed);
     eprintln!("a backoff ending while the disk is frozen: frozen from {froze:.1} s to {thawed:.1} s");
     assert!(
@@ -485,6 +462,38 @@ fn a_backoff_ending_while_the_disk_is_frozen_holds_no_fresh_span_back() {
         on_server,
         outage_bound(rate * 8),
     );
+}
+
+/// [`run_in`] on `fs`'s spool at `rate` spans/s for `secs`, freezing the
+/// filesystem before the first flush `freeze_now(seconds in, backoff)`
+/// picks and thawing it before the first flush `frozen` seconds later (or
+/// once the load ends); returns the run, and when it froze and thawed
+/// (`f64::MAX`: not).
+fn run_frozen(
+    fs: &common::fs::Fs,
+    url: &str,
+    (rate, secs): (u64, u64),
+    frozen: f64,
+    freeze_now: impl Fn(f64, Option<f64>) -> bool + Sync,
+) -> (Run, f64, f64) {
+    let begin = Instant::now();
+    let span = std::sync::Mutex::new((f64::MAX, f64::MAX));
+    let r = run_in(&fs.path("spool"), url, rate, secs, |_, backoff| {
+        let now = begin.elapsed().as_secs_f64();
+        let Ok(mut span) = span.lock() else { return };
+        if span.0 == f64::MAX && freeze_now(now, backoff) {
+            fs.freeze();
+            span.0 = begin.elapsed().as_secs_f64();
+        } else if span.0 != f64::MAX && now >= span.0 + frozen && span.1 == f64::MAX {
+            fs.thaw();
+            span.1 = begin.elapsed().as_secs_f64();
+        }
+    });
+    let (froze, thawed) = span.into_inner().unwrap_or_else(|e| e.into_inner());
+    if froze != f64::MAX && thawed == f64::MAX {
+        fs.thaw();
+    }
+    (r, froze, thawed)
 }
 
 static OUTAGE_OVER: AtomicBool = AtomicBool::new(false);
