@@ -150,10 +150,10 @@ fn run_in(dir: &std::path::Path, url: &str, rate: u64, secs: u64, at: impl Fn(u6
                 second += 1;
                 let began = Instant::now();
                 let flushed = t.flush();
-                backoff = flushed.as_ref().err().and_then(|e| next_attempt_in(e));
-                if backoff.is_some() {
+                if flushed.as_ref().is_err_and(|e| e.contains("next attempt in")) {
                     backed_off.fetch_add(1, Ordering::Relaxed);
                 }
+                backoff = flushed.as_ref().err().and_then(|e| next_attempt_in(e));
                 let s = t.stats();
                 peak_spooled.fetch_max(s.spooled, Ordering::Relaxed);
                 if let Ok(mut v) = at_flush.lock() {

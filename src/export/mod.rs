@@ -209,7 +209,7 @@ impl Exporter {
     /// lets them be spilled behind the backlog. See the module docs.
     pub fn export(
         &mut self,
-        batch: Vec<Span>,
+        mut batch: Vec<Span>,
         deadline: Instant,
         fresh: &mut dyn FnMut() -> Vec<Span>,
     ) -> Result<(), Box<FlushError>> {
@@ -223,10 +223,9 @@ impl Exporter {
         }
         let now = self.clock.now_unix_ms();
         self.expire(now, deadline, &mut r);
-        let mut batch = batch;
         if self.backoff.remaining(now).is_some() {
             self.spill_or_hold(batch, deadline, Wait::WhileBackingOff, &mut r);
-            match self.backoff.remaining(self.clock.now_unix_ms()) {
+            match self.backoff_left() {
                 Some(wait) => {
                     r.next_attempt_in = Some(wait);
                     r.because(Cause::BackingOff {
@@ -275,7 +274,12 @@ impl Exporter {
     /// Whether the collector is taking spans: no backoff running and the
     /// circuit closed (so an early send is worth trying).
     pub fn is_sending(&self) -> bool {
-        self.backoff.remaining(self.clock.now_unix_ms()).is_none() && !self.sender.circuit_open()
+        self.backoff_left().is_none() && !self.sender.circuit_open()
+    }
+
+    /// What is left of the backoff now, if one is running.
+    fn backoff_left(&self) -> Option<Duration> {
+        self.backoff.remaining(self.clock.now_unix_ms())
     }
 
     /// Sends `batch` (counted as held) without replaying, a window's worth
@@ -458,16 +462,14 @@ impl Exporter {
                 return self.hold(spans, r);
             }
         };
-        let outcome = loop {
-            let until = match wait {
-                Wait::Deadline => deadline,
-                Wait::WhileBackingOff => deadline.min(Instant::now() + FRESH_EVERY),
-            };
-            let outcome = done.wait(until);
-            let backoff_ended = || self.backoff.remaining(self.clock.now_unix_ms()).is_none();
-            if outcome.is_some() || Instant::now() >= deadline || backoff_ended() {
-                break outcome;
-            }
+        let outcome = match wait {
+            Wait::Deadline => done.wait(deadline),
+            Wait::WhileBackingOff => loop {
+                let outcome = done.wait(deadline.min(Instant::now() + FRESH_EVERY));
+                if outcome.is_some() || Instant::now() >= deadline || self.backoff_left().is_none() {
+                    break outcome;
+                }
+            },
         };
         match outcome {
             Some(Ok(spilled)) => {

@@ -40,6 +40,12 @@ pub const UNSETTLED: usize = 8;
 /// while the removals of the last one are made durable.
 const SIDE_BY_SIDE: usize = UNSETTLED / 2;
 
+/// What a record costs of a flush's span budget: its declared spans, at
+/// least one (a record whose header cannot be read still costs a turn).
+fn budget_spans(entry: &StoredRecord) -> usize {
+    entry.declared_spans.max(1) as usize
+}
+
 /// A record sent whose settle (or quarantine) the disk thread has not
 /// answered yet.
 struct Unsettled {
@@ -152,7 +158,7 @@ impl Exporter {
                 let last = ahead.back()?;
                 from = last.key.saturating_add(1);
                 // Only what the flush's budget can still take past these.
-                let in_hand: usize = ahead.iter().map(|e| e.declared_spans.max(1) as usize).sum();
+                let in_hand: usize = ahead.iter().map(budget_spans).sum();
                 if *budget > in_hand {
                     reading = disk.read(Tree::Queue, from, SIDE_BY_SIDE);
                 }
@@ -175,7 +181,7 @@ impl Exporter {
                     break;
                 }
                 let Some(entry) = ahead.pop_front() else { break };
-                *budget = budget.saturating_sub(entry.declared_spans.max(1) as usize);
+                *budget = budget.saturating_sub(budget_spans(&entry));
                 batch.push(entry);
             }
             if batch.is_empty() {
