@@ -1,11 +1,13 @@
 //! The bounds: the cap on the size on disk (records held to `max_bytes`
 //! divided by sled's amplification as measured on this spool, the oldest
-//! dropped past it), the room left on the filesystem (a spill is refused
+//! dropped past it; a true bound from 32 MiB, below which sled's log file,
+//! whose length never shrinks under churn, outgrows the headroom), the room
+//! left on the filesystem (a spill is refused
 //! before sled sees a full disk), and the age cap.
 
 use super::{
-    AMPLIFICATION_EVERY, AMPLIFICATION_MIN_BYTES, CAP_HEADROOM, DISK_RESERVE, MEASURE_EVERY_CAP_FRACTION, Spool,
-    SpoolError, be, declared_spans, record,
+    AMPLIFICATION_EVERY, AMPLIFICATION_MAX, AMPLIFICATION_MIN_BYTES, AMPLIFICATION_MIN_CAP_FRACTION, CAP_HEADROOM,
+    DISK_RESERVE, MEASURE_EVERY_CAP_FRACTION, Spool, SpoolError, be, declared_spans, record,
 };
 use std::time::Instant;
 
@@ -46,13 +48,13 @@ impl Spool {
         self.written_since_measure += incoming;
         let due = self.measured_at.is_none_or(|t| t.elapsed() >= AMPLIFICATION_EVERY)
             || self.written_since_measure >= self.max_bytes / MEASURE_EVERY_CAP_FRACTION;
-        if !due || self.stats.bytes < AMPLIFICATION_MIN_BYTES.min(self.max_bytes / 4) {
+        if !due || self.stats.bytes < AMPLIFICATION_MIN_BYTES.min(self.max_bytes / AMPLIFICATION_MIN_CAP_FRACTION) {
             return;
         }
         self.measured_at = Some(Instant::now());
         self.written_since_measure = 0;
         if let Ok(disk) = self.db.size_on_disk() {
-            self.amplification = (disk as f64 / self.stats.bytes as f64).clamp(1.0, 4.0);
+            self.amplification = (disk as f64 / self.stats.bytes as f64).clamp(1.0, AMPLIFICATION_MAX);
         }
     }
 

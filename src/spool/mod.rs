@@ -157,9 +157,18 @@ pub const DISK_RESERVE: u64 = 3 << 20;
 /// sled's amplification assumed until it is measured (1.36 to 1.7 was
 /// measured with 64 KiB records).
 const AMPLIFICATION_GUESS: f64 = 1.7;
-/// Record bytes below which sled's fixed overhead makes a measured
-/// amplification meaningless.
+/// Record bytes below which the amplification is not measured (with
+/// [`AMPLIFICATION_MIN_CAP_FRACTION`]): sled's fixed overhead would make it
+/// meaningless. The bar is low next to what the cap lets records hold, so
+/// the cap itself never pushes the records under it and leaves a stale
+/// measurement in force.
 const AMPLIFICATION_MIN_BYTES: u64 = 8 << 20;
+/// The bar is at most this fraction of the cap.
+const AMPLIFICATION_MIN_CAP_FRACTION: u64 = 16;
+/// The highest amplification taken as measured. With the records at 1/16
+/// of the cap at least, a higher one would say sled holds more than the
+/// cap already; the cap then keeps the records at 1/16 of it.
+const AMPLIFICATION_MAX: f64 = 16.0;
 /// The share of the cap records aim for: sled reclaims the space of removed
 /// records lazily, so its size on disk trails the records by a few segments.
 const CAP_HEADROOM: f64 = 0.9;
