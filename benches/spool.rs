@@ -201,6 +201,48 @@ fn codec(c: &mut Criterion) {
     }
 }
 
+/// A whole record of 512 of `generate`'s spans, as the spiller writes it
+/// (bincode, compressed, framed) and as replay reads it back.
+fn record(c: &mut Criterion) {
+    use spillway::spool::Tree;
+    use spillway::unstable::spool::record;
+    let spans = encode::generate_spans(256);
+    let meta = record::Meta {
+        seq: 1,
+        tree: Tree::Queue,
+        created_unix_ms: 1,
+    };
+    let records: Vec<Vec<u8>> = spans
+        .chunks(512)
+        .map(|c| {
+            let mut out = Vec::new();
+            record::encode("bext-site", c, meta, &mut out).expect("encodes");
+            out
+        })
+        .collect();
+    let bytes: usize = records.iter().map(Vec::len).sum();
+    eprintln!("records of 512: {:.1} bytes/span", bytes as f64 / spans.len() as f64);
+    let mut g = c.benchmark_group("record_512");
+    g.throughput(Throughput::Elements(spans.len() as u64));
+    let mut out = Vec::new();
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            for c in spans.chunks(512) {
+                out.clear();
+                let _ = record::encode("bext-site", c, meta, &mut out);
+            }
+        })
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| {
+            for r in &records {
+                std::hint::black_box(record::decode(r).is_ok());
+            }
+        })
+    });
+    g.finish();
+}
+
 /// What one durable write costs on this machine's disk: 4 KiB written in
 /// place, then `fdatasync`; and a directory `fsync`.
 fn fsync(c: &mut Criterion) {
@@ -232,5 +274,5 @@ fn fsync(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, spill, replay, codec, fsync);
+criterion_group!(benches, spill, replay, codec, record, fsync);
 criterion_main!(benches);
