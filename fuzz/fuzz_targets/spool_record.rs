@@ -10,7 +10,7 @@ use spillway::unstable::spool::record;
 fuzz_target!(|data: &[u8]| {
     check(data);
     // Also frame the input as a payload with a valid header and CRC, so the
-    // fuzzer reaches bincode and inflate past the checksum.
+    // fuzzer reaches bincode, inflate and LZ4 past the checksum.
     if let Some((&flags, payload)) = data.split_first() {
         let mut framed = Vec::new();
         let declared = payload.len().min(64) as u32;
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
             record::frame(
                 version,
                 payload,
-                flags & record::FLAG_DEFLATE,
+                flags & (record::FLAG_DEFLATE | record::FLAG_LZ4),
                 declared,
                 meta,
                 &mut framed,

@@ -25,7 +25,7 @@ fn spans_of(n: usize, tag: &str, chars: usize) -> Vec<Span> {
             start_unix_nanos: 1,
             end_unix_nanos: 2,
             status: Status::Ok,
-            // Random, so records cannot deflate below the split size.
+            // Random, so records cannot compress below the split size.
             attributes: vec![(
                 "k".into(),
                 Value::String((0..chars).map(|_| fastrand::alphanumeric()).collect()),

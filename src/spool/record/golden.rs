@@ -2,21 +2,25 @@
 
 use super::*;
 
-fn golden(version: u8) -> String {
-    format!("{}/tests/golden/record-v{version}.bin", env!("CARGO_MANIFEST_DIR"))
+/// The golden record of each format written, by file name.
+const WRITTEN: &str = "record-v2-lz4.bin";
+
+fn golden(name: &str) -> String {
+    format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Reads a committed record of `version`. `SPILLWAY_WRITE_GOLDEN=1`
-/// writes the current version's (only ever for a new format version,
+/// Reads the committed record `name` (of `version`). `SPILLWAY_WRITE_GOLDEN=1`
+/// writes [`WRITTEN`], the format written now (only ever for a new format,
 /// never to "fix" this test).
-fn read(version: u8) -> Record {
+fn read(name: &str, version: u8) -> Record {
     let sample = tests::sample();
-    if version == VERSION && std::env::var_os("SPILLWAY_WRITE_GOLDEN").is_some() {
+    if name == WRITTEN && std::env::var_os("SPILLWAY_WRITE_GOLDEN").is_some() {
         let mut out = Vec::new();
         encode("golden-svc", &sample, tests::META, &mut out).unwrap();
-        std::fs::write(golden(version), &out).unwrap();
+        std::fs::write(golden(name), &out).unwrap();
     }
-    let bytes = std::fs::read(golden(version)).expect("golden record is committed");
+    let bytes = std::fs::read(golden(name)).expect("golden record is committed");
+    assert_eq!(bytes[4], version, "{name}");
     let r = decode(&bytes).unwrap();
     assert_eq!(
         r.meta.created_unix_ms,
@@ -48,7 +52,7 @@ fn read(version: u8) -> Record {
 
 #[test]
 fn version_1_golden_record_still_decodes() {
-    let r = read(1);
+    let r = read("record-v1.bin", 1);
     assert_eq!(
         (r.service.as_str(), r.meta.seq, r.meta.tree),
         (UNKNOWN_SERVICE, 0, Tree::Queue)
@@ -56,7 +60,20 @@ fn version_1_golden_record_still_decodes() {
 }
 
 #[test]
-fn version_2_golden_record_still_decodes() {
-    let r = read(2);
+fn version_2_golden_record_deflated_still_decodes() {
+    let bytes = std::fs::read(golden("record-v2.bin")).unwrap();
+    assert_eq!(bytes[5], FLAG_DEFLATE);
+    let r = read("record-v2.bin", 2);
     assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
+}
+
+#[test]
+fn version_2_golden_record_in_lz4_decodes_and_is_what_encode_writes() {
+    let r = read(WRITTEN, 2);
+    let bytes = std::fs::read(golden(WRITTEN)).unwrap();
+    assert_eq!(bytes[5], FLAG_LZ4);
+    assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
+    let mut again = Vec::new();
+    encode(&r.service, &r.spans, r.meta, &mut again).unwrap();
+    assert_eq!(again, bytes);
 }

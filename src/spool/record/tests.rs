@@ -50,11 +50,11 @@ fn round_trips_and_keeps_nan_bits() {
 }
 
 #[test]
-fn repetitive_batches_are_deflated_and_still_round_trip() {
+fn repetitive_batches_are_compressed_and_still_round_trip() {
     let many: Vec<Span> = (0..200).flat_map(|_| sample()).collect();
     let mut out = Vec::new();
     encode("svc", &many, META, &mut out).unwrap();
-    assert_eq!(out[5], FLAG_DEFLATE);
+    assert_eq!(out[5], FLAG_LZ4);
     let plain = bincode::serde::encode_to_vec(("svc", &many), config()).unwrap();
     assert!(out.len() * 4 < plain.len(), "{} vs {}", out.len(), plain.len());
     assert_eq!(decode(&out).unwrap().spans.len(), 200);
@@ -74,6 +74,54 @@ fn a_deflate_bomb_is_refused_within_the_bound() {
         "{:?}",
         decode(&rec).err()
     );
+}
+
+#[test]
+fn an_lz4_payload_claiming_more_than_the_bound_is_refused_before_allocating() {
+    let mut payload = (MAX_PAYLOAD as u32 + 1).to_le_bytes().to_vec();
+    payload.extend_from_slice(&[0x10, b'x']);
+    let mut rec = Vec::new();
+    frame(VERSION, &payload, FLAG_LZ4, 0, META, &mut rec);
+    assert!(
+        matches!(decode(&rec), Err(RecordError::TooLarge(n)) if n == MAX_PAYLOAD + 1),
+        "{:?}",
+        decode(&rec).err()
+    );
+    assert!(matches!(service(&rec), Err(RecordError::TooLarge(_))));
+}
+
+#[test]
+fn an_lz4_payload_shorter_or_longer_than_it_claims_is_an_error() {
+    let plain = bincode::serde::encode_to_vec(("svc", sample()), config()).unwrap();
+    let good = lz4_flex::block::compress_prepend_size(&plain);
+    for claimed in [plain.len() - 1, plain.len() + 1, 0] {
+        let mut payload = (claimed as u32).to_le_bytes().to_vec();
+        payload.extend_from_slice(&good[4..]);
+        let mut rec = Vec::new();
+        frame(VERSION, &payload, FLAG_LZ4, 1, META, &mut rec);
+        assert!(
+            matches!(decode(&rec), Err(RecordError::Decode(_))),
+            "claimed {claimed}: {:?}",
+            decode(&rec).err()
+        );
+    }
+    for cut in [0, 3] {
+        let mut rec = Vec::new();
+        frame(VERSION, &good[..cut], FLAG_LZ4, 1, META, &mut rec);
+        assert!(matches!(decode(&rec), Err(RecordError::Decode(_))), "cut to {cut}");
+    }
+    let mut rec = Vec::new();
+    frame(VERSION, &good, FLAG_LZ4, 1, META, &mut rec);
+    assert_eq!(decode(&rec).unwrap().spans.len(), 1);
+}
+
+#[test]
+fn both_codec_flags_or_lz4_in_version_1_are_unknown_flags() {
+    for (version, flags) in [(VERSION, FLAG_DEFLATE | FLAG_LZ4), (1, FLAG_LZ4), (VERSION, 4)] {
+        let mut rec = Vec::new();
+        frame(version, b"x", flags, 1, META, &mut rec);
+        assert_eq!(decode(&rec).err(), Some(RecordError::UnknownFlags(flags)));
+    }
 }
 
 #[test]
