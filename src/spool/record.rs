@@ -340,30 +340,39 @@ pub(crate) fn check(bytes: &[u8]) -> Result<Header, RecordError> {
     Ok(h)
 }
 
-/// The service name of a whole, checked record, inflating no more of the
-/// payload than it takes ([`UNKNOWN_SERVICE`] for version 1).
+/// The service name of a whole, checked record, inflating no more of a
+/// deflated payload than it takes (an LZ4 block decompresses whole;
+/// [`UNKNOWN_SERVICE`] for version 1).
 pub fn service(bytes: &[u8]) -> Result<String, RecordError> {
     let h = check(bytes)?;
     if h.version == 1 {
         return Ok(UNKNOWN_SERVICE.to_owned());
     }
     let payload = &bytes[header_len(h.version)..];
-    let mut head = Vec::with_capacity(300);
     // A varint length (at most 9 bytes) and the name, capped.
-    match bytes[5] {
-        FLAG_DEFLATE => {
-            let reader = flate2::read::DeflateDecoder::new(payload);
-            std::io::Read::read_to_end(&mut std::io::Read::take(reader, 9 + 4096), &mut head)
-                .map_err(|e| RecordError::Decode(format!("inflate: {e}")))?;
-        }
-        // A block decompresses whole (at most MAX_PAYLOAD).
-        FLAG_LZ4 => head = unlz4(payload)?,
-        _ => head.extend_from_slice(&payload[..payload.len().min(9 + 4096)]),
-    }
+    let head = plain(bytes[5], payload, 9 + 4096)?;
     let config = bincode::config::standard().with_limit::<4096>();
     let (name, _): (String, usize) =
         bincode::serde::decode_from_slice(&head, config).map_err(|e| RecordError::Decode(e.to_string()))?;
     Ok(name)
+}
+
+/// A payload's plain bytes by its codec (`flags`): at most `limit` of them
+/// where the codec can stop early (deflate, none); an LZ4 block
+/// decompresses whole, bounded by [`MAX_PAYLOAD`].
+fn plain(flags: u8, payload: &[u8], limit: usize) -> Result<std::borrow::Cow<'_, [u8]>, RecordError> {
+    use std::borrow::Cow;
+    match flags {
+        FLAG_DEFLATE => {
+            let mut buf = Vec::new();
+            let reader = flate2::read::DeflateDecoder::new(payload);
+            std::io::Read::read_to_end(&mut std::io::Read::take(reader, limit as u64), &mut buf)
+                .map_err(|e| RecordError::Decode(format!("inflate: {e}")))?;
+            Ok(Cow::Owned(buf))
+        }
+        FLAG_LZ4 => unlz4(payload).map(Cow::Owned),
+        _ => Ok(Cow::Borrowed(&payload[..payload.len().min(limit)])),
+    }
 }
 
 /// An LZ4 payload's plain bytes: the declared length is checked against
@@ -387,37 +396,16 @@ fn unlz4(payload: &[u8]) -> Result<Vec<u8>, RecordError> {
 
 /// Decodes a record, checking everything.
 pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
-    let h = header(bytes)?;
-    let payload = &bytes[header_len(h.version)..];
-    let expected = u32_at(bytes, 16);
-    let actual = checksum(bytes);
-    if expected != actual {
-        return Err(RecordError::Crc { expected, actual });
+    let h = check(bytes)?;
+    let payload = plain(bytes[5], &bytes[header_len(h.version)..], MAX_PAYLOAD + 1)?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(RecordError::TooLarge(payload.len()));
     }
-    let plain;
-    let payload = match bytes[5] {
-        FLAG_DEFLATE => {
-            let mut buf = Vec::new();
-            let reader = flate2::read::DeflateDecoder::new(payload);
-            std::io::Read::read_to_end(&mut std::io::Read::take(reader, MAX_PAYLOAD as u64 + 1), &mut buf)
-                .map_err(|e| RecordError::Decode(format!("inflate: {e}")))?;
-            if buf.len() > MAX_PAYLOAD {
-                return Err(RecordError::TooLarge(buf.len()));
-            }
-            plain = buf;
-            &plain[..]
-        }
-        FLAG_LZ4 => {
-            plain = unlz4(payload)?;
-            &plain[..]
-        }
-        _ => payload,
-    };
     let decoded = if h.version == 1 {
-        bincode::serde::decode_from_slice(payload, config())
+        bincode::serde::decode_from_slice(&payload, config())
             .map(|(spans, used)| ((UNKNOWN_SERVICE.into(), spans), used))
     } else {
-        bincode::serde::decode_from_slice(payload, config())
+        bincode::serde::decode_from_slice(&payload, config())
     };
     let ((service, spans), used): ((String, Vec<Span>), usize) =
         decoded.map_err(|e| RecordError::Decode(e.to_string()))?;
