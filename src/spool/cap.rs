@@ -1,9 +1,9 @@
 //! The bounds: the cap on the size on disk (records held to `max_bytes`
 //! divided by sled's amplification as measured on this spool, the oldest
 //! dropped past it; a true bound from 32 MiB, below which sled's log file,
-//! whose length never shrinks under churn, outgrows the headroom), the room
-//! left on the filesystem (a spill is refused
-//! before sled sees a full disk), and the age cap.
+//! whose length never shrinks under churn, outgrows the headroom), the
+//! room left on the filesystem (a spill is refused before sled sees a full
+//! disk), and the age cap.
 
 use super::{
     AMPLIFICATION_EVERY, AMPLIFICATION_MAX, AMPLIFICATION_MIN_BYTES, AMPLIFICATION_MIN_CAP_FRACTION, CAP_HEADROOM,

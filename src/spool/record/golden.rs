@@ -9,10 +9,11 @@ fn golden(name: &str) -> String {
     format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Reads the committed record `name` (of `version`). `SPILLWAY_WRITE_GOLDEN=1`
+/// Reads the committed record `name` (of `version`), its bytes and what
+/// they decode to. `SPILLWAY_WRITE_GOLDEN=1`
 /// writes [`WRITTEN`], the format written now (only ever for a new format,
 /// never to "fix" this test).
-fn read(name: &str, version: u8) -> Record {
+fn read(name: &str, version: u8) -> (Vec<u8>, Record) {
     let sample = tests::sample();
     if name == WRITTEN && std::env::var_os("SPILLWAY_WRITE_GOLDEN").is_some() {
         let mut out = Vec::new();
@@ -47,12 +48,12 @@ fn read(name: &str, version: u8) -> Record {
     };
     assert!(nan.is_nan());
     assert_eq!(&got.attributes[1..], &want.attributes[1..]);
-    r
+    (bytes, r)
 }
 
 #[test]
 fn version_1_golden_record_still_decodes() {
-    let r = read("record-v1.bin", 1);
+    let (_, r) = read("record-v1.bin", 1);
     assert_eq!(
         (r.service.as_str(), r.meta.seq, r.meta.tree),
         (UNKNOWN_SERVICE, 0, Tree::Queue)
@@ -61,16 +62,14 @@ fn version_1_golden_record_still_decodes() {
 
 #[test]
 fn version_2_golden_record_deflated_still_decodes() {
-    let bytes = std::fs::read(golden("record-v2.bin")).unwrap();
+    let (bytes, r) = read("record-v2.bin", 2);
     assert_eq!(bytes[5], FLAG_DEFLATE);
-    let r = read("record-v2.bin", 2);
     assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
 }
 
 #[test]
 fn version_2_golden_record_in_lz4_decodes_and_is_what_encode_writes() {
-    let r = read(WRITTEN, 2);
-    let bytes = std::fs::read(golden(WRITTEN)).unwrap();
+    let (bytes, r) = read(WRITTEN, 2);
     assert_eq!(bytes[5], FLAG_LZ4);
     assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
     let mut again = Vec::new();
