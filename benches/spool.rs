@@ -100,7 +100,7 @@ fn replay(c: &mut Criterion) {
 }
 
 /// The codecs a record's payload could use, on `generate`'s request spans
-/// (random ids, as a site's): the bincode payload as records hold it,
+/// (random ids, as a site's): the plain payload as records hold it,
 /// compressed and back, for records of 512 spans and blocks of 64. The
 /// bytes a span each codec leaves are printed.
 fn codec(c: &mut Criterion) {
@@ -136,28 +136,22 @@ fn codec(c: &mut Criterion) {
         ("zstd1", zstd1, unzstd),
     ];
     let spans = encode::generate_spans(256);
-    let config = bincode::config::standard();
     for per in [512, 64] {
         let plains: Vec<Vec<u8>> = spans
             .chunks(per)
-            .map(|c| bincode::serde::encode_to_vec(("bext-site", c), config).expect("encodes"))
+            .map(|c| {
+                let mut plain = Vec::new();
+                spillway::unstable::spool::record::payload("bext-site", c, &mut plain);
+                plain
+            })
             .collect();
         let plain_bytes: usize = plains.iter().map(Vec::len).sum();
         let mut g = c.benchmark_group(format!("record_codec_{per}"));
         g.throughput(Throughput::Elements(spans.len() as u64));
         eprintln!(
-            "{per} spans a payload: bincode {:.1} bytes/span",
+            "{per} spans a payload: plain {:.1} bytes/span",
             plain_bytes as f64 / spans.len() as f64
         );
-        g.bench_function("bincode_decode", |b| {
-            b.iter(|| {
-                for plain in &plains {
-                    let decoded: Result<((String, Vec<spillway::unstable::span::Span>), usize), _> =
-                        bincode::serde::decode_from_slice(plain, config);
-                    std::hint::black_box(decoded.is_ok());
-                }
-            })
-        });
         for (name, pack, unpack) in codecs {
             let packed: Vec<Vec<u8>> = plains
                 .iter()
@@ -202,7 +196,7 @@ fn codec(c: &mut Criterion) {
 }
 
 /// A whole record of 512 of `generate`'s spans, as the spiller writes it
-/// (bincode, compressed, framed) and as replay reads it back.
+/// (packed, compressed, framed) and as replay reads it back.
 fn record(c: &mut Criterion) {
     use spillway::spool::Tree;
     use spillway::unstable::spool::record;

@@ -4,10 +4,11 @@
 //! unchanged, to the encoder, the transport and the spool. It owns its data
 //! so that it can outlive the request that produced it. Attribute values
 //! are bext's `AttrValue`, kept as handed over (recording converts
-//! nothing); their serde form is bext's `#[serde(untagged)]`, which bincode
-//! cannot decode, so spans serialize them through an *externally tagged*
-//! mirror, and the spool reads back exactly what it wrote (NaN and
-//! infinities included).
+//! nothing). The spool writes spans in their packed form ([`packed`]);
+//! records of versions 1 and 2 hold them in bincode through serde, where
+//! bext's `#[serde(untagged)]` values would not decode, so spans serialize
+//! them through an *externally tagged* mirror. Either way the spool reads
+//! back exactly what it wrote (NaN and infinities included).
 //!
 //! Invariants kept by the tracer (and relied on by the encoder):
 //! - `trace_id` and `span_id` are never all-zero;
@@ -21,6 +22,8 @@ pub(crate) use bext_plugin_api::tracer::AttrValue;
 use bext_plugin_api::tracer::{SpanKind, SpanStatus};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
+
+pub(crate) mod packed;
 
 /// An attribute value: bext's own [`AttrValue`], stored as handed over so
 /// that recording converts nothing. Its serde form is untagged, which
@@ -170,9 +173,9 @@ mod events_serde {
     }
 }
 
-/// Attributes with their values externally tagged: how bincode (the spool)
-/// can read them back. The variants are in `AttrValue`'s order, which the
-/// spool's record format fixes: never reorder them.
+/// Attributes with their values externally tagged: how bincode (records of
+/// versions 1 and 2) reads them back. The variants are in `AttrValue`'s
+/// order, which those records fix: never reorder them.
 mod tagged_attrs {
     use super::AttrValue;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -10,12 +10,14 @@ use spillway::unstable::spool::record;
 fuzz_target!(|data: &[u8]| {
     check(data);
     // Also frame the input as a payload with a valid header and CRC, so the
-    // fuzzer reaches bincode, inflate and LZ4 past the checksum.
+    // fuzzer reaches bincode, the packed reader, inflate and LZ4 past the
+    // checksum.
     if let Some((&flags, payload)) = data.split_first() {
         let mut framed = Vec::new();
         let declared = payload.len().min(64) as u32;
-        // Both versions: their payloads differ (v2 leads with the service).
-        for version in [1, record::VERSION] {
+        // Every version: their payloads differ (v1 is bincode spans, v2
+        // bincode with the service first, v3 the packed layout).
+        for version in [1, 2, record::VERSION] {
             framed.clear();
             let meta = record::Meta::default();
             record::frame(

@@ -1,14 +1,13 @@
 //! The on-disk record format: one framed batch of spans.
 //!
-//! Version 2, the format written:
+//! Version 3, the format written:
 //!
 //! ```text
 //! offset size field
 //!      0    4 magic            b"SPWL"
-//!      4    1 format version   2
-//!      5    1 flags            bit 0: payload is raw deflate (read, no longer written);
-//!                              bit 1: payload is an LZ4 block after its plain length
-//!                              (u32 LE); at most one of them; other bits must be 0
+//!      4    1 format version   3
+//!      5    1 flags            bit 1: payload is an LZ4 block after its plain length
+//!                              (u32 LE); other bits must be 0
 //!      6    1 tree             0: the queue, 1: dead letters
 //!      7    1 reserved         0
 //!      8    4 span count       u32 LE
@@ -16,13 +15,17 @@
 //!     16    4 CRC32            crc32fast (IEEE) of every byte but these four
 //!     20    8 created          unix milliseconds, u64 LE
 //!     28    8 sequence         the record's key in the spool, u64 LE
-//!     36    n payload          bincode 2 (standard config, serde) of
-//!                              (service name: String, spans: Vec<Span>),
-//!                              LZ4-compressed when that makes it smaller
+//!     36    n payload          service name (u32 LE length, UTF-8), then the
+//!                              spans, each in the packed layout of
+//!                              `span::packed` with names inline; LZ4-compressed
+//!                              when that makes it smaller
 //! ```
 //!
-//! Version 1 (read, never written) is the same up to offset 28, with bytes
-//! 6..8 zero, no sequence, and a payload of `Vec<Span>` alone.
+//! Version 2 (read, no longer written) has the same header; its flags also
+//! allow bit 0 (a raw deflate payload), and its payload is bincode 2
+//! (standard config, serde) of (service name: `String`, spans: `Vec<Span>`).
+//! Version 1 (read) is the same up to offset 28, with bytes 6..8 zero, no
+//! sequence, and a payload of `Vec<Span>` alone, plain or deflated.
 //!
 //! The service name travels with the spans so a spool carried to another
 //! machine replays and exports under the right `localEndpoint`; the
@@ -31,21 +34,26 @@
 //!
 //! LZ4 rather than deflate: on `generate`'s spans it compresses a payload
 //! about 2x faster and decompresses it about 3x faster, for 10 % more
-//! bytes (`cargo bench --bench spool -- record_codec`; BENCHMARKS.md).
+//! bytes (`cargo bench --bench spool -- record_codec`; BENCHMARKS.md). The
+//! packed layout rather than bincode: the spans are written and read in
+//! one pass without serde (`record_512` in the same bench).
 //!
-//! Invariants: [`decode`] never panics and never allocates more than
-//! [`MAX_PAYLOAD`] whatever the input (the length is checked against the
-//! input and the CRC before bincode runs, the plain length before a
-//! payload is decompressed, and bincode runs with a limit); a record this
-//! code writes decodes and re-encodes to the same bytes; every older
-//! format stays readable (golden records are kept under `tests/golden/`).
+//! Invariants: [`decode`] never panics and allocates at most
+//! [`MAX_PAYLOAD`] for the plain payload and [`MAX_DECODED`] for the spans
+//! whatever the input (the length is checked against the input and the
+//! CRC first, the plain length before a payload is decompressed, and the
+//! span decoders run with those limits); [`encode`] writes only what
+//! decodes within them; a record this code writes decodes and re-encodes
+//! to the same bytes; every older format stays readable (golden records
+//! are kept under `tests/golden/`).
 
 use crate::span::Span;
+use crate::span::packed::{self, Names, Reader};
 
 /// The first four bytes of every record.
 pub(crate) const MAGIC: [u8; 4] = *b"SPWL";
 /// The format this code writes.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Header length in bytes of the version written.
 pub(crate) const HEADER_LEN: usize = 36;
 /// Header length of version 1.
@@ -53,6 +61,17 @@ pub(crate) const HEADER_LEN_V1: usize = 28;
 /// The largest payload accepted, before or after inflating (and the
 /// decoder's allocation bound).
 pub(crate) const MAX_PAYLOAD: usize = 16 << 20;
+/// The most a version 3 payload's spans may take in memory once decoded
+/// (strings, lists and the spans themselves at their in-memory size; see
+/// `span::packed`), and the decoder's allocation bound beyond the plain
+/// payload.
+pub(crate) const MAX_DECODED: usize = 4 * MAX_PAYLOAD;
+/// No packed byte decodes to more than this many bytes in memory (an
+/// attribute with an empty key and a boolean value: 6 bytes packed, one
+/// `(String, Value)` decoded); `the_decoded_size_of_a_packed_byte_is_bounded`
+/// keeps it true. Below [`MAX_DECODED`] / this, a payload decodes within
+/// the bound without trying.
+const DECODED_PER_BYTE: usize = 10;
 /// Flag bit: the payload is raw deflate (read, no longer written).
 pub const FLAG_DEFLATE: u8 = 1;
 /// Flag bit: the payload is an LZ4 block, after its plain length (u32 LE).
@@ -103,9 +122,6 @@ pub enum RecordError {
         /// What the payload holds.
         actual: usize,
     },
-    /// The batch could not be encoded.
-    #[error("batch does not encode: {0}")]
-    Encode(String),
     /// The batch is too large to encode as one record.
     #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
     TooLarge(usize),
@@ -186,20 +202,22 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_PAYLOAD>()
 }
 
-/// Appends the record of `service`'s `spans` to `out`, deflating the
+/// Appends the plain payload of version 3: `service`, then `spans` packed.
+pub fn payload(service: &str, spans: &[Span], out: &mut Vec<u8>) {
+    packed::put_str(out, service);
+    spans.iter().for_each(|span| packed::put_span::<true>(out, span));
+}
+
+/// Appends the record of `service`'s `spans` to `out`, compressing the
 /// payload when that makes it smaller.
 pub fn encode(service: &str, spans: &[Span], meta: Meta, out: &mut Vec<u8>) -> Result<(), RecordError> {
-    let plain =
-        bincode::serde::encode_to_vec((service, spans), config()).map_err(|e| RecordError::Encode(e.to_string()))?;
+    let count = u32::try_from(spans.len()).map_err(|_| RecordError::TooLarge(spans.len()))?;
+    let mut plain = Vec::with_capacity(256 * spans.len());
+    payload(service, spans, &mut plain);
     if plain.len() > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(plain.len()));
     }
-    // One limit for both sides: the decoder charges at most 8 bytes of its
-    // limit per byte read (an `i64` array element of one byte), so below an
-    // eighth of it nothing can fail; above, the decoder itself decides.
-    if plain.len() > MAX_PAYLOAD / 8
-        && bincode::serde::decode_from_slice::<(String, Vec<Span>), _>(&plain, config()).is_err()
-    {
+    if plain.len() > MAX_DECODED / DECODED_PER_BYTE && unpack(&plain, count).is_err() {
         return Err(RecordError::Undecodable(plain.len()));
     }
     // Its plain length (at most MAX_PAYLOAD) goes first, as a u32.
@@ -209,15 +227,14 @@ pub fn encode(service: &str, spans: &[Span], meta: Meta, out: &mut Vec<u8>) -> R
     } else {
         (plain, 0)
     };
-    let spans = u32::try_from(spans.len()).map_err(|_| RecordError::TooLarge(spans.len()))?;
-    frame(VERSION, &payload, flags, spans, meta, out);
+    frame(VERSION, &payload, flags, count, meta, out);
     Ok(())
 }
 
 /// Frames an already-encoded `payload` with a valid header and CRC, as
 /// [`encode`] would: for tests and the fuzzer, which must reach the payload
-/// decoders past the checksum. `version` must be 1 or 2 and `flags` a
-/// valid combination.
+/// decoders past the checksum. `version` must be 1 to 3 and `flags` a
+/// valid combination for it.
 pub fn frame(version: u8, payload: &[u8], flags: u8, spans: u32, meta: Meta, out: &mut Vec<u8>) {
     let start = out.len();
     let len = header_len(version);
@@ -238,7 +255,7 @@ pub fn frame(version: u8, payload: &[u8], flags: u8, spans: u32, meta: Meta, out
     record[16..20].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Gives a version 2 record (framed by [`encode`]) the sequence `seq` and
+/// Gives a record of version 2 or later (framed by [`encode`]) the sequence `seq` and
 /// its CRC anew: records are encoded before the spool numbers them.
 pub(crate) fn set_seq(record: &mut [u8], seq: u64) {
     if record.len() < HEADER_LEN || record[4] < 2 {
@@ -282,12 +299,12 @@ fn parse_header(bytes: &[u8]) -> Result<Header, RecordError> {
     }
     let version = bytes[4];
     let tree = match (version, bytes[6], bytes[7]) {
-        (1 | 2, 0, 0) => Tree::Queue,
-        (2, 1, 0) => Tree::Dead,
-        (1 | 2, _, _) => return Err(RecordError::UnknownFlags(bytes[5])),
+        (1..=3, 0, 0) => Tree::Queue,
+        (2 | 3, 1, 0) => Tree::Dead,
+        (1..=3, _, _) => return Err(RecordError::UnknownFlags(bytes[5])),
         _ => return Err(RecordError::UnknownVersion(version)),
     };
-    if !matches!((version, bytes[5]), (_, 0 | FLAG_DEFLATE) | (2, FLAG_LZ4)) {
+    if !matches!((version, bytes[5]), (_, 0) | (1 | 2, FLAG_DEFLATE) | (2 | 3, FLAG_LZ4)) {
         return Err(RecordError::UnknownFlags(bytes[5]));
     }
     if bytes.len() < header_len(version) {
@@ -349,6 +366,12 @@ pub fn service(bytes: &[u8]) -> Result<String, RecordError> {
         return Ok(UNKNOWN_SERVICE.to_owned());
     }
     let payload = &bytes[header_len(h.version)..];
+    if h.version >= 3 {
+        // A u32 length and the name, capped.
+        let head = plain(bytes[5], payload, 4 + 4096)?;
+        let mut r = Reader::new(&head, Names::Inline, 4096);
+        return r.string().ok_or_else(|| RecordError::Decode("no service name".into()));
+    }
     // A varint length (at most 9 bytes) and the name, capped.
     let head = plain(bytes[5], payload, 9 + 4096)?;
     let config = bincode::config::standard().with_limit::<4096>();
@@ -401,6 +424,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
     if payload.len() > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(payload.len()));
     }
+    if h.version >= 3 {
+        let (service, spans) = unpack(&payload, h.spans)?;
+        return Ok(Record {
+            meta: h.meta,
+            service,
+            spans,
+        });
+    }
     let decoded = if h.version == 1 {
         bincode::serde::decode_from_slice(&payload, config())
             .map(|(spans, used)| ((UNKNOWN_SERVICE.into(), spans), used))
@@ -423,6 +454,30 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
         service,
         spans,
     })
+}
+
+/// A version 3 plain payload's service and its `count` spans, within
+/// [`MAX_DECODED`].
+fn unpack(payload: &[u8], count: u32) -> Result<(String, Vec<Span>), RecordError> {
+    let mut r = Reader::new(payload, Names::Inline, MAX_DECODED);
+    let service = r
+        .string()
+        .ok_or_else(|| RecordError::Decode("no service name".into()))?;
+    let count = count as usize;
+    if count.saturating_mul(std::mem::size_of::<Span>()) > MAX_DECODED {
+        return Err(RecordError::Undecodable(payload.len()));
+    }
+    let mut spans = Vec::with_capacity(count);
+    for i in 0..count {
+        let span = r
+            .span()
+            .ok_or_else(|| RecordError::Decode(format!("span {i} of {count} does not decode")))?;
+        spans.push(span);
+    }
+    match r.rest().len() {
+        0 => Ok((service, spans)),
+        n => Err(RecordError::Decode(format!("{n} trailing bytes"))),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::*;
 
 /// The golden record of each format written, by file name.
-const WRITTEN: &str = "record-v2-lz4.bin";
+const WRITTEN: &str = "record-v3.bin";
 
 fn golden(name: &str) -> String {
     format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -68,9 +68,17 @@ fn version_2_golden_record_deflated_still_decodes() {
 }
 
 #[test]
-fn version_2_golden_record_in_lz4_decodes_and_is_what_encode_writes() {
-    let (bytes, r) = read(WRITTEN, 2);
+fn version_2_golden_record_in_lz4_still_decodes() {
+    let (bytes, r) = read("record-v2-lz4.bin", 2);
     assert_eq!(bytes[5], FLAG_LZ4);
+    assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
+}
+
+#[test]
+fn version_3_golden_record_decodes_and_is_what_encode_writes() {
+    let (bytes, r) = read(WRITTEN, 3);
+    assert_eq!(bytes[5], FLAG_LZ4);
+    assert_eq!(service(&bytes).unwrap(), "golden-svc");
     assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
     let mut again = Vec::new();
     encode(&r.service, &r.spans, r.meta, &mut again).unwrap();

@@ -55,7 +55,8 @@ fn repetitive_batches_are_compressed_and_still_round_trip() {
     let mut out = Vec::new();
     encode("svc", &many, META, &mut out).unwrap();
     assert_eq!(out[5], FLAG_LZ4);
-    let plain = bincode::serde::encode_to_vec(("svc", &many), config()).unwrap();
+    let mut plain = Vec::new();
+    payload("svc", &many, &mut plain);
     assert!(out.len() * 4 < plain.len(), "{} vs {}", out.len(), plain.len());
     assert_eq!(decode(&out).unwrap().spans.len(), 200);
 }
@@ -68,7 +69,7 @@ fn a_deflate_bomb_is_refused_within_the_bound() {
     std::io::Write::write_all(&mut enc, &zeros).unwrap();
     let bomb = enc.finish().unwrap();
     let mut rec = Vec::new();
-    frame(VERSION, &bomb, FLAG_DEFLATE, 0, META, &mut rec);
+    frame(2, &bomb, FLAG_DEFLATE, 0, META, &mut rec);
     assert!(
         matches!(decode(&rec), Err(RecordError::TooLarge(_))),
         "{:?}",
@@ -92,7 +93,8 @@ fn an_lz4_payload_claiming_more_than_the_bound_is_refused_before_allocating() {
 
 #[test]
 fn an_lz4_payload_shorter_or_longer_than_it_claims_is_an_error() {
-    let plain = bincode::serde::encode_to_vec(("svc", sample()), config()).unwrap();
+    let mut plain = Vec::new();
+    payload("svc", &sample(), &mut plain);
     let good = lz4_flex::block::compress_prepend_size(&plain);
     for claimed in [plain.len() - 1, plain.len() + 1, 0] {
         let mut payload = (claimed as u32).to_le_bytes().to_vec();
@@ -116,8 +118,14 @@ fn an_lz4_payload_shorter_or_longer_than_it_claims_is_an_error() {
 }
 
 #[test]
-fn both_codec_flags_or_lz4_in_version_1_are_unknown_flags() {
-    for (version, flags) in [(VERSION, FLAG_DEFLATE | FLAG_LZ4), (1, FLAG_LZ4), (VERSION, 4)] {
+fn both_codec_flags_lz4_in_version_1_or_deflate_in_3_are_unknown_flags() {
+    for (version, flags) in [
+        (2, FLAG_DEFLATE | FLAG_LZ4),
+        (1, FLAG_LZ4),
+        (2, 4),
+        (3, FLAG_DEFLATE),
+        (3, 4),
+    ] {
         let mut rec = Vec::new();
         frame(version, b"x", flags, 1, META, &mut rec);
         assert_eq!(decode(&rec).err(), Some(RecordError::UnknownFlags(flags)));
@@ -157,37 +165,80 @@ fn every_single_bit_flip_and_truncation_is_detected() {
     }
 }
 
-/// One span holding an `i64` array of `n` ones (one byte each encoded,
-/// eight when decoded).
-fn array_span(n: usize) -> Vec<Span> {
+/// One span holding `n` attributes with empty keys and boolean values
+/// (6 bytes each packed, the most memory a packed byte decodes to).
+fn flag_span(n: usize) -> Vec<Span> {
     let mut s = Span::new([1; 16], [2; 8], "x");
-    s.attributes.push(("a".into(), Value::I64Array(vec![1; n])));
+    s.attributes = vec![(String::new(), Value::Bool(true)); n];
     vec![s]
 }
 
 #[test]
-fn what_encode_writes_decode_reads_at_the_array_boundary() {
-    // Found by an audit: 2.1 M elements encoded and could never be read.
+fn what_encode_writes_decode_reads_at_the_memory_boundary() {
+    // 2 M such attributes fit a payload (12 MB) but not MAX_DECODED.
     let mut out = Vec::new();
-    let err = encode("svc", &array_span(2_100_000), Meta::default(), &mut out).unwrap_err();
+    let err = encode("svc", &flag_span(2_000_000), Meta::default(), &mut out).unwrap_err();
     assert!(
         matches!(err, RecordError::Undecodable(_)) && err.is_too_large(),
         "{err}"
     );
-    // Find the boundary: the largest array encode takes must decode.
-    let (mut lo, mut hi) = (1usize, 2_100_000usize);
+    // Find the boundary: the largest span encode takes must decode.
+    let (mut lo, mut hi) = (1usize, 2_000_000usize);
     while lo + 1 < hi {
         let mid = (lo + hi) / 2;
         out.clear();
-        if encode("svc", &array_span(mid), Meta::default(), &mut out).is_ok() {
+        if encode("svc", &flag_span(mid), Meta::default(), &mut out).is_ok() {
             lo = mid;
         } else {
             hi = mid;
         }
     }
     out.clear();
-    encode("svc", &array_span(lo), Meta::default(), &mut out).unwrap();
-    let back = decode(&out).unwrap_or_else(|e| panic!("{lo} elements encoded but do not decode: {e}"));
-    assert_eq!(back.spans, array_span(lo));
+    encode("svc", &flag_span(lo), Meta::default(), &mut out).unwrap();
+    let back = decode(&out).unwrap_or_else(|e| panic!("{lo} attributes encoded but do not decode: {e}"));
+    assert_eq!(back.spans, flag_span(lo));
     assert!(lo > 1_000_000, "the limit is not needlessly low: {lo}");
+}
+
+#[test]
+fn the_decoded_size_of_a_packed_byte_is_bounded() {
+    use std::mem::size_of;
+    // The smallest packed form of each thing the decoder allocates, and
+    // what it takes in memory.
+    let fits = |memory: usize, packed: usize| memory <= DECODED_PER_BYTE * packed;
+    assert!(fits(size_of::<(String, Value)>(), 4 + 1 + 1), "empty key, bool");
+    assert!(fits(size_of::<String>(), 4), "empty string in an array");
+    assert!(fits(size_of::<Event>(), 8 + 4 + 4), "bare event");
+    assert!(
+        fits(size_of::<Span>(), 16 + 8 + 8 + 2 + 8 + 8 + 4 + 4 + 4 + 4 + 4),
+        "bare span"
+    );
+    assert!(fits(size_of::<i64>(), 8) && fits(size_of::<bool>(), 1));
+}
+
+#[test]
+fn a_version_3_payload_that_lies_is_an_error() {
+    let mut plain = Vec::new();
+    payload("svc", &sample(), &mut plain);
+    let cases: [(&str, Vec<u8>, u32); 4] = [
+        ("one span short", plain.clone(), 2),
+        ("one span too many", plain.clone(), 0),
+        ("trailing byte", [plain.as_slice(), &[0]].concat(), 1),
+        ("a count of 4 G spans", plain.clone(), u32::MAX),
+    ];
+    for (what, payload, spans) in cases {
+        let mut rec = Vec::new();
+        frame(3, &payload, 0, spans, META, &mut rec);
+        assert!(decode(&rec).is_err(), "{what}");
+    }
+    // A list claiming 4 G items is refused by the budget, not allocated.
+    let mut crafted = Vec::new();
+    packed::put_str(&mut crafted, "svc");
+    let mut one = Vec::new();
+    packed::put_span::<true>(&mut one, &Span::new([1; 16], [2; 8], "x"));
+    crafted.extend_from_slice(&one[..58]);
+    crafted.extend_from_slice(&u32::MAX.to_le_bytes());
+    let mut rec = Vec::new();
+    frame(3, &crafted, 0, 1, META, &mut rec);
+    assert!(matches!(decode(&rec), Err(RecordError::Decode(_))));
 }

@@ -1,6 +1,7 @@
 //! Unit tests of `ended`.
 
 use super::*;
+use crate::span::{Event, Kind, Status, Value};
 
 /// A span with every kind of value, text that is not ASCII, an owned
 /// name, an error status and several events with attributes.
@@ -74,6 +75,25 @@ fn every_field_and_value_comes_back_as_pushed_in_order() {
     batch.clear();
     assert_eq!(ended.drain_into(&mut batch), 0);
     assert!(same(&batch[0], &spans[1]));
+}
+
+#[test]
+fn with_names_inline_every_field_comes_back_and_every_byte_is_read() {
+    // The spool's form of the same layout (record version 3).
+    let spans = [odd_span(3), Span::new([3; 16], [4; 8], ""), odd_span(4)];
+    let mut bytes = Vec::new();
+    spans.iter().for_each(|s| packed::put_span::<true>(&mut bytes, s));
+    let mut r = Reader::new(&bytes, Names::Inline, usize::MAX);
+    for want in &spans {
+        let got = r.span().expect("decodes");
+        assert!(same(&got, want), "{got:?}\n!=\n{want:?}");
+    }
+    assert!(r.rest().is_empty());
+    // Cut anywhere, the last span is refused, never invented.
+    for cut in 0..bytes.len() {
+        let mut r = Reader::new(&bytes[..cut], Names::Inline, usize::MAX);
+        assert!((0..3).map_while(|_| r.span()).count() < 3, "cut at {cut}");
+    }
 }
 
 #[test]
