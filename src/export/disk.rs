@@ -38,6 +38,7 @@
 use super::books::Books;
 use super::report::{Cause, SpoolFailure};
 use crate::span::Span;
+use crate::span::packed::Run;
 use crate::spool::state::ReplayRate;
 use crate::spool::{Prepared, Spool, SpoolError, SpoolStats, StoredRecord, Tree};
 use crate::sync::{Condvar, Mutex, MutexGuard, mpsc, thread};
@@ -144,64 +145,56 @@ enum Job {
 /// A batch to spill, encoded on the caller's thread. Only the records'
 /// bytes wait in the queue and for the commit (a tenth of the spans'
 /// memory or less); the spans themselves are kept only when the encoding
-/// failed or left some out as oversize, so that a spill that fails hands
-/// back every span it was given.
+/// left some out as oversize, so that a spill that fails hands back every
+/// span it was given.
 struct Spill {
-    service: Arc<str>,
     /// How many spans it was given.
     len: u64,
-    held: Held,
-    created_unix_ms: u64,
-}
-
-/// What a spill holds of its spans while it waits for the disk.
-enum Held {
-    /// Encoded whole: the spans are decoded back only if the spill fails.
-    Records(Prepared),
-    /// Encoded, some spans too large for a record: the spans are kept too.
-    Partly(Prepared, Vec<Span>),
-    /// Not encoded: that failed, and the append fails the same way and
-    /// says why.
-    Spans(Vec<Span>),
+    prepared: Prepared,
+    /// The spans, when some were too large for a record.
+    kept: Option<Vec<Span>>,
 }
 
 impl Spill {
     fn new(service: Arc<str>, spans: Vec<Span>, created_unix_ms: u64) -> Spill {
-        let len = spans.len() as u64;
-        let held = match crate::spool::prepare(&service, &spans, created_unix_ms) {
-            Ok(p) if p.oversize() == 0 => Held::Records(p),
-            Ok(p) => Held::Partly(p, spans),
-            Err(_) => Held::Spans(spans),
-        };
+        let prepared = crate::spool::prepare(&service, &spans, created_unix_ms);
         Spill {
-            service,
-            len,
-            held,
-            created_unix_ms,
+            len: spans.len() as u64,
+            kept: (prepared.oversize() > 0).then_some(spans),
+            prepared,
         }
     }
 
-    /// The spans encoded, if that worked.
-    fn prepared(&self) -> Option<&Prepared> {
-        match &self.held {
-            Held::Records(p) | Held::Partly(p, _) => Some(p),
-            Held::Spans(_) => None,
+    /// The spill of a run of packed spans, encoded without unpacking them
+    /// (but when some are too large for a record: then they are kept
+    /// unpacked, and those that would not unpack counted as lost).
+    fn packed(service: Arc<str>, run: &Run, created_unix_ms: u64, books: &Books) -> Spill {
+        let prepared = crate::spool::prepare_run(&service, run, created_unix_ms);
+        let kept = (prepared.oversize() > 0).then(|| {
+            let (spans, lost) = run.unpack();
+            if lost > 0 {
+                books.lost_in_memory(lost);
+            }
+            spans
+        });
+        Spill {
+            len: kept.as_ref().map_or(run.len(), Vec::len) as u64,
+            prepared,
+            kept,
         }
     }
 
     /// The spans back, kept or decoded from the records; those a record
     /// that would not decode held are counted as lost (`corrupt`).
     fn into_spans(self, books: &Books) -> Vec<Span> {
-        match self.held {
-            Held::Records(p) => {
-                let (spans, lost) = p.spans();
-                if lost > 0 {
-                    books.lost_in_memory(lost);
-                }
-                spans
-            }
-            Held::Partly(_, spans) | Held::Spans(spans) => spans,
+        if let Some(spans) = self.kept {
+            return spans;
         }
+        let (spans, lost) = self.prepared.spans();
+        if lost > 0 {
+            books.lost_in_memory(lost);
+        }
+        spans
     }
 }
 
@@ -367,31 +360,58 @@ impl Disk {
         spans: Vec<Span>,
         created_unix_ms: u64,
     ) -> Result<Done<Result<Spilled, SpoolFailure>>, Vec<Span>> {
-        if spans.is_empty() {
-            let done = Done::new();
+        if !self.has_room(spans.len() as u64) {
+            return Err(spans);
+        }
+        self.queue(Spill::new(service, spans, created_unix_ms))
+    }
+
+    /// [`Disk::spill`] of the packed spans in `run`, encoded without
+    /// unpacking them; `Err(None)` leaves them in `run` (the disk thread
+    /// holds `max_queued` spans), `Err(Some(spans))` hands them back
+    /// unpacked (the thread has stopped). `run` is left as it was.
+    pub(crate) fn spill_run(
+        &self,
+        service: Arc<str>,
+        run: &Run,
+        created_unix_ms: u64,
+    ) -> Result<Done<Result<Spilled, SpoolFailure>>, Option<Vec<Span>>> {
+        if !self.has_room(run.len() as u64) {
+            return Err(None);
+        }
+        let spill = Spill::packed(service, run, created_unix_ms, &self.shared.books);
+        self.queue(spill).map_err(Some)
+    }
+
+    /// Whether `n` spans may queue (none waiting, or within `max_queued`).
+    fn has_room(&self, n: u64) -> bool {
+        let st = lock(&self.shared.status);
+        n == 0 || st.queued == 0 || st.queued + n <= self.shared.max_queued
+    }
+
+    /// Queues `spill`, counted as queued until the disk thread answers;
+    /// `Err` hands its spans back (the thread has stopped).
+    fn queue(&self, spill: Spill) -> Result<Done<Result<Spilled, SpoolFailure>>, Vec<Span>> {
+        let done = Done::new();
+        if spill.len == 0 {
             done.set(Ok(Spilled { spans: 0, evicted: 0 }));
             return Ok(done);
         }
-        let n = spans.len() as u64;
+        let n = spill.len;
         {
             let mut st = lock(&self.shared.status);
-            if st.queued > 0 && st.queued + n > self.shared.max_queued {
-                return Err(spans);
-            }
             st.queued += n;
             st.enqueued_total += n;
         }
-        let done = Done::new();
-        let batch = Spill::new(service, spans, created_unix_ms);
-        if let Err(job) = self.send(Job::Spill(batch, done.clone()))
-            && let Job::Spill(batch, _) = *job
+        if let Err(job) = self.send(Job::Spill(spill, done.clone()))
+            && let Job::Spill(spill, _) = *job
         {
             {
                 let mut st = lock(&self.shared.status);
                 st.queued -= n;
                 st.enqueued_total -= n;
             }
-            return Err(batch.into_spans(&self.shared.books));
+            return Err(spill.into_spans(&self.shared.books));
         }
         Ok(done)
     }

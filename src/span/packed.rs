@@ -344,3 +344,226 @@ impl<'a> Reader<'a> {
         })
     }
 }
+
+/// Spans packed with their names inline, back to back, as a record's
+/// payload holds them after the service name: what the spiller writes from
+/// the shards' buffers without unpacking a span, and what
+/// `spool::write::prepare` cuts into records.
+#[derive(Default)]
+pub(crate) struct Run {
+    bytes: Vec<u8>,
+    /// Where each span ends in `bytes`, and when it started.
+    spans: Vec<(usize, u64)>,
+    /// The bytes of the last reordering, kept for the next.
+    spare: Vec<u8>,
+}
+
+impl Run {
+    /// Spans held.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether no span is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Empties the run, keeping its room.
+    pub(crate) fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    fn end(&self, i: usize) -> usize {
+        if i == 0 { 0 } else { self.spans[i - 1].0 }
+    }
+
+    /// The packed bytes of spans `from..to`.
+    pub(crate) fn bytes(&self, from: usize, to: usize) -> &[u8] {
+        &self.bytes[self.end(from)..self.end(to)]
+    }
+
+    fn close(&mut self, start_at: usize) {
+        let start = self.bytes[start_at + START..]
+            .first_chunk::<8>()
+            .map_or(0, |b| u64::from_le_bytes(*b));
+        self.spans.push((self.bytes.len(), start));
+    }
+
+    /// Appends `span`.
+    pub(crate) fn push(&mut self, span: &Span) {
+        let at = self.bytes.len();
+        put_span::<true>(&mut self.bytes, span);
+        self.close(at);
+    }
+
+    /// Appends the span at the start of `src`, written by
+    /// `put_span::<false>`, taking its names from `names`: copied, not
+    /// unpacked. Returns the bytes of `src` it took, or `None` (and
+    /// appends nothing) if `src` does not start with such a span or
+    /// `names` runs out.
+    pub(crate) fn push_packed(
+        &mut self,
+        src: &[u8],
+        names: &mut impl Iterator<Item = Cow<'static, str>>,
+    ) -> Option<usize> {
+        let at = self.bytes.len();
+        let taken = self.transcribe(src, names);
+        match taken {
+            Some(_) => self.close(at),
+            None => self.bytes.truncate(at),
+        }
+        taken
+    }
+
+    fn transcribe(&mut self, src: &[u8], names: &mut impl Iterator<Item = Cow<'static, str>>) -> Option<usize> {
+        let mut c = Skip { bytes: src, at: 0 };
+        c.over(FIXED)?;
+        if src[FLAGS] & STATUS_ERROR != 0 {
+            c.str()?;
+        }
+        c.attrs()?;
+        self.bytes.extend_from_slice(&src[..c.at]);
+        put_str(&mut self.bytes, &names.next()?);
+        let count = c.at;
+        let events = c.len()?;
+        self.bytes.extend_from_slice(&src[count..c.at]);
+        for _ in 0..events {
+            let from = c.at;
+            c.over(8)?;
+            c.attrs()?;
+            self.bytes.extend_from_slice(&src[from..c.at]);
+            put_str(&mut self.bytes, &names.next()?);
+        }
+        Some(c.at)
+    }
+
+    /// Puts the spans in start order (ties keep their order), so spans
+    /// are spooled oldest first although shards hand them over shard by
+    /// shard.
+    pub(crate) fn order_by_start(&mut self) {
+        if self.spans.is_sorted_by_key(|&(_, start)| start) {
+            return;
+        }
+        let mut order: Vec<(u64, u32)> = (self.spans.iter().enumerate())
+            .map(|(i, &(_, start))| (start, i as u32))
+            .collect();
+        order.sort_unstable();
+        self.spare.clear();
+        let mut spans = Vec::with_capacity(self.spans.len());
+        for &(start, i) in &order {
+            let i = i as usize;
+            let from = if i == 0 { 0 } else { self.spans[i - 1].0 };
+            self.spare.extend_from_slice(&self.bytes[from..self.spans[i].0]);
+            spans.push((self.spare.len(), start));
+        }
+        std::mem::swap(&mut self.bytes, &mut self.spare);
+        self.spans = spans;
+    }
+
+    /// Every span unpacked, in order, and how many would not unpack (none
+    /// unless memory was damaged).
+    pub(crate) fn unpack(&self) -> (Vec<Span>, u64) {
+        let mut spans = Vec::with_capacity(self.len());
+        let mut lost = 0;
+        for i in 0..self.len() {
+            match Reader::new(self.bytes(i, i + 1), Names::Inline, usize::MAX).span() {
+                Some(span) => spans.push(span),
+                None => lost += 1,
+            }
+        }
+        (spans, lost)
+    }
+}
+
+/// Where the start time is in a packed span, and the flags byte; the
+/// length of its fixed fields.
+const START: usize = 34;
+const FLAGS: usize = 32;
+const FIXED: usize = 58;
+
+/// Steps over a packed span's fields without reading them into values.
+struct Skip<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Skip<'_> {
+    fn over(&mut self, n: usize) -> Option<()> {
+        let end = self.at.checked_add(n).filter(|&end| end <= self.bytes.len())?;
+        self.at = end;
+        Some(())
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        let n = self
+            .bytes
+            .get(self.at..)?
+            .first_chunk::<4>()
+            .map(|b| u32::from_le_bytes(*b))?;
+        self.at += 4;
+        Some(n as usize)
+    }
+
+    fn str(&mut self) -> Option<()> {
+        let n = self.len()?;
+        self.over(n)
+    }
+
+    fn attrs(&mut self) -> Option<()> {
+        for _ in 0..self.len()? {
+            self.str()?;
+            let tag = *self.bytes.get(self.at)?;
+            self.at += 1;
+            match tag {
+                0 => self.str()?,
+                1 => self.over(1)?,
+                2 | 3 => self.over(8)?,
+                4 => (0..self.len()?).try_for_each(|_| self.str())?,
+                5 => {
+                    let n = self.len()?;
+                    self.over(n)?
+                }
+                6 | 7 => {
+                    let n = self.len()?;
+                    self.over(n.checked_mul(8)?)?
+                }
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_put_in_start_order_keeping_ties_in_order() {
+        for n in [0usize, 1, 2, 3, 7, 64, 500] {
+            let starts: Vec<u64> = (0..n).map(|_| fastrand::u64(0..(n as u64 / 2 + 1))).collect();
+            let mut run = Run::default();
+            for (i, &start) in starts.iter().enumerate() {
+                let mut span = Span::new([1; 16], [1; 8], "s");
+                (span.start_unix_nanos, span.dropped_attributes) = (start, i as u32);
+                span.attributes.push(("i".into(), Value::String("x".repeat(i % 5))));
+                run.push(&span);
+            }
+            run.order_by_start();
+            let (spans, lost) = run.unpack();
+            assert_eq!((lost, spans.len()), (0, n));
+            let got: Vec<(u64, u32)> = spans
+                .iter()
+                .map(|s| (s.start_unix_nanos, s.dropped_attributes))
+                .collect();
+            let mut want: Vec<(u64, u32)> = starts.iter().enumerate().map(|(i, &t)| (t, i as u32)).collect();
+            want.sort();
+            assert_eq!(got, want, "{n} spans");
+            for (s, &(_, i)) in spans.iter().zip(&want) {
+                assert_eq!(s.attributes[0].1, Value::String("x".repeat(i as usize % 5)));
+            }
+        }
+    }
+}

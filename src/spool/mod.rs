@@ -133,7 +133,7 @@ use std::time::{Duration, Instant};
 
 pub use error::SpoolError;
 pub use record::Tree;
-pub(crate) use write::{Prepared, prepare};
+pub(crate) use write::{Prepared, prepare, prepare_run};
 
 /// The lock file spillway holds while it owns the spool (sled takes its
 /// own lock on `db` once it opens; this one covers the checks before).

@@ -214,20 +214,26 @@ pub fn encode(service: &str, spans: &[Span], meta: Meta, out: &mut Vec<u8>) -> R
     let count = u32::try_from(spans.len()).map_err(|_| RecordError::TooLarge(spans.len()))?;
     let mut plain = Vec::with_capacity(256 * spans.len());
     payload(service, spans, &mut plain);
+    seal(&plain, count, meta, out)
+}
+
+/// Appends the record of a version 3 `plain` payload (see [`payload`])
+/// holding `count` spans, compressing it when that makes it smaller;
+/// refused if it is too large to write or to read back.
+pub(crate) fn seal(plain: &[u8], count: u32, meta: Meta, out: &mut Vec<u8>) -> Result<(), RecordError> {
     if plain.len() > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(plain.len()));
     }
-    if plain.len() > MAX_DECODED / DECODED_PER_BYTE && unpack(&plain, count).is_err() {
+    if plain.len() > MAX_DECODED / DECODED_PER_BYTE && unpack(plain, count).is_err() {
         return Err(RecordError::Undecodable(plain.len()));
     }
     // Its plain length (at most MAX_PAYLOAD) goes first, as a u32.
-    let compressed = lz4_flex::block::compress_prepend_size(&plain);
-    let (payload, flags) = if compressed.len() < plain.len() {
-        (compressed, FLAG_LZ4)
+    let compressed = lz4_flex::block::compress_prepend_size(plain);
+    if compressed.len() < plain.len() {
+        frame(VERSION, &compressed, FLAG_LZ4, count, meta, out);
     } else {
-        (plain, 0)
-    };
-    frame(VERSION, &payload, flags, count, meta, out);
+        frame(VERSION, plain, 0, count, meta, out);
+    }
     Ok(())
 }
 

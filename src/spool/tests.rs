@@ -109,7 +109,7 @@ fn records_sled_loses_behind_the_spools_back_are_reported_once() {
 #[test]
 fn prepared_records_decode_back_to_their_spans_also_after_the_append() {
     let batch = spans(3_000, "a");
-    let prepared = prepare("svc", &batch, 1).unwrap();
+    let prepared = prepare("svc", &batch, 1);
     assert!(prepared.records.len() > 1, "{} records", prepared.records.len());
     let dir = tempfile::tempdir().unwrap();
     let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
@@ -132,7 +132,7 @@ fn a_span_too_large_for_any_record_is_left_out_and_counted_not_the_batch() {
     huge.name = "huge".into();
     huge.attributes = vec![("a".into(), Value::I64Array(vec![1; 2_100_000]))];
     batch.insert(20, huge);
-    let prepared = prepare("svc", &batch, 1).unwrap();
+    let prepared = prepare("svc", &batch, 1);
     assert_eq!(
         (
             prepared.oversize(),

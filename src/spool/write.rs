@@ -3,6 +3,8 @@
 //! inserted (unsynced until [`Spool::commit`]); salvage's restores and its
 //! resume markers.
 
+use crate::span::packed::{self, Run};
+
 use super::{
     Meta, NEXT_SEQ, RECORD_MAX_SPANS, RECORD_TARGET, RecordError, Span, Spool, SpoolError, Tree, declared_spans,
     record, salvage, state,
@@ -49,39 +51,47 @@ impl Prepared {
     }
 }
 
-/// Encodes `service`'s `spans` as queue records of at most
+/// Encodes `service`'s `spans` as queue records: [`prepare_run`] of the
+/// spans packed.
+pub(crate) fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Prepared {
+    let mut run = Run::default();
+    spans.iter().for_each(|span| run.push(span));
+    prepare_run(service, &run, created_unix_ms)
+}
+
+/// Encodes `service`'s spans in `run` as queue records of at most
 /// [`RECORD_TARGET`] payload bytes (where the spans allow) and
 /// [`RECORD_MAX_SPANS`] spans, first spilled at `created_unix_ms`; the
 /// spool numbers them when they are appended. A span too large for a
 /// record even alone is left out and counted ([`Prepared::oversize`]).
-pub(crate) fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Result<Prepared, RecordError> {
+pub(crate) fn prepare_run(service: &str, run: &Run, created_unix_ms: u64) -> Prepared {
     let mut records = Vec::new();
     let (mut oversize, mut largest_oversize) = (0, 0);
-    let mut rest = spans;
-    let mut per_record = spans.len().min(RECORD_MAX_SPANS);
-    let mut buf = Vec::new();
-    while !rest.is_empty() {
-        let n = per_record.min(rest.len());
+    let (mut at, total) = (0, run.len());
+    let mut per_record = total.min(RECORD_MAX_SPANS);
+    let (mut plain, mut buf) = (Vec::new(), Vec::new());
+    let meta = Meta {
+        seq: 0,
+        tree: Tree::Queue,
+        created_unix_ms,
+    };
+    while at < total {
+        let n = per_record.min(total - at);
+        plain.clear();
+        packed::put_str(&mut plain, service);
+        plain.extend_from_slice(run.bytes(at, at + n));
         buf.clear();
-        let meta = Meta {
-            seq: 0,
-            tree: Tree::Queue,
-            created_unix_ms,
-        };
-        match record::encode(service, &rest[..n], meta, &mut buf) {
-            Ok(()) => {}
-            Err(e) if e.is_too_large() && n > 1 => {
+        if record::seal(&plain, n as u32, meta, &mut buf).is_err() {
+            // Too large to write or to read back: halve, down to one span.
+            if n > 1 {
                 per_record = n / 2;
-                continue;
-            }
-            Err(RecordError::TooLarge(bytes) | RecordError::Undecodable(bytes)) => {
+            } else {
                 oversize += 1;
-                largest_oversize = largest_oversize.max(bytes);
-                rest = &rest[1..];
-                per_record = rest.len().min(RECORD_MAX_SPANS);
-                continue;
+                largest_oversize = largest_oversize.max(plain.len());
+                at += 1;
+                per_record = (total - at).min(RECORD_MAX_SPANS);
             }
-            Err(e) => return Err(e),
+            continue;
         }
         let payload = buf.len() - record::HEADER_LEN;
         if payload > RECORD_TARGET && n > 1 {
@@ -89,15 +99,15 @@ pub(crate) fn prepare(service: &str, spans: &[Span], created_unix_ms: u64) -> Re
             per_record = (n * RECORD_TARGET / payload * 9 / 10).clamp(1, n - 1);
             continue;
         }
-        records.push((buf.clone(), n as u32));
-        rest = &rest[n..];
+        records.push((std::mem::take(&mut buf), n as u32));
+        at += n;
     }
-    Ok(Prepared {
+    Prepared {
         records,
         created_unix_ms,
         oversize,
         largest_oversize,
-    })
+    }
 }
 
 impl Spool {
@@ -115,7 +125,7 @@ impl Spool {
     /// the oldest records are dropped first; returns how many spans that
     /// dropped.
     pub fn append(&mut self, service: &str, spans: &[Span], created_unix_ms: u64) -> Result<u64, SpoolError> {
-        let prepared = prepare(service, spans, created_unix_ms).map_err(|e| self.record_error(e))?;
+        let prepared = prepare(service, spans, created_unix_ms);
         if prepared.oversize > 0 {
             // Here the caller owns the spans: refuse rather than drop.
             return Err(self.record_error(RecordError::TooLarge(prepared.largest_oversize)));

@@ -1,9 +1,11 @@
 //! The flush's side of the shards: the ended spans moved out in start
 //! order, the counters summed, the flush and the shutdown entered.
 
+use super::ended::Ended;
 use super::{FlushError, Inner, Stats, lock};
 use crate::clock::Clock;
 use crate::span::Span;
+use crate::span::packed::Run;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -52,12 +54,27 @@ impl Inner {
 
     /// Moves the ended spans out of the shards, counting them as held, in
     /// start order (see [`order_by_start`]).
+    pub(super) fn drain(&self, mut batch: Vec<Span>) -> Vec<Span> {
+        self.drain_each(|ended| ended.drain_into(&mut batch));
+        order_by_start(&mut batch);
+        batch
+    }
+
+    /// [`Inner::drain`] onto `run`: the spans stay packed, their names
+    /// copied inline, none unpacked (the spiller's way to the disk).
+    pub(super) fn drain_run(&self, run: &mut Run) {
+        self.drain_each(|ended| ended.drain_inline(run));
+        run.order_by_start();
+    }
+
+    /// Empties each shard's ended buffer through `each` (which returns how
+    /// many spans it could not take), counting them as held.
     ///
     /// A shard's buffer is swapped for an empty one under its lock and
-    /// unpacked outside it, so recording on the shard waits for a swap, not
+    /// emptied outside it, so recording on the shard waits for a swap, not
     /// for the unpacking. The emptied buffer (its capacity kept) is the one
-    /// swapped into the next shard, or at the next flush.
-    pub(super) fn drain(&self, mut batch: Vec<Span>) -> Vec<Span> {
+    /// swapped into the next shard, or at the next drain.
+    fn drain_each(&self, mut each: impl FnMut(&mut Ended) -> usize) {
         let mut spare = std::mem::take(&mut *lock(&self.spare));
         for (n, shard) in self.shards.iter().enumerate() {
             let mut taken = {
@@ -69,15 +86,13 @@ impl Inner {
                 self.books.took(st.ended.len() as u64);
                 std::mem::replace(&mut st.ended, spare)
             };
-            let lost = taken.drain_into(&mut batch);
+            let lost = each(&mut taken);
             if lost > 0 {
                 self.books.lost_in_memory(lost as u64);
             }
             spare = taken;
         }
         *lock(&self.spare) = spare;
-        order_by_start(&mut batch);
-        batch
     }
 }
 

@@ -43,7 +43,7 @@
 //! ```
 
 use crate::span::Span;
-use crate::span::packed::{self, Names, Reader};
+use crate::span::packed::{self, Names, Reader, Run};
 use std::borrow::Cow;
 
 /// One shard's ended spans, packed (see the module docs).
@@ -100,6 +100,30 @@ impl Ended {
         }
         drop(r);
         let lost = self.len - unpacked;
+        self.len = 0;
+        self.bytes.clear();
+        release(&mut self.bytes, used.0);
+        release(&mut self.names, used.1);
+        lost
+    }
+
+    /// Moves every span onto `run`, in push order, names inline, without
+    /// unpacking one (the spiller's way to the spool), and empties the
+    /// buffer. Returns how many spans could not be moved: always 0, as
+    /// for [`Ended::drain_into`].
+    pub(crate) fn drain_inline(&mut self, run: &mut Run) -> usize {
+        let used = (self.bytes.len(), self.names.len());
+        let mut names = self.names.drain(..);
+        let (mut at, mut moved) = (0, 0);
+        while moved < self.len {
+            match run.push_packed(&self.bytes[at..], &mut names) {
+                Some(n) => at += n,
+                None => break,
+            }
+            moved += 1;
+        }
+        drop(names);
+        let lost = self.len - moved;
         self.len = 0;
         self.bytes.clear();
         release(&mut self.bytes, used.0);

@@ -19,13 +19,17 @@
 
 use super::{Inner, lock};
 use crate::clock::Clock;
-use crate::export::disk::{Done, Spilled};
+use crate::export::disk::{Disk, Done, Spilled};
 use crate::export::report::SpoolFailure;
+use crate::span::packed::Run;
 use crate::sync::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// The spiller's spills not yet answered, oldest first.
+pub(super) type InFlight = VecDeque<Done<Result<Spilled, SpoolFailure>>>;
 
 /// The most an early send takes before what is left is spilled.
 pub(super) const EARLY_SEND: Duration = Duration::from_millis(250);
@@ -44,6 +48,7 @@ impl Inner {
     /// the collector does not hold it up.
     pub(super) fn spiller(&self) {
         let mut in_flight = VecDeque::new();
+        let mut run = Run::default();
         loop {
             {
                 let mut pending = lock(&self.wake.pending);
@@ -55,7 +60,7 @@ impl Inner {
                 }
                 *pending = false;
             }
-            self.spill_early(&mut in_flight);
+            self.spill_early(&mut in_flight, &mut run);
         }
     }
 
@@ -71,7 +76,7 @@ impl Inner {
     /// its oldest spill: the shards then fill and, past them, spans are
     /// dropped as `queue_full`, so memory stays bounded when the disk does
     /// not keep up.
-    pub(super) fn spill_early(&self, in_flight: &mut VecDeque<Done<Result<Spilled, SpoolFailure>>>) {
+    pub(super) fn spill_early(&self, in_flight: &mut InFlight, run: &mut Run) {
         let Some(disk) = &self.disk else { return };
         let now = Instant::now();
         in_flight.retain(|done| done.wait(now).is_none());
@@ -86,7 +91,7 @@ impl Inner {
                     left
                 }
             }
-            _ => self.drain(Vec::new()),
+            _ => return self.spill_run(disk, in_flight, run),
         };
         if batch.is_empty() {
             return;
@@ -103,6 +108,32 @@ impl Inner {
                     };
                     self.wait_for(&oldest);
                     batch = spans;
+                }
+            }
+        }
+    }
+
+    /// Spills what the shards hold as it is packed there, unpacking no
+    /// span: as [`Inner::spill_early`] when no early send runs.
+    fn spill_run(&self, disk: &Disk, in_flight: &mut InFlight, run: &mut Run) {
+        run.clear();
+        self.drain_run(run);
+        if run.is_empty() {
+            return;
+        }
+        loop {
+            match disk.spill_run(Arc::clone(&self.service), run, self.clock.now_unix_ms()) {
+                Ok(done) => return in_flight.push_back(done),
+                Err(Some(spans)) => return disk.return_spans(spans),
+                Err(None) => {
+                    let Some(oldest) = in_flight.pop_front() else {
+                        let (spans, lost) = run.unpack();
+                        if lost > 0 {
+                            self.books.lost_in_memory(lost);
+                        }
+                        return disk.return_spans(spans);
+                    };
+                    self.wait_for(&oldest);
                 }
             }
         }

@@ -4,8 +4,8 @@
 //! reopens the spool at the next round.
 
 use super::{
-    CLOSE_WAIT, Cause, Done, Held, Job, Pending, Prepared, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled, Spool,
-    SpoolError, SpoolFailure, StoredRecord, Tree, lock,
+    CLOSE_WAIT, Cause, Done, Job, Pending, ROUND_JOBS, Settle, Shared, Span, Spill, Spilled, Spool, SpoolError,
+    SpoolFailure, StoredRecord, Tree, lock,
 };
 use crate::sync::mpsc;
 use std::path::PathBuf;
@@ -366,13 +366,10 @@ fn spill(
     done: Done<Result<Spilled, SpoolFailure>>,
     pending: &mut Vec<Pending>,
 ) -> Result<(), SpoolFailure> {
-    let oversize = job.prepared().map_or(0, Prepared::oversize);
+    let oversize = job.prepared.oversize();
     let appended = spool
-        .room_for(job.prepared().map_or(job.len * 512, Prepared::bytes))
-        .and_then(|()| match &job.held {
-            Held::Records(p) | Held::Partly(p, _) => spool.append_prepared(p),
-            Held::Spans(spans) => spool.append(&job.service, spans, job.created_unix_ms),
-        });
+        .room_for(job.prepared.bytes())
+        .and_then(|()| spool.append_prepared(&job.prepared));
     match appended {
         Err(e @ SpoolError::DiskFull { .. }) => {
             shared.return_spill(job);

@@ -153,3 +153,38 @@ fn a_truncated_buffer_reports_its_spans_instead_of_inventing_them() {
     assert!(same(&batch[0], &odd_span(1)));
     assert!(ended.is_empty() && ended.names.is_empty(), "and nothing is left behind");
 }
+
+#[test]
+fn drained_inline_the_spans_are_copied_as_packing_them_inline_would() {
+    let mut plain = Span::new([9; 16], [8; 8], "plain");
+    plain.status = Status::Ok;
+    let spans = [odd_span(5), plain, odd_span(6), Span::new([3; 16], [4; 8], "")];
+    let mut ended = Ended::default();
+    spans.iter().for_each(|s| ended.push(&mut s.clone()));
+    let mut run = Run::default();
+    assert_eq!(ended.drain_inline(&mut run), 0);
+    assert!(ended.is_empty() && ended.names.is_empty() && ended.packed_bytes() == 0);
+    let mut want = Run::default();
+    spans.iter().for_each(|s| want.push(s));
+    assert_eq!(run.len(), spans.len());
+    assert_eq!(run.bytes(0, run.len()), want.bytes(0, want.len()));
+    let (back, lost) = run.unpack();
+    assert_eq!(lost, 0);
+    for (got, want) in back.iter().zip(&spans) {
+        assert!(same(got, want), "{got:?}\n!=\n{want:?}");
+    }
+}
+
+#[test]
+fn a_truncated_buffer_drained_inline_reports_its_spans_instead_of_inventing_them() {
+    let mut ended = Ended::default();
+    ended.push(&mut odd_span(1));
+    ended.push(&mut odd_span(2));
+    let keep = ended.bytes.len() - 3;
+    ended.bytes.truncate(keep);
+    let mut run = Run::default();
+    assert_eq!(ended.drain_inline(&mut run), 1, "the cut span is reported");
+    assert_eq!(run.len(), 1);
+    assert!(same(&run.unpack().0[0], &odd_span(1)));
+    assert!(ended.is_empty() && ended.names.is_empty(), "and nothing is left behind");
+}
