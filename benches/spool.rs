@@ -195,8 +195,9 @@ fn codec(c: &mut Criterion) {
     }
 }
 
-/// A whole record of 512 of `generate`'s spans, as the spiller writes it
-/// (packed, compressed, framed) and as replay reads it back.
+/// A whole record of 512 of `generate`'s spans, encoded (packed,
+/// compressed, framed) and as replay reads it back; and from a shard's
+/// buffer to a record, the spiller's way and the flush's.
 fn record(c: &mut Criterion) {
     use spillway::spool::Tree;
     use spillway::unstable::spool::record;
@@ -233,6 +234,48 @@ fn record(c: &mut Criterion) {
                 std::hint::black_box(record::decode(r).is_ok());
             }
         })
+    });
+    // From a shard's ended buffer to a record, as the spiller goes (the
+    // spans copied with their names inline) and as the flush goes (the
+    // spans unpacked, encoded, then dropped).
+    use spillway::unstable::ended::{Ended, Run};
+    let shard = |c: &[spillway::unstable::span::Span]| {
+        let mut ended = Ended::default();
+        c.iter().for_each(|s| ended.push(&mut s.clone()));
+        ended
+    };
+    let (mut run, mut plain) = (Run::default(), Vec::new());
+    g.bench_function("from_shard_packed", |b| {
+        b.iter_batched_ref(
+            || spans.chunks(512).map(shard).collect::<Vec<_>>(),
+            |shards| {
+                for ended in shards.iter_mut() {
+                    run.clear();
+                    ended.drain_inline(&mut run);
+                    plain.clear();
+                    record::payload("bext-site", &[], &mut plain);
+                    plain.extend_from_slice(run.bytes(0, run.len()));
+                    out.clear();
+                    let _ = record::seal(&plain, run.len() as u32, meta, &mut out);
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    let mut batch = Vec::new();
+    g.bench_function("from_shard_unpacked", |b| {
+        b.iter_batched_ref(
+            || spans.chunks(512).map(shard).collect::<Vec<_>>(),
+            |shards| {
+                for ended in shards.iter_mut() {
+                    batch.clear();
+                    ended.drain_into(&mut batch);
+                    out.clear();
+                    let _ = record::encode("bext-site", &batch, meta, &mut out);
+                }
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
     g.finish();
 }

@@ -13,8 +13,9 @@ pub mod zipkin {
     pub use crate::zipkin::{Encoder, duration_micros, hex, kind_name};
 }
 
-/// The packed buffer of ended spans.
+/// The packed buffer of ended spans, and spans drained from it inline.
 pub mod ended {
+    pub use crate::span::packed::Run;
     pub use crate::tracer::ended::Ended;
 }
 
@@ -62,7 +63,7 @@ pub mod spool {
     pub mod record {
         pub use crate::spool::record::{
             FLAG_DEFLATE, FLAG_LZ4, Meta, Record, UNKNOWN_SERVICE, VERSION, decode, encode, frame, header, payload,
-            service,
+            seal, service,
         };
     }
 

@@ -30,8 +30,8 @@
 //!
 //! ## Bounds
 //! Jobs queued but not done hold at most `max_queued` spans, as their
-//! records' bytes (the spans themselves only where encoding failed or
-//! left some out; see `Held`): past that,
+//! records' bytes (the spans themselves only where the encoding left
+//! some out as oversize; see `Spill`): past that,
 //! [`Disk::spill`] hands the spans back at once (the disk is not keeping
 //! up, or hangs) and the caller holds them in memory, bounded there.
 

@@ -350,7 +350,7 @@ impl<'a> Reader<'a> {
 /// the shards' buffers without unpacking a span, and what
 /// `spool::write::prepare` cuts into records.
 #[derive(Default)]
-pub(crate) struct Run {
+pub struct Run {
     bytes: Vec<u8>,
     /// Where each span ends in `bytes`, and when it started.
     spans: Vec<(usize, u64)>,
@@ -360,17 +360,17 @@ pub(crate) struct Run {
 
 impl Run {
     /// Spans held.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.spans.len()
     }
 
     /// Whether no span is held.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
 
     /// Empties the run, keeping its room.
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.bytes.clear();
         self.spans.clear();
     }
@@ -380,7 +380,7 @@ impl Run {
     }
 
     /// The packed bytes of spans `from..to`.
-    pub(crate) fn bytes(&self, from: usize, to: usize) -> &[u8] {
+    pub fn bytes(&self, from: usize, to: usize) -> &[u8] {
         &self.bytes[self.end(from)..self.end(to)]
     }
 

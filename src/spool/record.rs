@@ -220,7 +220,7 @@ pub fn encode(service: &str, spans: &[Span], meta: Meta, out: &mut Vec<u8>) -> R
 /// Appends the record of a version 3 `plain` payload (see [`payload`])
 /// holding `count` spans, compressing it when that makes it smaller;
 /// refused if it is too large to write or to read back.
-pub(crate) fn seal(plain: &[u8], count: u32, meta: Meta, out: &mut Vec<u8>) -> Result<(), RecordError> {
+pub fn seal(plain: &[u8], count: u32, meta: Meta, out: &mut Vec<u8>) -> Result<(), RecordError> {
     if plain.len() > MAX_PAYLOAD {
         return Err(RecordError::TooLarge(plain.len()));
     }

@@ -12,7 +12,10 @@
 //! the bytes.
 //!
 //! The flush unpacks the buffer into owned [`Span`]s, which the encoder,
-//! the transport and the spool then use unchanged.
+//! the transport and the spool then use unchanged. The spiller, when it
+//! spills, unpacks nothing: [`Ended::drain_inline`] copies each span's
+//! bytes with its names written inline, which is a spool record's
+//! payload.
 //!
 //! Invariants:
 //! - [`Ended::drain_into`] yields exactly the spans pushed, equal field by
@@ -111,7 +114,7 @@ impl Ended {
     /// unpacking one (the spiller's way to the spool), and empties the
     /// buffer. Returns how many spans could not be moved: always 0, as
     /// for [`Ended::drain_into`].
-    pub(crate) fn drain_inline(&mut self, run: &mut Run) -> usize {
+    pub fn drain_inline(&mut self, run: &mut Run) -> usize {
         let used = (self.bytes.len(), self.names.len());
         let mut names = self.names.drain(..);
         let (mut at, mut moved) = (0, 0);

@@ -14,7 +14,8 @@
 //! drop while the disk keeps up. A healthy collector gets fresh spans at
 //! once instead of through the spool. Otherwise it spills the batch
 //! through the disk thread, so a flush waiting on the collector does not
-//! hold it up. It waits for the disk only when the disk thread's queue is
+//! hold it up, as the shards packed it: no span is unpacked on the way
+//! ([`Inner::drain_run`], then records cut from the run). It waits for the disk only when the disk thread's queue is
 //! full ([`Inner::spill_early`]).
 
 use super::{Inner, lock};
