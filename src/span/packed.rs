@@ -535,35 +535,3 @@ impl Skip<'_> {
         Some(())
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_run_is_put_in_start_order_keeping_ties_in_order() {
-        for n in [0usize, 1, 2, 3, 7, 64, 500] {
-            let starts: Vec<u64> = (0..n).map(|_| fastrand::u64(0..(n as u64 / 2 + 1))).collect();
-            let mut run = Run::default();
-            for (i, &start) in starts.iter().enumerate() {
-                let mut span = Span::new([1; 16], [1; 8], "s");
-                (span.start_unix_nanos, span.dropped_attributes) = (start, i as u32);
-                span.attributes.push(("i".into(), Value::String("x".repeat(i % 5))));
-                run.push(&span);
-            }
-            run.order_by_start();
-            let (spans, lost) = run.unpack();
-            assert_eq!((lost, spans.len()), (0, n));
-            let got: Vec<(u64, u32)> = spans
-                .iter()
-                .map(|s| (s.start_unix_nanos, s.dropped_attributes))
-                .collect();
-            let mut want: Vec<(u64, u32)> = starts.iter().enumerate().map(|(i, &t)| (t, i as u32)).collect();
-            want.sort();
-            assert_eq!(got, want, "{n} spans");
-            for (s, &(_, i)) in spans.iter().zip(&want) {
-                assert_eq!(s.attributes[0].1, Value::String("x".repeat(i as usize % 5)));
-            }
-        }
-    }
-}

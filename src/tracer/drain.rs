@@ -127,6 +127,7 @@ fn order_by_start(batch: &mut [Span]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::span::Value;
 
     fn span_started_at(start: u64, tag: u32) -> Span {
         let mut span = Span::new([1; 16], [1; 8], "s");
@@ -135,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn a_drained_batch_is_put_in_start_order_keeping_ties_in_order() {
+    fn a_drained_batch_or_run_is_put_in_start_order_keeping_ties_in_order() {
         for n in [0usize, 1, 2, 3, 7, 64, 500] {
             let starts: Vec<u64> = (0..n).map(|_| fastrand::u64(0..(n as u64 / 2 + 1))).collect();
             let mut batch: Vec<Span> = starts
@@ -143,7 +144,15 @@ mod tests {
                 .enumerate()
                 .map(|(i, &t)| span_started_at(t, i as u32))
                 .collect();
+            // The spiller's packed run, its spans of varied lengths.
+            let mut run = Run::default();
+            for (i, span) in batch.iter_mut().enumerate() {
+                span.attributes.push(("i".into(), Value::String("x".repeat(i % 5))));
+                run.push(span);
+            }
             order_by_start(&mut batch);
+            run.order_by_start();
+            assert_eq!(run.unpack(), (batch.clone(), 0), "{n} spans: the run's order");
             let got: Vec<(u64, u32)> = batch
                 .iter()
                 .map(|s| (s.start_unix_nanos, s.dropped_attributes))

@@ -102,12 +102,7 @@ impl Ended {
             unpacked += 1;
         }
         drop(r);
-        let lost = self.len - unpacked;
-        self.len = 0;
-        self.bytes.clear();
-        release(&mut self.bytes, used.0);
-        release(&mut self.names, used.1);
-        lost
+        self.emptied(used, unpacked)
     }
 
     /// Moves every span onto `run`, in push order, names inline, without
@@ -126,9 +121,17 @@ impl Ended {
             moved += 1;
         }
         drop(names);
-        let lost = self.len - moved;
+        self.emptied(used, moved)
+    }
+
+    /// Empties the buffer after a drain that took `taken` of its spans
+    /// and had `used` of its room (bytes, names); returns how many spans
+    /// it could not take.
+    fn emptied(&mut self, used: (usize, usize), taken: usize) -> usize {
+        let lost = self.len - taken;
         self.len = 0;
         self.bytes.clear();
+        self.names.clear();
         release(&mut self.bytes, used.0);
         release(&mut self.names, used.1);
         lost

@@ -141,20 +141,6 @@ fn a_drained_buffer_keeps_its_room_unless_mostly_unused_then_gives_half_back() {
 }
 
 #[test]
-fn a_truncated_buffer_reports_its_spans_instead_of_inventing_them() {
-    let mut ended = Ended::default();
-    ended.push(&mut odd_span(1));
-    ended.push(&mut odd_span(2));
-    let keep = ended.bytes.len() - 3;
-    ended.bytes.truncate(keep);
-    let mut batch = Vec::new();
-    assert_eq!(ended.drain_into(&mut batch), 1, "the cut span is reported");
-    assert_eq!(batch.len(), 1);
-    assert!(same(&batch[0], &odd_span(1)));
-    assert!(ended.is_empty() && ended.names.is_empty(), "and nothing is left behind");
-}
-
-#[test]
 fn drained_inline_the_spans_are_copied_as_packing_them_inline_would() {
     let mut plain = Span::new([9; 16], [8; 8], "plain");
     plain.status = Status::Ok;
@@ -176,15 +162,23 @@ fn drained_inline_the_spans_are_copied_as_packing_them_inline_would() {
 }
 
 #[test]
-fn a_truncated_buffer_drained_inline_reports_its_spans_instead_of_inventing_them() {
-    let mut ended = Ended::default();
-    ended.push(&mut odd_span(1));
-    ended.push(&mut odd_span(2));
-    let keep = ended.bytes.len() - 3;
-    ended.bytes.truncate(keep);
-    let mut run = Run::default();
-    assert_eq!(ended.drain_inline(&mut run), 1, "the cut span is reported");
-    assert_eq!(run.len(), 1);
-    assert!(same(&run.unpack().0[0], &odd_span(1)));
-    assert!(ended.is_empty() && ended.names.is_empty(), "and nothing is left behind");
+fn a_truncated_buffer_reports_its_spans_instead_of_inventing_them() {
+    for inline in [false, true] {
+        let mut ended = Ended::default();
+        ended.push(&mut odd_span(1));
+        ended.push(&mut odd_span(2));
+        let keep = ended.bytes.len() - 3;
+        ended.bytes.truncate(keep);
+        let (lost, batch) = if inline {
+            let mut run = Run::default();
+            (ended.drain_inline(&mut run), run.unpack().0)
+        } else {
+            let mut batch = Vec::new();
+            (ended.drain_into(&mut batch), batch)
+        };
+        assert_eq!(lost, 1, "inline {inline}: the cut span is reported");
+        assert_eq!(batch.len(), 1);
+        assert!(same(&batch[0], &odd_span(1)));
+        assert!(ended.is_empty() && ended.names.is_empty(), "and nothing is left behind");
+    }
 }
