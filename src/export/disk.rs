@@ -360,10 +360,11 @@ impl Disk {
         spans: Vec<Span>,
         created_unix_ms: u64,
     ) -> Result<Done<Result<Spilled, SpoolFailure>>, Vec<Span>> {
-        if !self.has_room(spans.len() as u64) {
+        let n = spans.len() as u64;
+        if !self.reserve(n) {
             return Err(spans);
         }
-        self.queue(Spill::new(service, spans, created_unix_ms))
+        self.queue(Spill::new(service, spans, created_unix_ms), n)
     }
 
     /// [`Disk::spill`] of the packed spans in `run`, encoded without
@@ -376,32 +377,42 @@ impl Disk {
         run: &Run,
         created_unix_ms: u64,
     ) -> Result<Done<Result<Spilled, SpoolFailure>>, Option<Vec<Span>>> {
-        if !self.has_room(run.len() as u64) {
+        let n = run.len() as u64;
+        if !self.reserve(n) {
             return Err(None);
         }
         let spill = Spill::packed(service, run, created_unix_ms, &self.shared.books);
-        self.queue(spill).map_err(Some)
+        self.queue(spill, n).map_err(Some)
     }
 
-    /// Whether `n` spans may queue (none waiting, or within `max_queued`).
-    fn has_room(&self, n: u64) -> bool {
-        let st = lock(&self.shared.status);
-        n == 0 || st.queued == 0 || st.queued + n <= self.shared.max_queued
-    }
-
-    /// Queues `spill`, counted as queued until the disk thread answers;
-    /// `Err` hands its spans back (the thread has stopped).
-    fn queue(&self, spill: Spill) -> Result<Done<Result<Spilled, SpoolFailure>>, Vec<Span>> {
-        let done = Done::new();
-        if spill.len == 0 {
-            done.set(Ok(Spilled { spans: 0, evicted: 0 }));
-            return Ok(done);
+    /// Counts `n` spans as queued if they may queue (none waiting, or
+    /// within `max_queued`), in one step, so that two spills racing cannot
+    /// both pass the check; before the spans are encoded, so a refused
+    /// batch costs no encoding.
+    fn reserve(&self, n: u64) -> bool {
+        let mut st = lock(&self.shared.status);
+        if st.queued > 0 && st.queued + n > self.shared.max_queued {
+            return false;
         }
+        st.queued += n;
+        st.enqueued_total += n;
+        true
+    }
+
+    /// Queues `spill`, for which `reserved` spans were counted as queued
+    /// (its own count replaces them), until the disk thread answers; `Err`
+    /// hands its spans back (the thread has stopped).
+    fn queue(&self, spill: Spill, reserved: u64) -> Result<Done<Result<Spilled, SpoolFailure>>, Vec<Span>> {
         let n = spill.len;
         {
             let mut st = lock(&self.shared.status);
-            st.queued += n;
-            st.enqueued_total += n;
+            st.queued = st.queued - reserved + n;
+            st.enqueued_total = st.enqueued_total - reserved + n;
+        }
+        let done = Done::new();
+        if n == 0 {
+            done.set(Ok(Spilled { spans: 0, evicted: 0 }));
+            return Ok(done);
         }
         if let Err(job) = self.send(Job::Spill(spill, done.clone()))
             && let Job::Spill(spill, _) = *job
