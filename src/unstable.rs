@@ -62,8 +62,8 @@ pub mod spool {
     /// A record's bytes.
     pub mod record {
         pub use crate::spool::record::{
-            FLAG_DEFLATE, FLAG_LZ4, Meta, Record, UNKNOWN_SERVICE, VERSION, decode, encode, frame, header, payload,
-            seal, service,
+            FLAG_DEFLATE, FLAG_LZ4, Mended, Meta, Record, UNKNOWN_SERVICE, VERSION, decode, encode, frame, header,
+            mend, payload, seal, service,
         };
     }
 

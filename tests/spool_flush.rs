@@ -226,9 +226,10 @@ fn a_corrupt_record_is_quarantined_by_key_and_the_rest_delivered() {
     let err = t.try_flush().unwrap_err();
     assert_eq!(err.quarantined().count(), 1, "{err}");
     assert_eq!(err.quarantined().next().map(|(k, _)| k), Some(key));
+    // The damage is named down to the block and its offset in the record.
+    let said = err.to_string();
     assert!(
-        err.to_string()
-            .contains(&format!("spool record {key} quarantined (CRC mismatch")),
+        said.contains(&format!("spool record {key} quarantined (block at byte ")) && said.contains("CRC mismatch"),
         "{err}"
     );
     let s = balanced(&t);

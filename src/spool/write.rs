@@ -3,7 +3,7 @@
 //! inserted (unsynced until [`Spool::commit`]); salvage's restores and its
 //! resume markers.
 
-use crate::span::packed::{self, Run};
+use crate::span::packed::Run;
 
 use super::{
     Meta, NEXT_SEQ, RECORD_MAX_SPANS, RECORD_TARGET, RecordError, Span, Spool, SpoolError, Tree, declared_spans,
@@ -69,7 +69,7 @@ pub(crate) fn prepare_run(service: &str, run: &Run, created_unix_ms: u64) -> Pre
     let (mut oversize, mut largest_oversize) = (0, 0);
     let (mut at, total) = (0, run.len());
     let mut per_record = total.min(RECORD_MAX_SPANS);
-    let (mut plain, mut buf) = (Vec::new(), Vec::new());
+    let mut buf = Vec::new();
     let meta = Meta {
         seq: 0,
         tree: Tree::Queue,
@@ -77,17 +77,14 @@ pub(crate) fn prepare_run(service: &str, run: &Run, created_unix_ms: u64) -> Pre
     };
     while at < total {
         let n = per_record.min(total - at);
-        plain.clear();
-        packed::put_str(&mut plain, service);
-        plain.extend_from_slice(run.bytes(at, at + n));
         buf.clear();
-        if record::seal(&plain, n as u32, meta, &mut buf).is_err() {
+        if let Err(e) = record::seal(service, run, at, at + n, meta, &mut buf) {
             // Too large to write or to read back: halve, down to one span.
             if n > 1 {
                 per_record = n / 2;
             } else {
                 oversize += 1;
-                largest_oversize = largest_oversize.max(plain.len());
+                largest_oversize = largest_oversize.max(e.size());
                 at += 1;
                 per_record = (total - at).min(RECORD_MAX_SPANS);
             }

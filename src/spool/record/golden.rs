@@ -3,7 +3,7 @@
 use super::*;
 
 /// The golden record of each format written, by file name.
-const WRITTEN: &str = "record-v3.bin";
+const WRITTEN: &str = "record-v4.bin";
 
 fn golden(name: &str) -> String {
     format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -75,9 +75,16 @@ fn version_2_golden_record_in_lz4_still_decodes() {
 }
 
 #[test]
-fn version_3_golden_record_decodes_and_is_what_encode_writes() {
-    let (bytes, r) = read(WRITTEN, 3);
+fn version_3_golden_record_still_decodes() {
+    let (bytes, r) = read("record-v3.bin", 3);
     assert_eq!(bytes[5], FLAG_LZ4);
+    assert_eq!(service(&bytes).unwrap(), "golden-svc");
+    assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
+}
+
+#[test]
+fn version_4_golden_record_decodes_and_is_what_encode_writes() {
+    let (bytes, r) = read(WRITTEN, 4);
     assert_eq!(service(&bytes).unwrap(), "golden-svc");
     assert_eq!((r.service.as_str(), r.meta), ("golden-svc", tests::META));
     let mut again = Vec::new();

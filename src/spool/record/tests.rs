@@ -54,7 +54,10 @@ fn repetitive_batches_are_compressed_and_still_round_trip() {
     let many: Vec<Span> = (0..200).flat_map(|_| sample()).collect();
     let mut out = Vec::new();
     encode("svc", &many, META, &mut out).unwrap();
-    assert_eq!(out[5], FLAG_LZ4);
+    let h = check(&out).unwrap();
+    let blocks = blocks(&out, &h, true).unwrap();
+    assert_eq!(blocks.len(), 200usize.div_ceil(BLOCK_SPANS));
+    assert!(blocks.iter().all(|b| b.codec == BLOCK_ZSTD));
     let mut plain = Vec::new();
     payload("svc", &many, &mut plain);
     assert!(out.len() * 4 < plain.len(), "{} vs {}", out.len(), plain.len());
@@ -82,7 +85,7 @@ fn an_lz4_payload_claiming_more_than_the_bound_is_refused_before_allocating() {
     let mut payload = (MAX_PAYLOAD as u32 + 1).to_le_bytes().to_vec();
     payload.extend_from_slice(&[0x10, b'x']);
     let mut rec = Vec::new();
-    frame(VERSION, &payload, FLAG_LZ4, 0, META, &mut rec);
+    frame(3, &payload, FLAG_LZ4, 0, META, &mut rec);
     assert!(
         matches!(decode(&rec), Err(RecordError::TooLarge(n)) if n == MAX_PAYLOAD + 1),
         "{:?}",
@@ -100,7 +103,7 @@ fn an_lz4_payload_shorter_or_longer_than_it_claims_is_an_error() {
         let mut payload = (claimed as u32).to_le_bytes().to_vec();
         payload.extend_from_slice(&good[4..]);
         let mut rec = Vec::new();
-        frame(VERSION, &payload, FLAG_LZ4, 1, META, &mut rec);
+        frame(3, &payload, FLAG_LZ4, 1, META, &mut rec);
         assert!(
             matches!(decode(&rec), Err(RecordError::Decode(_))),
             "claimed {claimed}: {:?}",
@@ -109,22 +112,24 @@ fn an_lz4_payload_shorter_or_longer_than_it_claims_is_an_error() {
     }
     for cut in [0, 3] {
         let mut rec = Vec::new();
-        frame(VERSION, &good[..cut], FLAG_LZ4, 1, META, &mut rec);
+        frame(3, &good[..cut], FLAG_LZ4, 1, META, &mut rec);
         assert!(matches!(decode(&rec), Err(RecordError::Decode(_))), "cut to {cut}");
     }
     let mut rec = Vec::new();
-    frame(VERSION, &good, FLAG_LZ4, 1, META, &mut rec);
+    frame(3, &good, FLAG_LZ4, 1, META, &mut rec);
     assert_eq!(decode(&rec).unwrap().spans.len(), 1);
 }
 
 #[test]
-fn both_codec_flags_lz4_in_version_1_or_deflate_in_3_are_unknown_flags() {
+fn codec_flags_a_version_does_not_know_are_unknown_flags() {
     for (version, flags) in [
         (2, FLAG_DEFLATE | FLAG_LZ4),
         (1, FLAG_LZ4),
         (2, 4),
         (3, FLAG_DEFLATE),
         (3, 4),
+        (4, FLAG_LZ4),
+        (4, FLAG_DEFLATE),
     ] {
         let mut rec = Vec::new();
         frame(version, b"x", flags, 1, META, &mut rec);
@@ -241,4 +246,135 @@ fn a_version_3_payload_that_lies_is_an_error() {
     let mut rec = Vec::new();
     frame(3, &crafted, 0, 1, META, &mut rec);
     assert!(matches!(decode(&rec), Err(RecordError::Decode(_))));
+}
+
+/// `n` distinct spans (each names its index) and their version 4 record.
+fn distinct(n: usize) -> (Vec<Span>, Vec<u8>) {
+    let spans: Vec<Span> = (0..n)
+        .map(|i| Span::new([1; 16], (i as u64 + 1).to_le_bytes(), format!("GET /item/{i}")))
+        .collect();
+    let mut out = Vec::new();
+    encode("svc", &spans, META, &mut out).unwrap();
+    (spans, out)
+}
+
+/// The span ids a mended record holds.
+fn kept_ids(m: &Mended) -> Vec<u64> {
+    let r = decode(&m.record).expect("a mended record is sound");
+    assert_eq!((r.meta, r.service.as_str()), (META, "svc"));
+    r.spans.iter().map(|s| u64::from_le_bytes(s.span_id)).collect()
+}
+
+/// Where each block of a sound record starts and ends.
+fn block_spans(record: &[u8]) -> Vec<(usize, usize)> {
+    let h = check(record).unwrap();
+    blocks(record, &h, true)
+        .unwrap()
+        .iter()
+        .map(|b| (b.at, b.end))
+        .collect()
+}
+
+#[test]
+fn a_flipped_byte_costs_the_block_it_lands_in_and_no_other() {
+    let (_, out) = distinct(1000);
+    let ranges = block_spans(&out);
+    assert_eq!(ranges.len(), 16);
+    for (k, &(at, end)) in ranges.iter().enumerate() {
+        // The block's head, its CRC and its stored bytes alike.
+        for i in [at, at + 4, at + 9, (at + end) / 2, end - 1] {
+            let mut bad = out.clone();
+            bad[i] ^= 0x10;
+            assert!(
+                matches!(decode(&bad), Err(RecordError::Block { at: a, .. }) if a == at),
+                "byte {i}: {:?}",
+                decode(&bad).err()
+            );
+            let m = mend(&bad).expect("the other blocks are kept");
+            let want: Vec<u64> = (1..=1000).filter(|id| (*id as usize - 1) / BLOCK_SPANS != k).collect();
+            assert_eq!(kept_ids(&m), want, "byte {i} of block {k}");
+            assert_eq!((m.kept, m.lost), (want.len() as u32, 1000 - want.len() as u32));
+        }
+    }
+}
+
+#[test]
+fn zeroed_bytes_cost_only_the_blocks_they_touch() {
+    let (_, out) = distinct(1000);
+    let ranges = block_spans(&out);
+    for from in (ranges[0].0..out.len()).step_by(97) {
+        let to = (from + 256).min(out.len());
+        let mut bad = out.clone();
+        bad[from..to].fill(0);
+        let touched: Vec<usize> = (0..ranges.len())
+            .filter(|&k| ranges[k].0 < to && from < ranges[k].1)
+            .collect();
+        let want: Vec<u64> = (1..=1000u64)
+            .filter(|id| !touched.contains(&((*id as usize - 1) / BLOCK_SPANS)))
+            .collect();
+        match mend(&bad) {
+            Some(m) => assert_eq!(kept_ids(&m), want, "zeroed {from}..{to}"),
+            None => assert!(want.is_empty(), "zeroed {from}..{to}: nothing kept"),
+        }
+    }
+}
+
+#[test]
+fn a_record_cut_short_keeps_the_blocks_wholly_before_the_cut() {
+    let (_, out) = distinct(300);
+    let ranges = block_spans(&out);
+    for len in 0..out.len() {
+        let whole = ranges.iter().filter(|&&(_, end)| end <= len).count();
+        let want: Vec<u64> = (1..=(whole * BLOCK_SPANS).min(300) as u64).collect();
+        match mend(&out[..len]) {
+            Some(m) => assert_eq!(kept_ids(&m), want, "cut to {len}"),
+            None => assert!(want.is_empty(), "cut to {len}: nothing kept"),
+        }
+    }
+}
+
+#[test]
+fn damage_to_the_head_keeps_nothing() {
+    let (_, out) = distinct(100);
+    let head = head_end(&out).unwrap();
+    for i in (0..head).filter(|&i| !(16..20).contains(&i) || i == 17) {
+        let mut bad = out.clone();
+        bad[i] ^= 0x01;
+        assert!(decode(&bad).is_err(), "byte {i}");
+        assert_eq!(mend(&bad), None, "byte {i} of the head");
+    }
+    // A sound record is not a mended one.
+    assert_eq!(mend(&out).map(|m| m.lost), Some(0));
+}
+
+#[test]
+fn a_version_4_record_that_lies_is_an_error() {
+    let (_, out) = distinct(100);
+    let h = check(&out).unwrap();
+    let first = blocks(&out, &h, true).unwrap()[0].at;
+    let reframe = |edit: &dyn Fn(&mut Vec<u8>), spans: u32| {
+        let mut payload = out[HEADER_LEN..].to_vec();
+        edit(&mut payload);
+        let mut rec = Vec::new();
+        frame(4, &payload, 0, spans, META, &mut rec);
+        rec
+    };
+    let at = first - HEADER_LEN;
+    // Blocks that hold another count than the header's.
+    assert!(matches!(decode(&reframe(&|_| {}, 99)), Err(RecordError::Count { .. })));
+    assert!(matches!(decode(&reframe(&|_| {}, 101)), Err(RecordError::Count { .. })));
+    // A byte after the last block, a block of 0 or 65 spans, an unknown
+    // codec: refused before their CRC is looked at.
+    assert!(decode(&reframe(&|p| p.push(0), 100)).is_err());
+    for (byte, value) in [(4, 0u8), (4, 65), (6, 1), (6, FLAG_LZ4), (7, 1)] {
+        let bad = reframe(&|p| p[at + byte] = value, 100);
+        assert!(
+            matches!(decode(&bad), Err(RecordError::Block { at: a, .. }) if a == first),
+            "byte {byte} = {value}"
+        );
+    }
+    // A service name that runs past the payload.
+    let bad = reframe(&|p| p[0..4].copy_from_slice(&u32::MAX.to_le_bytes()), 100);
+    assert!(decode(&bad).is_err());
+    assert_eq!(mend(&bad), None);
 }
