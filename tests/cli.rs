@@ -207,7 +207,8 @@ fn damage_first_record(dir: &Path) -> (u64, usize) {
     let first = view.queue[0];
     let file = &view.scan.files[first.at.file];
     let mut bytes = std::fs::read(file).unwrap();
-    bytes[first.at.offset as usize + 60] ^= 0x40;
+    // In a block, past the record's head (header and service name).
+    bytes[first.at.offset as usize + first.at.len as usize / 2] ^= 0x40;
     std::fs::write(file, bytes).unwrap();
     (first.meta.seq, first.spans as usize)
 }
@@ -239,9 +240,11 @@ fn verify_names_damage_by_file_and_offset_and_replay_salvages_past_it() {
     assert!(stderr(&out).contains("set aside"), "{}", stderr(&out));
     let summary = json(&out);
     assert_eq!(summary["remaining"], 0, "{summary}");
-    // The damaged record is lost unless sled kept a second copy of it.
+    // The damaged block is lost (at most 64 spans, never the whole record
+    // unless it is one block), unless sled kept a second copy of it.
     let delivered = summary["delivered"].as_u64().unwrap() as usize;
-    assert!(delivered == 2100 || delivered == 2100 - damaged_spans, "{summary}");
+    let block = damaged_spans.min(64);
+    assert!((2100 - block..=2100).contains(&delivered), "{summary}");
     let at_zipkin = zipkin_ids(&service, delivered);
     assert_eq!(at_zipkin.len(), delivered);
     assert!(at_zipkin.is_subset(&spooled));

@@ -203,7 +203,7 @@ fn restore_sound(view: &View, into: &mut Spool, marker: Marker, report: &mut Rep
         .chain(view.dead.iter().map(|f| (Tree::Dead, f)))
     {
         let at = found.at;
-        let bytes = match view.scan.read(at) {
+        let bytes = match view.scan.read_record(found) {
             Ok(b) => b,
             Err(e) => {
                 report

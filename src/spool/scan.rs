@@ -56,6 +56,9 @@ pub struct SoundRecord {
     pub version: u8,
     /// Copies found.
     pub copies: u32,
+    /// A damaged copy of which only the sound blocks are kept (`spans`
+    /// counts those; [`Scan::read_record`] reads them as a sound record).
+    pub mended: bool,
 }
 
 /// A quarantined record found.
@@ -211,32 +214,52 @@ impl Scan {
         };
         let need = header.record_len();
         let seq = Some((header.meta.tree, header.meta.seq));
-        let bytes = match Self::whole(f, len, offset, here, need) {
-            Some(b) => b,
-            None => {
-                return self.bad(
+        // What the file holds of it, up to its declared end.
+        let have = need.min(usize::try_from(len.saturating_sub(offset)).unwrap_or(need));
+        let Some(bytes) = Self::whole(f, len, offset, here, have) else {
+            return self.bad(i, offset, "cannot be read".into(), seq);
+        };
+        let why = if have < need {
+            format!("cut short: {need} bytes from the end of the file")
+        } else {
+            match record::check(&bytes) {
+                Ok(_) => return self.found(i, offset, &bytes, header, header.spans, false),
+                Err(e) => e.to_string(),
+            }
+        };
+        match record::mend(&bytes) {
+            Some(m) => {
+                self.found(i, offset, &bytes, header, m.kept, true);
+                self.bad(
                     i,
                     offset,
-                    format!("cut short: {need} bytes from the end of the file"),
+                    format!(
+                        "{why}; {} of its {} spans kept from its sound blocks",
+                        m.kept, header.spans
+                    ),
                     seq,
                 );
             }
-        };
-        if let Err(e) = record::check(&bytes) {
-            return self.bad(i, offset, e.to_string(), seq);
+            None => self.bad(i, offset, why, seq),
         }
-        let crc = crc32fast::hash(&bytes);
+    }
+
+    /// Notes a record (sound, or `mended` to `spans`) whose copy at
+    /// `offset` is `bytes`.
+    fn found(&mut self, i: usize, offset: u64, bytes: &[u8], header: record::Header, spans: u32, mended: bool) {
+        let crc = crc32fast::hash(bytes);
         let key = (header.meta.tree as u8, header.meta.seq, crc);
         let found = SoundRecord {
             at: At {
                 file: i,
                 offset,
-                len: need as u32,
+                len: bytes.len() as u32,
             },
             meta: header.meta,
-            spans: header.spans,
+            spans,
             version: header.version,
             copies: 0,
+            mended,
         };
         self.records.entry(key).or_insert(found).copies += 1;
     }
@@ -281,6 +304,18 @@ impl Scan {
         let mut buf = vec![0u8; at.len as usize];
         f.read_exact_at(&mut buf, at.offset)?;
         Ok(buf)
+    }
+
+    /// The bytes of the record `found` names, as a sound record: a mended
+    /// one's sound blocks under its head.
+    pub fn read_record(&self, found: &SoundRecord) -> io::Result<Vec<u8>> {
+        let bytes = self.read(found.at)?;
+        if !found.mended {
+            return Ok(bytes);
+        }
+        record::mend(&bytes)
+            .map(|m| m.record)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "its sound blocks changed since the scan"))
     }
 
     /// The newest sound state frame.
@@ -350,5 +385,68 @@ mod tests {
         assert_eq!(scan.newest_state().map(|s| s.round), Some(3));
         let again = record::decode(&scan.read(found.at).unwrap()).unwrap();
         assert_eq!(again.spans.len(), 300);
+    }
+
+    #[test]
+    fn a_damaged_record_gives_its_sound_blocks_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |seq| record::Meta {
+            seq,
+            tree: Tree::Queue,
+            created_unix_ms: 1,
+        };
+        let mut bytes = vec![0u8; 100];
+        record::encode("svc", &crate::spool::tests::spans(300, "a"), meta(1), &mut bytes).unwrap();
+        let second = bytes.len();
+        record::encode("svc", &crate::spool::tests::spans(200, "b"), meta(2), &mut bytes).unwrap();
+        // A byte in the first record's third block, and the second cut
+        // short by the end of the file, after its first two blocks.
+        let first_blocks = {
+            let r = &bytes[100..second];
+            let h = record::check(r).unwrap();
+            record::blocks(r, &h, false)
+                .unwrap()
+                .iter()
+                .map(|b| 100 + b.at)
+                .collect::<Vec<_>>()
+        };
+        bytes[first_blocks[2] + 20] ^= 0x40;
+        let cut = {
+            let r = &bytes[second..];
+            let h = record::check(r).unwrap();
+            second + record::blocks(r, &h, false).unwrap()[2].at + 5
+        };
+        bytes.truncate(cut);
+        std::fs::write(dir.path().join("db"), &bytes).unwrap();
+        let scan = Scan::dir(dir.path()).unwrap();
+        let found: Vec<&SoundRecord> = scan.records.values().collect();
+        assert_eq!(
+            found
+                .iter()
+                .map(|f| (f.meta.seq, f.spans, f.mended))
+                .collect::<Vec<_>>(),
+            [(1, 300 - 64, true), (2, 128, true)]
+        );
+        for f in &found {
+            let r = record::decode(&scan.read_record(f).unwrap()).unwrap();
+            assert_eq!(r.spans.len() as u32, f.spans);
+        }
+        let named: Vec<(u64, &str)> = scan.unreadable.iter().map(|u| (u.offset, u.reason.as_str())).collect();
+        assert_eq!(named.len(), 2, "{named:?}");
+        assert_eq!(named[0].0, 100);
+        assert!(
+            named[0].1.contains(&format!("block at byte {}", first_blocks[2] - 100)),
+            "{named:?}"
+        );
+        assert!(
+            named[0].1.ends_with("236 of its 300 spans kept from its sound blocks"),
+            "{named:?}"
+        );
+        assert_eq!(named[1].0, second as u64);
+        assert!(named[1].1.starts_with("cut short"), "{named:?}");
+        assert!(
+            named[1].1.ends_with("128 of its 200 spans kept from its sound blocks"),
+            "{named:?}"
+        );
     }
 }

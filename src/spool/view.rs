@@ -72,27 +72,39 @@ impl View {
             None => scan.watermark.max(ledger.map(|l| l.watermark)).unwrap_or(0),
         };
         let (dead_below, quarantine_below) = state.map_or((0, 0), |s| (s.dead_below, s.quarantine_below));
-        let (mut queue, mut dead) = (Vec::new(), Vec::new());
-        let (mut settled, mut copies) = (0u64, 0u64);
+        // One copy per (tree, sequence), the best: a sound one before a
+        // mended one, then the most spans. Version 1 records carry no
+        // sequence, so each distinct one is kept.
+        let mut chosen: Vec<SoundRecord> = Vec::new();
+        let mut copies = 0u64;
         let mut last: Option<(u8, u64)> = None;
         for (&(tree, seq, _), found) in &scan.records {
-            // One copy per (tree, sequence); version 1 records carry no
-            // sequence, so each distinct one is kept.
-            if found.version >= 2 && last == Some((tree, seq)) {
-                copies += u64::from(found.copies);
-                continue;
+            match chosen.last_mut() {
+                Some(best) if found.version >= 2 && last == Some((tree, seq)) => {
+                    copies += u64::from(found.copies);
+                    if better(found, best) {
+                        *best = *found;
+                    }
+                }
+                _ => {
+                    copies += u64::from(found.copies.saturating_sub(1));
+                    chosen.push(*found);
+                }
             }
             last = Some((tree, seq));
-            copies += u64::from(found.copies.saturating_sub(1));
-            let (below, list) = if tree == Tree::Dead as u8 {
+        }
+        let (mut queue, mut dead) = (Vec::new(), Vec::new());
+        let mut settled = 0u64;
+        for found in chosen {
+            let (below, list) = if found.meta.tree == Tree::Dead {
                 (dead_below, &mut dead)
             } else {
                 (queue_below, &mut queue)
             };
-            if found.version >= 2 && seq < below {
+            if found.version >= 2 && found.meta.seq < below {
                 settled += 1;
             } else {
-                list.push(*found);
+                list.push(found);
             }
         }
         let quarantined: Vec<QuarantinedFrame> = scan
@@ -169,9 +181,13 @@ fn missing(
 }
 
 /// The scan's unreadable candidates still held (at or above their tree's
-/// watermark) with no sound copy anywhere.
+/// watermark) with no sound copy anywhere (a mended copy lost spans: it
+/// stays named here).
 fn unreadable(scan: &mut Scan, queue_below: u64, dead_below: u64) -> Vec<Unreadable> {
-    let sound: std::collections::BTreeSet<(u8, u64)> = scan.records.keys().map(|&(tree, seq, _)| (tree, seq)).collect();
+    let sound: std::collections::BTreeSet<(u8, u64)> = (scan.records.iter())
+        .filter(|(_, found)| !found.mended)
+        .map(|(&(tree, seq, _), _)| (tree, seq))
+        .collect();
     std::mem::take(&mut scan.unreadable)
         .into_iter()
         .filter(|u| match u.seq {
@@ -184,20 +200,23 @@ fn unreadable(scan: &mut Scan, queue_below: u64, dead_below: u64) -> Vec<Unreada
         .collect()
 }
 
-/// Spans of records counted once per sequence.
+/// Whether `a` is a better copy of a record than `b`: sound rather than
+/// mended, then holding more spans.
+fn better(a: &SoundRecord, b: &SoundRecord) -> bool {
+    (!a.mended, a.spans) > (!b.mended, b.spans)
+}
+
 /// The spans `records` declare.
 fn spans_of(records: &[SoundRecord]) -> u64 {
     records.iter().map(|f| u64::from(f.spans)).sum()
 }
 
+/// Spans of records counted once per sequence, from its best copy.
 fn dedup_spans(found: &[&SoundRecord]) -> u64 {
-    let mut last = None;
-    let mut spans = 0;
+    let mut best = std::collections::BTreeMap::new();
     for f in found {
-        if last != Some(f.meta.seq) {
-            spans += u64::from(f.spans);
-            last = Some(f.meta.seq);
-        }
+        let spans = best.entry(f.meta.seq).or_insert(0);
+        *spans = (*spans).max(f.spans);
     }
-    spans
+    best.values().map(|&n| u64::from(n)).sum()
 }

@@ -99,7 +99,7 @@ fn write_spans(scan: &Scan, found: &[SoundRecord], ndjson: bool, out: &mut impl 
         out.write_all(b"[")?;
     }
     for f in found {
-        let rec = match crate::decode_at(scan, f.at) {
+        let rec = match crate::decode_record(scan, f) {
             Ok(r) => r,
             Err(why) => {
                 crate::tell!("spillway: skipped record {}: {why}", f.meta.seq);

@@ -114,7 +114,7 @@ fn summarize(check: &spillway::unstable::spool::check::Check, dir: &Path, rate: 
         }
         let service = view
             .scan
-            .read(f.at)
+            .read_record(f)
             .ok()
             .and_then(|b| record::service(&b).ok())
             .unwrap_or_else(|| "<unreadable>".to_owned());

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use spillway::unstable::spool::check::Check;
 use spillway::unstable::spool::dir::{ReadLock, check_trust};
 use spillway::unstable::spool::record::{self, Record};
-use spillway::unstable::spool::scan::{At, Scan};
+use spillway::unstable::spool::scan::{Scan, SoundRecord};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -185,10 +185,10 @@ fn open(dir: &Path) -> Result<spillway::spool::Spool, spillway::spool::SpoolErro
     Ok(spool)
 }
 
-/// Reads and decodes the record at `at` of a read-only tool's scan; why
-/// not, if it cannot.
-fn decode_at(scan: &Scan, at: At) -> Result<Record, String> {
-    let bytes = scan.read(at).map_err(|e| e.to_string())?;
+/// Reads and decodes the record `found` of a read-only tool's scan (a
+/// mended one's sound blocks); why not, if it cannot.
+fn decode_record(scan: &Scan, found: &SoundRecord) -> Result<Record, String> {
+    let bytes = scan.read_record(found).map_err(|e| e.to_string())?;
     record::decode(&bytes).map_err(|e| e.to_string())
 }
 

@@ -261,7 +261,7 @@ fn dry_run(dir: &Path, tree: Tree, max_records: u64, json: bool) -> Outcome {
         spans += u64::from(f.spans);
         let sound = view
             .scan
-            .read(f.at)
+            .read_record(f)
             .ok()
             .is_some_and(|b| spillway::unstable::spool::record::decode(&b).is_ok());
         unreadable += u64::from(!sound);

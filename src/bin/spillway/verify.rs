@@ -31,7 +31,7 @@ struct Bad {
 fn decode_all(scan: &Scan, part: &[(&'static str, &SoundRecord)]) -> (u64, Vec<Bad>) {
     let (mut spans, mut bad) = (0u64, Vec::new());
     for &(tree, found) in part {
-        match crate::decode_at(scan, found.at) {
+        match crate::decode_record(scan, found) {
             Ok(r) => spans += r.spans.len() as u64,
             Err(reason) => bad.push(Bad {
                 tree,
@@ -51,7 +51,9 @@ pub fn run(args: Args, dir: &Path) -> Outcome {
     let (spans, mut bad) = decode_sound(view);
     bad.extend(unreadable(view));
     bad.extend(quarantined(view));
-    let records = (view.queue.len() + view.dead.len() + view.unreadable.len() + view.quarantined.len()) as u64;
+    // A mended record is both read (its sound blocks) and named as damaged.
+    let mended = view.queue.iter().chain(&view.dead).filter(|f| f.mended).count();
+    let records = (view.queue.len() + view.dead.len() + view.unreadable.len() + view.quarantined.len() - mended) as u64;
     let sound = bad.is_empty() && !check.damaged();
     if args.json {
         let out = serde_json::json!({
