@@ -172,7 +172,7 @@ const AMPLIFICATION_MAX: f64 = 16.0;
 /// The share of the cap records aim for: sled reclaims the space of removed
 /// records lazily, so its size on disk trails the records by a few segments.
 /// How far it trails moves with the records' sizes (at 0.9 the 32 MiB case
-/// of `disk_cap` peaked between 98.8 % and 101.3 % of the cap as the record
+/// of `disk_cap` peaked between 98.8 % and 102.0 % of the cap as the record
 /// format changed); 0.85 keeps it under 95 %.
 const CAP_HEADROOM: f64 = 0.85;
 /// The size on disk is re-measured each time this fraction of the cap has
