@@ -474,30 +474,37 @@ pub fn mend(bytes: &[u8]) -> Option<Mended> {
     if u32_at(bytes, 16) != checksum(&bytes[..head]) {
         return None;
     }
-    let mut record = bytes[..head].to_vec();
-    let (mut at, mut kept) = (head, 0u32);
+    let mut sound = Vec::new();
+    let mut at = head;
     while at + BLOCK_HEAD <= end {
-        let sound = block_at(bytes, at, end, true).ok().filter(|b| decodes(bytes, head, b));
-        match sound {
-            Some(b) => {
-                record.extend_from_slice(&bytes[b.at..b.end]);
-                kept += u32::from(b.spans);
+        match block_at(bytes, at, end, true) {
+            Ok(b) => {
                 at = b.end;
+                sound.push(b);
             }
-            None => at += 1,
+            Err(_) => at += 1,
         }
     }
-    if kept == 0 {
-        return None;
-    }
-    let payload = record.len() - HEADER_LEN;
-    head_fields(&mut record, kept, payload);
-    // Within the decoder's bounds as a whole, too.
-    decode(&record).ok()?;
-    Some(Mended {
-        record,
-        kept,
-        lost: h.spans.saturating_sub(kept),
+    // A CRC that holds over bytes that do not decode comes from a faulty
+    // writer, not from damage: only then are the blocks tried one by one.
+    let whole = |blocks: &[Block]| {
+        let mut record = bytes[..head].to_vec();
+        let mut kept = 0u32;
+        for b in blocks {
+            record.extend_from_slice(&bytes[b.at..b.end]);
+            kept += u32::from(b.spans);
+        }
+        let payload = record.len() - HEADER_LEN;
+        head_fields(&mut record, kept, payload);
+        (kept > 0 && decode(&record).is_ok()).then(|| Mended {
+            record,
+            kept,
+            lost: h.spans.saturating_sub(kept),
+        })
+    };
+    whole(&sound).or_else(|| {
+        sound.retain(|b| decodes(bytes, head, b));
+        whole(&sound)
     })
 }
 
@@ -529,6 +536,11 @@ fn head(record: &mut [u8], version: u8, flags: u8, spans: u32, payload: usize, m
 fn head_fields(record: &mut [u8], spans: u32, payload: usize) {
     record[8..12].copy_from_slice(&spans.to_le_bytes());
     record[12..16].copy_from_slice(&(payload as u32).to_le_bytes());
+    reseal(record);
+}
+
+/// Writes a header's CRC anew, after a field changed.
+fn reseal(record: &mut [u8]) {
     let crc = checksum(record);
     record[16..20].copy_from_slice(&crc.to_le_bytes());
 }
@@ -540,8 +552,7 @@ pub(crate) fn set_seq(record: &mut [u8], seq: u64) {
         return;
     }
     record[28..36].copy_from_slice(&seq.to_le_bytes());
-    let crc = checksum(record);
-    record[16..20].copy_from_slice(&crc.to_le_bytes());
+    reseal(record);
 }
 
 /// The header's CRC: of everything in the record but the CRC field itself,
@@ -650,11 +661,12 @@ fn check_head(bytes: &[u8]) -> Result<Header, RecordError> {
     Ok(h)
 }
 
-/// The service name of a whole, checked record, inflating no more of a
-/// deflated payload than it takes (an LZ4 block decompresses whole;
-/// [`UNKNOWN_SERVICE`] for version 1).
+/// The service name of a whole record whose head is checked (a version 4
+/// record's blocks are not read), inflating no more of a deflated payload
+/// than it takes (an LZ4 block decompresses whole; [`UNKNOWN_SERVICE`] for
+/// version 1).
 pub fn service(bytes: &[u8]) -> Result<String, RecordError> {
-    let h = check(bytes)?;
+    let h = check_head(bytes)?;
     if h.version == 1 {
         return Ok(UNKNOWN_SERVICE.to_owned());
     }

@@ -378,3 +378,20 @@ fn a_version_4_record_that_lies_is_an_error() {
     assert!(decode(&bad).is_err());
     assert_eq!(mend(&bad), None);
 }
+
+#[test]
+fn a_block_whose_crc_holds_but_does_not_decode_is_left_out() {
+    let (_, out) = distinct(300);
+    let ranges = block_spans(&out);
+    let (at, end) = ranges[1];
+    let mut bad = out.clone();
+    // A faulty writer: bytes that do not decode, under a CRC of their own.
+    bad[at + BLOCK_HEAD..end].fill(0xff);
+    let crc = block_crc(&bad[at..end]);
+    bad[at + 8..at + 12].copy_from_slice(&crc.to_le_bytes());
+    assert!(decode(&bad).is_err());
+    let m = mend(&bad).expect("the other blocks are kept");
+    let want: Vec<u64> = (1..=300).filter(|id| (*id as usize - 1) / BLOCK_SPANS != 1).collect();
+    assert_eq!(kept_ids(&m), want);
+    assert_eq!((m.kept, m.lost), (236, 64));
+}
