@@ -20,6 +20,7 @@ impl Spool {
         self.synced_below = self.next_seq;
         self.synced_round = self.round;
         self.durable_spans = self.stats.spans;
+        self.lowered_for.clear();
         self.write_ledger(self.stats.spans, None)
     }
 

@@ -346,6 +346,9 @@ pub struct Spool {
     /// Spans of the synced queue records still queued: what the ledger may
     /// claim at most.
     durable_spans: u64,
+    /// Queue records the ledger was lowered for ([`Spool::lower_ledger_for`])
+    /// that have not left yet; forgotten at the next commit.
+    lowered_for: Vec<u64>,
     /// The writer's lock on the directory, held while the spool is open.
     _lock: dir::Lock,
 }

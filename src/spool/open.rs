@@ -222,6 +222,7 @@ impl Spool {
             round,
             synced_round: round,
             durable_spans: stats.spans,
+            lowered_for: Vec::new(),
             _lock: lock,
         };
         if let Some(owed) = owed {

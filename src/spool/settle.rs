@@ -25,9 +25,43 @@ impl Spool {
         result
     }
 
+    /// Lowers the ledger once for the queue records `leaving` (key,
+    /// declared spans) before any of them is removed, so a round of
+    /// removals syncs the ledger once instead of once each; their removals
+    /// then skip their own lowering. Their spans stop counting as durable
+    /// now: should one of them not leave after all, the ledger stays lower
+    /// than it could be until the next commit, a lower bound still.
+    pub(crate) fn lower_ledger_for(&mut self, leaving: &[(u64, u64)]) -> Result<(), SpoolError> {
+        let mut keys: Vec<u64> = leaving.iter().map(|&(key, _)| key).collect();
+        keys.sort_unstable();
+        // The oldest go through the last of the queue's first keys that
+        // all leave.
+        let mut through = None;
+        for (item, &key) in self.queue.iter().keys().zip(&keys) {
+            if be(&item.map_err(|e| self.storage(e))?) != key {
+                break;
+            }
+            through = Some(key);
+        }
+        let durable = self.durable_of(leaving.iter().copied());
+        self.lower_ledger(durable, through)?;
+        for &(key, spans) in leaving {
+            self.forget_durable(key, spans);
+        }
+        self.lowered_for.extend(keys);
+        Ok(())
+    }
+
     /// Removes `entry` from its tree (unsynced) and updates the counts.
     pub(super) fn remove(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
-        if entry.tree == Tree::Queue {
+        let lowered = match self.lowered_for.iter().position(|&k| k == entry.key) {
+            Some(i) if entry.tree == Tree::Queue => {
+                self.lowered_for.swap_remove(i);
+                true
+            }
+            _ => false,
+        };
+        if entry.tree == Tree::Queue && !lowered {
             let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
             let through = (oldest == Some(entry.key)).then_some(entry.key);
             let durable = self.durable_of(std::iter::once((entry.key, entry.declared_spans)));
@@ -44,7 +78,9 @@ impl Spool {
         match entry.tree {
             Tree::Queue => {
                 self.uncount(entry.key, entry.bytes, entry.declared_spans);
-                self.forget_durable(entry.key, entry.declared_spans);
+                if !lowered {
+                    self.forget_durable(entry.key, entry.declared_spans);
+                }
             }
             Tree::Dead => {
                 self.stats.dead_letter_records = self.stats.dead_letter_records.saturating_sub(1);

@@ -247,3 +247,40 @@ mod disk_cap {
         }
     }
 }
+
+#[test]
+fn a_round_of_removals_lowers_the_ledger_once_before_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Spool::open(dir.path(), u64::MAX).unwrap();
+    for tag in ["a", "b", "c", "d"] {
+        s.append("svc", &spans(10, tag), 1).unwrap();
+    }
+    s.commit().unwrap();
+    let all = s.oldest(Tree::Queue, usize::MAX).unwrap();
+    let keys: Vec<u64> = all.iter().map(|e| e.key).collect();
+    assert_eq!(all.len(), 4);
+    let at = |s: &Spool| ledger::Ledger::read(&s.dir).unwrap();
+    assert_eq!((at(&s).spans_at_least, at(&s).watermark), (40, keys[0]));
+
+    // Not the oldest: the watermark stays, the spans go.
+    s.lower_ledger_for(&[(keys[2], 10), (keys[1], 10)]).unwrap();
+    assert_eq!((at(&s).spans_at_least, at(&s).watermark), (20, keys[0]));
+    s.commit().unwrap();
+
+    // The three oldest, in any order: past them both.
+    s.lower_ledger_for(&[(keys[2], 10), (keys[0], 10), (keys[1], 10)])
+        .unwrap();
+    let lowered = std::fs::read(dir.path().join(ledger::FILE)).unwrap();
+    assert_eq!((at(&s).spans_at_least, at(&s).watermark), (10, keys[3]));
+    // Their removals write nothing more to the ledger.
+    for e in &all[..3] {
+        s.dead_letter(e, &[], 2).unwrap();
+    }
+    assert_eq!(std::fs::read(dir.path().join(ledger::FILE)).unwrap(), lowered);
+    // The commit raises it to what is left; a removal outside the round
+    // lowers it itself.
+    s.commit().unwrap();
+    assert_eq!((at(&s).spans_at_least, at(&s).watermark), (10, keys[3]));
+    s.dead_letter(&all[3], &[], 2).unwrap();
+    assert_eq!((at(&s).spans_at_least, at(&s).watermark), (0, s.next_seq));
+}

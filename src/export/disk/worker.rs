@@ -55,6 +55,7 @@ impl Worker {
         if self.spool.is_none() {
             self.reopen();
         }
+        self.lower_ledger_for(&round);
         let mut pending = Vec::new();
         let mut stop = false;
         for job in round {
@@ -89,6 +90,22 @@ impl Worker {
         }
         self.publish_stats();
         stop
+    }
+
+    /// Lowers the ledger once for the queue records the round's settles
+    /// remove, so the round syncs it once instead of once a record. Should
+    /// that fail, each removal lowers it itself, and meets the failure.
+    fn lower_ledger_for(&mut self, round: &[Job]) {
+        let leaving: Vec<(u64, u64)> = round
+            .iter()
+            .filter_map(|job| match job {
+                Job::Settle(s, _) if s.entry.tree == Tree::Queue => Some((s.entry.key, s.entry.declared_spans)),
+                _ => None,
+            })
+            .collect();
+        if let (Some(spool), false) = (&mut self.spool, leaving.is_empty()) {
+            let _ = spool.lower_ledger_for(&leaving);
+        }
     }
 
     /// Shows the spool's counts to the other threads.
