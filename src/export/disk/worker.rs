@@ -538,6 +538,67 @@ mod tests {
     }
 
     #[test]
+    fn a_round_of_settles_syncs_the_ledger_once_to_lower_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), u64::MAX).unwrap();
+        for tag in 1..=3 {
+            spool.push("svc", &spans(10, tag), 1).unwrap();
+        }
+        spool.commit().unwrap();
+        let entries = spool.oldest(Tree::Queue, 3).unwrap();
+        let books = Arc::new(Books::default());
+        books.opened(30);
+        // Each write of the ledger takes the next generation (u32 LE after
+        // the magic), in one of its two 44-byte slots.
+        let ledger = dir.path().join(crate::spool::ledger::FILE);
+        let generation = || {
+            let b = std::fs::read(&ledger).unwrap();
+            [4, 48]
+                .map(|at| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()))
+                .into_iter()
+                .max()
+        };
+        let mut worker = Worker {
+            shared: Arc::new(Shared {
+                books: Arc::clone(&books),
+                returned: Mutex::new(Vec::new()),
+                status: Mutex::new(Status::default()),
+                written: Condvar::new(),
+                max_queued: 1,
+            }),
+            spool: Some(spool),
+            dir: dir.path().to_path_buf(),
+            max_bytes: u64::MAX,
+            settled: Vec::new(),
+            closing: None,
+        };
+        let before = generation().unwrap();
+        let mut dones = Vec::new();
+        let jobs = entries
+            .into_iter()
+            .map(|entry| {
+                books.settled_from_spool(10, 0);
+                let done = Done::new();
+                dones.push(done.clone());
+                let settle = Settle {
+                    entry,
+                    refused: Vec::new(),
+                    requeue: Vec::new(),
+                    counted: 10,
+                    now_unix_ms: 3,
+                    rate: None,
+                };
+                Job::Settle(settle, done)
+            })
+            .collect();
+        assert!(!worker.round(jobs));
+        assert!(dones.iter().all(|d| matches!(d.wait(Instant::now()), Some(Ok(())))));
+        assert_eq!(worker.spool.as_ref().unwrap().stats().records, 0);
+        // Lowered once for the three removals, raised once by the commit.
+        assert_eq!(generation(), Some(before + 2));
+    }
+
+    #[test]
     fn a_recovery_failing_at_any_step_forgets_no_settle_and_removes_each_once() {
         // get, dead letter, requeue for each record, then the commit.
         const CALLS: usize = 2 * 3 + 1;
