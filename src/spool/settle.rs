@@ -6,6 +6,8 @@
 //! records from sled's stale copies.
 
 use super::{Cleared, Meta, NEXT_SEQ, Span, Spool, SpoolError, StoredRecord, Tree, be, declared_spans, record, state};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionResult, TransactionError};
 
 impl Spool {
     /// Runs `keep` (what the record leaves behind, if anything) and removes
@@ -54,27 +56,38 @@ impl Spool {
 
     /// Removes `entry` from its tree (unsynced) and updates the counts.
     pub(super) fn remove(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
-        let lowered = match self.lowered_for.iter().position(|&k| k == entry.key) {
-            Some(i) if entry.tree == Tree::Queue => {
-                self.lowered_for.swap_remove(i);
-                true
-            }
-            _ => false,
-        };
-        if entry.tree == Tree::Queue && !lowered {
-            let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
-            let through = (oldest == Some(entry.key)).then_some(entry.key);
-            let durable = self.durable_of(std::iter::once((entry.key, entry.declared_spans)));
-            self.lower_ledger(durable, through)?;
-        }
+        let lowered = self.lower_before(entry)?;
         let removed = self
             .tree(entry.tree)
             .remove(entry.key.to_be_bytes())
             .map_err(|e| self.storage(e))?
             .is_some();
-        if !removed {
-            return Ok(());
+        if removed {
+            self.left(entry, lowered);
         }
+        Ok(())
+    }
+
+    /// Lowers the ledger before queue record `entry` leaves, unless a
+    /// round's [`Spool::lower_ledger_for`] did; whether one did.
+    fn lower_before(&mut self, entry: &StoredRecord) -> Result<bool, SpoolError> {
+        if entry.tree != Tree::Queue {
+            return Ok(false);
+        }
+        if let Some(i) = self.lowered_for.iter().position(|&k| k == entry.key) {
+            self.lowered_for.swap_remove(i);
+            return Ok(true);
+        }
+        let oldest = self.queue.first().map_err(|e| self.storage(e))?.map(|(k, _)| be(&k));
+        let through = (oldest == Some(entry.key)).then_some(entry.key);
+        let durable = self.durable_of(std::iter::once((entry.key, entry.declared_spans)));
+        self.lower_ledger(durable, through)?;
+        Ok(false)
+    }
+
+    /// The counts once `entry` left its tree (the ledger `lowered` for it
+    /// by a round).
+    fn left(&mut self, entry: &StoredRecord, lowered: bool) {
         match entry.tree {
             Tree::Queue => {
                 self.uncount(entry.key, entry.bytes, entry.declared_spans);
@@ -87,7 +100,6 @@ impl Spool {
                 self.stats.dead_letter_spans = self.stats.dead_letter_spans.saturating_sub(entry.declared_spans);
             }
         }
-        Ok(())
     }
 
     /// Keeps `service`'s spans the collector refused for good in the
@@ -136,21 +148,35 @@ impl Spool {
     }
 
     /// Moves a record that failed its checks to quarantine, bytes intact.
+    /// The quarantine frame, the next sequence number and the record's
+    /// removal go in one sled transaction, which sled recovers whole or not
+    /// at all: after a crash the record is in one place, never both.
     /// Durable at the next [`Spool::commit`]; on an error as
     /// [`Spool::dead_letter`].
     pub fn quarantine(&mut self, entry: &StoredRecord) -> Result<(), SpoolError> {
-        self.settle(entry, |s| {
-            let key = s.next_seq;
-            s.next_seq += 1;
-            s.quarantine
-                .insert(key.to_be_bytes(), state::quarantine_frame(key, entry.key, &entry.raw))
-                .map_err(|e| s.storage(e))?;
-            s.meta
-                .insert(NEXT_SEQ, &s.next_seq.to_be_bytes())
-                .map_err(|e| s.storage(e))?;
-            s.stats.quarantined_records += 1;
-            Ok(())
-        })
+        let lowered = self.lower_before(entry)?;
+        let key = self.next_seq;
+        let frame = state::quarantine_frame(key, entry.key, &entry.raw);
+        let next = (key + 1).to_be_bytes();
+        let trees = (&self.quarantine, &self.meta, self.tree(entry.tree));
+        let moved = trees.transaction(
+            |(q, meta, from)| -> ConflictableTransactionResult<bool, std::convert::Infallible> {
+                q.insert(&key.to_be_bytes(), frame.as_slice())?;
+                meta.insert(NEXT_SEQ, &next)?;
+                Ok(from.remove(&entry.key.to_be_bytes())?.is_some())
+            },
+        );
+        let removed = match moved {
+            Ok(removed) => removed,
+            Err(TransactionError::Storage(e)) => return Err(self.storage(e)),
+            Err(TransactionError::Abort(never)) => match never {},
+        };
+        self.next_seq += 1;
+        self.stats.quarantined_records += 1;
+        if removed {
+            self.left(entry, lowered);
+        }
+        Ok(())
     }
 
     /// Empties `tree`; says what went. Durable at the next [`Spool::commit`].
